@@ -2,7 +2,9 @@
 
 use iced_x86::Instruction;
 
-use crate::{Bus, Cpu, Fault, Res};
+use crate::seg::sys_type;
+use crate::state::flags;
+use crate::{exc, Bus, Cpu, Fault, Res};
 
 impl<B: Bus> Cpu<B> {
     pub(super) fn mov_cr(&mut self, _i: &Instruction) -> Res<()> {
@@ -58,5 +60,33 @@ impl<B: Bus> Cpu<B> {
     }
     pub(super) fn sysexit(&mut self, _i: &Instruction) -> Res<()> {
         Err(Fault::Unsupported("sysexit: not implemented yet"))
+    }
+
+    /// The I/O permission check of IN, OUT, INS and OUTS (SDM vol. 1, 19.5): allowed when
+    /// CPL <= IOPL in protected mode (always in real mode); otherwise every bit of the
+    /// TSS I/O permission bitmap for `port..port+size` must be clear. #GP(0) if not.
+    pub(crate) fn check_io(&mut self, port: u16, size: u8) -> Res<()> {
+        if !self.state.protected_mode() {
+            return Ok(());
+        }
+        if self.state.eflags & flags::VM == 0 && self.state.cpl <= self.state.iopl() {
+            return Ok(());
+        }
+        let tr = self.state.tr;
+        let ty = tr.system_type();
+        if !tr.present() || (ty != sys_type::TSS32_AVAIL && ty != sys_type::TSS32_BUSY) || tr.limit < 0x67 {
+            return Err(exc::gp0());
+        }
+        let base = self.sys_read_u16(tr.base.wrapping_add(0x66))? as u32;
+        let byte = base + port as u32 / 8;
+        if byte + 1 > tr.limit {
+            return Err(exc::gp0());
+        }
+        let bits = self.sys_read_u16(tr.base.wrapping_add(byte))? as u32;
+        let m = ((1u32 << size) - 1) << (port & 7);
+        if bits & m != 0 {
+            return Err(exc::gp0());
+        }
+        Ok(())
     }
 }
