@@ -102,6 +102,64 @@ impl<B: Bus> Cpu<B> {
         }
     }
 
+    /// INT n, INT3, INTO, INT1 from an instruction handler. The return address pushed is the
+    /// next instruction's; a fault during delivery is reported at the INT instruction itself
+    /// (the caller returns the fault and the ordinary fault path delivers it). If the vector
+    /// is intercepted, the gate checks still happen (an INT n the guest's IDT forbids at this
+    /// CPL raises #GP) and the run then ends with [`Exit::Exception`] after the instruction.
+    pub(crate) fn software_interrupt(&mut self, v: u8, kind: EventKind) -> Res<()> {
+        if self.intercept & (1u32.checked_shl(v as u32).unwrap_or(0)) != 0 {
+            self.check_soft_gate(v, kind)?;
+            self.pending_exit =
+                Some(Exit::Exception { vector: v, error_code: None, cr2: self.state.cr2, eip: self.next_eip });
+            return Ok(());
+        }
+        let here = self.state.eip;
+        self.state.eip = self.next_eip;
+        match self.deliver_once(v, None, kind) {
+            Ok(()) => {
+                self.next_eip = self.state.eip;
+                if self.report & (1u32.checked_shl(v as u32).unwrap_or(0)) != 0 {
+                    self.pending_exit = Some(Exit::Delivered { vector: v, error_code: None });
+                }
+                Ok(())
+            }
+            Err(f) => {
+                self.state.eip = here;
+                Err(f)
+            }
+        }
+    }
+
+    /// The IDT checks a software interrupt makes before anything else: limit, gate type and
+    /// gate DPL against CPL (protected mode only).
+    fn check_soft_gate(&mut self, v: u8, kind: EventKind) -> Res<()> {
+        if !self.state.protected_mode() || self.state.v86() {
+            return Ok(());
+        }
+        let ext = if kind == EventKind::External || kind == EventKind::Exception { 1 } else { 0 };
+        let off = v as u32 * 8;
+        if off + 7 > self.state.idtr.limit as u32 {
+            return Err(exc::gp(off + 2 + ext));
+        }
+        let gate = crate::seg::Descriptor(self.sys_read_u64(self.state.idtr.base.wrapping_add(off))?);
+        let ok_type = !gate.is_segment()
+            && matches!(
+                gate.ty(),
+                sys_type::INT_GATE32 | sys_type::TRAP_GATE32 | sys_type::INT_GATE16 | sys_type::TRAP_GATE16 | sys_type::TASK_GATE
+            );
+        if !ok_type {
+            return Err(exc::gp(off + 2 + ext));
+        }
+        if matches!(kind, EventKind::SoftwareInt | EventKind::SoftwareException) && gate.dpl() < self.state.cpl {
+            return Err(exc::gp(off + 2));
+        }
+        if !gate.present() {
+            return Err(exc::np(off + 2 + ext));
+        }
+        Ok(())
+    }
+
     fn deliver_once(&mut self, v: u8, error: Option<u32>, kind: EventKind) -> Res<()> {
         if !self.state.protected_mode() {
             return self.deliver_real(v);

@@ -1,6 +1,8 @@
 //! Shared helpers for the interpreter's tests: flat guests assembled with iced-x86 `code_asm`.
 #![allow(dead_code)]
 
+pub mod sys;
+
 use iced_x86::code_asm::CodeAssembler;
 use vmm_interp::state::vector;
 use vmm_interp::{Cpu, CpuState, Exit, RamBus};
