@@ -23,28 +23,40 @@
 //!
 //! (AMD EPYC, Linux 6.18, UMIP, FSGSBASE; see the tests in `monitor/tests/native.rs`.)
 //!
-//! | instruction / event | signal | trapno | REG_ERR | EIP reported | vector |
-//! |---|---|---|---|---|---|
-//! | `div` by zero, `idiv` overflow | SIGFPE | 0 | 0 | faulting insn | #DE 0 |
-//! | TF single step, `icebp` (F1) | SIGTRAP | 1 | 0 | next insn | #DB 1 |
-//! | `int3` (CC), `int 3` (CD 03) | SIGTRAP | 3 | 0 | next insn | #BP 3 |
-//! | `into` with OF=1, `int 4` | SIGSEGV | 4 | 0 | next insn | #OF 4 |
-//! | `bound` out of range | SIGSEGV | 5 | 0 | faulting insn | #BR 5 |
-//! | `ud2`, invalid opcode, `sysenter` (AMD: #UD in long mode) | SIGILL | 6 | 0 | faulting insn | #UD 6 |
-//! | `hlt`, `cli`, `sti`, `in`, `out`, `mov cr` ... | SIGSEGV | 13 | 0 | faulting insn | #GP 13 |
-//! | `int n` (n not 3, 4, 0x80) | SIGSEGV | 13 | (n<<3)\|2 | faulting insn | #GP 13 |
-//! | load of a bad selector (`mov ds, ax`) | SIGSEGV | 13 | selector | faulting insn | #GP 13 |
-//! | page fault | SIGSEGV | 14 | raw PF error code (P W U ...) | faulting insn | #PF 14, cr2 = REG_CR2 |
-//! | misaligned access with EFLAGS.AC=1 | SIGBUS | 17 | 0 | faulting insn | #AC 17 |
-//! | `int 0x80`, `syscall` | SIGSYS (seccomp) | - | - | next insn | 0x80 |
+//! | instruction / event | signal | si_code | trapno | REG_ERR | EIP reported | vector |
+//! |---|---|---|---|---|---|---|
+//! | `div` by zero, `idiv` overflow | SIGFPE | 1 (FPE_INTDIV) | 0 | 0 | faulting insn | #DE 0 |
+//! | TF single step | SIGTRAP | 2 (TRAP_TRACE) | 1 | 0 | next insn | #DB 1 |
+//! | `icebp` (F1) | SIGTRAP | 1 (TRAP_BRKPT) | 1 | 0 | **the icebp itself** (a trap on bare metal; likely the hypervisor) | #DB 1 |
+//! | `int3` (CC), `int 3` (CD 03) | SIGTRAP | 128 (SI_KERNEL) | 3 | 0 | next insn | #BP 3 |
+//! | `into` with OF=1, `int 4` (CD 04) | SIGSEGV | 128 | 4 | 0 | next insn | #OF 4 |
+//! | `bound` out of range | SIGSEGV | 128 | 5 | 0 | faulting insn | #BR 5 |
+//! | `ud2`, `sysenter` (AMD: #UD in long mode) | SIGILL | 2 (ILL_ILLOPN) | 6 | 0 | faulting insn | #UD 6 |
+//! | `hlt`, `cli` (and `sti`, `in`, `out`, `mov cr`, per the probes) | SIGSEGV | 128 | 13 | 0 | faulting insn | #GP 13 |
+//! | `int n` (n not 3, 4, 0x80) | SIGSEGV | 128 | 13 | (n<<3)\|2, e.g. 0x10a for 0x21, 0xa for `int 1` | faulting insn | #GP 13 |
+//! | `mov ds, ax` with a bad selector (ax=0x1234, no LDT) | SIGSEGV | 128 | 13 | the selector, 0x1234 | faulting insn | #GP 13 |
+//! | page fault | SIGSEGV | 1 (MAPERR, unmapped) or 2 (ACCERR) | 14 | raw: 7 write to RO, 4 read of PROT_NONE/unmapped, 6 write to PROT_NONE, 0x15 fetch from NX | faulting insn | #PF 14, cr2 = REG_CR2 |
+//! | misaligned access with EFLAGS.AC=1 | SIGBUS | 1 (BUS_ADRALN) | 17 | 0 | faulting insn | #AC 17 |
+//! | `int 0x80` | SIGSYS (seccomp) | 1 (SYS_SECCOMP) | 0 (stale) | 0 | next insn | 0x80 |
+//! | `syscall` (AMD runs it in compatibility mode) | see below | | | | garbage | |
+//!
+//! `syscall` from 32-bit code never reaches a host system call (the seccomp filter), but Linux's
+//! fast 32-bit system call path reads EBP from `[ESP]` and returns to the landing pad of the
+//! 32-bit vDSO, which a 64-bit process does not have: with an unreadable `[ESP]` it ends as
+//! SIGSEGV trapno 13, with a readable one as SIGSYS, in both cases at a meaningless EIP. Case
+//! generators should not emit `syscall` (nor `sysenter`, nor `int 0x80`).
 //!
 //! `sgdt`, `sidt`, `sldt`, `smsw`, `str` do not fault: the host kernel emulates them (UMIP) with
 //! dummy values. The mapping from signal to vector uses `trapno`, which Linux sets for every
-//! hardware exception; see [`vector_of`].
+//! hardware exception; see [`vector_of`]. REG_CR2 is stale for other exceptions: it is reported
+//! in [`NativeException::cr2`] only for #PF.
 //!
-//! EFLAGS in the outcome is `REG_EFL` of the ucontext at the exit, raw: bit 1 and IF (0x200) are
-//! set; see the tests for what this host reports in RF (bit 16) for faults and traps.
-//!
+//! EFLAGS in the outcome is `REG_EFL` of the ucontext at the exit, raw. Bit 1 and IF (0x200) are
+//! always set. **RF (0x10000) is set for faults** (#DE, #BR, #UD, #GP, #PF, #AC, and therefore
+//! also at the normal end, the #GP of the sentinel `hlt`), and clear for traps (#BP, #OF, #DB
+//! single step) and for SIGSYS. TF, DF and AC are reported as the guest left them. Compare with
+//! RF masked (`sys::EFL_RF`).
+
 //! # Implementation
 //!
 //! See `entry.rs` for the entry stub, the signal handler and the exit landing, `mem.rs` for the
@@ -339,7 +351,7 @@ fn validate(case: &NativeCase) -> Result<(), NativeError> {
         if len == 0 {
             return Err(NativeError::EmptyRegion { index, addr: r.addr });
         }
-        if r.addr as usize % page != 0 || len % page != 0 {
+        if (r.addr as usize | len) & (page - 1) != 0 {
             return Err(NativeError::Misaligned { index, addr: r.addr, len });
         }
         if r.addr as u64 + len as u64 > 1 << 32 {
