@@ -1,7 +1,9 @@
 //! Tests of the native runner (the hardware oracle).
 
 use iced_x86::code_asm::*;
-use vmm_monitor::native::{run, NativeCase, NativeError, NativeException, NativeOutcome, Prot, Region};
+use vmm_monitor::native::{
+    run, NativeCase, NativeError, NativeException, NativeOutcome, Prot, Region,
+};
 
 const CODE: u32 = 0x0010_0000;
 const DATA: u32 = 0x0011_0000;
@@ -36,11 +38,31 @@ fn case(f: impl FnOnce(&mut CodeAssembler) -> Result<(), IcedError>) -> NativeCa
     ro[..4].copy_from_slice(&0x1234_5678u32.to_le_bytes());
     NativeCase {
         regions: vec![
-            Region { addr: CODE, bytes: code, prot: Prot::ReadExec },
-            Region { addr: DATA, bytes: vec![0; 0x2000], prot: Prot::ReadWrite },
-            Region { addr: RO, bytes: ro, prot: Prot::Read },
-            Region { addr: NONE, bytes: vec![0; 0x1000], prot: Prot::None },
-            Region { addr: STACK, bytes: vec![0; 0x1000], prot: Prot::ReadWrite },
+            Region {
+                addr: CODE,
+                bytes: code,
+                prot: Prot::ReadExec,
+            },
+            Region {
+                addr: DATA,
+                bytes: vec![0; 0x2000],
+                prot: Prot::ReadWrite,
+            },
+            Region {
+                addr: RO,
+                bytes: ro,
+                prot: Prot::Read,
+            },
+            Region {
+                addr: NONE,
+                bytes: vec![0; 0x1000],
+                prot: Prot::None,
+            },
+            Region {
+                addr: STACK,
+                bytes: vec![0; 0x1000],
+                prot: Prot::ReadWrite,
+            },
         ],
         gpr: [0, 0, 0, 0, STACK_TOP, 0, 0, 0],
         eflags: 0,
@@ -60,7 +82,11 @@ fn go(c: &NativeCase) -> NativeOutcome {
 }
 
 fn exc(vector: u8, error_code: u32, fault_addr: u32) -> Option<NativeException> {
-    Some(NativeException { vector, error_code, cr2: fault_addr })
+    Some(NativeException {
+        vector,
+        error_code,
+        cr2: fault_addr,
+    })
 }
 
 #[test]
@@ -454,16 +480,25 @@ fn guest_fpu_control_does_not_leak() {
 fn region_errors() {
     let mut c = case(|a| a.nop());
     c.regions[1].addr += 1;
-    assert!(matches!(run(&c), Err(NativeError::Misaligned { index: 1, .. })));
+    assert!(matches!(
+        run(&c),
+        Err(NativeError::Misaligned { index: 1, .. })
+    ));
     let mut c = case(|a| a.nop());
     c.regions[1].addr = CODE;
     assert!(matches!(run(&c), Err(NativeError::Overlap { a: 0, b: 1 })));
     let mut c = case(|a| a.nop());
     c.regions[1].addr = 0xffff_f000;
-    assert!(matches!(run(&c), Err(NativeError::OutOfRange { index: 1, .. })));
+    assert!(matches!(
+        run(&c),
+        Err(NativeError::OutOfRange { index: 1, .. })
+    ));
     let mut c = case(|a| a.nop());
     c.regions[1].bytes.clear();
-    assert!(matches!(run(&c), Err(NativeError::EmptyRegion { index: 1, .. })));
+    assert!(matches!(
+        run(&c),
+        Err(NativeError::EmptyRegion { index: 1, .. })
+    ));
     // a page of the host below 4 GiB
     // SAFETY: a fresh anonymous mapping in the low 4 GiB that the test owns.
     let p = unsafe {
@@ -480,7 +515,9 @@ fn region_errors() {
     let mut c = case(|a| a.nop());
     c.regions[1].addr = 0x01ff_f000;
     match run(&c) {
-        Err(NativeError::AddressInUse { index: 1, addr }) => assert!(addr <= 0x0200_0000, "{addr:#x}"),
+        Err(NativeError::AddressInUse { index: 1, addr }) => {
+            assert!(addr <= 0x0200_0000, "{addr:#x}")
+        }
         other => panic!("{other:?}"),
     }
     // SAFETY: unmaps the test's own mapping.
@@ -502,7 +539,10 @@ fn protections_change_between_runs() {
     assert_eq!(o.memory[1][0], 0x77);
     c.regions[1].prot = Prot::None;
     let o = go(&c);
-    assert_eq!(o.exception.map(|e| (e.vector, e.error_code & 7)), Some((14, 6)));
+    assert_eq!(
+        o.exception.map(|e| (e.vector, e.error_code & 7)),
+        Some((14, 6))
+    );
     let mut c = case(|a| a.mov(eax, dword_ptr(DATA)));
     c.regions[1].prot = Prot::Read;
     c.regions[1].bytes[0] = 0x42;
@@ -512,7 +552,10 @@ fn protections_change_between_runs() {
     let mut c = case(|a| a.mov(eax, dword_ptr(DATA)));
     c.regions.remove(1);
     let o = go(&c);
-    assert_eq!(o.exception.map(|e| (e.vector, e.error_code & 7)), Some((14, 4)));
+    assert_eq!(
+        o.exception.map(|e| (e.vector, e.error_code & 7)),
+        Some((14, 4))
+    );
 }
 
 #[test]
@@ -565,7 +608,10 @@ fn threads_in_parallel() {
                     let o = run(&c).unwrap();
                     assert_eq!(o.exception.map(|e| e.vector), Some(3));
                     assert_eq!(o.gpr[EAX], i * (t + 1));
-                    assert_eq!(o.memory[1][4 * t as usize..4 * t as usize + 4], (i * (t + 1)).to_le_bytes());
+                    assert_eq!(
+                        o.memory[1][4 * t as usize..4 * t as usize + 4],
+                        (i * (t + 1)).to_le_bytes()
+                    );
                 }
             })
         })
@@ -668,7 +714,13 @@ fn host_fault_after_runs_still_crashes() {
     }
     use std::os::unix::process::ExitStatusExt;
     let st = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "host_fault_after_runs_still_crashes", "--nocapture", "--test-threads", "1"])
+        .args([
+            "--exact",
+            "host_fault_after_runs_still_crashes",
+            "--nocapture",
+            "--test-threads",
+            "1",
+        ])
         .env("VMM_NATIVE_CRASH_CHILD", "1")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
@@ -680,15 +732,32 @@ fn host_fault_after_runs_still_crashes() {
 /// More signal/trapno facts: (name, code bytes, signal, vector, error code, EIP offset from CODE).
 #[test]
 fn exception_survey() {
-    let table: &[(&str, &[u8], i32, u8, u32, u32)] = &[
-        ("idiv overflow", &[0xb8, 0, 0, 0, 0x80, 0x99, 0xb9, 0xff, 0xff, 0xff, 0xff, 0xf7, 0xf9], libc::SIGFPE, 0, 0, 11),
+    type Row = (&'static str, &'static [u8], i32, u8, u32, u32);
+    let table: &[Row] = &[
+        (
+            "idiv overflow",
+            &[
+                0xb8, 0, 0, 0, 0x80, 0x99, 0xb9, 0xff, 0xff, 0xff, 0xff, 0xf7, 0xf9,
+            ],
+            libc::SIGFPE,
+            0,
+            0,
+            11,
+        ),
         // observed: EIP of the icebp itself, not after it (si_code TRAP_BRKPT); real hardware
         // makes it a trap, so this is likely the hypervisor under this host. Not asserted.
         ("icebp", &[0x90, 0xf1, 0x90], libc::SIGTRAP, 1, 0, u32::MAX),
         ("int 3 (CD 03)", &[0xcd, 0x03, 0x90], libc::SIGTRAP, 3, 0, 2),
         ("int 4 (CD 04)", &[0xcd, 0x04, 0x90], libc::SIGSEGV, 4, 0, 2),
         ("int 1 (CD 01)", &[0xcd, 0x01], libc::SIGSEGV, 13, 0x0a, 0),
-        ("mov ds, bad selector", &[0x66, 0xb8, 0x34, 0x12, 0x8e, 0xd8], libc::SIGSEGV, 13, 0x1234, 4),
+        (
+            "mov ds, bad selector",
+            &[0x66, 0xb8, 0x34, 0x12, 0x8e, 0xd8],
+            libc::SIGSEGV,
+            13,
+            0x1234,
+            4,
+        ),
         ("in al, 0x60", &[0xe4, 0x60], libc::SIGSEGV, 13, 0, 0),
         ("sti", &[0xfb], libc::SIGSEGV, 13, 0, 0),
         ("mov eax, cr0", &[0x0f, 0x20, 0xc0], libc::SIGSEGV, 13, 0, 0),
@@ -699,11 +768,47 @@ fn exception_survey() {
         c.regions[0].bytes[bytes.len()] = 0xf4;
         c.stop_eip = CODE + bytes.len() as u32;
         let o = run(&c).unwrap();
-        eprintln!("{name}: signal {} si_code {} trapno {} err {:#x} eip +{:#x} eflags {:#x}", o.signal, o.si_code, o.trapno, o.err, o.eip - CODE, o.eflags);
+        eprintln!(
+            "{name}: signal {} si_code {} trapno {} err {:#x} eip +{:#x} eflags {:#x}",
+            o.signal,
+            o.si_code,
+            o.trapno,
+            o.err,
+            o.eip - CODE,
+            o.eflags
+        );
         assert_eq!(o.signal, sig, "{name}");
         assert_eq!(o.exception, exc(vector, err, 0), "{name}");
         if off != u32::MAX {
             assert_eq!(o.eip, CODE + off, "{name}");
         }
     }
+}
+
+/// Guest code that switches itself to 64-bit mode is still caught: its system calls are blocked
+/// and its faults are recognised as the guest's.
+#[test]
+fn far_jump_to_64_bit_selector_is_still_caught() {
+    let mut c = case(|a| a.nop());
+    let b = &mut c.regions[0].bytes;
+    // jmp far 0x33:CODE+0x20
+    b[..7].copy_from_slice(&[0xea, 0x20, 0x00, 0x10, 0x00, 0x33, 0x00]);
+    // 64-bit: mov eax, 60 (exit); xor edi, edi; syscall; ud2
+    b[0x20..0x2b].copy_from_slice(&[0xb8, 60, 0, 0, 0, 0x31, 0xff, 0x0f, 0x05, 0x0f, 0x0b]);
+    c.stop_eip = CODE + 0x100;
+    let o = go(&c);
+    assert_eq!(o.signal, libc::SIGSYS);
+    assert_eq!(o.cs, 0x33);
+    assert_eq!(o.eip, CODE + 0x29);
+    then_ud2_in_64_bit_mode(c);
+}
+
+fn then_ud2_in_64_bit_mode(mut c: NativeCase) {
+    c.regions[0].bytes[0x20..0x22].copy_from_slice(&[0x0f, 0x0b]);
+    let o = go(&c);
+    assert_eq!(o.signal, libc::SIGILL);
+    assert_eq!(o.cs, 0x33);
+    assert_eq!(o.eip, CODE + 0x20);
+    // and the runner still works
+    assert_eq!(go(&case(|a| a.mov(eax, 9))).gpr[EAX], 9);
 }

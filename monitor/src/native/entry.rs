@@ -5,7 +5,8 @@
 //!   an IRETQ frame (SS=0x2b, ESP, EFLAGS, CS=0x23, EIP), loads DS/ES/FS/GS with 0x2b (flat, base 0),
 //!   the eight guest GPRs, and `iretq`s into compatibility mode.
 //! * `vmm_native_signal` (the handler of every signal we catch, SA_SIGINFO|SA_ONSTACK): looks at the
-//!   interrupted CS in the ucontext before touching anything else. CS=0x23 means guest code: clear
+//!   interrupted CS in the ucontext before touching anything else. CS=0x23 (or, while a run is
+//!   under way, RIP below 4 GiB: guest code that switched itself to 64-bit mode) means guest code: clear
 //!   EFLAGS.AC (the kernel leaves the guest's AC set in the handler; with CR0.AM that would make any
 //!   unaligned access of the handler fault), restore the host FS and GS bases with `wrfsbase`/
 //!   `wrgsbase` (FS inside the handler is the guest's flat segment), then tail-call
@@ -44,6 +45,11 @@ pub(crate) struct Shared {
     pub host_mxcsr: u32,
     pub host_fcw: u16,
     pub _pad: u16,
+    /// Nonzero while the thread holding the lock is about to run or runs guest code: then a
+    /// signal at RIP < 4 GiB is the guest's even if CS is not 0x23 (guest code that far-jumped
+    /// to the 64-bit selector).
+    pub running: u32,
+    pub _pad2: u32,
     /// What the signal handler found (valid when `exited` is set).
     pub exit: ExitRecord,
 }
@@ -90,6 +96,8 @@ pub(crate) static SHARED: SharedCell = SharedCell(UnsafeCell::new(Shared {
     host_mxcsr: 0,
     host_fcw: 0,
     _pad: 0,
+    running: 0,
+    _pad2: 0,
     exit: ExitRecord {
         exited: 0,
         signal: 0,
@@ -166,7 +174,13 @@ std::arch::global_asm!(
     "vmm_native_signal:",
     // rdi = signo, rsi = siginfo *, rdx = ucontext *; RSP on the sigaltstack.
     "cmp word ptr [rdx + {uc_cs}], {cs32}",
-    "jne 2f",
+    "je 1f",
+    "cmp dword ptr [rip + {shared} + {running}], 0",
+    "je 2f",
+    "mov rax, [rdx + {uc_rip}]",
+    "shr rax, 32",
+    "jnz 2f",
+    "1:",
     "pushfq",
     "and dword ptr [rsp], {not_ac}",
     "popfq",
@@ -230,6 +244,8 @@ std::arch::global_asm!(
     in_gpr = const offset_of!(Shared, in_gpr),
     in_eip = const offset_of!(Shared, in_eip),
     in_eflags = const offset_of!(Shared, in_eflags),
+    running = const offset_of!(Shared, running),
+    uc_rip = const sys::UC_RIP_OFFSET,
     ds = const sys::USER_DS,
     cs32 = const sys::USER32_CS,
     uc_cs = const sys::UC_CS_OFFSET,

@@ -44,13 +44,23 @@ pub(crate) struct Pages {
 }
 
 fn sys_err(op: &'static str, addr: u32) -> NativeError {
-    NativeError::Sys { op, addr, source: std::io::Error::last_os_error() }
+    NativeError::Sys {
+        op,
+        addr,
+        source: std::io::Error::last_os_error(),
+    }
 }
 
 fn mprotect(addr: u32, len: u32, prot: Prot) -> Result<(), NativeError> {
     // SAFETY: [addr, addr+len) lies in the low 4 GiB and is mapped by us (recorded in `Pages`);
     // no Rust object lives there, so changing its protection cannot invalidate a reference.
-    let r = unsafe { libc::mprotect(addr as usize as *mut libc::c_void, len as usize, prot.host()) };
+    let r = unsafe {
+        libc::mprotect(
+            addr as usize as *mut libc::c_void,
+            len as usize,
+            prot.host(),
+        )
+    };
     if r != 0 {
         return Err(sys_err("mprotect", addr));
     }
@@ -81,7 +91,9 @@ fn for_runs(
 
 impl Pages {
     pub(crate) const fn new() -> Self {
-        Pages { map: BTreeMap::new() }
+        Pages {
+            map: BTreeMap::new(),
+        }
     }
 
     /// Maps (or reuses), fills and protects every region; makes the other pages inaccessible.
@@ -102,7 +114,10 @@ impl Pages {
             for_runs(stale.iter().copied(), |s, n| {
                 // SAFETY: the run is mapped by us (in `self.map`) and holds no Rust object.
                 let r = unsafe {
-                    libc::munmap((s * PAGE) as usize as *mut libc::c_void, (n * PAGE) as usize)
+                    libc::munmap(
+                        (s * PAGE) as usize as *mut libc::c_void,
+                        (n * PAGE) as usize,
+                    )
                 };
                 if r != 0 {
                     return Err(sys_err("munmap", s * PAGE));
@@ -113,9 +128,13 @@ impl Pages {
                 self.map.remove(&p);
             }
         } else {
-            let accessible: Vec<u32> =
-                stale.into_iter().filter(|p| self.map[p] != Prot::None).collect();
-            for_runs(accessible.iter().copied(), |s, n| mprotect(s * PAGE, n * PAGE, Prot::None))?;
+            let accessible: Vec<u32> = stale
+                .into_iter()
+                .filter(|p| self.map[p] != Prot::None)
+                .collect();
+            for_runs(accessible.iter().copied(), |s, n| {
+                mprotect(s * PAGE, n * PAGE, Prot::None)
+            })?;
             for p in accessible {
                 self.map.insert(p, Prot::None);
             }
@@ -128,7 +147,9 @@ impl Pages {
         let first = r.addr / PAGE;
         let count = len / PAGE;
         // Map the pages that are not ours yet, read-write.
-        let missing: Vec<u32> = (first..first + count).filter(|p| !self.map.contains_key(p)).collect();
+        let missing: Vec<u32> = (first..first + count)
+            .filter(|p| !self.map.contains_key(p))
+            .collect();
         let map = &mut self.map;
         for_runs(missing, |s, n| {
             let want = (s * PAGE) as usize;
@@ -147,16 +168,26 @@ impl Pages {
             if got == libc::MAP_FAILED {
                 let e = std::io::Error::last_os_error();
                 return Err(if e.raw_os_error() == Some(libc::EEXIST) {
-                    NativeError::AddressInUse { index, addr: s * PAGE }
+                    NativeError::AddressInUse {
+                        index,
+                        addr: s * PAGE,
+                    }
                 } else {
-                    NativeError::Sys { op: "mmap", addr: s * PAGE, source: e }
+                    NativeError::Sys {
+                        op: "mmap",
+                        addr: s * PAGE,
+                        source: e,
+                    }
                 });
             }
             if got as usize != want {
                 // A kernel without MAP_FIXED_NOREPLACE treats the address as a hint.
                 // SAFETY: `got` is the mapping just created, of this length.
                 unsafe { libc::munmap(got, (n * PAGE) as usize) };
-                return Err(NativeError::AddressInUse { index, addr: s * PAGE });
+                return Err(NativeError::AddressInUse {
+                    index,
+                    addr: s * PAGE,
+                });
             }
             for p in s..s + n {
                 map.insert(p, Prot::ReadWrite);
@@ -186,7 +217,10 @@ impl Pages {
                 return Ok(());
             }
         }
-        let writable_now = self.map.range(first..first + count).all(|(_, &q)| q.writable());
+        let writable_now = self
+            .map
+            .range(first..first + count)
+            .all(|(_, &q)| q.writable());
         let uniform = if writable_now {
             let q = self.map[&first];
             all_are(&self.map, q).then_some(q)

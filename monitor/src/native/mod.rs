@@ -18,6 +18,10 @@
 //!   are blocked by a seccomp filter (`SECCOMP_RET_TRAP` for `AUDIT_ARCH_I386`) that the runner
 //!   installs on each thread that calls [`run`] (with `PR_SET_NO_NEW_PRIVS`), and reported as an
 //!   exception with vector 0x80 and signal SIGSYS.
+//! * Not contained: guest code that far-transfers to the host's 64-bit selector 0x33 runs in
+//!   64-bit mode and can reach the whole process. The runner limits the damage (its signals are
+//!   still recognised as the guest's by RIP < 4 GiB, and the seccomp filter also traps system
+//!   calls made from below 4 GiB) but case generators must not produce such transfers.
 //!
 //! # Exits: signal and trapno as observed on the development host
 //!
@@ -144,6 +148,8 @@ pub struct NativeOutcome {
     pub si_code: i32,
     pub err: u32,
     pub cr2: u64,
+    /// CS at the exit: 0x23, unless the guest switched to another code segment.
+    pub cs: u16,
 }
 
 /// Why a case could not be run.
@@ -160,15 +166,27 @@ pub enum NativeError {
     #[error("region {index}: address {addr:#x} is already mapped by the host process")]
     AddressInUse { index: usize, addr: u32 },
     #[error("{op} at {addr:#x} failed: {source}")]
-    Sys { op: &'static str, addr: u32, source: std::io::Error },
+    Sys {
+        op: &'static str,
+        addr: u32,
+        source: std::io::Error,
+    },
     #[error("setup failed: {what}: {source}")]
-    Setup { what: &'static str, source: std::io::Error },
+    Setup {
+        what: &'static str,
+        source: std::io::Error,
+    },
     #[error("the host cannot run the native runner: {0}")]
     Unsupported(String),
     #[error("timeout after {ms} ms at eip {eip:#x}")]
     Timeout { ms: u32, eip: u32, gpr: [u32; 8] },
     #[error("unexpected signal {signal} (si_code {si_code}, trapno {trapno}) at eip {eip:#x}")]
-    UnexpectedSignal { signal: i32, si_code: i32, trapno: u32, eip: u32 },
+    UnexpectedSignal {
+        signal: i32,
+        si_code: i32,
+        trapno: u32,
+        eip: u32,
+    },
     #[error("internal error: {0}")]
     Internal(&'static str),
 }
@@ -181,7 +199,10 @@ static RUNNER: Mutex<mem::Pages> = Mutex::new(mem::Pages::new());
 const ALTSTACK: usize = 64 * 1024;
 
 fn last_err(what: &'static str) -> NativeError {
-    NativeError::Setup { what, source: std::io::Error::last_os_error() }
+    NativeError::Setup {
+        what,
+        source: std::io::Error::last_os_error(),
+    }
 }
 
 /// Per-thread resources: sigaltstack and timeout timer (and the seccomp filter, which cannot be
@@ -208,7 +229,11 @@ impl ThreadCtx {
         if stack == libc::MAP_FAILED {
             return Err(last_err("mmap sigaltstack"));
         }
-        let ss = libc::stack_t { ss_sp: stack, ss_flags: 0, ss_size: ALTSTACK };
+        let ss = libc::stack_t {
+            ss_sp: stack,
+            ss_flags: 0,
+            ss_size: ALTSTACK,
+        };
         // SAFETY: `ss` describes the mapping above, which lives until `drop` disables it.
         if unsafe { libc::sigaltstack(&ss, std::ptr::null_mut()) } != 0 {
             let e = last_err("sigaltstack");
@@ -228,7 +253,11 @@ impl ThreadCtx {
             let e = last_err("timer_create");
             // SAFETY: disable and free the stack installed above.
             unsafe {
-                let off = libc::stack_t { ss_sp: std::ptr::null_mut(), ss_flags: libc::SS_DISABLE, ss_size: 0 };
+                let off = libc::stack_t {
+                    ss_sp: std::ptr::null_mut(),
+                    ss_flags: libc::SS_DISABLE,
+                    ss_size: 0,
+                };
                 libc::sigaltstack(&off, std::ptr::null_mut());
                 libc::munmap(stack, ALTSTACK);
             }
@@ -264,7 +293,11 @@ impl Drop for ThreadCtx {
             let mut cur: libc::stack_t = std::mem::zeroed();
             libc::sigaltstack(std::ptr::null(), &mut cur);
             if cur.ss_sp == self.stack {
-                let off = libc::stack_t { ss_sp: std::ptr::null_mut(), ss_flags: libc::SS_DISABLE, ss_size: 0 };
+                let off = libc::stack_t {
+                    ss_sp: std::ptr::null_mut(),
+                    ss_flags: libc::SS_DISABLE,
+                    ss_size: 0,
+                };
                 libc::sigaltstack(&off, std::ptr::null_mut());
             }
             libc::munmap(self.stack, ALTSTACK);
@@ -276,23 +309,35 @@ thread_local! {
     static THREAD: RefCell<Option<ThreadCtx>> = const { RefCell::new(None) };
 }
 
-/// Installs, on the calling thread, a seccomp filter that turns every i386 system call into
-/// SIGSYS. Only guest code makes i386 system calls, so the host is not affected.
+/// Installs, on the calling thread, a seccomp filter that turns into SIGSYS every i386 system
+/// call and every system call made from code below 4 GiB (guest code that switched itself to
+/// 64-bit mode). Only guest code does either (the host is a position-independent executable
+/// mapped above 4 GiB), so the host is not affected.
 fn install_seccomp() -> Result<(), NativeError> {
     let f = |code: u16, jt: u8, jf: u8, k: u32| libc::sock_filter { code, jt, jf, k };
     let mut prog = [
-        f(sys::BPF_LD_W_ABS, 0, 0, sys::SECCOMP_DATA_ARCH),
-        f(sys::BPF_JMP_JEQ_K, 0, 1, sys::AUDIT_ARCH_I386),
-        f(sys::BPF_RET_K, 0, 0, sys::SECCOMP_RET_TRAP),
-        f(sys::BPF_RET_K, 0, 0, sys::SECCOMP_RET_ALLOW),
+        /* 0 */ f(sys::BPF_LD_W_ABS, 0, 0, sys::SECCOMP_DATA_ARCH),
+        /* 1 */ f(sys::BPF_JMP_JEQ_K, 2, 0, sys::AUDIT_ARCH_I386), // i386: trap
+        /* 2 */ f(sys::BPF_LD_W_ABS, 0, 0, sys::SECCOMP_DATA_IP_HI),
+        /* 3 */ f(sys::BPF_JMP_JEQ_K, 0, 1, 0), // IP below 4 GiB: trap
+        /* 4 */ f(sys::BPF_RET_K, 0, 0, sys::SECCOMP_RET_TRAP),
+        /* 5 */ f(sys::BPF_RET_K, 0, 0, sys::SECCOMP_RET_ALLOW),
     ];
-    let fprog = libc::sock_fprog { len: prog.len() as u16, filter: prog.as_mut_ptr() };
+    let fprog = libc::sock_fprog {
+        len: prog.len() as u16,
+        filter: prog.as_mut_ptr(),
+    };
     // SAFETY: plain prctl calls; `fprog` points at a valid filter for the duration of the call.
     unsafe {
         if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
             return Err(last_err("PR_SET_NO_NEW_PRIVS"));
         }
-        if libc::prctl(libc::PR_SET_SECCOMP, libc::SECCOMP_MODE_FILTER, &fprog as *const _) != 0 {
+        if libc::prctl(
+            libc::PR_SET_SECCOMP,
+            libc::SECCOMP_MODE_FILTER,
+            &fprog as *const _,
+        ) != 0
+        {
             return Err(last_err("PR_SET_SECCOMP"));
         }
     }
@@ -330,11 +375,17 @@ fn init_process() -> Result<(), NativeError> {
                 libc::sigfillset(&mut act.sa_mask);
                 let mut old: libc::sigaction = std::mem::zeroed();
                 if libc::sigaction(sig, std::ptr::null(), &mut old) != 0 {
-                    return Err(format!("sigaction({sig}): {}", std::io::Error::last_os_error()));
+                    return Err(format!(
+                        "sigaction({sig}): {}",
+                        std::io::Error::last_os_error()
+                    ));
                 }
                 (*entry::PREV.0.get())[sig as usize] = Some(old);
                 if libc::sigaction(sig, &act, std::ptr::null_mut()) != 0 {
-                    return Err(format!("sigaction({sig}): {}", std::io::Error::last_os_error()));
+                    return Err(format!(
+                        "sigaction({sig}): {}",
+                        std::io::Error::last_os_error()
+                    ));
                 }
             }
         }
@@ -349,13 +400,24 @@ fn validate(case: &NativeCase) -> Result<(), NativeError> {
     for (index, r) in case.regions.iter().enumerate() {
         let len = r.bytes.len();
         if len == 0 {
-            return Err(NativeError::EmptyRegion { index, addr: r.addr });
+            return Err(NativeError::EmptyRegion {
+                index,
+                addr: r.addr,
+            });
         }
         if (r.addr as usize | len) & (page - 1) != 0 {
-            return Err(NativeError::Misaligned { index, addr: r.addr, len });
+            return Err(NativeError::Misaligned {
+                index,
+                addr: r.addr,
+                len,
+            });
         }
         if r.addr as u64 + len as u64 > 1 << 32 {
-            return Err(NativeError::OutOfRange { index, addr: r.addr, len });
+            return Err(NativeError::OutOfRange {
+                index,
+                addr: r.addr,
+                len,
+            });
         }
     }
     for (a, ra) in case.regions.iter().enumerate() {
@@ -388,8 +450,19 @@ const EFLAGS_IN: u32 = sys::EFL_CF
 pub fn run(case: &NativeCase) -> Result<NativeOutcome, NativeError> {
     validate(case)?;
     init_process()?;
-    THREAD.with(|t| {
-        let mut t = t.borrow_mut();
+    THREAD
+        .try_with(|t| run_on_thread(t, case))
+        .map_err(|_| NativeError::Internal("run() called while the thread is exiting"))?
+}
+
+fn run_on_thread(
+    t: &RefCell<Option<ThreadCtx>>,
+    case: &NativeCase,
+) -> Result<NativeOutcome, NativeError> {
+    {
+        let mut t = t
+            .try_borrow_mut()
+            .map_err(|_| NativeError::Internal("reentrant run()"))?;
         if t.is_none() {
             *t = Some(ThreadCtx::new()?);
         }
@@ -398,11 +471,15 @@ pub fn run(case: &NativeCase) -> Result<NativeOutcome, NativeError> {
         pages.prepare(&case.regions)?;
         let exit = run_locked(ctx, case)?;
         drop_guard_after(exit, case, pages)
-    })
+    }
 }
 
 fn run_locked(ctx: &ThreadCtx, case: &NativeCase) -> Result<ExitRecord, NativeError> {
-    let timeout = if case.timeout_ms == 0 { DEFAULT_TIMEOUT_MS } else { case.timeout_ms };
+    let timeout = if case.timeout_ms == 0 {
+        DEFAULT_TIMEOUT_MS
+    } else {
+        case.timeout_ms
+    };
     // SAFETY: we hold RUNNER, so no other thread uses SHARED.
     unsafe {
         let sh = SHARED.get();
@@ -414,12 +491,18 @@ fn run_locked(ctx: &ThreadCtx, case: &NativeCase) -> Result<ExitRecord, NativeEr
     ctx.set_timer(timeout)?;
     // SAFETY: the lock is held, SHARED is filled, handlers and this thread's sigaltstack are
     // installed, the memory is prepared.
-    unsafe { entry::enter() };
+    unsafe {
+        std::ptr::write_volatile(std::ptr::addr_of_mut!((*SHARED.get()).running), 1);
+        entry::enter();
+        std::ptr::write_volatile(std::ptr::addr_of_mut!((*SHARED.get()).running), 0);
+    }
     ctx.set_timer(0)?;
     // SAFETY: the lock is held; the handler wrote `exit` before the landing returned.
     let exit = unsafe { (*SHARED.get()).exit };
     if exit.exited == 0 {
-        return Err(NativeError::Internal("returned from the guest without an exit record"));
+        return Err(NativeError::Internal(
+            "returned from the guest without an exit record",
+        ));
     }
     Ok(exit)
 }
@@ -445,7 +528,11 @@ fn drop_guard_after(
     drop(pages);
     if exit.signal == sys::TIMER_SIGNAL {
         return Err(NativeError::Timeout {
-            ms: if case.timeout_ms == 0 { DEFAULT_TIMEOUT_MS } else { case.timeout_ms },
+            ms: if case.timeout_ms == 0 {
+                DEFAULT_TIMEOUT_MS
+            } else {
+                case.timeout_ms
+            },
             eip: exit.eip,
             gpr: exit.gpr,
         });
@@ -457,7 +544,11 @@ fn drop_guard_after(
             if vector == 13 && error_code == 0 && exit.eip == case.stop_eip {
                 None
             } else {
-                Some(NativeException { vector, error_code, cr2 })
+                Some(NativeException {
+                    vector,
+                    error_code,
+                    cr2,
+                })
             }
         }
         None => {
@@ -480,6 +571,7 @@ fn drop_guard_after(
         si_code: exit.si_code,
         err: exit.err,
         cr2: exit.cr2,
+        cs: exit.cs,
     })
 }
 
@@ -494,7 +586,9 @@ pub fn has_error_code(vector: u8) -> bool {
 pub fn vector_of(signal: i32, trapno: u32) -> Option<u8> {
     match signal {
         libc::SIGSYS => Some(0x80),
-        libc::SIGSEGV | libc::SIGBUS | libc::SIGILL | libc::SIGFPE | libc::SIGTRAP if trapno < 32 => {
+        libc::SIGSEGV | libc::SIGBUS | libc::SIGILL | libc::SIGFPE | libc::SIGTRAP
+            if trapno < 32 =>
+        {
             Some(trapno as u8)
         }
         _ => None,

@@ -19,6 +19,10 @@ pub const TIMER_SIGNAL: i32 = 62;
 pub const UC_CS_OFFSET: usize =
     std::mem::offset_of!(libc::ucontext_t, uc_mcontext) + (libc::REG_CSGSFS as usize) * 8;
 
+/// Byte offset of RIP inside `ucontext_t` on x86-64 Linux (`uc_mcontext.gregs[REG_RIP]`).
+pub const UC_RIP_OFFSET: usize =
+    std::mem::offset_of!(libc::ucontext_t, uc_mcontext) + (libc::REG_RIP as usize) * 8;
+
 /// `AT_HWCAP2` bit announcing that the kernel enabled FSGSBASE for user space.
 pub const HWCAP2_FSGSBASE: u64 = 1 << 1;
 
@@ -30,6 +34,8 @@ pub const SECCOMP_RET_TRAP: u32 = 0x0003_0000;
 pub const SECCOMP_RET_ALLOW: u32 = 0x7fff_0000;
 /// Offset of `arch` in `struct seccomp_data`.
 pub const SECCOMP_DATA_ARCH: u32 = 4;
+/// Offset of the high half of `instruction_pointer` (a u64 at 8) in `struct seccomp_data`.
+pub const SECCOMP_DATA_IP_HI: u32 = 12;
 /// classic BPF opcodes used by the filter.
 pub const BPF_LD_W_ABS: u16 = 0x20; // BPF_LD | BPF_W | BPF_ABS
 pub const BPF_JMP_JEQ_K: u16 = 0x15; // BPF_JMP | BPF_JEQ | BPF_K
