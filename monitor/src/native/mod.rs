@@ -140,7 +140,8 @@ pub struct NativeOutcome {
     pub eflags: u32,
     /// `None` when the sentinel `hlt` at `stop_eip` was reached.
     pub exception: Option<NativeException>,
-    /// Final contents of each region, in the case's order.
+    /// Final contents of each region, in the case's order (regions the guest cannot write,
+    /// `Read`, `ReadExec` and `None`, are returned as given).
     pub memory: Vec<Vec<u8>>,
     /// Raw facts, for diagnostics.
     pub signal: i32,
