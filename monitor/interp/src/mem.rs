@@ -62,12 +62,16 @@ impl<B: Bus> Cpu<B> {
         Ok(Loc { p0, p1, n0: in_page as u8, size })
     }
 
-    /// A data access at the current privilege level: segmentation, paging, alignment check.
+    /// A data access at the current privilege level: segmentation, alignment check, paging.
+    ///
+    /// The alignment check (#AC: CPL 3, CR0.AM and EFLAGS.AC, a misaligned 2/4/8-byte access)
+    /// comes before the page walk: a misaligned access to a page that is not present raises
+    /// #AC, not #PF. That is what the host CPU does (found by the differential test), although
+    /// the SDM's table of simultaneous exceptions lists #PF first.
     #[inline]
     pub(crate) fn data_loc(&mut self, s: SegReg, off: u32, size: u8, write: bool) -> Res<Loc> {
         let lin = self.seg_linear(s, off, size as u32, write)?;
         let user = self.state.cpl == 3;
-        let loc = self.lin_loc(lin, size, if write { Access::write(user) } else { Access::read(user) })?;
         if user
             && size > 1
             && lin & (size as u32 - 1) != 0
@@ -76,7 +80,7 @@ impl<B: Bus> Cpu<B> {
         {
             return Err(exc::ac());
         }
-        Ok(loc)
+        self.lin_loc(lin, size, if write { Access::write(user) } else { Access::read(user) })
     }
 
     #[inline]
