@@ -333,7 +333,49 @@ fn cases_strategy(fams: &'static [Family], max_len: usize) -> impl proptest::str
     cases(fams, max_len)
 }
 
+// The shares of the total case count add up to 100.
+
 #[test]
 fn arith_logic() {
     run_families("arith+logic", &[Family::Arith, Family::Logic], 12, 6);
+}
+
+#[test]
+fn shift_bit() {
+    run_families("shift+bit", &[Family::Shift, Family::Bit], 12, 6);
+}
+
+#[test]
+fn bcd_data() {
+    run_families("bcd+data", &[Family::Bcd, Family::Data], 12, 6);
+}
+
+#[test]
+fn stack() {
+    run_families("stack", &[Family::Stack, Family::Arith], 10, 6);
+}
+
+#[test]
+fn string() {
+    run_families("string", &[Family::String, Family::Data], 10, 5);
+}
+
+#[test]
+fn control() {
+    run_families("control", &[Family::Control, Family::Arith, Family::Logic], 10, 8);
+}
+
+#[test]
+fn segment() {
+    run_families("segment", &[Family::Segment, Family::Data, Family::String], 8, 6);
+}
+
+#[test]
+fn privileged() {
+    run_families("privileged", &[Family::Privileged, Family::Arith], 6, 4);
+}
+
+#[test]
+fn everything_mixed() {
+    run_families("mixed", &ALL_FAMILIES, 20, 10);
 }

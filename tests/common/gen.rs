@@ -343,8 +343,8 @@ fn seg_prefix(rng: &mut TestRng) -> Register {
 /// read-only or inaccessible page, in the code, or (16-bit addressing) far away.
 fn mem(rng: &mut TestRng) -> MemoryOperand {
     let seg = seg_prefix(rng);
-    match rng.random_range(0..10) {
-        0..=3 => {
+    match rng.random_range(0..20) {
+        0..=8 => {
             let d: i32 = match rng.random_range(0..4) {
                 0 => rng.random_range(-8..8) + (0x4000 - 0x40),
                 1 => rng.random_range(-16..0),
@@ -352,7 +352,7 @@ fn mem(rng: &mut TestRng) -> MemoryOperand {
             };
             MemoryOperand::with_base_displ_size_bcst_seg(Register::EBX, d as i64, 4, false, seg)
         }
-        4 | 5 => {
+        9..=12 => {
             let a = match rng.random_range(0..6) {
                 0 => RO + rng.random_range(0..0x1000),
                 1 => NONE + rng.random_range(0..0x1000),
@@ -362,13 +362,14 @@ fn mem(rng: &mut TestRng) -> MemoryOperand {
             };
             MemoryOperand::with_displ(a as u64, 4).with_seg(seg)
         }
-        6 | 7 => {
-            let idx = [Register::ESI, Register::EDI, Register::ECX][rng.random_range(0..3)];
+        13..=16 => {
+            // A pointer register plus a scaled small index (ECX is often a small count).
+            let base = [Register::ESI, Register::EDI, Register::EBP][rng.random_range(0..3)];
             let scale = [1, 2, 4, 8][rng.random_range(0..4)];
             let d: i64 = rng.random_range(-128..128);
-            MemoryOperand::new(Register::EBP, idx, scale, d, 1, false, seg)
+            MemoryOperand::new(base, Register::ECX, scale, d, 1, false, seg)
         }
-        8 => {
+        17 | 18 => {
             let d: i64 = rng.random_range(-64..0x800);
             MemoryOperand::new(Register::ESP, Register::None, 1, d, if d == 0 { 0 } else { 4 }, false, seg)
         }
