@@ -638,35 +638,35 @@ fn lar_lsl_verr_verw_at_cpl0() {
     // Access rights: descriptor dword 2 masked with 00FFFF00H.
     assert_eq!(probe(Lar, SEL_KCODE, 0, extra_gdt), (true, 0x00cf_9a00));
     assert_eq!(probe(Lsl, SEL_KCODE, 0, extra_gdt), (true, 0xffff_ffff));
-    assert_eq!(probe(Verr, SEL_KCODE, 0, extra_gdt).0, true);
-    assert_eq!(probe(Verw, SEL_KCODE, 0, extra_gdt).0, false);
+    assert!(probe(Verr, SEL_KCODE, 0, extra_gdt).0);
+    assert!(!probe(Verw, SEL_KCODE, 0, extra_gdt).0);
     assert_eq!(probe(Lar, SEL_KDATA, 0, extra_gdt), (true, 0x00cf_9200));
-    assert_eq!(probe(Verw, SEL_KDATA, 0, extra_gdt).0, true);
+    assert!(probe(Verw, SEL_KDATA, 0, extra_gdt).0);
     assert_eq!(probe(Lar, SEL_UDATA, 0, extra_gdt), (true, 0x00cf_f200));
     // Read-only data: readable, not writable; byte-granular limit.
-    assert_eq!(probe(Verr, sel(10, 0), 0, extra_gdt).0, true);
-    assert_eq!(probe(Verw, sel(10, 0), 0, extra_gdt).0, false);
+    assert!(probe(Verr, sel(10, 0), 0, extra_gdt).0);
+    assert!(!probe(Verw, sel(10, 0), 0, extra_gdt).0);
     assert_eq!(probe(Lsl, sel(10, 0), 0, extra_gdt), (true, 0x1234));
     assert_eq!(probe(Lar, sel(10, 0), 0, extra_gdt), (true, 0x0000_f000));
     // System descriptors: the TSS (available in the GDT), an LDT, a call gate, an interrupt gate.
     assert_eq!(probe(Lar, SEL_TSS, 0, extra_gdt), (true, 0x0000_8900));
     assert_eq!(probe(Lsl, SEL_TSS, 0, extra_gdt), (true, 0x67));
-    assert_eq!(probe(Verr, SEL_TSS, 0, extra_gdt).0, false);
+    assert!(!probe(Verr, SEL_TSS, 0, extra_gdt).0);
     assert_eq!(probe(Lar, sel(9, 0), 0, extra_gdt), (true, 0x0000_8200));
     assert_eq!(probe(Lsl, sel(9, 0), 0, extra_gdt), (true, 0xff));
-    assert_eq!(probe(Lar, sel(7, 0), 0, extra_gdt).0, true);
+    assert!(probe(Lar, sel(7, 0), 0, extra_gdt).0);
     assert_eq!(probe(Lsl, sel(7, 0), 0, extra_gdt), (false, NONE));
     assert_eq!(probe(Lar, sel(8, 0), 0, extra_gdt), (false, NONE));
     // Null selector, selector beyond the GDT limit, LDT selector with no LDT: ZF=0, no fault.
     for s in [0u16, 3, 0x80, 0x0c] {
         assert_eq!(probe(Lar, s, 0, extra_gdt), (false, NONE), "{s:#x}");
         assert_eq!(probe(Lsl, s, 0, extra_gdt), (false, NONE), "{s:#x}");
-        assert_eq!(probe(Verr, s, 0, extra_gdt).0, false, "{s:#x}");
-        assert_eq!(probe(Verw, s, 0, extra_gdt).0, false, "{s:#x}");
+        assert!(!probe(Verr, s, 0, extra_gdt).0, "{s:#x}");
+        assert!(!probe(Verw, s, 0, extra_gdt).0, "{s:#x}");
     }
     // RPL 3 > DPL 0: invisible even at CPL 0.
     assert_eq!(probe(Lar, SEL_KDATA | 3, 0, extra_gdt), (false, NONE));
-    assert_eq!(probe(Verw, SEL_KDATA | 3, 0, extra_gdt).0, false);
+    assert!(!probe(Verw, SEL_KDATA | 3, 0, extra_gdt).0);
 }
 
 #[test]
@@ -674,16 +674,16 @@ fn lar_lsl_verr_verw_at_cpl3() {
     use Probe::*;
     assert_eq!(probe(Lar, SEL_KCODE, 3, extra_gdt), (false, NONE));
     assert_eq!(probe(Lsl, SEL_KDATA, 3, extra_gdt), (false, NONE));
-    assert_eq!(probe(Verr, SEL_KDATA, 3, extra_gdt).0, false);
+    assert!(!probe(Verr, SEL_KDATA, 3, extra_gdt).0);
     assert_eq!(probe(Lar, SEL_UCODE, 3, extra_gdt), (true, 0x00cf_fa00));
-    assert_eq!(probe(Verr, SEL_UCODE, 3, extra_gdt).0, true);
-    assert_eq!(probe(Verw, SEL_UDATA, 3, extra_gdt).0, true);
+    assert!(probe(Verr, SEL_UCODE, 3, extra_gdt).0);
+    assert!(probe(Verw, SEL_UDATA, 3, extra_gdt).0);
     assert_eq!(probe(Lar, SEL_TSS, 3, extra_gdt), (false, NONE));
     // Conforming code is visible at any CPL.
     assert_eq!(probe(Lar, sel(6, 0), 3, extra_gdt), (true, 0x00cf_9e00));
-    assert_eq!(probe(Verr, sel(6, 0), 3, extra_gdt).0, true);
+    assert!(probe(Verr, sel(6, 0), 3, extra_gdt).0);
     // A DPL-3 call gate is visible.
-    assert_eq!(probe(Lar, sel(7, 3), 3, extra_gdt).0, true);
+    assert!(probe(Lar, sel(7, 3), 3, extra_gdt).0);
     assert_eq!(probe(Lar, 0, 3, extra_gdt), (false, NONE));
 }
 
@@ -712,7 +712,7 @@ fn lar_16bit_operand_and_real_mode_ud() {
         |a| a.lldt(ax).unwrap(),
         |a| a.ltr(ax).unwrap(),
     ] {
-        let (_, exit) = run_real(|a| f(a));
+        let (_, exit) = run_real(f);
         assert_eq!(exc(&exit), (vector::UD, None, 0), "{exit:?}");
     }
 }
