@@ -233,7 +233,10 @@ fn is_near(i: &Instruction) -> bool {
     matches!(
         i.op0_kind(),
         OpKind::NearBranch16 | OpKind::NearBranch32 | OpKind::Register
-    ) || (i.op0_kind() == OpKind::Memory && !i.memory_size().is_packed() && i.memory_size().size() <= 4)
+    ) || (i.op0_kind() == OpKind::Memory
+        && !i.memory_size().is_packed()
+        && i.memory_size().size() <= 4
+        && i.memory_size() != iced_x86::MemorySize::SegPtr16)
 }
 
 fn is_xmm_op(i: &Instruction) -> bool {
