@@ -639,7 +639,8 @@ fn sysenter_sysexit_round_trip() {
 #[test]
 fn control_and_debug_register_checks() {
     // Each snippet runs at CPL 0 from a fresh state and must raise `vector`.
-    let cases: Vec<(&str, u8, Box<dyn Fn(&mut CodeAssembler)>)> = vec![
+    type Case = (&'static str, u8, Box<dyn Fn(&mut CodeAssembler)>);
+    let cases: Vec<Case> = vec![
         ("PG without PE", vector::GP, Box::new(|a| {
             a.mov(eax, cr::CR0_PG | cr::CR0_ET).unwrap();
             a.mov(cr0, eax).unwrap();
