@@ -50,14 +50,6 @@ impl<B: Bus> Cpu<B> {
         Ok(())
     }
 
-    /// CPL 0, or #GP(0).
-    fn require_cpl0(&self) -> Res<()> {
-        if self.state.cpl != 0 {
-            return Err(exc::gp0());
-        }
-        Ok(())
-    }
-
     /// CR4.UMIP forbids SGDT SIDT SLDT SMSW STR at CPL > 0.
     fn umip_check(&self) -> Res<()> {
         if self.state.cr4 & cr::CR4_UMIP != 0 && self.state.cpl > 0 {
