@@ -102,23 +102,27 @@ fn exc(vector: u8, error_code: Option<u32>, fault_addr: u32, eip: u32) -> Exit {
 
 #[test]
 fn push_pop_sizes() {
-    let cpu = run_mem(&[], |s| s.gpr[6] = 0xaaaa_0000, |a| {
-        a.mov(dword_ptr(0x2000), 0x0cafe_babe_u32 as i32).unwrap();
-        a.push(dword_ptr(0x2000)).unwrap();
-        a.pop(word_ptr(0x2012)).unwrap();
-        a.pop(word_ptr(0x2010)).unwrap();
-        a.mov(eax, 0x1122_3344).unwrap();
-        a.push(eax).unwrap(); // S-4
-        a.push(ax).unwrap(); // S-6
-        a.push(-2).unwrap(); // imm8 sign-extended to 32 bits: S-10
-        a.db(&[0x66, 0x6a, 0xfd]).unwrap(); // push imm8 with a 16-bit operand: S-12
-        a.push(0x1234_5678).unwrap(); // S-16
-        a.pop(ebx).unwrap();
-        a.pop(cx).unwrap();
-        a.pop(edx).unwrap();
-        a.pop(si).unwrap();
-        a.pop(edi).unwrap();
-    });
+    let cpu = run_mem(
+        &[],
+        |s| s.gpr[6] = 0xaaaa_0000,
+        |a| {
+            a.mov(dword_ptr(0x2000), 0xcafe_babe_u32 as i32).unwrap();
+            a.push(dword_ptr(0x2000)).unwrap();
+            a.pop(word_ptr(0x2012)).unwrap();
+            a.pop(word_ptr(0x2010)).unwrap();
+            a.mov(eax, 0x1122_3344).unwrap();
+            a.push(eax).unwrap(); // S-4
+            a.push(ax).unwrap(); // S-6
+            a.push(-2).unwrap(); // imm8 sign-extended to 32 bits: S-10
+            a.db(&[0x66, 0x6a, 0xfd]).unwrap(); // push imm8 with a 16-bit operand: S-12
+            a.push(0x1234_5678).unwrap(); // S-16
+            a.pop(ebx).unwrap();
+            a.pop(cx).unwrap();
+            a.pop(edx).unwrap();
+            a.pop(si).unwrap();
+            a.pop(edi).unwrap();
+        },
+    );
     assert_eq!(r32(&cpu, S - 4), 0x1122_3344);
     assert_eq!(r16(&cpu, S - 6), 0x3344);
     assert_eq!(r32(&cpu, S - 10), 0xffff_fffe);
@@ -135,20 +139,24 @@ fn push_pop_sizes() {
 
 #[test]
 fn push_esp_pop_esp_pop_mem_esp() {
-    let cpu = run_mem(&[], |_| {}, |a| {
-        a.push(esp).unwrap(); // pushes S
-        a.pop(eax).unwrap();
-        a.push(0x1234_5678).unwrap();
-        a.push(dword_ptr(esp)).unwrap(); // address computed before the push
-        a.pop(ebx).unwrap();
-        a.pop(ecx).unwrap();
-        a.push(0x1111_1111).unwrap(); // S-4
-        a.push(0x2222_2222).unwrap(); // S-8
-        a.pop(dword_ptr(esp + 4)).unwrap(); // ESP = S-4 after the pop: writes [S]
-        a.pop(edx).unwrap(); // 0x11111111
-        a.push(0x7_0000).unwrap();
-        a.pop(esp).unwrap();
-    });
+    let cpu = run_mem(
+        &[],
+        |_| {},
+        |a| {
+            a.push(esp).unwrap(); // pushes S
+            a.pop(eax).unwrap();
+            a.push(0x1234_5678).unwrap();
+            a.push(dword_ptr(esp)).unwrap(); // address computed before the push
+            a.pop(ebx).unwrap();
+            a.pop(ecx).unwrap();
+            a.push(0x1111_1111).unwrap(); // S-4
+            a.push(0x2222_2222).unwrap(); // S-8
+            a.pop(dword_ptr(esp + 4)).unwrap(); // ESP = S-4 after the pop: writes [S]
+            a.pop(edx).unwrap(); // 0x11111111
+            a.push(0x7_0000).unwrap();
+            a.pop(esp).unwrap();
+        },
+    );
     assert_eq!(cpu.state.gpr[0], S);
     assert_eq!(cpu.state.gpr[3], 0x1234_5678);
     assert_eq!(cpu.state.gpr[1], 0x1234_5678);
@@ -159,15 +167,19 @@ fn push_esp_pop_esp_pop_mem_esp() {
 
 #[test]
 fn pop_esp_16bit_and_pop_mem_esp_base() {
-    let cpu = run_mem(&[], |_| {}, |a| {
-        a.push(0x3333_3333).unwrap(); // S-4
-        a.push(0x4444_4444).unwrap(); // S-8
-        a.pop(dword_ptr(esp)).unwrap(); // writes the new top, S-4
-        a.pop(ebx).unwrap();
-        a.mov(eax, 0x0001_2344).unwrap();
-        a.push(ax).unwrap();
-        a.db(&[0x66, 0x5c]).unwrap(); // pop sp
-    });
+    let cpu = run_mem(
+        &[],
+        |_| {},
+        |a| {
+            a.push(0x3333_3333).unwrap(); // S-4
+            a.push(0x4444_4444).unwrap(); // S-8
+            a.pop(dword_ptr(esp)).unwrap(); // writes the new top, S-4
+            a.pop(ebx).unwrap();
+            a.mov(eax, 0x0001_2344).unwrap();
+            a.push(ax).unwrap();
+            a.db(&[0x66, 0x5c]).unwrap(); // pop sp
+        },
+    );
     assert_eq!(cpu.state.gpr[3], 0x4444_4444);
     // SP gets the popped word; the upper half of ESP is kept.
     assert_eq!(cpu.state.gpr[4], (S & 0xffff_0000) | 0x2344);
@@ -175,12 +187,16 @@ fn pop_esp_16bit_and_pop_mem_esp_base() {
 
 #[test]
 fn push_segment_register_writes_16_bits() {
-    let cpu = run_mem(&[], |s| s.seg[SegReg::Fs as usize].selector = 0x10, |a| {
-        a.mov(dword_ptr(esp - 4), 0xaaaa_aaaa_u32 as i32).unwrap();
-        a.mov(dword_ptr(esp - 8), 0xbbbb_bbbb_u32 as i32).unwrap();
-        a.push(fs).unwrap(); // 32-bit operand size: ESP -= 4, 16 bits written
-        a.db(&[0x66, 0x0f, 0xa0]).unwrap(); // push fs with a 16-bit operand size
-    });
+    let cpu = run_mem(
+        &[],
+        |s| s.seg[SegReg::Fs as usize].selector = 0x10,
+        |a| {
+            a.mov(dword_ptr(esp - 4), 0xaaaa_aaaa_u32 as i32).unwrap();
+            a.mov(dword_ptr(esp - 8), 0xbbbb_bbbb_u32 as i32).unwrap();
+            a.push(fs).unwrap(); // 32-bit operand size: ESP -= 4, 16 bits written
+            a.db(&[0x66, 0x0f, 0xa0]).unwrap(); // push fs with a 16-bit operand size
+        },
+    );
     assert_eq!(r32(&cpu, S - 4), 0xaaaa_0010);
     assert_eq!(r16(&cpu, S - 6), 0x0010);
     assert_eq!(cpu.state.gpr[4], S - 6);
@@ -198,17 +214,16 @@ fn pop_segment_registers() {
         a.push(SEL_KDATA as i32).unwrap();
         a.pop(ss).unwrap();
         a.push(0x1230).unwrap(); // beyond the GDT limit
-        a.pop(es).unwrap();
+        a.pop(ds).unwrap();
     });
     let mut st = g.state(false);
     st.seg[SegReg::Ds as usize].selector = 0;
     let (cpu, exit) = sys_run(g, st, 1 << GP);
     assert_eq!(exit, exc(GP, Some(0x1230), 0, KCODE + 5 + 1 + 2 + 3 + 2 + 2 + 1 + 5));
-    assert_eq!(cpu.state.seg[SegReg::Ds as usize].selector, SEL_UDATA);
+    assert_eq!(cpu.state.seg[SegReg::Ds as usize].selector, SEL_UDATA, "DS kept after the fault");
     assert_eq!(cpu.state.seg[SegReg::Ds as usize].dpl(), 3);
     assert_eq!(cpu.state.seg[SegReg::Fs as usize].selector, SEL_UDATA);
     assert_eq!(cpu.state.seg[SegReg::Ss as usize].selector, SEL_KDATA);
-    assert_eq!(cpu.state.seg[SegReg::Es as usize].selector, SEL_KDATA, "ES not loaded");
     // The faulting POP leaves ESP pointing at the bad selector.
     assert_eq!(cpu.state.gpr[4], KSTACK_TOP - 4);
 
@@ -223,6 +238,27 @@ fn pop_segment_registers() {
     assert_eq!(exit, exc(GP, Some(SEL_UDATA as u32 & 0xfffc), 0, KCODE + 2));
     assert_eq!(cpu.state.gpr[4], KSTACK_TOP - 4);
     assert_eq!(cpu.state.seg[SegReg::Ss as usize].selector, SEL_KDATA);
+}
+
+#[test]
+fn push_pop_on_a_16bit_stack() {
+    let cpu = run_mem(
+        &[],
+        |s| {
+            s.seg[SegReg::Ss as usize].attr &= !vmm_interp::state::attr::DB;
+            s.gpr[4] = 0x1234_0002;
+        },
+        |a| {
+            a.mov(eax, 0xaabb_ccdd_u32 as i32).unwrap();
+            a.push(eax).unwrap(); // SP wraps: 0xfffe
+            a.mov(ebx, esp).unwrap();
+            a.pop(ecx).unwrap();
+        },
+    );
+    assert_eq!(cpu.state.gpr[3], 0x1234_fffe);
+    assert_eq!(r32(&cpu, 0xfffe), 0xaabb_ccdd);
+    assert_eq!(cpu.state.gpr[1], 0xaabb_ccdd);
+    assert_eq!(cpu.state.gpr[4], 0x1234_0002);
 }
 
 #[test]
@@ -261,22 +297,29 @@ fn pusha_popa() {
     for (k, v) in [1u16, 2, 3, 4, S as u16, 6, 7, 8].iter().enumerate() {
         assert_eq!(r16(&cpu, S - 2 - 2 * k as u32), *v, "slot {k}");
     }
-    assert_eq!(cpu.state.gpr, [0xffff_0001, 0xffff_0002, 0xffff_0003, 0xffff_0004, S, 0xffff_0006, 0xffff_0007, 0xffff_0008]);
+    assert_eq!(
+        cpu.state.gpr,
+        [0xffff_0001, 0xffff_0002, 0xffff_0003, 0xffff_0004, S, 0xffff_0006, 0xffff_0007, 0xffff_0008]
+    );
 }
 
 // ---------------------------------------------------------------- PUSHF / POPF
 
 /// `push pushed; popf(d); hlt` at `cpl` with EFLAGS = `initial`: the EFLAGS after POPF.
 fn popf_result(cpl: u8, initial: u32, pushed: u32, wide: bool) -> u32 {
-    let (cpu, exit) = run_flat(cpl, |s| s.eflags = initial, |a| {
-        a.push(pushed as i32).unwrap();
-        if wide {
-            a.popfd().unwrap();
-        } else {
-            a.db(&[0x66, 0x9d]).unwrap();
-        }
-        a.hlt().unwrap();
-    });
+    let (cpu, exit) = run_flat(
+        cpl,
+        |s| s.eflags = initial,
+        |a| {
+            a.push(pushed as i32).unwrap();
+            if wide {
+                a.popfd().unwrap();
+            } else {
+                a.db(&[0x66, 0x9d]).unwrap();
+            }
+            a.hlt().unwrap();
+        },
+    );
     if cpl == 0 {
         assert_eq!(exit, Exit::Halt);
     } else {
@@ -318,10 +361,14 @@ fn popf_at_cpl3_iopl3_changes_if_not_iopl() {
 
 #[test]
 fn pushf_image() {
-    let cpu = run_mem(&[], |s| s.eflags = 0x202 | RF | CF | AC | ID | IOPL, |a| {
-        a.pushfd().unwrap();
-        a.pushf().unwrap();
-    });
+    let cpu = run_mem(
+        &[],
+        |s| s.eflags = 0x202 | RF | CF | AC | ID | IOPL,
+        |a| {
+            a.pushfd().unwrap();
+            a.pushf().unwrap();
+        },
+    );
     assert_eq!(r32(&cpu, S - 4), 0x203 | AC | ID | IOPL);
     assert_eq!(r16(&cpu, S - 6), (0x203 | IOPL) as u16);
     assert_eq!(cpu.state.gpr[4], S - 6);
@@ -331,12 +378,16 @@ fn pushf_image() {
 
 #[test]
 fn enter_level0_and_leave() {
-    let cpu = run_mem(&[], |s| s.gpr[5] = 0x1234, |a| {
-        a.enter(16u32, 0u32).unwrap();
-        a.mov(esi, esp).unwrap();
-        a.mov(edi, ebp).unwrap();
-        a.leave().unwrap();
-    });
+    let cpu = run_mem(
+        &[],
+        |s| s.gpr[5] = 0x1234,
+        |a| {
+            a.enter(16u32, 0u32).unwrap();
+            a.mov(esi, esp).unwrap();
+            a.mov(edi, ebp).unwrap();
+            a.leave().unwrap();
+        },
+    );
     assert_eq!(r32(&cpu, S - 4), 0x1234);
     assert_eq!(cpu.state.gpr[7], S - 4);
     assert_eq!(cpu.state.gpr[6], S - 4 - 16);
@@ -346,17 +397,25 @@ fn enter_level0_and_leave() {
 
 #[test]
 fn enter_level1() {
-    let cpu = run_mem(&[], |s| s.gpr[5] = 0x5555, |a| {
-        a.enter(8u32, 1u32).unwrap();
-    });
+    let cpu = run_mem(
+        &[],
+        |s| s.gpr[5] = 0x5555,
+        |a| {
+            a.enter(8u32, 1u32).unwrap();
+        },
+    );
     assert_eq!(r32(&cpu, S - 4), 0x5555);
     assert_eq!(r32(&cpu, S - 8), S - 4);
     assert_eq!(cpu.state.gpr[4], S - 16);
     assert_eq!(cpu.state.gpr[5], S - 4);
     // Level 33 is level 1 (mod 32).
-    let cpu2 = run_mem(&[], |s| s.gpr[5] = 0x5555, |a| {
-        a.db(&[0xc8, 8, 0, 33]).unwrap();
-    });
+    let cpu2 = run_mem(
+        &[],
+        |s| s.gpr[5] = 0x5555,
+        |a| {
+            a.db(&[0xc8, 8, 0, 33]).unwrap();
+        },
+    );
     assert_eq!(cpu2.state.gpr, cpu.state.gpr);
 }
 
@@ -364,9 +423,13 @@ fn enter_level1() {
 fn enter_level3_copies_frame_pointers() {
     const F: u32 = 0x7_0000;
     let mem: Vec<u8> = [0xa2u32, 0xa1].iter().flat_map(|v| v.to_le_bytes()).collect();
-    let cpu = run_mem(&[(F - 8, &mem)], |s| s.gpr[5] = F, |a| {
-        a.enter(4u32, 3u32).unwrap();
-    });
+    let cpu = run_mem(
+        &[(F - 8, &mem)],
+        |s| s.gpr[5] = F,
+        |a| {
+            a.enter(4u32, 3u32).unwrap();
+        },
+    );
     assert_eq!(r32(&cpu, S - 4), F);
     assert_eq!(r32(&cpu, S - 8), 0xa1); // [F-4]
     assert_eq!(r32(&cpu, S - 12), 0xa2); // [F-8]
@@ -378,12 +441,16 @@ fn enter_level3_copies_frame_pointers() {
 #[test]
 fn enter_leave_16bit_operand() {
     const F: u32 = 0x7_0010;
-    let cpu = run_mem(&[(F - 2, &[0xb1, 0x00])], |s| s.gpr[5] = F, |a| {
-        a.db(&[0x66, 0xc8, 8, 0, 2]).unwrap(); // enter 8, 2 (o16)
-        a.mov(esi, esp).unwrap();
-        a.mov(edi, ebp).unwrap();
-        a.db(&[0x66, 0xc9]).unwrap(); // leave (o16)
-    });
+    let cpu = run_mem(
+        &[(F - 2, &[0xb1, 0x00])],
+        |s| s.gpr[5] = F,
+        |a| {
+            a.db(&[0x66, 0xc8, 8, 0, 2]).unwrap(); // enter 8, 2 (o16)
+            a.mov(esi, esp).unwrap();
+            a.mov(edi, ebp).unwrap();
+            a.db(&[0x66, 0xc9]).unwrap(); // leave (o16)
+        },
+    );
     assert_eq!(r16(&cpu, S - 2), F as u16);
     assert_eq!(r16(&cpu, S - 4), 0xb1);
     assert_eq!(r16(&cpu, S - 6), (S - 2) as u16);
@@ -400,53 +467,69 @@ const DST: u32 = 0x1_1000;
 
 #[test]
 fn movs_single_and_rep() {
-    let cpu = run_mem(&[(SRC, b"hello, world")], |s| {
-        s.gpr[6] = SRC;
-        s.gpr[7] = DST;
-        s.gpr[1] = 0x77;
-    }, |a| {
-        a.movsb().unwrap();
-    });
+    let cpu = run_mem(
+        &[(SRC, b"hello, world")],
+        |s| {
+            s.gpr[6] = SRC;
+            s.gpr[7] = DST;
+            s.gpr[1] = 0x77;
+        },
+        |a| {
+            a.movsb().unwrap();
+        },
+    );
     assert_eq!(r8(&cpu, DST), b'h');
     assert_eq!(r8(&cpu, DST + 1), 0);
     assert_eq!((cpu.state.gpr[6], cpu.state.gpr[7], cpu.state.gpr[1]), (SRC + 1, DST + 1, 0x77));
 
-    let cpu = run_mem(&[(SRC, b"hello, world")], |s| {
-        s.gpr[6] = SRC;
-        s.gpr[7] = DST;
-        s.gpr[1] = 5;
-    }, |a| {
-        a.rep().movsb().unwrap();
-        a.mov(ecx, 1).unwrap();
-        a.rep().movsw().unwrap();
-        a.mov(ecx, 1).unwrap();
-        a.rep().movsd().unwrap();
-    });
+    let cpu = run_mem(
+        &[(SRC, b"hello, world")],
+        |s| {
+            s.gpr[6] = SRC;
+            s.gpr[7] = DST;
+            s.gpr[1] = 5;
+        },
+        |a| {
+            a.rep().movsb().unwrap();
+            a.mov(ecx, 1).unwrap();
+            a.rep().movsw().unwrap();
+            a.mov(ecx, 1).unwrap();
+            a.rep().movsd().unwrap();
+        },
+    );
     assert_eq!(&cpu.bus.ram[DST as usize..DST as usize + 12], b"hello, worl\0");
     assert_eq!((cpu.state.gpr[6], cpu.state.gpr[7], cpu.state.gpr[1]), (SRC + 11, DST + 11, 0));
 }
 
 #[test]
 fn movs_backwards_with_df() {
-    let cpu = run_mem(&[(SRC, b"abcdefgh")], |s| {
-        s.gpr[6] = SRC + 7;
-        s.gpr[7] = DST + 7;
-        s.gpr[1] = 8;
-    }, |a| {
-        set_df(a);
-        a.rep().movsb().unwrap();
-    });
+    let cpu = run_mem(
+        &[(SRC, b"abcdefgh")],
+        |s| {
+            s.gpr[6] = SRC + 7;
+            s.gpr[7] = DST + 7;
+            s.gpr[1] = 8;
+        },
+        |a| {
+            set_df(a);
+            a.rep().movsb().unwrap();
+        },
+    );
     assert_eq!(&cpu.bus.ram[DST as usize..DST as usize + 8], b"abcdefgh");
     assert_eq!((cpu.state.gpr[6], cpu.state.gpr[7], cpu.state.gpr[1]), (SRC - 1, DST - 1, 0));
 
-    let cpu = run_mem(&[(SRC, b"abcdefgh")], |s| {
-        s.gpr[6] = SRC + 4;
-        s.gpr[7] = DST + 4;
-        s.gpr[1] = 2;
-    }, |a| {
-        set_df(a);
-        a.rep().movsd().unwrap();
-    });
+    let cpu = run_mem(
+        &[(SRC, b"abcdefgh")],
+        |s| {
+            s.gpr[6] = SRC + 4;
+            s.gpr[7] = DST + 4;
+            s.gpr[1] = 2;
+        },
+        |a| {
+            set_df(a);
+            a.rep().movsd().unwrap();
+        },
+    );
     assert_eq!(&cpu.bus.ram[DST as usize..DST as usize + 8], b"abcdefgh");
     assert_eq!((cpu.state.gpr[6], cpu.state.gpr[7]), (SRC - 4, DST - 4));
 }
@@ -454,13 +537,17 @@ fn movs_backwards_with_df() {
 #[test]
 fn rep_movs_overlapping_follows_element_order() {
     // MOVSB with EDI = ESI + 1 replicates the first byte.
-    let cpu = run_mem(&[(SRC, &[1, 2, 3, 4, 5, 6, 7, 8, 9, 10])], |s| {
-        s.gpr[6] = SRC;
-        s.gpr[7] = SRC + 1;
-        s.gpr[1] = 8;
-    }, |a| {
-        a.rep().movsb().unwrap();
-    });
+    let cpu = run_mem(
+        &[(SRC, &[1, 2, 3, 4, 5, 6, 7, 8, 9, 10])],
+        |s| {
+            s.gpr[6] = SRC;
+            s.gpr[7] = SRC + 1;
+            s.gpr[1] = 8;
+        },
+        |a| {
+            a.rep().movsb().unwrap();
+        },
+    );
     assert_eq!(&cpu.bus.ram[SRC as usize..SRC as usize + 10], &[1, 1, 1, 1, 1, 1, 1, 1, 1, 10]);
 
     // MOVSD with EDI = ESI + 2: a reference element-by-element model.
@@ -470,30 +557,38 @@ fn rep_movs_overlapping_follows_element_order() {
         let v: [u8; 4] = model[4 * k..4 * k + 4].try_into().unwrap();
         model[4 * k + 2..4 * k + 6].copy_from_slice(&v);
     }
-    let cpu = run_mem(&[(SRC, &init)], |s| {
-        s.gpr[6] = SRC;
-        s.gpr[7] = SRC + 2;
-        s.gpr[1] = 8;
-    }, |a| {
-        a.rep().movsd().unwrap();
-    });
+    let cpu = run_mem(
+        &[(SRC, &init)],
+        |s| {
+            s.gpr[6] = SRC;
+            s.gpr[7] = SRC + 2;
+            s.gpr[1] = 8;
+        },
+        |a| {
+            a.rep().movsd().unwrap();
+        },
+    );
     assert_eq!(&cpu.bus.ram[SRC as usize..SRC as usize + 40], &model[..]);
 }
 
 #[test]
 fn rep_movs_large_crosses_pages_and_resumes() {
     let data: Vec<u8> = (0..20000u32).map(|i| (i * 7 % 251) as u8).collect();
-    let cpu = run_mem(&[(0x2_0000, &data)], |s| {
-        s.gpr[6] = 0x2_0001;
-        s.gpr[7] = 0x4_0ffd;
-        s.gpr[1] = 10000;
-    }, |a| {
-        a.rep().movsb().unwrap();
-        a.mov(esi, 0x2_0000).unwrap();
-        a.mov(edi, 0x6_0002).unwrap();
-        a.mov(ecx, 4999).unwrap();
-        a.rep().movsd().unwrap();
-    });
+    let cpu = run_mem(
+        &[(0x2_0000, &data)],
+        |s| {
+            s.gpr[6] = 0x2_0001;
+            s.gpr[7] = 0x4_0ffd;
+            s.gpr[1] = 10000;
+        },
+        |a| {
+            a.rep().movsb().unwrap();
+            a.mov(esi, 0x2_0000).unwrap();
+            a.mov(edi, 0x6_0002).unwrap();
+            a.mov(ecx, 4999).unwrap();
+            a.rep().movsd().unwrap();
+        },
+    );
     assert_eq!(&cpu.bus.ram[0x4_0ffd..0x4_0ffd + 10000], &data[1..10001]);
     assert_eq!(cpu.bus.ram[0x4_0ffd + 10000], 0);
     assert_eq!(&cpu.bus.ram[0x6_0002..0x6_0002 + 19996], &data[..19996]);
@@ -507,22 +602,26 @@ fn rep_movs_large_crosses_pages_and_resumes() {
 
 #[test]
 fn stos_and_lods() {
-    let cpu = run_mem(&[], |s| {
-        s.gpr[0] = 0x1122_33ab;
-        s.gpr[7] = 0x1_2345;
-        s.gpr[1] = 100;
-    }, |a| {
-        a.rep().stosb().unwrap();
-        a.mov(edi, 0x2_0002).unwrap();
-        a.mov(ecx, 3000).unwrap();
-        a.rep().stosd().unwrap();
-        a.mov(edi, 0x3_0010).unwrap();
-        a.mov(ecx, 3).unwrap();
-        set_df(a);
-        a.rep().stosw().unwrap();
-        clear_df(a);
-        a.stosb().unwrap();
-    });
+    let cpu = run_mem(
+        &[],
+        |s| {
+            s.gpr[0] = 0x1122_33ab;
+            s.gpr[7] = 0x1_2345;
+            s.gpr[1] = 100;
+        },
+        |a| {
+            a.rep().stosb().unwrap();
+            a.mov(edi, 0x2_0002).unwrap();
+            a.mov(ecx, 3000).unwrap();
+            a.rep().stosd().unwrap();
+            a.mov(edi, 0x3_0010).unwrap();
+            a.mov(ecx, 3).unwrap();
+            set_df(a);
+            a.rep().stosw().unwrap();
+            clear_df(a);
+            a.stosb().unwrap();
+        },
+    );
     assert_eq!(r8(&cpu, 0x1_2344), 0);
     assert!(cpu.bus.ram[0x1_2345..0x1_2345 + 100].iter().all(|&b| b == 0xab));
     assert_eq!(r8(&cpu, 0x1_2345 + 100), 0);
@@ -540,15 +639,19 @@ fn stos_and_lods() {
     assert_eq!(r8(&cpu, 0x3_000b), 0);
     assert_eq!(cpu.state.gpr[7], 0x3_000b);
 
-    let cpu = run_mem(&[(SRC, &[0x11, 0x22, 0x33, 0x44, 0x55, 0x66, 0x77, 0x88, 0x99, 0xaa, 0xbb, 0xcc, 0xdd])], |s| {
-        s.gpr[0] = 0xffff_ffff;
-        s.gpr[6] = SRC;
-    }, |a| {
-        a.lodsb().unwrap();
-        a.mov(ebx, eax).unwrap();
-        a.mov(ecx, 3).unwrap();
-        a.rep().lodsd().unwrap();
-    });
+    let cpu = run_mem(
+        &[(SRC, &[0x11, 0x22, 0x33, 0x44, 0x55, 0x66, 0x77, 0x88, 0x99, 0xaa, 0xbb, 0xcc, 0xdd])],
+        |s| {
+            s.gpr[0] = 0xffff_ffff;
+            s.gpr[6] = SRC;
+        },
+        |a| {
+            a.lodsb().unwrap();
+            a.mov(ebx, eax).unwrap();
+            a.mov(ecx, 3).unwrap();
+            a.rep().lodsd().unwrap();
+        },
+    );
     assert_eq!(cpu.state.gpr[3], 0xffff_ff11);
     assert_eq!(cpu.state.gpr[0], 0xddcc_bbaa);
     assert_eq!(cpu.state.gpr[6], SRC + 13);
@@ -556,35 +659,47 @@ fn stos_and_lods() {
 
 #[test]
 fn scas() {
-    let cpu = run_mem(&[(SRC, b"abcdef\0")], |s| {
-        s.gpr[0] = 0;
-        s.gpr[7] = SRC;
-        s.gpr[1] = 0xffff_ffff;
-    }, |a| {
-        a.repne().scasb().unwrap();
-    });
+    let cpu = run_mem(
+        &[(SRC, b"abcdef\0")],
+        |s| {
+            s.gpr[0] = 0;
+            s.gpr[7] = SRC;
+            s.gpr[1] = 0xffff_ffff;
+        },
+        |a| {
+            a.repne().scasb().unwrap();
+        },
+    );
     assert_eq!(cpu.state.gpr[7], SRC + 7);
     assert_eq!(cpu.state.gpr[1], 0xffff_fff8);
     assert_ne!(cpu.state.eflags & ZF, 0);
 
-    let cpu = run_mem(&[(SRC, b"aaab")], |s| {
-        s.gpr[0] = b'a' as u32;
-        s.gpr[7] = SRC;
-        s.gpr[1] = 10;
-    }, |a| {
-        a.repe().scasb().unwrap();
-    });
+    let cpu = run_mem(
+        &[(SRC, b"aaab")],
+        |s| {
+            s.gpr[0] = b'a' as u32;
+            s.gpr[7] = SRC;
+            s.gpr[1] = 10;
+        },
+        |a| {
+            a.repe().scasb().unwrap();
+        },
+    );
     assert_eq!(cpu.state.gpr[7], SRC + 4);
     assert_eq!(cpu.state.gpr[1], 6);
     // 'a' - 'b' = 0xff: CF SF AF PF.
     assert_eq!(cpu.state.eflags & STATUS, CF | SF | AF | PF);
 
-    let cpu = run_mem(&[(SRC, &0x1234_5678u32.to_le_bytes())], |s| {
-        s.gpr[0] = 0x1234_5678;
-        s.gpr[7] = SRC;
-    }, |a| {
-        a.scasd().unwrap();
-    });
+    let cpu = run_mem(
+        &[(SRC, &0x1234_5678u32.to_le_bytes())],
+        |s| {
+            s.gpr[0] = 0x1234_5678;
+            s.gpr[7] = SRC;
+        },
+        |a| {
+            a.scasd().unwrap();
+        },
+    );
     assert_eq!(cpu.state.eflags & STATUS, ZF | PF);
     assert_eq!(cpu.state.gpr[7], SRC + 4);
 }
@@ -592,65 +707,107 @@ fn scas() {
 #[test]
 fn cmps() {
     // [ESI] - [EDI]: 1 - 2.
-    let cpu = run_mem(&[(SRC, &[1]), (DST, &[2])], |s| {
-        s.gpr[6] = SRC;
-        s.gpr[7] = DST;
-    }, |a| {
-        a.cmpsb().unwrap();
-    });
+    let cpu = run_mem(
+        &[(SRC, &[1]), (DST, &[2])],
+        |s| {
+            s.gpr[6] = SRC;
+            s.gpr[7] = DST;
+        },
+        |a| {
+            a.cmpsb().unwrap();
+        },
+    );
     assert_eq!(cpu.state.eflags & STATUS, CF | PF | AF | SF);
     assert_eq!((cpu.state.gpr[6], cpu.state.gpr[7]), (SRC + 1, DST + 1));
 
     // REPE CMPSB stops at the first difference.
-    let cpu = run_mem(&[(SRC, b"abcdef"), (DST, b"abcXef")], |s| {
-        s.gpr[6] = SRC;
-        s.gpr[7] = DST;
-        s.gpr[1] = 6;
-    }, |a| {
-        a.repe().cmpsb().unwrap();
-    });
+    let cpu = run_mem(
+        &[(SRC, b"abcdef"), (DST, b"abcXef")],
+        |s| {
+            s.gpr[6] = SRC;
+            s.gpr[7] = DST;
+            s.gpr[1] = 6;
+        },
+        |a| {
+            a.repe().cmpsb().unwrap();
+        },
+    );
     assert_eq!((cpu.state.gpr[6], cpu.state.gpr[7], cpu.state.gpr[1]), (SRC + 4, DST + 4, 2));
     // 'd' - 'X' = 0x0c.
     assert_eq!(cpu.state.eflags & STATUS, AF | PF);
 
     // Equal strings run to the end with ZF set.
-    let cpu = run_mem(&[(SRC, b"abcdef"), (DST, b"abcdef")], |s| {
-        s.gpr[6] = SRC;
-        s.gpr[7] = DST;
-        s.gpr[1] = 6;
-    }, |a| {
-        a.repe().cmpsb().unwrap();
-    });
+    let cpu = run_mem(
+        &[(SRC, b"abcdef"), (DST, b"abcdef")],
+        |s| {
+            s.gpr[6] = SRC;
+            s.gpr[7] = DST;
+            s.gpr[1] = 6;
+        },
+        |a| {
+            a.repe().cmpsb().unwrap();
+        },
+    );
     assert_eq!(cpu.state.gpr[1], 0);
     assert_eq!(cpu.state.eflags & STATUS, ZF | PF);
 
     // REPNE CMPSD stops at the first equal pair.
     let src: Vec<u8> = [1u32, 2, 3, 4].iter().flat_map(|v| v.to_le_bytes()).collect();
     let dst: Vec<u8> = [9u32, 9, 3, 9].iter().flat_map(|v| v.to_le_bytes()).collect();
-    let cpu = run_mem(&[(SRC, &src), (DST, &dst)], |s| {
-        s.gpr[6] = SRC;
-        s.gpr[7] = DST;
-        s.gpr[1] = 4;
-    }, |a| {
-        a.repne().cmpsd().unwrap();
-    });
+    let cpu = run_mem(
+        &[(SRC, &src), (DST, &dst)],
+        |s| {
+            s.gpr[6] = SRC;
+            s.gpr[7] = DST;
+            s.gpr[1] = 4;
+        },
+        |a| {
+            a.repne().cmpsd().unwrap();
+        },
+    );
     assert_eq!((cpu.state.gpr[6], cpu.state.gpr[7], cpu.state.gpr[1]), (SRC + 12, DST + 12, 1));
     assert_ne!(cpu.state.eflags & ZF, 0);
 }
 
 #[test]
+fn rep_single_steps_each_iteration() {
+    let (mut cpu, exit) = run_flat(
+        0,
+        |s| {
+            s.eflags |= TF;
+            s.gpr[6] = SRC;
+            s.gpr[7] = DST;
+            s.gpr[1] = 3;
+        },
+        |a| {
+            a.rep().movsb().unwrap();
+            a.hlt().unwrap();
+        },
+    );
+    assert_eq!(exit, exc(vector::DB, None, 0, CODE));
+    assert_eq!((cpu.state.gpr[1], cpu.state.gpr[6], cpu.state.gpr[7]), (2, SRC + 1, DST + 1));
+    assert_eq!(cpu.run(10), exc(vector::DB, None, 0, CODE));
+    assert_eq!(cpu.run(10), exc(vector::DB, None, 0, CODE + 2));
+    assert_eq!(cpu.state.gpr[1], 0);
+}
+
+#[test]
 fn rep_with_zero_count_does_nothing() {
-    let cpu = run_mem(&[(SRC, b"xyz"), (DST, b"abc")], |s| {
-        s.eflags |= CF;
-        s.gpr[6] = SRC;
-        s.gpr[7] = DST;
-        s.gpr[1] = 0;
-    }, |a| {
-        a.rep().movsb().unwrap();
-        a.repe().cmpsb().unwrap();
-        a.rep().stosd().unwrap();
-        a.rep().lodsb().unwrap();
-    });
+    let cpu = run_mem(
+        &[(SRC, b"xyz"), (DST, b"abc")],
+        |s| {
+            s.eflags |= CF;
+            s.gpr[6] = SRC;
+            s.gpr[7] = DST;
+            s.gpr[1] = 0;
+        },
+        |a| {
+            a.rep().movsb().unwrap();
+            a.repe().cmpsb().unwrap();
+            a.rep().stosd().unwrap();
+            a.rep().lodsb().unwrap();
+        },
+    );
     assert_eq!(&cpu.bus.ram[DST as usize..DST as usize + 3], b"abc");
     assert_eq!((cpu.state.gpr[6], cpu.state.gpr[7], cpu.state.gpr[1], cpu.state.gpr[0]), (SRC, DST, 0, 0));
     assert_eq!(cpu.state.eflags & STATUS, CF);
@@ -658,15 +815,19 @@ fn rep_with_zero_count_does_nothing() {
 
 #[test]
 fn source_segment_override() {
-    let cpu = run_mem(&[(0x5100, b"Ffg"), (0x0100, b"Ddh")], |s| {
-        s.seg[SegReg::Fs as usize].base = 0x5000;
-        s.gpr[6] = 0x100;
-        s.gpr[7] = DST;
-    }, |a| {
-        a.db(&[0x64, 0xa4]).unwrap(); // movsb with FS:ESI
-        a.movsb().unwrap(); // DS:ESI+1
-        a.db(&[0x64, 0xac]).unwrap(); // lodsb with FS:[ESI]
-    });
+    let cpu = run_mem(
+        &[(0x5100, b"Ffg"), (0x0100, b"Ddh")],
+        |s| {
+            s.seg[SegReg::Fs as usize].base = 0x5000;
+            s.gpr[6] = 0x100;
+            s.gpr[7] = DST;
+        },
+        |a| {
+            a.db(&[0x64, 0xa4]).unwrap(); // movsb with FS:ESI
+            a.movsb().unwrap(); // DS:ESI+1
+            a.db(&[0x64, 0xac]).unwrap(); // lodsb with FS:[ESI]
+        },
+    );
     assert_eq!(r8(&cpu, DST), b'F');
     assert_eq!(r8(&cpu, DST + 1), b'd');
     assert_eq!(cpu.state.gpr[0] & 0xff, b'g' as u32);
@@ -675,20 +836,24 @@ fn source_segment_override() {
 
 #[test]
 fn sixteen_bit_addressing() {
-    let cpu = run_mem(&[(0x0800, b"Q"), (0xffff, b"W")], |s| {
-        s.gpr[6] = 0x1234_0800;
-        s.gpr[7] = 0x5678_0900;
-        s.gpr[1] = 0x0001_0003;
-    }, |a| {
-        a.db(&[0x67, 0xa4]).unwrap(); // movsb with SI, DI
-        a.db(&[0x67, 0xf3, 0xa4]).unwrap(); // rep movsb with CX = 3
-        a.mov(esi, 0x0003_ffff).unwrap();
-        a.db(&[0x67, 0xac]).unwrap(); // lodsb: SI wraps to 0
-        a.mov(ebx, esi).unwrap();
-        a.mov(edx, eax).unwrap();
-        set_df(a);
-        a.db(&[0x67, 0xac]).unwrap(); // lodsb at SI 0, SI -> 0xffff
-    });
+    let cpu = run_mem(
+        &[(0x0800, b"Q"), (0xffff, b"W")],
+        |s| {
+            s.gpr[6] = 0x1234_0800;
+            s.gpr[7] = 0x5678_0900;
+            s.gpr[1] = 0x0001_0003;
+        },
+        |a| {
+            a.db(&[0x67, 0xa4]).unwrap(); // movsb with SI, DI
+            a.db(&[0x67, 0xf3, 0xa4]).unwrap(); // rep movsb with CX = 3
+            a.mov(esi, 0x0003_ffff).unwrap();
+            a.db(&[0x67, 0xac]).unwrap(); // lodsb: SI wraps to 0
+            a.mov(ebx, esi).unwrap();
+            a.mov(edx, eax).unwrap();
+            set_df(a);
+            a.db(&[0x67, 0xac]).unwrap(); // lodsb at SI 0, SI -> 0xffff
+        },
+    );
     assert_eq!(r8(&cpu, 0x0900), b'Q');
     assert_eq!(cpu.state.gpr[7], 0x5678_0904);
     assert_eq!(cpu.state.gpr[1], 0x0001_0000);
@@ -699,7 +864,13 @@ fn sixteen_bit_addressing() {
 }
 
 /// A paged SysGuest running `rep` code at KCODE with #PF intercepted.
-fn paged_fault(dst_pte: u32, src: u32, dst: u32, count: u32, f: impl FnOnce(&mut CodeAssembler)) -> (Cpu<RamBus>, Exit) {
+fn paged_fault(
+    dst_pte: u32,
+    src: u32,
+    dst: u32,
+    count: u32,
+    f: impl FnOnce(&mut CodeAssembler),
+) -> (Cpu<RamBus>, Exit) {
     let mut g = SysGuest::new();
     g.identity_map(pte::RW);
     for k in 0..64u32 {
@@ -803,22 +974,28 @@ impl Bus for IoBus {
 
 #[test]
 fn ins_outs() {
-    let (cpu, exit) = run_on(IoBus::new(), 0, &[(SRC, b"ABCDEFGH")], |s| {
-        s.gpr[6] = SRC;
-        s.gpr[7] = DST;
-        s.gpr[2] = 0x3f8;
-        s.gpr[1] = 4;
-    }, |a| {
-        a.rep().outsb().unwrap();
-        a.outsw().unwrap(); // "EF"
-        a.mov(dx, 0x60).unwrap();
-        a.mov(ecx, 3).unwrap();
-        a.rep().insw().unwrap();
-        a.insd().unwrap();
-        set_df(a);
-        a.insb().unwrap();
-        a.hlt().unwrap();
-    });
+    let (cpu, exit) = run_on(
+        IoBus::new(),
+        0,
+        &[(SRC, b"ABCDEFGH")],
+        |s| {
+            s.gpr[6] = SRC;
+            s.gpr[7] = DST;
+            s.gpr[2] = 0x3f8;
+            s.gpr[1] = 4;
+        },
+        |a| {
+            a.rep().outsb().unwrap();
+            a.outsw().unwrap(); // "EF"
+            a.mov(dx, 0x60).unwrap();
+            a.mov(ecx, 3).unwrap();
+            a.rep().insw().unwrap();
+            a.insd().unwrap();
+            set_df(a);
+            a.insb().unwrap();
+            a.hlt().unwrap();
+        },
+    );
     assert_eq!(exit, Exit::Halt);
     let log = &cpu.bus.log;
     assert_eq!(
@@ -833,7 +1010,13 @@ fn ins_outs() {
     );
     assert_eq!(
         &log[5..],
-        &[('i', 0x60, 2, 0x0101), ('i', 0x60, 2, 0x0202), ('i', 0x60, 2, 0x0303), ('i', 0x60, 4, 0x0404_0404), ('i', 0x60, 1, 0x05)]
+        &[
+            ('i', 0x60, 2, 0x0101),
+            ('i', 0x60, 2, 0x0202),
+            ('i', 0x60, 2, 0x0303),
+            ('i', 0x60, 4, 0x0404_0404),
+            ('i', 0x60, 1, 0x05)
+        ]
     );
     let d = DST as usize;
     assert_eq!(&cpu.bus.ram[d..d + 11], &[1, 1, 2, 2, 3, 3, 4, 4, 4, 4, 5]);
@@ -845,14 +1028,20 @@ fn ins_outs() {
 fn rep_outs_port_exit_stops_after_the_iteration() {
     let mut bus = IoBus::new();
     bus.exit_port = Some(0xe9);
-    let (mut cpu, exit) = run_on(bus, 0, &[(SRC, b"xyz")], |s| {
-        s.gpr[6] = SRC;
-        s.gpr[2] = 0xe9;
-        s.gpr[1] = 3;
-    }, |a| {
-        a.rep().outsb().unwrap();
-        a.hlt().unwrap();
-    });
+    let (mut cpu, exit) = run_on(
+        bus,
+        0,
+        &[(SRC, b"xyz")],
+        |s| {
+            s.gpr[6] = SRC;
+            s.gpr[2] = 0xe9;
+            s.gpr[1] = 3;
+        },
+        |a| {
+            a.rep().outsb().unwrap();
+            a.hlt().unwrap();
+        },
+    );
     assert_eq!(exit, Exit::PortIo { port: 0xe9, size: 1, value: b'x' as u32 });
     assert_eq!((cpu.state.eip, cpu.state.gpr[1], cpu.state.gpr[6]), (CODE, 2, SRC + 1));
     assert_eq!(cpu.run(100), Exit::PortIo { port: 0xe9, size: 1, value: b'y' as u32 });
@@ -866,11 +1055,17 @@ fn rep_outs_port_exit_stops_after_the_iteration() {
 #[test]
 fn ins_outs_io_permission() {
     // CPL 3 > IOPL 0 and no TSS: #GP(0); a REP with count 0 does not check.
-    let (cpu, exit) = run_on(IoBus::new(), 3, &[], |s| s.gpr[1] = 0, |a| {
-        a.rep().outsb().unwrap();
-        a.rep().insb().unwrap();
-        a.outsb().unwrap();
-    });
+    let (cpu, exit) = run_on(
+        IoBus::new(),
+        3,
+        &[],
+        |s| s.gpr[1] = 0,
+        |a| {
+            a.rep().outsb().unwrap();
+            a.rep().insb().unwrap();
+            a.outsb().unwrap();
+        },
+    );
     assert_eq!(exit, exc(GP, Some(0), 0, CODE + 4));
     assert!(cpu.bus.log.is_empty());
 }
@@ -937,13 +1132,19 @@ fn near_transfers_with_16bit_operand_size() {
         a.mov(cx, word_ptr(esp)).unwrap();
         a.db(&[0x66, 0xc3]).unwrap(); // ret (o16): IP = popped word
     });
-    let (cpu, exit) = run_on(RamBus::new(RAM), 0, &[(0x3600, &f), (0x3700, &[0xf4])], |_| {}, |a| {
-        a.mov(eax, 0xabcd_3600u32 as i32).unwrap(); // 5 bytes
-        a.db(&[0x66, 0xff, 0xd0]).unwrap(); // call ax: pushes a word, IP = 0x3600
-        a.mov(esi, esp).unwrap();
-        a.mov(eax, 0xabcd_3700u32 as i32).unwrap();
-        a.db(&[0x66, 0xff, 0xe0]).unwrap(); // jmp ax
-    });
+    let (cpu, exit) = run_on(
+        RamBus::new(RAM),
+        0,
+        &[(0x3600, &f), (0x3700, &[0xf4])],
+        |_| {},
+        |a| {
+            a.mov(eax, 0xabcd_3600u32 as i32).unwrap(); // 5 bytes
+            a.db(&[0x66, 0xff, 0xd0]).unwrap(); // call ax: pushes a word, IP = 0x3600
+            a.mov(esi, esp).unwrap();
+            a.mov(eax, 0xabcd_3700u32 as i32).unwrap();
+            a.db(&[0x66, 0xff, 0xe0]).unwrap(); // jmp ax
+        },
+    );
     assert_eq!(exit, Exit::Halt);
     assert_eq!(cpu.state.gpr[5], S - 2);
     assert_eq!(cpu.state.gpr[1], CODE + 8);
@@ -953,23 +1154,26 @@ fn near_transfers_with_16bit_operand_size() {
 
 #[test]
 fn jcc() {
-    let cpu = run_ok(|_| {}, |a| {
-        let mut skip = a.create_label();
-        let mut top = a.create_label();
-        a.xor(ebx, ebx).unwrap();
-        a.mov(ecx, 10).unwrap();
-        a.set_label(&mut top).unwrap();
-        a.add(ebx, ecx).unwrap();
-        a.dec(ecx).unwrap();
-        a.jne(top).unwrap();
-        a.cmp(ebx, 55).unwrap();
-        a.je(skip).unwrap();
-        a.mov(ebx, 0).unwrap();
-        a.set_label(&mut skip).unwrap();
-        a.cmp(ebx, 1).unwrap();
-        a.jl(skip).unwrap(); // not taken (55 >= 1)
-        a.nop().unwrap();
-    });
+    let cpu = run_ok(
+        |_| {},
+        |a| {
+            let mut skip = a.create_label();
+            let mut top = a.create_label();
+            a.xor(ebx, ebx).unwrap();
+            a.mov(ecx, 10).unwrap();
+            a.set_label(&mut top).unwrap();
+            a.add(ebx, ecx).unwrap();
+            a.dec(ecx).unwrap();
+            a.jne(top).unwrap();
+            a.cmp(ebx, 55).unwrap();
+            a.je(skip).unwrap();
+            a.mov(ebx, 0).unwrap();
+            a.set_label(&mut skip).unwrap();
+            a.cmp(ebx, 1).unwrap();
+            a.jl(skip).unwrap(); // not taken (55 >= 1)
+            a.nop().unwrap();
+        },
+    );
     assert_eq!(cpu.state.gpr[3], 55);
 }
 
@@ -1013,9 +1217,15 @@ fn near_targets_beyond_cs_limit_raise_gp() {
 
 #[test]
 fn near_target_at_the_limit_is_allowed() {
-    let (cpu, exit) = run_on(RamBus::new(RAM), 0, &[(0x3fff, &[0xf4])], |s| s.seg[SegReg::Cs as usize].limit = 0x3fff, |a| {
-        a.jmp(0x3fffu64).unwrap();
-    });
+    let (cpu, exit) = run_on(
+        RamBus::new(RAM),
+        0,
+        &[(0x3fff, &[0xf4])],
+        |s| s.seg[SegReg::Cs as usize].limit = 0x3fff,
+        |a| {
+            a.jmp(0x3fffu64).unwrap();
+        },
+    );
     assert_eq!(exit, Exit::Halt);
     assert_eq!(cpu.state.eip, 0x4000);
 }
@@ -1024,19 +1234,22 @@ fn near_target_at_the_limit_is_allowed() {
 
 #[test]
 fn loop_with_ecx_and_cx() {
-    let cpu = run_ok(|_| {}, |a| {
-        let mut l = a.create_label();
-        a.xor(ebx, ebx).unwrap();
-        a.mov(ecx, 0x1_0001).unwrap();
-        a.set_label(&mut l).unwrap();
-        a.inc(ebx).unwrap();
-        a.loop_(l).unwrap();
-        // a16 LOOP: CX only.
-        a.xor(esi, esi).unwrap();
-        a.mov(ecx, 0x5_0003).unwrap();
-        a.inc(esi).unwrap(); // 1 byte: the loop target
-        a.db(&[0x67, 0xe2, 0xfc]).unwrap(); // loop (CX) back by 4
-    });
+    let cpu = run_ok(
+        |_| {},
+        |a| {
+            let mut l = a.create_label();
+            a.xor(ebx, ebx).unwrap();
+            a.mov(ecx, 0x1_0001).unwrap();
+            a.set_label(&mut l).unwrap();
+            a.inc(ebx).unwrap();
+            a.loop_(l).unwrap();
+            // a16 LOOP: CX only.
+            a.xor(esi, esi).unwrap();
+            a.mov(ecx, 0x5_0003).unwrap();
+            a.inc(esi).unwrap(); // 1 byte: the loop target
+            a.db(&[0x67, 0xe2, 0xfc]).unwrap(); // loop (CX) back by 4
+        },
+    );
     assert_eq!(cpu.state.gpr[3], 0x1_0001);
     assert_eq!(cpu.state.gpr[6], 3);
     assert_eq!(cpu.state.gpr[1], 0x5_0000);
@@ -1044,32 +1257,35 @@ fn loop_with_ecx_and_cx() {
 
 #[test]
 fn loope_loopne() {
-    let cpu = run_ok(|_| {}, |a| {
-        let mut l1 = a.create_label();
-        let mut l2 = a.create_label();
-        let mut l3 = a.create_label();
-        a.xor(ebx, ebx).unwrap();
-        a.mov(ecx, 10).unwrap();
-        a.set_label(&mut l1).unwrap();
-        a.inc(ebx).unwrap();
-        a.cmp(ebx, 3).unwrap();
-        a.loopne(l1).unwrap(); // until EBX = 3
-        a.mov(esi, ecx).unwrap();
-        a.xor(eax, eax).unwrap();
-        a.xor(edi, edi).unwrap();
-        a.mov(ecx, 5).unwrap();
-        a.set_label(&mut l2).unwrap();
-        a.inc(edi).unwrap();
-        a.test(eax, eax).unwrap(); // ZF = 1
-        a.loope(l2).unwrap(); // until ECX = 0
-        a.xor(ebp, ebp).unwrap();
-        a.mov(edx, 5).unwrap();
-        a.mov(ecx, edx).unwrap();
-        a.set_label(&mut l3).unwrap();
-        a.inc(ebp).unwrap();
-        a.cmp(ebp, 0).unwrap(); // ZF = 0
-        a.loope(l3).unwrap();
-    });
+    let cpu = run_ok(
+        |_| {},
+        |a| {
+            let mut l1 = a.create_label();
+            let mut l2 = a.create_label();
+            let mut l3 = a.create_label();
+            a.xor(ebx, ebx).unwrap();
+            a.mov(ecx, 10).unwrap();
+            a.set_label(&mut l1).unwrap();
+            a.inc(ebx).unwrap();
+            a.cmp(ebx, 3).unwrap();
+            a.loopne(l1).unwrap(); // until EBX = 3
+            a.mov(esi, ecx).unwrap();
+            a.xor(eax, eax).unwrap();
+            a.xor(edi, edi).unwrap();
+            a.mov(ecx, 5).unwrap();
+            a.set_label(&mut l2).unwrap();
+            a.inc(edi).unwrap();
+            a.test(eax, eax).unwrap(); // ZF = 1
+            a.loope(l2).unwrap(); // until ECX = 0
+            a.xor(ebp, ebp).unwrap();
+            a.mov(edx, 5).unwrap();
+            a.mov(ecx, edx).unwrap();
+            a.set_label(&mut l3).unwrap();
+            a.inc(ebp).unwrap();
+            a.cmp(ebp, 0).unwrap(); // ZF = 0
+            a.loope(l3).unwrap();
+        },
+    );
     assert_eq!((cpu.state.gpr[3], cpu.state.gpr[6]), (3, 7));
     assert_eq!(cpu.state.gpr[7], 5);
     assert_eq!((cpu.state.gpr[5], cpu.state.gpr[1]), (1, 4));
@@ -1077,15 +1293,18 @@ fn loope_loopne() {
 
 #[test]
 fn jcxz_and_jecxz() {
-    let cpu = run_ok(|s| s.gpr[1] = 0x1_0000, |a| {
-        a.db(&[0xe3, 0x01]).unwrap(); // jecxz +1: ECX != 0, not taken
-        a.inc(ebx).unwrap();
-        a.db(&[0x67, 0xe3, 0x01]).unwrap(); // jcxz +1: CX = 0, taken
-        a.inc(esi).unwrap();
-        a.xor(ecx, ecx).unwrap();
-        a.db(&[0xe3, 0x01]).unwrap(); // taken
-        a.inc(edi).unwrap();
-    });
+    let cpu = run_ok(
+        |s| s.gpr[1] = 0x1_0000,
+        |a| {
+            a.db(&[0xe3, 0x01]).unwrap(); // jecxz +1: ECX != 0, not taken
+            a.inc(ebx).unwrap();
+            a.db(&[0x67, 0xe3, 0x01]).unwrap(); // jcxz +1: CX = 0, taken
+            a.inc(esi).unwrap();
+            a.xor(ecx, ecx).unwrap();
+            a.db(&[0xe3, 0x01]).unwrap(); // taken
+            a.inc(edi).unwrap();
+        },
+    );
     assert_eq!((cpu.state.gpr[3], cpu.state.gpr[6], cpu.state.gpr[7]), (1, 0, 0));
 }
 
@@ -1139,7 +1358,8 @@ fn int_n_gate_dpl_checked_from_cpl3() {
     assert_eq!(exit, Exit::Halt);
     assert_eq!(cpu.state.cpl, 0);
     assert_eq!(cpu.state.gpr[4], KSTACK_TOP - 20);
-    let frame: Vec<u32> = (0..5).map(|k| cpu.bus.ram[(KSTACK_TOP - 20 + 4 * k) as usize..][..4].to_vec())
+    let frame: Vec<u32> = (0..5)
+        .map(|k| cpu.bus.ram[(KSTACK_TOP - 20 + 4 * k) as usize..][..4].to_vec())
         .map(|b| u32::from_le_bytes(b.try_into().unwrap()))
         .collect();
     assert_eq!(frame, vec![UCODE + 2, SEL_UCODE as u32, 0x202, USTACK_TOP, SEL_UDATA as u32]);
@@ -1219,14 +1439,20 @@ fn into_with_of_set_and_clear() {
 fn bound_run(index: u32, sixteen: bool) -> Exit {
     let b32: Vec<u8> = [-5i32, 5].iter().flat_map(|v| v.to_le_bytes()).collect();
     let b16: Vec<u8> = [-16i16, 16].iter().flat_map(|v| v.to_le_bytes()).collect();
-    let (_, exit) = run_on(RamBus::new(RAM), 0, &[(0x2000, &b32), (0x2010, &b16)], |s| s.gpr[0] = index, |a| {
-        if sixteen {
-            a.db(&[0x66, 0x62, 0x05, 0x10, 0x20, 0, 0]).unwrap(); // bound ax, [0x2010]
-        } else {
-            a.db(&[0x62, 0x05, 0x00, 0x20, 0, 0]).unwrap(); // bound eax, [0x2000]
-        }
-        a.hlt().unwrap();
-    });
+    let (_, exit) = run_on(
+        RamBus::new(RAM),
+        0,
+        &[(0x2000, &b32), (0x2010, &b16)],
+        |s| s.gpr[0] = index,
+        |a| {
+            if sixteen {
+                a.db(&[0x66, 0x62, 0x05, 0x10, 0x20, 0, 0]).unwrap(); // bound ax, [0x2010]
+            } else {
+                a.db(&[0x62, 0x05, 0x00, 0x20, 0, 0]).unwrap(); // bound eax, [0x2000]
+            }
+            a.hlt().unwrap();
+        },
+    );
     exit
 }
 

@@ -171,11 +171,8 @@ impl<B: Bus> Cpu<B> {
     #[inline]
     fn advance(&mut self, r: usize, size: u8, am: u32) {
         let v = self.state.gpr[r];
-        let n = if self.state.eflags & flags::DF != 0 {
-            v.wrapping_sub(size as u32)
-        } else {
-            v.wrapping_add(size as u32)
-        };
+        let n =
+            if self.state.eflags & flags::DF != 0 { v.wrapping_sub(size as u32) } else { v.wrapping_add(size as u32) };
         self.state.gpr[r] = (v & !am) | (n & am);
     }
 
