@@ -15,8 +15,8 @@
 //!   the address and the operand size truncates the result. LEA with a register source is
 //!   #UD: iced-x86 does not decode it (it becomes an invalid instruction, hence #UD).
 //!
-//! No flag here is undefined by the SDM except none: CMPXCHG sets the six status flags as
-//! CMP does, XADD as ADD does; SALC (the undocumented D6) changes no flags.
+//! No flag of this family is undefined: CMPXCHG sets the six status flags as CMP does,
+//! XADD as ADD does, CMPXCHG8B only ZF; SALC (the undocumented D6) changes no flags.
 
 use iced_x86::{Instruction, Mnemonic, OpKind};
 
