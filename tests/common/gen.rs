@@ -91,7 +91,7 @@ fn family_of(m: Mnemonic) -> Option<Family> {
         | M::Into | M::Int | M::Bound | M::Ud2 | M::Ret => Family::Control,
         M::Lds | M::Les | M::Lfs | M::Lgs | M::Lss | M::Lar | M::Lsl | M::Verr | M::Verw | M::Arpl => Family::Segment,
         M::Cli | M::Sti | M::Hlt | M::In | M::Out | M::Lgdt | M::Lidt | M::Lldt | M::Ltr | M::Lmsw | M::Clts
-        | M::Invlpg | M::Wbinvd | M::Invd | M::Rdmsr | M::Wrmsr | M::Sysenter | M::Sysexit => Family::Privileged,
+        | M::Invlpg | M::Wbinvd | M::Invd | M::Rdmsr | M::Wrmsr => Family::Privileged,
         _ => return None,
     })
 }
@@ -565,18 +565,23 @@ impl Op {
 pub fn generate(rng: &mut TestRng, fams: &[Family], len: usize) -> Case {
     let table = codes();
     let mut insns: Vec<GenInsn> = Vec::new();
+    // Indices that continue a pattern: no branch may land there.
+    let mut inside: Vec<usize> = Vec::new();
     while insns.len() < len {
         let fam = fams[rng.random_range(0..fams.len())];
         let Some(list) = table.get(&fam) else { continue };
         // Patterns: CALL/RET and indirect transfers need addresses of the case's own code.
         if fam == Family::Control && rng.random_range(0..6) == 0 {
+            let start = insns.len();
             pattern(rng, &mut insns, len);
+            inside.extend(start + 1..insns.len());
             continue;
         }
         let code = list[rng.random_range(0..list.len())];
         let Some(insn) = build(code, rng) else { continue };
         if let Some(setup) = selector_setup(&insn, rng) {
             insns.push(GenInsn { insn: setup, target: None, addr_of: None });
+            inside.push(insns.len());
         }
         let is_branch = insn.op0_kind() == iced_x86::OpKind::NearBranch32;
         let target = if is_branch {
@@ -588,14 +593,21 @@ pub fn generate(rng: &mut TestRng, fams: &[Family], len: usize) -> Case {
         };
         insns.push(GenInsn { insn, target, addr_of: None });
     }
-    // Targets past the end go to the HLT.
+    // Targets past the end go to the HLT; targets inside a pattern move to its end.
     let n = insns.len();
+    let fix = |t: usize| {
+        let mut t = t.min(n);
+        while t < n && inside.contains(&t) {
+            t += 1;
+        }
+        t
+    };
     for g in insns.iter_mut() {
         if let Some(t) = g.target.as_mut() {
-            *t = (*t).min(n);
+            *t = fix(*t);
         }
         if let Some(t) = g.addr_of.as_mut() {
-            *t = (*t).min(n);
+            *t = fix(*t);
         }
     }
     let mut gpr = [0u32; 8];

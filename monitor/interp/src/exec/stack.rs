@@ -7,12 +7,10 @@
 //!   with ESP computes the address before the push.
 //! * POP ESP leaves the popped value in ESP; POP into memory addressed with ESP computes the
 //!   address with ESP *after* the pop.
-//! * PUSH of a segment register with a 32-bit operand size moves ESP by 4 but writes only
-//!   the 16-bit selector, leaving the upper half of the stack slot unmodified: what P6-family
-//!   and recent Intel processors do (SDM, PUSH, operation note). Other processors (the AMD
-//!   hosts the differential tests run on) zero-extend the selector to 32 bits instead; the
-//!   two differ only in the upper half of that stack slot. The segmentation check covers the
-//!   whole 4-byte slot.
+//! * PUSH of a segment register with a 32-bit operand size writes the selector zero-extended
+//!   to 32 bits, as the host CPU the differential tests run on does (an AMD EPYC; the
+//!   differential test caught the difference). The SDM allows either that or a 16-bit write
+//!   that leaves the upper half of the slot unmodified (P6 family and recent Intel CPUs).
 //! * POP of a segment register loads it with every protection check (`load_seg`) and moves
 //!   ESP only if the load succeeds.
 //! * POPF follows the protected-mode rules: at CPL 0 every flag but VM, VIP and VIF (RF is
@@ -57,20 +55,10 @@ impl<B: Bus> Cpu<B> {
         }
     }
 
-    /// PUSH Sreg: a 4-byte slot with a 32-bit operand size, of which only the low 16 bits
-    /// are written (P6 behaviour, see the module doc).
+    /// PUSH Sreg: the selector, zero-extended to the operand size (see the module doc).
     fn push_sreg(&mut self, r: Register, size: u8) -> Res<()> {
         let sel = self.state.seg(sreg(r)).selector as u32;
-        if size == 2 {
-            return self.push(2, sel);
-        }
-        let big = self.state.stack32();
-        let sp = self.state.gpr[4];
-        let new = if big { sp.wrapping_sub(4) } else { sp.wrapping_sub(4) & 0xffff };
-        self.seg_linear(SegReg::Ss, new, 4, true)?;
-        self.write(SegReg::Ss, new, 2, sel)?;
-        self.set_sp(new, big);
-        Ok(())
+        self.push(size, sel)
     }
 
     pub(super) fn pop_op(&mut self, i: &Instruction) -> Res<()> {

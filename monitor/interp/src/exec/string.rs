@@ -110,11 +110,13 @@ impl<B: Bus> Cpu<B> {
         };
         let port = self.state.gpr[2] as u16;
 
-        if rep != Rep::None && self.state.gpr[1] & am == 0 {
-            return Ok(());
-        }
+        // The I/O permission check comes first: a REP INS/OUTS with a count of 0 still
+        // raises #GP(0) where the port is not permitted (as the host CPU does).
         if matches!(kind, Kind::Ins | Kind::Outs) {
             self.check_io(port, size)?;
+        }
+        if rep != Rep::None && self.state.gpr[1] & am == 0 {
+            return Ok(());
         }
         if rep == Rep::None {
             return self.string_once(kind, size, src, am, port);
@@ -190,8 +192,10 @@ impl<B: Bus> Cpu<B> {
                 self.advance(EDI, size, am);
             }
             Kind::Cmps => {
-                let a = self.read(src, si, size)?;
+                // ES:[EDI] is read first: when both operands fault, the host CPU reports
+                // the destination's address in CR2.
                 let b = self.read(SegReg::Es, di, size)?;
+                let a = self.read(src, si, size)?;
                 let (_, f) = sub_flags(a, b, 0, size);
                 self.set_status(f);
                 self.advance(ESI, size, am);
