@@ -207,10 +207,36 @@ fn disasm(code: &[u8]) -> String {
     out
 }
 
+/// A CMPS whose two memory operands both fault: the host reports either address in CR2 (no
+/// fixed order was observed on this host; the SDM does not define one), so accept both.
+fn cmps_either_operand(cpu: &Cpu<RamBus>, host_cr2: u32, interp_cr2: u32) -> bool {
+    let mut cpu_bytes = [0u8; 15];
+    let eip = cpu.state.eip;
+    let off = (eip - CODE) as usize;
+    let code = &cpu.bus.ram[PHYS_CODE as usize + off..];
+    cpu_bytes.copy_from_slice(&code[..15]);
+    let i = Decoder::with_ip(32, &cpu_bytes, eip as u64, DecoderOptions::NONE).decode();
+    if !matches!(i.mnemonic(), iced_x86::Mnemonic::Cmpsb | iced_x86::Mnemonic::Cmpsw | iced_x86::Mnemonic::Cmpsd) {
+        return false;
+    }
+    let am = if i.op0_kind() == iced_x86::OpKind::MemorySegSI { 0xffff } else { 0xffff_ffff };
+    let size = i.memory_size().size() as u32;
+    let src = cpu.state.gpr[6] & am;
+    let dst = cpu.state.gpr[7] & am;
+    let near = |a: u32, x: u32| x.wrapping_sub(a) < size || x == (a | 0xfff).wrapping_add(1);
+    (near(src, host_cr2) && near(dst, interp_cr2)) || (near(dst, host_cr2) && near(src, interp_cr2))
+}
+
 /// Run one case both ways and compare.
 fn check(case: &Case, stats: &Stats) -> Result<(), TestCaseError> {
     let Some((code, stop)) = case.encode() else {
         stats.unencodable.fetch_add(1, Ordering::Relaxed);
+        if std::env::var("VMM_DIFF_TRACE_UNENCODABLE").is_ok() {
+            for g in &case.insns {
+                eprintln!("  {:?} {}", g.insn.code(), g.insn);
+            }
+            eprintln!("--");
+        }
         return Ok(());
     };
     let mut code_page = vec![0u8; (CODE_PAGES * 0x1000) as usize];
@@ -228,6 +254,15 @@ fn check(case: &Case, stats: &Stats) -> Result<(), TestCaseError> {
         stop_eip: stop,
         timeout_ms: 2000,
     };
+    if std::env::var("VMM_DIFF_TRACE").is_ok() {
+        eprintln!("case:\n{}start: gpr {:08x?} eflags {:#x}", disasm(&code), case.gpr, case.eflags);
+    }
+    if std::env::var("VMM_DIFF_DEBUG_SKIP_NATIVE").is_ok() {
+        let mut cpu = interp_for(case, &code);
+        let e = cpu.run(1_000_000);
+        eprintln!("interp only: {e:?}");
+        return Ok(());
+    }
     let hw = native::run(&ncase).map_err(|e| TestCaseError::fail(format!("native runner: {e}")))?;
 
     let mut cpu = interp_for(case, &code);
@@ -291,36 +326,44 @@ fn check(case: &Case, stats: &Stats) -> Result<(), TestCaseError> {
                     return Err(report("different error codes"));
                 }
             }
-            if v == 14 && h.cr2 != cr2 {
+            if v == 14 && h.cr2 != cr2 && !cmps_either_operand(&cpu, h.cr2, cr2) {
                 return Err(report("different CR2"));
             }
             stats.faulted.fetch_add(1, Ordering::Relaxed);
         }
         _ => return Err(report("one raised an exception, the other did not")),
     }
-    if dependent {
-        stats.undefined_dependent.fetch_add(1, Ordering::Relaxed);
-        return Ok(());
-    }
+    // A case where an instruction read a flag the SDM leaves undefined: the interpreter means
+    // to produce the host's values, so compare it in full; if it differs, count it as an
+    // allowed divergence instead of a failure (the strict test is where that fails).
+    let undefined = if dependent { 0 } else { undefined };
+    let diverged = |what: &str| -> Result<(), TestCaseError> {
+        if dependent {
+            stats.undefined_dependent.fetch_add(1, Ordering::Relaxed);
+            Ok(())
+        } else {
+            Err(report(what))
+        }
+    };
     if hw.eip != cpu.state.eip {
-        return Err(report("different EIP"));
+        return diverged("different EIP");
     }
     if hw.gpr != cpu.state.gpr {
-        return Err(report("different registers"));
+        return diverged("different registers");
     }
     let mask = !(undefined | flags::RF | flags::FIXED1);
     if hw.eflags & mask != cpu.state.eflags & mask {
-        return Err(report(&format!("different EFLAGS (undefined mask {undefined:#x})")));
+        return diverged(&format!("different EFLAGS (undefined mask {undefined:#x})"));
     }
     let data = &cpu.bus.ram[PHYS_DATA as usize..(PHYS_DATA + DATA_PAGES * 0x1000) as usize];
     if hw.memory[1] != data {
         let at = hw.memory[1].iter().zip(data).position(|(a, b)| a != b).unwrap();
-        return Err(report(&format!(
+        return diverged(&format!(
             "different memory at {:#x}: host {:02x} interp {:02x}",
             DATA + at as u32,
             hw.memory[1][at],
             data[at]
-        )));
+        ));
     }
     stats.compared.fetch_add(1, Ordering::Relaxed);
     let _: Option<&NativeOutcome> = None;
@@ -350,7 +393,7 @@ fn run_families(name: &str, fams: &'static [Family], share: u64, max_len: usize)
         stats.unencodable.load(Ordering::Relaxed),
         stats.faulted.load(Ordering::Relaxed),
     );
-    eprintln!("{name}: {cases} cases: {cmp} compared ({flt} ended in an exception), {dep} undefined-flag-dependent, {une} not encodable");
+    eprintln!("{name}: {cases} cases: {cmp} compared in full ({flt} ended in an exception), {dep} diverged after reading an undefined flag, {une} not encodable");
     if let Err(e) = r {
         panic!("{name}: {e}");
     }

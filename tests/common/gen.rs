@@ -156,6 +156,10 @@ pub fn codes() -> &'static HashMap<Family, Vec<Code>> {
             }
             let m = code.mnemonic();
             let Some(fam) = family_of(m) else { continue };
+            // 8086/286/386-only encodings (POP CS, ...) mean something else on a P6.
+            if code.cpuid_features().iter().any(|f| format!("{f:?}").ends_with("_ONLY")) {
+                continue;
+            }
             if !oc.op_kinds().iter().all(|k| fillable(*k)) {
                 continue;
             }
@@ -472,7 +476,17 @@ fn build(code: Code, rng: &mut TestRng) -> Option<Instruction> {
                 let seg = seg_prefix(rng);
                 Op::M(MemoryOperand::with_displ((FARPTRS + 8 * k) as u64, 4).with_seg(seg))
             }
-            K::mem | K::mem_offs => Op::M(mem(rng)),
+            K::mem_offs => {
+                // moffs: a bare displacement (32-bit, or 16-bit with a 67h prefix).
+                let seg = seg_prefix(rng);
+                if rng.random_range(0..8) == 0 {
+                    Op::M(MemoryOperand::with_displ(rng.random_range(0..0x10000), 2).with_seg(seg))
+                } else {
+                    let a = DATA + rng.random_range(0..DATA_PAGES * 0x1000 + 0x1100);
+                    Op::M(MemoryOperand::with_displ(a as u64, 4).with_seg(seg))
+                }
+            }
+            K::mem => Op::M(mem(rng)),
             K::r8_reg | K::r8_opcode => Op::R(gpr8(rng)),
             K::r16_reg | K::r16_opcode | K::r16_rm | K::r16_reg_mem => Op::R(gpr16(rng)),
             K::r32_reg | K::r32_opcode | K::r32_rm | K::r32_reg_mem => Op::R(gpr32(rng, n > 0)),

@@ -192,8 +192,10 @@ impl<B: Bus> Cpu<B> {
                 self.advance(EDI, size, am);
             }
             Kind::Cmps => {
-                // ES:[EDI] is read first: when both operands fault, the host CPU reports
-                // the destination's address in CR2.
+                // The host CPU accesses ES:[EDI] first (a misaligned destination raises #AC
+                // before the source's #PF), unlike MOVS, which reads its source first. When
+                // both operands page-fault the host has been seen to report either address,
+                // and the differential test accepts either.
                 let b = self.read(SegReg::Es, di, size)?;
                 let a = self.read(src, si, size)?;
                 let (_, f) = sub_flags(a, b, 0, size);
