@@ -114,6 +114,17 @@ impl std::fmt::Display for Exit {
     }
 }
 
+/// Behaviour the SDM leaves undefined and the host CPU does not do consistently.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Quirks {
+    /// CMPS accesses its source (DS:ESI) before its destination (ES:EDI). The default
+    /// (destination first) is what this host does for a single CMPS: a null ES raises #GP
+    /// before an unmapped source's #PF, a null DS only after an unmapped destination's #PF.
+    /// Under REP the host has also been seen to take the source first; the differential test
+    /// accepts a CMPS fault that either order reproduces exactly.
+    pub cmps_source_first: bool,
+}
+
 /// The interpreter: a CPU state, the machine it is attached to, and its caches.
 pub struct Cpu<B: Bus> {
     pub state: CpuState,
@@ -129,6 +140,8 @@ pub struct Cpu<B: Bus> {
     pub report: u32,
     /// Instructions retired since creation.
     pub icount: u64,
+    /// Choices the SDM leaves to the implementation, where the host CPU is not consistent.
+    pub quirks: Quirks,
     pub(crate) tlb: mmu::Tlb,
     pub(crate) icache: decode::DecodeCache,
     /// Where execution continues after the current instruction (handlers of control
@@ -157,6 +170,7 @@ impl<B: Bus> Cpu<B> {
             intercept: 0,
             report: 0,
             icount: 0,
+            quirks: Quirks::default(),
             tlb: mmu::Tlb::new(),
             icache: decode::DecodeCache::new(),
             next_eip: 0,

@@ -192,12 +192,16 @@ impl<B: Bus> Cpu<B> {
                 self.advance(EDI, size, am);
             }
             Kind::Cmps => {
-                // The host CPU accesses ES:[EDI] first (a misaligned destination raises #AC
-                // before the source's #PF), unlike MOVS, which reads its source first. When
-                // both operands page-fault the host has been seen to report either address,
-                // and the differential test accepts either.
-                let b = self.read(SegReg::Es, di, size)?;
-                let a = self.read(src, si, size)?;
+                // Which operand is accessed first decides which fault is reported when both
+                // would fault: see `Quirks::cmps_source_first` (MOVS always reads its source
+                // completely first).
+                let (a, b) = if self.quirks.cmps_source_first {
+                    let a = self.read(src, si, size)?;
+                    (a, self.read(SegReg::Es, di, size)?)
+                } else {
+                    let b = self.read(SegReg::Es, di, size)?;
+                    (self.read(src, si, size)?, b)
+                };
                 let (_, f) = sub_flags(a, b, 0, size);
                 self.set_status(f);
                 self.advance(ESI, size, am);
