@@ -812,3 +812,19 @@ fn then_ud2_in_64_bit_mode(mut c: NativeCase) {
     // and the runner still works
     assert_eq!(go(&case(|a| a.mov(eax, 9))).gpr[EAX], 9);
 }
+
+/// A guest that sets EFLAGS.NT must not break the next run: rt_sigreturn does not restore NT
+/// from the signal frame, so the runner has to clear it itself (an IRETQ in 64-bit mode with
+/// NT set raises #GP in the host's own code).
+#[test]
+fn nt_flag_set_by_the_guest_does_not_leak() {
+    let c = case(|a| {
+        a.push(0x4202u32)?;
+        a.popfd()
+    });
+    let out = go(&c);
+    assert!(out.exception.is_none());
+    assert_ne!(out.eflags & 0x4000, 0, "NT is set in the guest at the end");
+    let again = go(&case(|a| a.nop()));
+    assert!(again.exception.is_none());
+}

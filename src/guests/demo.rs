@@ -187,6 +187,11 @@ pub fn image() -> Result<Image, String> {
         k.ltr(ax)?;
         k.mov(esi, s_user)?;
         k.call(PUTS as u64)?;
+        // IRET to CPL 3 would null DS and ES holding DPL-0 selectors: load user data
+        // selectors first, as a kernel does (they serve the kernel's handlers too).
+        k.mov(ax, 0x23u32)?;
+        k.mov(ds, ax)?;
+        k.mov(es, ax)?;
         k.push(0x23u32)?;
         k.push(USTACK)?;
         k.push(0x202u32)?;

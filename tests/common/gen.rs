@@ -91,7 +91,7 @@ fn family_of(m: Mnemonic) -> Option<Family> {
         | M::Into | M::Int | M::Bound | M::Ud2 | M::Ret => Family::Control,
         M::Lds | M::Les | M::Lfs | M::Lgs | M::Lss | M::Lar | M::Lsl | M::Verr | M::Verw | M::Arpl => Family::Segment,
         M::Cli | M::Sti | M::Hlt | M::In | M::Out | M::Lgdt | M::Lidt | M::Lldt | M::Ltr | M::Lmsw | M::Clts
-        | M::Invlpg | M::Wbinvd | M::Invd | M::Rdmsr | M::Wrmsr | M::Sysenter | M::Sysexit => Family::Privileged,
+        | M::Invlpg | M::Wbinvd | M::Invd | M::Rdmsr | M::Wrmsr => Family::Privileged,
         _ => return None,
     })
 }
@@ -156,6 +156,10 @@ pub fn codes() -> &'static HashMap<Family, Vec<Code>> {
             }
             let m = code.mnemonic();
             let Some(fam) = family_of(m) else { continue };
+            // 8086/286/386-only encodings (POP CS, ...) mean something else on a P6.
+            if code.cpuid_features().iter().any(|f| format!("{f:?}").ends_with("_ONLY")) {
+                continue;
+            }
             if !oc.op_kinds().iter().all(|k| fillable(*k)) {
                 continue;
             }
@@ -472,7 +476,17 @@ fn build(code: Code, rng: &mut TestRng) -> Option<Instruction> {
                 let seg = seg_prefix(rng);
                 Op::M(MemoryOperand::with_displ((FARPTRS + 8 * k) as u64, 4).with_seg(seg))
             }
-            K::mem | K::mem_offs => Op::M(mem(rng)),
+            K::mem_offs => {
+                // moffs: a bare displacement (32-bit, or 16-bit with a 67h prefix).
+                let seg = seg_prefix(rng);
+                if rng.random_range(0..8) == 0 {
+                    Op::M(MemoryOperand::with_displ(rng.random_range(0..0x10000), 2).with_seg(seg))
+                } else {
+                    let a = DATA + rng.random_range(0..DATA_PAGES * 0x1000 + 0x1100);
+                    Op::M(MemoryOperand::with_displ(a as u64, 4).with_seg(seg))
+                }
+            }
+            K::mem => Op::M(mem(rng)),
             K::r8_reg | K::r8_opcode => Op::R(gpr8(rng)),
             K::r16_reg | K::r16_opcode | K::r16_rm | K::r16_reg_mem => Op::R(gpr16(rng)),
             K::r32_reg | K::r32_opcode | K::r32_rm | K::r32_reg_mem => Op::R(gpr32(rng, n > 0)),
@@ -565,18 +579,23 @@ impl Op {
 pub fn generate(rng: &mut TestRng, fams: &[Family], len: usize) -> Case {
     let table = codes();
     let mut insns: Vec<GenInsn> = Vec::new();
+    // Indices that continue a pattern: no branch may land there.
+    let mut inside: Vec<usize> = Vec::new();
     while insns.len() < len {
         let fam = fams[rng.random_range(0..fams.len())];
         let Some(list) = table.get(&fam) else { continue };
         // Patterns: CALL/RET and indirect transfers need addresses of the case's own code.
         if fam == Family::Control && rng.random_range(0..6) == 0 {
+            let start = insns.len();
             pattern(rng, &mut insns, len);
+            inside.extend(start + 1..insns.len());
             continue;
         }
         let code = list[rng.random_range(0..list.len())];
         let Some(insn) = build(code, rng) else { continue };
         if let Some(setup) = selector_setup(&insn, rng) {
             insns.push(GenInsn { insn: setup, target: None, addr_of: None });
+            inside.push(insns.len());
         }
         let is_branch = insn.op0_kind() == iced_x86::OpKind::NearBranch32;
         let target = if is_branch {
@@ -588,14 +607,21 @@ pub fn generate(rng: &mut TestRng, fams: &[Family], len: usize) -> Case {
         };
         insns.push(GenInsn { insn, target, addr_of: None });
     }
-    // Targets past the end go to the HLT.
+    // Targets past the end go to the HLT; targets inside a pattern move to its end.
     let n = insns.len();
+    let fix = |t: usize| {
+        let mut t = t.min(n);
+        while t < n && inside.contains(&t) {
+            t += 1;
+        }
+        t
+    };
     for g in insns.iter_mut() {
         if let Some(t) = g.target.as_mut() {
-            *t = (*t).min(n);
+            *t = fix(*t);
         }
         if let Some(t) = g.addr_of.as_mut() {
-            *t = (*t).min(n);
+            *t = fix(*t);
         }
     }
     let mut gpr = [0u32; 8];

@@ -203,20 +203,28 @@ impl<B: Bus> Cpu<B> {
         }
         self.state.int_shadow = false;
         self.cur_eip = self.state.eip;
+        self.saved_gpr = self.state.gpr;
+        self.saved_eflags = self.state.eflags;
         let insn = match self.fetch_decode() {
             Ok(i) => i,
             Err(f) => return self.fault(f, None),
         };
-        self.execute(&insn)
+        self.execute_decoded(&insn)
     }
 
     /// Execute one already-decoded instruction at the current EIP (the monitor's
     /// single-instruction emulation path uses this after decoding the bytes it trapped on).
     pub fn execute(&mut self, insn: &Instruction) -> Option<Exit> {
-        let single_step = self.state.eflags & state::flags::TF != 0;
         self.saved_gpr = self.state.gpr;
         self.saved_eflags = self.state.eflags;
         self.cur_eip = self.state.eip;
+        self.execute_decoded(insn)
+    }
+
+    /// Execute `insn` at the current EIP; the register snapshot for faults has been taken.
+    #[inline]
+    fn execute_decoded(&mut self, insn: &Instruction) -> Option<Exit> {
+        let single_step = self.state.eflags & state::flags::TF != 0;
         let len = insn.len() as u32;
         self.next_eip = if self.state.code32() {
             self.state.eip.wrapping_add(len)

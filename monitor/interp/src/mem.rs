@@ -44,7 +44,9 @@ impl<B: Bus> Cpu<B> {
             if off <= seg.limit || last > upper || last < off {
                 return Err(fail());
             }
-        } else if last > seg.limit || (last < off && seg.limit != 0xffff_ffff) {
+        } else if last > seg.limit || last < off {
+            // An access that runs past offset 0xFFFFFFFF faults even in a 4 GiB segment
+            // (the host CPU raises #GP; there is no wrap-around).
             return Err(fail());
         }
         Ok(seg.base.wrapping_add(off))

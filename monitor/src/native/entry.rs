@@ -7,8 +7,8 @@
 //! * `vmm_native_signal` (the handler of every signal we catch, SA_SIGINFO|SA_ONSTACK): looks at the
 //!   interrupted CS in the ucontext before touching anything else. CS=0x23 (or, while a run is
 //!   under way, RIP below 4 GiB: guest code that switched itself to 64-bit mode) means guest code: clear
-//!   EFLAGS.AC (the kernel leaves the guest's AC set in the handler; with CR0.AM that would make any
-//!   unaligned access of the handler fault), restore the host FS and GS bases with `wrfsbase`/
+//!   EFLAGS.AC and EFLAGS.NT (the kernel leaves the guest's AC and NT set in the handler; with CR0.AM AC would make any
+//!   unaligned access of the handler fault, and NT would make the next IRETQ fault), restore the host FS and GS bases with `wrfsbase`/
 //!   `wrgsbase` (FS inside the handler is the guest's flat segment), then tail-call
 //!   [`guest_exit`] which records the guest state and rewrites the frame so that sigreturn resumes
 //!   at `vmm_native_landing`. Otherwise the signal is the host's own: the timer signal is ignored
@@ -182,7 +182,7 @@ std::arch::global_asm!(
     "jnz 2f",
     "1:",
     "pushfq",
-    "and dword ptr [rsp], {not_ac}",
+    "and dword ptr [rsp], {not_ac_nt}",
     "popfq",
     "mov rax, [rip + {shared} + {host_fsbase}]",
     "wrfsbase rax",
@@ -219,7 +219,11 @@ std::arch::global_asm!(
     "fninit",
     "fldcw [r11 + {host_fcw}]",
     "ldmxcsr [r11 + {host_mxcsr}]",
-    "cld",
+    // RFLAGS as the host's code expects it: in particular NT clear. rt_sigreturn does not
+    // restore NT from the frame (it is not in Linux's FIX_EFLAGS), so a guest that set NT
+    // would otherwise leave it set here, and the next IRETQ in 64-bit mode would #GP.
+    "push 0x202",
+    "popfq",
     "pop r15",
     "pop r14",
     "pop r13",
@@ -249,7 +253,7 @@ std::arch::global_asm!(
     ds = const sys::USER_DS,
     cs32 = const sys::USER32_CS,
     uc_cs = const sys::UC_CS_OFFSET,
-    not_ac = const !sys::EFL_AC,
+    not_ac_nt = const !(sys::EFL_AC | sys::EFL_NT),
     timer_sig = const sys::TIMER_SIGNAL,
 );
 

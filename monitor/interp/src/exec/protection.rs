@@ -50,14 +50,6 @@ impl<B: Bus> Cpu<B> {
         Ok(())
     }
 
-    /// CPL 0, or #GP(0).
-    fn require_cpl0(&self) -> Res<()> {
-        if self.state.cpl != 0 {
-            return Err(exc::gp0());
-        }
-        Ok(())
-    }
-
     /// CR4.UMIP forbids SGDT SIDT SLDT SMSW STR at CPL > 0.
     fn umip_check(&self) -> Res<()> {
         if self.state.cr4 & cr::CR4_UMIP != 0 && self.state.cpl > 0 {
@@ -215,12 +207,15 @@ impl<B: Bus> Cpu<B> {
         Ok(())
     }
 
+    /// ARPL: the destination is read, and written only when its RPL is raised (the host CPU
+    /// reads a memory destination without write intent and does not write it otherwise: a
+    /// non-writable destination faults only when the RPL changes).
     pub(super) fn arpl(&mut self, i: &Instruction) -> Res<()> {
         self.require_protected()?;
         let src = self.read_op(i, 1)? & 3;
-        let (dst, place) = self.rmw_op(i, 0)?;
+        let dst = self.read_op(i, 0)?;
         if dst & 3 < src {
-            self.put(place, (dst & !3) | src);
+            self.write_op(i, 0, (dst & !3) | src)?;
             self.set_flag(flags::ZF, true);
         } else {
             self.set_flag(flags::ZF, false);

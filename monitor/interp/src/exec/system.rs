@@ -71,7 +71,7 @@ const DR6_BD: u32 = 1 << 13;
 impl<B: Bus> Cpu<B> {
     /// CPL 0 is required (real mode is CPL 0; virtual-8086 mode is CPL 3).
     #[inline]
-    fn require_cpl0(&self) -> Res<()> {
+    pub(super) fn require_cpl0(&self) -> Res<()> {
         if self.state.protected_mode() && (self.state.cpl != 0 || self.state.v86()) {
             return Err(exc::gp0());
         }
