@@ -347,7 +347,7 @@ pub fn cpu_report(s: &CpuState) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::devices::{ManualClock, SharedBuffer};
+    use crate::devices::{Clock, ManualClock, SharedBuffer};
     use crate::memory::GuestRam;
     use iced_x86::code_asm::*;
 
@@ -358,6 +358,10 @@ mod tests {
         let out = SharedBuffer::new();
         let mut ram = GuestRam::heap(1 << 20);
         ram.write(CODE as u64, code).unwrap();
+        // GDT at 0x3000: null, flat code 0x08, flat data 0x10.
+        for (i, d) in [0u64, 0x00cf_9a00_0000_ffff, 0x00cf_9200_0000_ffff].iter().enumerate() {
+            ram.write(0x3000 + 8 * i as u64, &d.to_le_bytes()).unwrap();
+        }
         (Machine::new(ram, Box::new(clock.clone()), Box::new(out.clone())), clock, out)
     }
 
@@ -365,6 +369,7 @@ mod tests {
         let mut s = CpuState::flat_protected(0);
         s.eip = CODE;
         s.gpr[reg::ESP] = 0x8000;
+        s.gdtr = vmm_interp::TableReg { base: 0x3000, limit: 23 };
         s
     }
 
@@ -439,16 +444,12 @@ mod tests {
     #[test]
     fn hlt_sleeps_until_the_timer() {
         let idt = 0x2000u32;
-        let code = asm(|a| {
-            let mut handler = a.create_label();
+        let handler_at = CODE + 0x800;
+        let mut code = asm(|a| {
             let mut wait = a.create_label();
-            // IDT at 0x2000 with vector 0x20 -> handler.
-            a.lea(eax, ptr(handler))?;
-            a.mov(word_ptr(idt + 0x100), ax)?;
-            a.mov(word_ptr(idt + 0x102), 0x08u32)?;
-            a.mov(word_ptr(idt + 0x104), 0x8e00u32)?;
-            a.shr(eax, 16)?;
-            a.mov(word_ptr(idt + 0x106), ax)?;
+            // IDT at 0x2000 with vector 0x20 -> handler (an interrupt gate).
+            a.mov(dword_ptr(idt + 0x100), (0x08 << 16) | (handler_at & 0xffff))?;
+            a.mov(dword_ptr(idt + 0x104), (handler_at & 0xffff_0000) | 0x8e00)?;
             a.push(0x2000u32)?;
             a.push(0x07ff_0000u32)?;
             a.lidt(ptr(esp + 2))?;
@@ -460,7 +461,7 @@ mod tests {
             // PIT channel 0, mode 2, 1000 Hz.
             a.mov(al, 0x34u32)?;
             a.out(0x43, al)?;
-            a.mov(al, (1193u32) & 0xff)?;
+            a.mov(al, 1193u32 & 0xff)?;
             a.out(0x40, al)?;
             a.mov(al, 1193u32 >> 8)?;
             a.out(0x40, al)?;
@@ -471,13 +472,17 @@ mod tests {
             a.cmp(ebx, 3)?;
             a.jb(wait)?;
             a.mov(al, bl)?;
-            a.out(0xf4, al)?;
-            a.set_label(&mut handler)?;
-            a.inc(ebx)?;
-            a.mov(al, 0x20u32)?;
-            a.out(0x20, al)?;
-            a.iretd()
+            a.out(0xf4, al)
         });
+        let mut h = CodeAssembler::new(32).unwrap();
+        h.inc(ebx).unwrap();
+        h.mov(al, 0x20u32).unwrap();
+        h.out(0x20, al).unwrap();
+        h.iretd().unwrap();
+        let handler = h.assemble(handler_at as u64).unwrap();
+        assert!(code.len() < 0x800);
+        code.resize(0x800, 0xcc);
+        code.extend_from_slice(&handler);
         let (m, clock, _) = machine(&code);
         let r = run(m, state(), &RunOptions::default()).unwrap();
         assert_eq!(r.outcome, Outcome::DebugExit { value: 3 });

@@ -293,7 +293,8 @@ mod tests {
         let (mut m, clock, _) = machine();
         init_pic(&mut m);
         m.io_out(0x43, 1, 0x34);
-        m.io_out(0x40, 2, 100);
+        m.io_out(0x40, 1, 100);
+        m.io_out(0x40, 1, 0);
         clock.advance(ticks_to_ns(100));
         let mut polls = 0;
         while !m.interrupt_pending() {

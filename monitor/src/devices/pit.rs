@@ -442,9 +442,9 @@ mod tests {
         assert!(pit.irq0_edge(at(1000)));
         assert!(!pit.irq0_edge(at(1500)));
         assert_eq!(pit.next_irq0_ns(), Some(at(2000)));
-        // Three periods at once: one edge, two lost.
+        // Four more periods at once (the 2nd to the 5th): one edge, three lost.
         assert!(pit.irq0_edge(at(5000)));
-        assert_eq!(pit.lost_ticks, 2);
+        assert_eq!(pit.lost_ticks, 3);
         assert_eq!(pit.next_irq0_ns(), Some(at(6000)));
         // The count runs n..1.
         assert_eq!(pit.channels[0].count(at(5000)), 1000);

@@ -95,7 +95,7 @@ mod tests {
         assert_eq!(m.lookup(0x22), None);
         assert_eq!(m.lookup(0), None);
         assert_eq!(m.lookup(0xffff), None);
-        assert_eq!(m.entries.len(), 9);
+        assert_eq!(m.entries.len(), 8);
     }
 
     #[test]
