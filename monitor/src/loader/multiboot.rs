@@ -182,7 +182,8 @@ struct Plan {
     segments: Vec<(usize, u64, u64, u64, u64)>,
 }
 
-fn plan_elf(image: &[u8]) -> Result<Plan, LoadError> {
+/// The ELF identification and header fields that make a file an i386 executable.
+fn check_ident(image: &[u8]) -> Result<(), LoadError> {
     if image.len() < 0x34 {
         return Err(LoadError::Elf(format!("{} bytes is too short for an ELF32 header", image.len())));
     }
@@ -192,6 +193,15 @@ fn plan_elf(image: &[u8]) -> Result<Plan, LoadError> {
     if image[EI_DATA] != ELFDATA2LSB {
         return Err(LoadError::NotLittleEndian(image[EI_DATA]));
     }
+    let machine = u16::from_le_bytes([image[18], image[19]]);
+    if machine != EM_386 {
+        return Err(LoadError::NotI386(machine));
+    }
+    Ok(())
+}
+
+fn plan_elf(image: &[u8]) -> Result<Plan, LoadError> {
+    check_ident(image)?;
     let header = goblin::elf::Elf::parse_header(image).map_err(|e| LoadError::Elf(e.to_string()))?;
     if header.e_machine != EM_386 {
         return Err(LoadError::NotI386(header.e_machine));
@@ -264,6 +274,9 @@ pub fn load(ram: &mut GuestRam, image: &[u8], cmdline: &str) -> Result<Kernel, L
         return Err(LoadError::Empty);
     }
     let is_elf = image.len() >= SELFMAG && &image[..SELFMAG] == ELFMAG;
+    if is_elf {
+        check_ident(image)?;
+    }
     let header = match find_header(image) {
         Ok(h) => h,
         Err(LoadError::NoHeader) if !is_elf => return Err(LoadError::NotElf),
@@ -595,7 +608,7 @@ mod tests {
     fn truncated_elf_headers_are_errors() {
         let text = kernel_text();
         let img = elf(LOAD + 12, &[(LOAD, text, 16)]);
-        for n in [4, 20, 51, 60] {
+        for n in [3, 4, 20, 51, 60] {
             let e = err(&img[..n], 4 << 20);
             assert!(matches!(e, LoadError::Elf(_) | LoadError::NoHeader | LoadError::NotElf), "{n}: {e}");
         }
