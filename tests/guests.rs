@@ -93,7 +93,7 @@ fn gdt_idt_tss_setup() {
     g.print("\r\n");
     ok(g.k.int3());
     g.print("back from the breakpoint handler\r\n");
-    g.to_user(0x002);
+    g.enter_user(0x002);
     // The user task raises int 0x81 (a DPL 3 gate): the CPU switches to the TSS's SS0:ESP0.
     ok(g.u.int(0x81));
     // #BP handler.
@@ -170,7 +170,7 @@ fn user_task_system_calls() {
     let mut g = Guest::new();
     g.install_syscalls();
     g.print("kernel: entering the user task\r\n");
-    g.to_user(0x202);
+    g.enter_user(0x202);
     g.user_print("user: hello from CPL 3\r\n");
     ok((|| {
         g.u.xor(eax, eax)?;
@@ -198,7 +198,7 @@ fn demand_paging_by_the_guest() {
     const NEXT_FRAME: u32 = VARS;
     ok(g.k.mov(dword_ptr(NEXT_FRAME), 0x60_0000u32));
     g.enable_paging(false, true);
-    g.to_user(0x202);
+    g.enter_user(0x202);
     // User: touch three unmapped pages, then read them back.
     let mut bad = g.u.create_label();
     ok((|| {
@@ -398,7 +398,7 @@ fn counted_timer_interrupts() {
 #[test]
 fn general_protection_fault_from_user_mode() {
     let mut g = Guest::new();
-    g.to_user(0x202);
+    g.enter_user(0x202);
     ok(g.u.cli()); // the first user instruction, at USER_BASE: privileged at CPL 3 with IOPL 0
     ok(g.u.hlt());
     g.interrupt_handler(13, 0);

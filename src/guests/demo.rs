@@ -434,12 +434,10 @@ pub fn image() -> Result<Image, String> {
     let mut u = CodeAssembler::new(32).map_err(asm_err)?;
     (|| -> Result<(), IcedError> {
         let mut spin = u.create_label();
-        for (addr, s) in [(a1, u1)] {
-            u.mov(eax, 1u32)?;
-            u.mov(ebx, addr)?;
-            u.mov(ecx, s.len() as u32)?;
-            u.int(0x80)?;
-        }
+        u.mov(eax, 1u32)?;
+        u.mov(ebx, a1)?;
+        u.mov(ecx, u1.len() as u32)?;
+        u.int(0x80)?;
         u.mov(dword_ptr(DEMAND + 0x10), 0x1234_abcdu32)?;
         u.cmp(dword_ptr(DEMAND + 0x10), 0x1234_abcdu32 as i32)?;
         u.jne(spin)?;

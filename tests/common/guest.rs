@@ -356,7 +356,7 @@ impl Guest {
     }
 
     /// Kernel: drop to the user task at [`USER_BASE`] with IRET (EFLAGS = `eflags`).
-    pub fn to_user(&mut self, eflags: u32) {
+    pub fn enter_user(&mut self, eflags: u32) {
         check((|| {
             self.k.mov(ax, UDATA as u32)?;
             self.k.mov(ds, ax)?;
