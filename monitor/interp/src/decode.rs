@@ -40,7 +40,8 @@ pub(crate) struct DecodeCache {
 impl DecodeCache {
     pub fn new() -> DecodeCache {
         let empty = Entry { phys: 0, eip: 0, mode: 0, lo: 0, hi: 0, mlo: 0, mhi: 0, insn: Instruction::default() };
-        DecodeCache { entries: vec![empty; SIZE], hits: 0, misses: 0 }
+        // One extra entry past the cache proper holds instructions that are never cached.
+        DecodeCache { entries: vec![empty; SIZE + 1], hits: 0, misses: 0 }
     }
 
     #[inline]
@@ -62,8 +63,17 @@ fn masks(len: usize) -> (u64, u64) {
 }
 
 impl<B: Bus> Cpu<B> {
-    /// Fetch and decode the instruction at CS:EIP (code-segment limit, paging, #UD).
-    pub(crate) fn fetch_decode(&mut self) -> Res<Instruction> {
+    /// The instruction in cache slot `slot` (as returned by `fetch_decode`).
+    #[inline]
+    pub(crate) fn cached_insn(&self, slot: usize) -> &Instruction {
+        &self.icache.entries[slot].insn
+    }
+
+    /// Fetch and decode the instruction at CS:EIP (code-segment limit, paging, #UD). Returns
+    /// the index of the cache entry holding it (the instruction is not returned by value:
+    /// moving a 40-byte `Instruction` through a `Result` cost a store-forwarding stall per
+    /// instruction).
+    pub(crate) fn fetch_decode(&mut self) -> Res<usize> {
         let cs = self.state.seg[SegReg::Cs as usize];
         let eip = self.state.eip;
         let mode = if self.state.code32() { 32 } else { 16 };
@@ -81,13 +91,13 @@ impl<B: Bus> Cpu<B> {
                 let ram = self.bus.ram();
                 if let Some((lo, hi)) = load16(ram, p0 as usize) {
                     if (lo ^ e.lo) & e.mlo == 0 && (hi ^ e.hi) & e.mhi == 0 {
-                        let insn = e.insn;
+                        let len = e.insn.len() as u32;
                         self.icache.hits += 1;
-                        let last = eip.wrapping_add(insn.len() as u32 - 1);
+                        let last = eip.wrapping_add(len - 1);
                         if last > cs.limit || last < eip {
                             return Err(exc::gp0());
                         }
-                        return Ok(insn);
+                        return Ok(slot);
                     }
                 }
             }
@@ -127,9 +137,12 @@ impl<B: Bus> Cpu<B> {
             if let Some((lo, hi)) = load16(ram, p0 as usize) {
                 let (mlo, mhi) = masks(len);
                 self.icache.entries[slot] = Entry { phys: p0, eip, mode, lo, hi, mlo, mhi, insn };
+                return Ok(slot);
             }
         }
-        Ok(insn)
+        // Not cacheable: the scratch entry, which never matches a lookup (mode 0).
+        self.icache.entries[SIZE] = Entry { phys: 0, eip: 0, mode: 0, lo: 0, hi: 0, mlo: 0, mhi: 0, insn };
+        Ok(SIZE)
     }
 }
 

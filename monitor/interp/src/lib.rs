@@ -205,10 +205,11 @@ impl<B: Bus> Cpu<B> {
         self.cur_eip = self.state.eip;
         self.saved_gpr = self.state.gpr;
         self.saved_eflags = self.state.eflags;
-        let insn = match self.fetch_decode() {
-            Ok(i) => i,
+        let slot = match self.fetch_decode() {
+            Ok(s) => s,
             Err(f) => return self.fault(f, None),
         };
+        let insn = *self.cached_insn(slot);
         self.execute_decoded(&insn)
     }
 
