@@ -3,15 +3,22 @@
 //!
 //! This binary is thin (after Firecracker): the command line, machine assembly and the study
 //! and benchmark commands. The work is done by the crates `vmm-interp` (the x86 interpreter),
-//! `vmm-monitor` (the runtime), `vmm-scanner` (the translator) and `vmm-shadow-mmu`.
+//! `vmm-monitor` (the runtime: devices, machine, loaders, engines), `vmm-scanner` (the
+//! translator) and `vmm-shadow-mmu`.
 
 mod bench;
 mod guests;
-mod machine;
 
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use vmm_monitor::devices::HostClock;
+use vmm_monitor::engine::{self, exit_code, EngineKind, Outcome, RunOptions};
+use vmm_monitor::loader::multiboot;
+use vmm_monitor::machine::Machine;
+use vmm_monitor::memory::GuestRam;
 
 #[derive(Parser)]
 #[command(
@@ -20,7 +27,8 @@ use clap::{Parser, Subcommand};
     about = "Run 32-bit x86 guests inside this process by binary translation, trap-and-emulate or interpretation",
     long_about = "vmm runs unmodified 32-bit x86 guests inside an ordinary Linux x86-64 process, \
 with no VT-x, AMD-V or KVM. Guest kernel code is translated before it runs; guest user code runs \
-directly; an interpreter of the whole architecture is the oracle both are checked against."
+directly; an interpreter of the whole architecture is the oracle both are checked against.\n\n\
+With no command, vmm runs its built-in demo guest."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -29,11 +37,60 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Boot a Multiboot 1 ELF kernel on a virtual PC (serial console on stdout).
+    #[command(after_help = "Exit status: the guest's debug-exit status (port 0xf4: (value << 1) | 1, always odd); \
+2 for a bad command line or kernel image, 4 for a triple fault, 6 for an instruction the engine \
+does not support, 8 for --timeout, 10 for a HLT nothing can wake.")]
+    Run(RunArgs),
     /// Measure the engines; reports ratios against a baseline measured in the same run.
     Bench {
         #[command(subcommand)]
         what: BenchWhat,
     },
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+enum EngineArg {
+    /// Trap-and-emulate (not built yet).
+    Direct,
+    /// The interpreter.
+    Interp,
+}
+
+impl From<EngineArg> for EngineKind {
+    fn from(e: EngineArg) -> EngineKind {
+        match e {
+            EngineArg::Direct => EngineKind::Direct,
+            EngineArg::Interp => EngineKind::Interp,
+        }
+    }
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// The kernel: an ELF32 i386 file with a Multiboot 1 header.
+    kernel: PathBuf,
+    /// Guest RAM: bytes, or a number with K, M or G (4M to 3G).
+    #[arg(long, default_value = "128M", value_parser = parse_mem)]
+    mem: u64,
+    /// The kernel command line handed over in the Multiboot information.
+    #[arg(long, default_value = "")]
+    cmdline: String,
+    /// The engine for guest kernel code (CPL 0).
+    #[arg(long, value_enum, default_value_t = EngineArg::Interp)]
+    kernel_engine: EngineArg,
+    /// The engine for guest user code (CPL 3).
+    #[arg(long, value_enum, default_value_t = EngineArg::Interp)]
+    user_engine: EngineArg,
+    /// Print exits by reason, instructions and time on stderr at the end.
+    #[arg(long)]
+    stats: bool,
+    /// Trace the monitor on stderr (-v: debug, -vv: trace).
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    verbose: u8,
+    /// Stop the guest after this many seconds.
+    #[arg(long, value_parser = parse_timeout)]
+    timeout: Option<Duration>,
 }
 
 #[derive(Subcommand)]
@@ -50,48 +107,191 @@ enum BenchWhat {
     },
 }
 
+const MIN_MEM: u64 = 4 << 20;
+const MAX_MEM: u64 = 3 << 30;
+
+/// "64M", "1G", "4096K", "16777216": bytes of guest RAM, 4 MiB to 3 GiB, a multiple of 4 KiB.
+fn parse_mem(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let (digits, mult) = match t.char_indices().last() {
+        Some((i, c)) if c.eq_ignore_ascii_case(&'k') => (&t[..i], 1u64 << 10),
+        Some((i, c)) if c.eq_ignore_ascii_case(&'m') => (&t[..i], 1 << 20),
+        Some((i, c)) if c.eq_ignore_ascii_case(&'g') => (&t[..i], 1 << 30),
+        _ => (t, 1),
+    };
+    let n: u64 = digits.parse().map_err(|_| format!("{s:?} is not a size (examples: 64M, 1G, 4194304)"))?;
+    let bytes = n.checked_mul(mult).ok_or_else(|| format!("{s} is too large"))?;
+    if bytes < MIN_MEM {
+        return Err(format!("{s} is too small: guest memory must be at least 4M"));
+    }
+    if bytes > MAX_MEM {
+        return Err(format!(
+            "{s} is too large: guest memory can be at most 3G (the top of the 32-bit space is for devices and the monitor)"
+        ));
+    }
+    if bytes % 4096 != 0 {
+        return Err(format!("{s} is not a multiple of 4K"));
+    }
+    Ok(bytes)
+}
+
+fn parse_timeout(s: &str) -> Result<Duration, String> {
+    let secs: f64 = s.trim().parse().map_err(|_| format!("{s:?} is not a number of seconds"))?;
+    if !(secs > 0.0 && secs <= 1e6) {
+        return Err(format!("{s} seconds is not a usable timeout (0 < t <= 1000000)"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let result = match cli.command {
+    match cli.command {
+        Some(Command::Run(args)) => run_kernel(args),
         Some(Command::Bench { what: BenchWhat::Interp { scale, json } }) => {
-            if !(scale > 0.0 && scale <= 100.0) {
+            let r = if !(scale > 0.0 && scale <= 100.0) {
                 Err(format!("--scale must be in (0, 100], got {scale}"))
             } else {
                 bench::interp::run(scale, json)
+            };
+            match r {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("vmm: {e}");
+                    ExitCode::FAILURE
+                }
             }
         }
         None => run_demo(),
+    }
+}
+
+fn init_tracing(verbose: u8) {
+    if verbose == 0 {
+        return;
+    }
+    let level = if verbose == 1 { "debug" } else { "trace" };
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(tracing_subscriber::EnvFilter::new(level))
+        .try_init();
+}
+
+/// `vmm run`.
+fn run_kernel(args: RunArgs) -> ExitCode {
+    init_tracing(args.verbose);
+    let fail = |msg: String| {
+        eprintln!("vmm: {msg}");
+        ExitCode::from(exit_code::ERROR)
     };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
+    let image = match std::fs::read(&args.kernel) {
+        Ok(b) => b,
+        Err(e) => return fail(format!("cannot read {}: {e}", args.kernel.display())),
+    };
+    // The size was range-checked by the parser: at most 3 GiB fits in usize on x86-64.
+    let Ok(mem) = usize::try_from(args.mem) else {
+        return fail(format!("--mem {} does not fit this host", args.mem));
+    };
+    let mut ram = GuestRam::heap(mem);
+    let kernel = match multiboot::load(&mut ram, &image, &args.cmdline) {
+        Ok(k) => k,
+        Err(e) => return fail(format!("cannot load {}: {e}", args.kernel.display())),
+    };
+    tracing::debug!(entry = kernel.entry, mbi = kernel.mbi_addr, segments = ?kernel.segments, "kernel loaded");
+    let machine = Machine::new(ram, Box::new(HostClock::new()), Box::new(std::io::stdout()));
+    let opts = RunOptions {
+        kernel_engine: args.kernel_engine.into(),
+        user_engine: args.user_engine.into(),
+        timeout: args.timeout,
+        ..RunOptions::default()
+    };
+    let result = match engine::run(machine, kernel.state, &opts) {
+        Ok(r) => r,
+        Err(e) => return fail(e.to_string()),
+    };
+    finish(&result, args.stats, args.verbose > 0)
+}
+
+/// Report how a run ended and turn it into the process exit code.
+fn finish(result: &engine::RunResult, stats: bool, verbose: bool) -> ExitCode {
+    let outcome = &result.outcome;
+    if outcome.wants_report() {
+        eprintln!("vmm: {}", outcome.message());
+        eprintln!("vmm: CPU state:\n{}", engine::cpu_report(&result.state));
+    } else if verbose {
+        eprintln!("vmm: {}", outcome.message());
+    }
+    if stats {
+        eprint!("{}", result.stats.render());
+    }
+    ExitCode::from(outcome.exit_code())
+}
+
+/// `vmm` with no arguments: the built-in demo guest under the interpreter.
+fn run_demo() -> ExitCode {
+    let image = match guests::demo::image() {
+        Ok(i) => i,
         Err(e) => {
             eprintln!("vmm: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut ram = GuestRam::heap(guests::demo::RAM_BYTES);
+    for (addr, bytes) in &image.chunks {
+        if let Err(e) = ram.write(*addr as u64, bytes) {
+            eprintln!("vmm: demo guest: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    let machine = Machine::new(ram, Box::new(HostClock::new()), Box::new(std::io::stdout()));
+    let opts = RunOptions { timeout: Some(Duration::from_secs(60)), ..RunOptions::default() };
+    let result = match engine::run(machine, image.state, &opts) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("vmm: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match result.outcome {
+        Outcome::DebugExit { value } if value == guests::demo::SUCCESS => {
+            println!(
+                "vmm: the demo guest powered off after {} instructions and {} timer interrupts (interp engine)",
+                result.stats.instructions, result.machine.stats.interrupts
+            );
+            ExitCode::SUCCESS
+        }
+        _ => {
+            eprintln!("vmm: the demo guest did not end as planned");
+            finish(&result, false, true);
             ExitCode::FAILURE
         }
     }
 }
 
-/// `vmm` with no arguments: the built-in demo guest under the interpreter.
-fn run_demo() -> Result<(), String> {
-    use vmm_interp::{Cpu, Exit};
-    let image = guests::demo::image()?;
-    let mut m = machine::Machine::new(guests::demo::RAM_BYTES, true);
-    for (addr, bytes) in &image.chunks {
-        m.ram[*addr as usize..*addr as usize + bytes.len()].copy_from_slice(bytes);
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mem_sizes() {
+        assert_eq!(parse_mem("64M"), Ok(64 << 20));
+        assert_eq!(parse_mem("1G"), Ok(1 << 30));
+        assert_eq!(parse_mem("3g"), Ok(3 << 30));
+        assert_eq!(parse_mem("4096K"), Ok(4 << 20));
+        assert_eq!(parse_mem("4194304"), Ok(4 << 20));
+        assert!(parse_mem("2M").unwrap_err().contains("at least 4M"));
+        assert!(parse_mem("4G").unwrap_err().contains("at most 3G"));
+        assert!(parse_mem("99999999999999999999G").is_err());
+        assert!(parse_mem("lots").is_err());
+        assert!(parse_mem("").is_err());
+        assert!(parse_mem("4194305").unwrap_err().contains("multiple"));
     }
-    let mut cpu = Cpu::with_state(image.state, m);
-    loop {
-        match cpu.run(10_000_000) {
-            Exit::Budget => continue,
-            Exit::PortIo { port: machine::DEBUG_EXIT, value, .. } => {
-                if value as u8 == guests::demo::SUCCESS {
-                    println!("vmm: the demo guest powered off after {} instructions (interp engine)", cpu.icount);
-                    return Ok(());
-                }
-                return Err(format!("the demo guest exited with debug-exit value {value:#x}"));
-            }
-            Exit::PortIo { .. } => continue,
-            other => return Err(format!("the demo guest stopped: {other}")),
-        }
+
+    #[test]
+    fn timeouts() {
+        assert_eq!(parse_timeout("2"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_timeout("0.5"), Ok(Duration::from_millis(500)));
+        assert!(parse_timeout("0").is_err());
+        assert!(parse_timeout("-1").is_err());
+        assert!(parse_timeout("NaN").is_err());
     }
 }

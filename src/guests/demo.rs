@@ -3,8 +3,11 @@
 //! It narrates on COM1 what it does: starts in real mode, enters protected mode, turns paging
 //! on (4 KiB pages and a 4 MiB page), loads an IDT and a TSS, drops to a user task with IRET;
 //! the user task makes `int 0x80` system calls, takes a demand-paging fault that the kernel
-//! resolves, and finally tries CLI, which at CPL 3 raises #GP: the kernel reports it and
-//! powers off through the debug-exit port with the built-in guests' success code.
+//! resolves, asks the kernel to start the timer and waits for three timer interrupts (8254
+//! channel 0 at 100 Hz through the 8259A on IRQ 0), which the kernel narrates as they
+//! interrupt the user task, and finally tries CLI, which at CPL 3 raises #GP: the kernel
+//! reports it and powers off through the debug-exit port with the built-in guests' success
+//! code.
 
 use iced_x86::code_asm::*;
 use iced_x86::{Code, Instruction};
@@ -24,7 +27,14 @@ const PT: u32 = 0x3000;
 const KSTACK: u32 = 0x7000;
 const REAL_ENTRY: u32 = 0x7c00;
 const KERNEL: u32 = 0x8000;
-const SYS_HANDLER: u32 = 0x8400;
+const SYS_HANDLER: u32 = 0x8a00;
+const TIMER_HANDLER: u32 = 0x8900;
+/// The kernel's tick counter.
+const TICKS: u32 = 0x6000;
+/// Timer ticks the user task waits for.
+const TICKS_WANTED: u32 = 3;
+/// 8254 count for 100 Hz: 1193182 / 100.
+const PIT_100HZ: u32 = 11932;
 const PF_HANDLER: u32 = 0x8500;
 const GP_HANDLER: u32 = 0x8600;
 const PUTS: u32 = 0x8700;
@@ -95,11 +105,18 @@ pub fn image() -> Result<Image, String> {
     let s_gp1 = ks.add("[kernel] #GP from user mode at eip ");
     let s_gp2 = ks.add(": CLI is privileged at CPL 3, the task is stopped\r\n");
     let s_off = ks.add("[kernel] powering off through the debug-exit port\r\n");
+    let s_timer = ks.add("[kernel] 8259A PICs at vectors 0x20-0x2f, 8254 channel 0 at 100 Hz (IRQ 0 masked for now)\r\n");
+    let s_tick1 = ks.add("[kernel] timer interrupt (IRQ 0, vector 0x20), tick ");
+    let s_tick_user = ks.add(": it interrupted the user task at CPL 3\r\n");
+    let s_tick_kernel = ks.add(": it interrupted the kernel at CPL 0\r\n");
     let mut us = Strings::new(USTRINGS);
     let u1 = "[user] hello from CPL 3 through an int 0x80 system call\r\n";
     let u2 = "[user] wrote 0x1234abcd to a page that was not mapped, and read it back\r\n";
     let u3 = "[user] now trying CLI...\r\n";
+    let u4 = "[user] asking the kernel to start the timer, then waiting for 3 ticks\r\n";
+    let u5 = "[user] the kernel counted 3 timer ticks while I ran; timer stopped\r\n";
     let (a1, a2, a3) = (us.add(u1), us.add(u2), us.add(u3));
+    let (a4, a5) = (us.add(u4), us.add(u5));
 
     // ---- 16-bit real-mode entry ----
     let mut r = CodeAssembler::new(16).map_err(asm_err)?;
@@ -177,12 +194,47 @@ pub fn image() -> Result<Image, String> {
         k.jne(bad)?;
         k.mov(esi, s_big)?;
         k.call(PUTS as u64)?;
-        // IDT gates: #GP, #PF (interrupt gates), int 0x80 (DPL 3 trap gate).
-        for (vec, handler, ty) in [(13u32, GP_HANDLER, 0x8e00u32), (14, PF_HANDLER, 0x8e00), (0x80, SYS_HANDLER, 0xef00)] {
+        // IDT gates: #GP, #PF, the timer (interrupt gates), int 0x80 (a DPL 3 interrupt
+        // gate: the kernel runs with interrupts off, so ticks only interrupt the user task).
+        for (vec, handler, ty) in [
+            (13u32, GP_HANDLER, 0x8e00u32),
+            (14, PF_HANDLER, 0x8e00),
+            (0x20, TIMER_HANDLER, 0x8e00),
+            (0x80, SYS_HANDLER, 0xee00),
+        ] {
             k.mov(dword_ptr(IDT + 8 * vec), (0x08 << 16) | (handler & 0xffff))?;
             k.mov(dword_ptr(IDT + 8 * vec + 4), (handler & 0xffff_0000) | ty)?;
         }
         k.lidt(ptr(GDTR + 8))?;
+        // The PIC pair: ICW1 (edge, cascade, ICW4), ICW2 (vectors 0x20 and 0x28), ICW3
+        // (slave on IRQ 2), ICW4 (8086 mode); then mask everything.
+        k.mov(al, 0x11u32)?;
+        k.out(0x20, al)?;
+        k.out(0xa0, al)?;
+        k.mov(al, 0x20u32)?;
+        k.out(0x21, al)?;
+        k.mov(al, 0x28u32)?;
+        k.out(0xa1, al)?;
+        k.mov(al, 0x04u32)?;
+        k.out(0x21, al)?;
+        k.mov(al, 0x02u32)?;
+        k.out(0xa1, al)?;
+        k.mov(al, 0x01u32)?;
+        k.out(0x21, al)?;
+        k.out(0xa1, al)?;
+        k.mov(al, 0xffu32)?;
+        k.out(0x21, al)?;
+        k.out(0xa1, al)?;
+        // The PIT: channel 0, LSB then MSB, mode 2 (rate generator), 100 Hz.
+        k.mov(al, 0x34u32)?;
+        k.out(0x43, al)?;
+        k.mov(al, PIT_100HZ & 0xff)?;
+        k.out(0x40, al)?;
+        k.mov(al, PIT_100HZ >> 8)?;
+        k.out(0x40, al)?;
+        k.mov(dword_ptr(TICKS), 0u32)?;
+        k.mov(esi, s_timer)?;
+        k.call(PUTS as u64)?;
         k.mov(ax, 0x28u32)?;
         k.ltr(ax)?;
         k.mov(esi, s_user)?;
@@ -204,11 +256,21 @@ pub fn image() -> Result<Image, String> {
     .map_err(asm_err)?;
     let kernel = k.assemble(KERNEL as u64).map_err(asm_err)?;
 
-    // int 0x80: eax = 1: write(ebx = buffer, ecx = length).
+    // int 0x80: eax = 1: write(ebx = buffer, ecx = length); 2: start the timer (unmask
+    // IRQ 0); 3: eax = ticks so far; 4: stop the timer (mask IRQ 0).
     let mut h = CodeAssembler::new(32).map_err(asm_err)?;
     (|| -> Result<(), IcedError> {
         let mut out = h.create_label();
         let mut ret = h.create_label();
+        let mut start = h.create_label();
+        let mut ticks = h.create_label();
+        let mut stop = h.create_label();
+        h.cmp(eax, 2)?;
+        h.je(start)?;
+        h.cmp(eax, 3)?;
+        h.je(ticks)?;
+        h.cmp(eax, 4)?;
+        h.je(stop)?;
         h.cmp(eax, 1)?;
         h.jne(ret)?;
         h.set_label(&mut out)?;
@@ -219,10 +281,51 @@ pub fn image() -> Result<Image, String> {
         h.dec(ecx)?;
         h.jmp(out)?;
         h.set_label(&mut ret)?;
+        h.iretd()?;
+        h.set_label(&mut start)?;
+        h.in_(al, 0x21)?;
+        h.and(al, 0xfe)?;
+        h.out(0x21, al)?;
+        h.iretd()?;
+        h.set_label(&mut ticks)?;
+        h.mov(eax, dword_ptr(TICKS))?;
+        h.iretd()?;
+        h.set_label(&mut stop)?;
+        h.in_(al, 0x21)?;
+        h.or(al, 0x01)?;
+        h.out(0x21, al)?;
         h.iretd()
     })()
     .map_err(asm_err)?;
     let sys = h.assemble(SYS_HANDLER as u64).map_err(asm_err)?;
+
+    // The timer: count, narrate which privilege level was interrupted, EOI.
+    let mut h = CodeAssembler::new(32).map_err(asm_err)?;
+    (|| -> Result<(), IcedError> {
+        let mut kernel = h.create_label();
+        let mut said = h.create_label();
+        h.pushad()?;
+        h.inc(dword_ptr(TICKS))?;
+        h.mov(esi, s_tick1)?;
+        h.call(PUTS as u64)?;
+        h.mov(eax, dword_ptr(TICKS))?;
+        h.call(PUTHEX as u64)?;
+        // The interrupted CS is above the 32 bytes of PUSHAD and the saved EIP.
+        h.test(dword_ptr(esp + 36), 3)?;
+        h.jz(kernel)?;
+        h.mov(esi, s_tick_user)?;
+        h.jmp(said)?;
+        h.set_label(&mut kernel)?;
+        h.mov(esi, s_tick_kernel)?;
+        h.set_label(&mut said)?;
+        h.call(PUTS as u64)?;
+        h.mov(al, 0x20u32)?;
+        h.out(0x20, al)?; // non-specific EOI
+        h.popad()?;
+        h.iretd()
+    })()
+    .map_err(asm_err)?;
+    let timer = h.assemble(TIMER_HANDLER as u64).map_err(asm_err)?;
 
     // #PF: report CR2 and the error code, map the demand page, return.
     let mut h = CodeAssembler::new(32).map_err(asm_err)?;
@@ -315,7 +418,8 @@ pub fn image() -> Result<Image, String> {
     let puthex = h.assemble(PUTHEX as u64).map_err(asm_err)?;
     for (what, at, len, room) in [
         ("kernel", KERNEL, kernel.len(), 0x400),
-        ("int 0x80 handler", SYS_HANDLER, sys.len(), 0x100),
+        ("int 0x80 handler", SYS_HANDLER, sys.len(), 0x200),
+        ("timer handler", TIMER_HANDLER, timer.len(), 0x100),
         ("#PF handler", PF_HANDLER, pf.len(), 0x100),
         ("#GP handler", GP_HANDLER, gp.len(), 0x100),
         ("puts", PUTS, puts.len(), 0x100),
@@ -330,16 +434,30 @@ pub fn image() -> Result<Image, String> {
     let mut u = CodeAssembler::new(32).map_err(asm_err)?;
     (|| -> Result<(), IcedError> {
         let mut spin = u.create_label();
-        for (addr, s) in [(a1, u1)] {
+        u.mov(eax, 1u32)?;
+        u.mov(ebx, a1)?;
+        u.mov(ecx, u1.len() as u32)?;
+        u.int(0x80)?;
+        u.mov(dword_ptr(DEMAND + 0x10), 0x1234_abcdu32)?;
+        u.cmp(dword_ptr(DEMAND + 0x10), 0x1234_abcdu32 as i32)?;
+        u.jne(spin)?;
+        let mut wait = u.create_label();
+        for (addr, s) in [(a2, u2), (a4, u4)] {
             u.mov(eax, 1u32)?;
             u.mov(ebx, addr)?;
             u.mov(ecx, s.len() as u32)?;
             u.int(0x80)?;
         }
-        u.mov(dword_ptr(DEMAND + 0x10), 0x1234_abcdu32)?;
-        u.cmp(dword_ptr(DEMAND + 0x10), 0x1234_abcdu32 as i32)?;
-        u.jne(spin)?;
-        for (addr, s) in [(a2, u2), (a3, u3)] {
+        u.mov(eax, 2u32)?;
+        u.int(0x80)?;
+        u.set_label(&mut wait)?;
+        u.mov(eax, 3u32)?;
+        u.int(0x80)?;
+        u.cmp(eax, TICKS_WANTED)?;
+        u.jb(wait)?;
+        u.mov(eax, 4u32)?;
+        u.int(0x80)?;
+        for (addr, s) in [(a5, u5), (a3, u3)] {
             u.mov(eax, 1u32)?;
             u.mov(ebx, addr)?;
             u.mov(ecx, s.len() as u32)?;
@@ -387,6 +505,7 @@ pub fn image() -> Result<Image, String> {
             (REAL_ENTRY, real),
             (KERNEL, kernel),
             (SYS_HANDLER, sys),
+            (TIMER_HANDLER, timer),
             (PF_HANDLER, pf),
             (GP_HANDLER, gp),
             (PUTS, puts),

@@ -1,0 +1,19 @@
+//! Device models of the PC platform: plain safe Rust, each unit-tested in its file, with no
+//! knowledge of the engines. The [`Machine`](crate::machine::Machine) owns them, dispatches
+//! port I/O to them through a [`ports::PortMap`] and routes their interrupt lines to the PIC.
+
+pub mod clock;
+pub mod debug_exit;
+pub mod pic;
+pub mod pit;
+pub mod ports;
+pub mod system_control;
+pub mod uart;
+
+pub use clock::{Clock, HostClock, ManualClock};
+pub use debug_exit::DebugExit;
+pub use pic::PicPair;
+pub use pit::Pit;
+pub use ports::{DeviceId, PortMap};
+pub use system_control::SystemControl;
+pub use uart::{SharedBuffer, Uart};

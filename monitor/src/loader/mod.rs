@@ -1,0 +1,3 @@
+//! Boot loaders: put a guest kernel into guest RAM and say how the CPU must start.
+
+pub mod multiboot;
