@@ -1,7 +1,7 @@
 //! Logical instructions: AND OR XOR NOT TEST.
 //!
 //! AND, OR, XOR and TEST clear CF and OF and set SF ZF PF from the result; AF is undefined
-//! and cleared here. NOT changes no flags.
+//! and cleared, as the host CPU does (checked in strict mode). NOT changes no flags.
 
 use iced_x86::Instruction;
 
