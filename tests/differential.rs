@@ -43,8 +43,9 @@ const PHYS_DATA: u32 = 0x14000;
 const PHYS_RO: u32 = 0x18000;
 const RAM: usize = 0x20000;
 
-/// VMM_DIFF_STRICT=1: compare undefined flags too (the interpreter means to match the host).
-fn strict() -> bool {
+/// VMM_DIFF_STRICT=1: compare undefined flags too in every test (the interpreter means to
+/// match the host; `everything_strict` always does).
+fn strict_env() -> bool {
     std::env::var("VMM_DIFF_STRICT").is_ok_and(|v| v == "1")
 }
 
@@ -212,16 +213,16 @@ fn disasm(code: &[u8]) -> String {
 /// Run one case both ways and compare. A CMPS that faults differently is run again on the
 /// interpreter with the other operand order (`Quirks::cmps_source_first`): the host has been
 /// seen to use both, and the SDM does not say.
-fn check(case: &Case, stats: &Stats) -> Result<(), TestCaseError> {
-    match check_with(case, stats, false) {
+fn check(case: &Case, stats: &Stats, strict: bool) -> Result<(), TestCaseError> {
+    match check_with(case, stats, strict, false) {
         Err(e) if e.to_string().contains("exception: ") && e.to_string().contains("cmps") => {
-            check_with(case, stats, true).map_err(|_| e)
+            check_with(case, stats, strict, true).map_err(|_| e)
         }
         r => r,
     }
 }
 
-fn check_with(case: &Case, stats: &Stats, cmps_source_first: bool) -> Result<(), TestCaseError> {
+fn check_with(case: &Case, stats: &Stats, strict: bool, cmps_source_first: bool) -> Result<(), TestCaseError> {
     let Some((code, stop)) = case.encode() else {
         stats.unencodable.fetch_add(1, Ordering::Relaxed);
         if std::env::var("VMM_DIFF_TRACE_UNENCODABLE").is_ok() {
@@ -273,7 +274,7 @@ fn check_with(case: &Case, stats: &Stats, cmps_source_first: bool) -> Result<(),
             exit = Some(e);
             break;
         }
-        if let Some(i) = insn.filter(|_| !strict()) {
+        if let Some(i) = insn.filter(|_| !strict) {
             if eflags_of(i.rflags_read()) & undefined != 0 {
                 dependent = true;
             }
@@ -365,6 +366,10 @@ fn check_with(case: &Case, stats: &Stats, cmps_source_first: bool) -> Result<(),
 }
 
 fn run_families(name: &str, fams: &'static [Family], share: u64, max_len: usize) {
+    run_families_mode(name, fams, share, max_len, strict_env())
+}
+
+fn run_families_mode(name: &str, fams: &'static [Family], share: u64, max_len: usize, strict: bool) {
     let cases = (total_cases() * share / 100).max(1) as u32;
     // A fixed seed per family by default, so that CI runs the same cases every time;
     // VMM_DIFF_SEED=<n> (or "random") explores others.
@@ -380,7 +385,7 @@ fn run_families(name: &str, fams: &'static [Family], share: u64, max_len: usize)
     let config = Config { cases, failure_persistence: None, ..Config::default() };
     let mut runner = TestRunner::new_with_rng(config, rng);
     let stats = Stats::default();
-    let r = runner.run(&cases_strategy(fams, max_len), |c| check(&c, &stats));
+    let r = runner.run(&cases_strategy(fams, max_len), |c| check(&c, &stats, strict));
     let (cmp, dep, une, flt) = (
         stats.compared.load(Ordering::Relaxed),
         stats.undefined_dependent.load(Ordering::Relaxed),
@@ -398,7 +403,7 @@ fn cases_strategy(fams: &'static [Family], max_len: usize) -> impl proptest::str
     cases(fams, max_len)
 }
 
-// The shares of the total case count add up to 100.
+// The shares of the total case count add up to 100 (plus 10 for the strict run).
 
 #[test]
 fn arith_logic() {
@@ -443,4 +448,11 @@ fn privileged() {
 #[test]
 fn everything_mixed() {
     run_families("mixed", &ALL_FAMILIES, 20, 10);
+}
+
+/// Every family with the undefined flags compared too: the interpreter gives them the host's
+/// values (docs/interpreter.md).
+#[test]
+fn everything_strict() {
+    run_families_mode("strict", &ALL_FAMILIES, 10, 10, true);
 }
