@@ -251,6 +251,7 @@ mod tests {
     use super::*;
 
     /// Build a raw descriptor.
+    #[allow(clippy::too_many_arguments)]
     fn desc(base: u32, limit: u32, ty: u32, s: bool, dpl: u32, p: bool, db: bool, g: bool) -> u64 {
         let (b, l) = (u64::from(base), u64::from(limit));
         let mut d = (l & 0xffff) | (b & 0xff_ffff) << 16 | u64::from(ty) << 40 | u64::from(dpl) << 45;

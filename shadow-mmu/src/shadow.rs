@@ -166,7 +166,7 @@ impl ShadowMmu {
     /// How `lin` is mapped now, if it is.
     pub fn mapping(&self, lin: u32) -> Option<MappedPage> {
         let e = self.entry(lin >> 12);
-        (e & E_VALID != 0).then(|| MappedPage {
+        (e & E_VALID != 0).then_some(MappedPage {
             frame: e & !0xfff,
             writable: e & E_HOST_W != 0,
             user: e & E_USER != 0,
