@@ -254,7 +254,8 @@ mod tests {
     #[allow(clippy::too_many_arguments)]
     fn desc(base: u32, limit: u32, ty: u32, s: bool, dpl: u32, p: bool, db: bool, g: bool) -> u64 {
         let (b, l) = (u64::from(base), u64::from(limit));
-        let mut d = (l & 0xffff) | (b & 0xff_ffff) << 16 | u64::from(ty) << 40 | u64::from(dpl) << 45;
+        let mut d =
+            (l & 0xffff) | (b & 0xff_ffff) << 16 | u64::from(ty) << 40 | u64::from(dpl) << 45;
         d |= ((l >> 16) & 0xf) << 48 | (b >> 24) << 56;
         if s {
             d |= 1 << 44;
@@ -315,7 +316,10 @@ mod tests {
     fn small_segments_unchanged() {
         let raw = desc(0x1000, 0xffff, DATA_RW, true, 0, true, false, false);
         let d = shadow_descriptor(raw, TOP).unwrap();
-        assert_eq!((d.base, d.limit, d.limit_pages, d.big), (0x1000, 0xffff, false, false));
+        assert_eq!(
+            (d.base, d.limit, d.limit_pages, d.big),
+            (0x1000, 0xffff, false, false)
+        );
         let raw = desc(0x1000, 0x100, DATA_RW, true, 3, true, true, true);
         assert_eq!(shadow_descriptor(raw, TOP).unwrap().limit, 0x100);
     }
@@ -348,7 +352,13 @@ mod tests {
     fn segment_wholly_above_top() {
         let raw = desc(0xffd0_0000, 0xfff, DATA_RW, true, 0, true, false, false);
         let d = shadow_descriptor(raw, TOP).unwrap();
-        assert!(d.present && d.conforming_or_expand_down && d.big && d.limit_pages && d.limit == 0xfffff);
+        assert!(
+            d.present
+                && d.conforming_or_expand_down
+                && d.big
+                && d.limit_pages
+                && d.limit == 0xfffff
+        );
         assert_eq!(linear_range(&d), None, "empty data segment");
         let raw = desc(0xffd0_0000, 0xfff, CODE_RX, true, 0, true, true, false);
         let d = shadow_descriptor(raw, TOP).unwrap();
@@ -360,7 +370,10 @@ mod tests {
         // 16-bit expand-down stack: offsets (0x0fff, 0xffff] at base 0x10000.
         let raw = desc(0x10000, 0x0fff, DATA_RW_DOWN, true, 0, true, false, false);
         let d = shadow_descriptor(raw, TOP).unwrap();
-        assert_eq!((d.limit, d.limit_pages, d.big, d.conforming_or_expand_down), (0x0fff, false, false, true));
+        assert_eq!(
+            (d.limit, d.limit_pages, d.big, d.conforming_or_expand_down),
+            (0x0fff, false, false, true)
+        );
     }
 
     #[test]
@@ -382,7 +395,11 @@ mod tests {
         let d = shadow_descriptor(raw, TOP).unwrap();
         assert_eq!(d.byte_limit(), 0xffef_ffff);
         let (lo, hi) = linear_range(&d).unwrap();
-        assert_eq!((lo, hi), (1 << 32, (1 << 32) + 0xf_ffff), "only offsets that wrap below 1 MiB");
+        assert_eq!(
+            (lo, hi),
+            (1 << 32, (1 << 32) + 0xf_ffff),
+            "only offsets that wrap below 1 MiB"
+        );
         // Page granular: rounded up.
         let raw = desc(0x10_0800, 0, DATA_RW_DOWN, true, 0, true, true, true);
         let d = shadow_descriptor(raw, TOP).unwrap();
@@ -396,9 +413,15 @@ mod tests {
     #[test]
     fn system_and_not_present_never_shadowed() {
         for ty in [0x1, 0x2, 0x3, 0x4, 0x5, 0x9, 0xb, 0xc, 0xe, 0xf] {
-            assert_eq!(shadow_descriptor(desc(0, 0x67, ty, false, 0, true, false, false), TOP), None);
+            assert_eq!(
+                shadow_descriptor(desc(0, 0x67, ty, false, 0, true, false, false), TOP),
+                None
+            );
         }
-        assert_eq!(shadow_descriptor(desc(0, 0xfffff, DATA_RW, true, 0, false, true, true), TOP), None);
+        assert_eq!(
+            shadow_descriptor(desc(0, 0xfffff, DATA_RW, true, 0, false, true, true), TOP),
+            None
+        );
     }
 
     #[test]
@@ -424,7 +447,10 @@ mod tests {
                 if lo < 1 << 32 {
                     assert!(hi < u64::from(top), "{raw:#x} top {top:#x} -> {d:?}");
                 } else {
-                    assert!(hi - (1 << 32) < u64::from(top), "{raw:#x} top {top:#x} -> {d:?}");
+                    assert!(
+                        hi - (1 << 32) < u64::from(top),
+                        "{raw:#x} top {top:#x} -> {d:?}"
+                    );
                 }
             }
             let r = parse(raw);
@@ -440,13 +466,22 @@ mod tests {
         assert_eq!(host_selector_for_guest(0x73), Some(ldt_selector(4096 + 14)));
         assert_eq!(host_selector_for_guest(0), Some(0));
         assert_eq!(host_selector_for_guest(3), Some(0));
-        assert_eq!(host_selector_for_guest((4095 << 3) | 4), Some(ldt_selector(4095)));
+        assert_eq!(
+            host_selector_for_guest((4095 << 3) | 4),
+            Some(ldt_selector(4095))
+        );
         assert_eq!(host_selector_for_guest((4096 << 3) | 4), None);
-        assert_eq!(host_selector_for_guest(3839 << 3), Some(ldt_selector(4096 + 3839)));
+        assert_eq!(
+            host_selector_for_guest(3839 << 3),
+            Some(ldt_selector(4096 + 3839))
+        );
         assert_eq!(host_selector_for_guest(3840 << 3), None);
         assert_eq!(cached_slot_selector(0), (8000 << 3) | 7);
         assert_eq!(cached_slot_selector(5), (8005 << 3) | 7);
-        assert!(u32::from(HOST_LDT_GUEST_GDT) + u32::from(GUEST_GDT_SLOTS) <= u32::from(HOST_LDT_CACHED));
+        assert!(
+            u32::from(HOST_LDT_GUEST_GDT) + u32::from(GUEST_GDT_SLOTS)
+                <= u32::from(HOST_LDT_CACHED)
+        );
     }
 
     #[test]

@@ -15,7 +15,7 @@
 //! number (a leaf of 1024 entries exists only while it maps something).
 //!
 //! A host fault goes to [`ShadowMmu::handle_fault`], which walks the guest tables
-//! ([`walk`]) with the guest's privilege and access type and answers with a
+//! ([`walk()`]) with the guest's privilege and access type and answers with a
 //! [`Resolution`]:
 //! * `GuestFault`: the guest's CPU would raise #PF here (CR2 and the error code exactly as
 //!   the CPU computes them: P, W, U, RSVD; no I bit without PAE). Guest memory unchanged.
@@ -65,6 +65,14 @@
 //!    being user-writable (the CR0.WP = 0 case). While in user mode, faults come with
 //!    `user = true` and only user-accessible pages get mapped.
 //!
+//!    Segment truncation does not cover selectors the guest cannot be stopped from
+//!    loading: direct-executed user code can load the host's flat GDT selectors (0x23,
+//!    0x2b) and reach kernel pages above the limit that stay mapped. That leaks guest
+//!    kernel memory to guest user code (not the monitor: the hole is never mapped).
+//!    [`ShadowMmu::set_strict_ring_compression`] closes it: `set_user(true)` then unmaps
+//!    every unsafe page whatever its address (a Linux guest then refaults its kernel
+//!    pages after every return to user mode).
+//!
 //! # Paging off
 //!
 //! Linear = physical: `handle_fault` maps L to frame L (writable) if it is in RAM, answers
@@ -82,7 +90,9 @@ pub mod walk;
 
 pub use desc::{cached_slot_selector, host_selector_for_guest, shadow_descriptor, HostDesc};
 pub use shadow::{MapOps, MappedPage, Resolution, ShadowMmu, ShadowStats, RUN_PAGES};
-pub use walk::{pf, pte, set_accessed_dirty, walk, Access, GuestPhys, PagingMode, Translation, Walk};
+pub use walk::{
+    pf, pte, set_accessed_dirty, walk, Access, GuestPhys, PagingMode, Translation, Walk,
+};
 
 #[cfg(test)]
 mod tests;

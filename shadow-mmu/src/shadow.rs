@@ -3,7 +3,9 @@
 
 use std::collections::BTreeSet;
 
-use crate::walk::{pte, set_accessed_dirty, walk, Access, GuestPhys, PagingMode, Translation, Walk};
+use crate::walk::{
+    pte, set_accessed_dirty, walk, Access, GuestPhys, PagingMode, Translation, Walk,
+};
 
 /// What the monitor does to the host page tables of the low 4 GiB (mmap of the guest-RAM
 /// memfd at a fixed address, and munmap or a `PROT_NONE` remap).
@@ -113,6 +115,7 @@ pub struct ShadowMmu {
     unsafe_pages: BTreeSet<u32>,
     user: bool,
     user_limit: u32,
+    strict: bool,
     stats: ShadowStats,
 }
 
@@ -132,6 +135,7 @@ impl ShadowMmu {
             unsafe_pages: BTreeSet::new(),
             user: false,
             user_limit: monitor_base,
+            strict: false,
             stats: ShadowStats::default(),
         }
     }
@@ -161,6 +165,13 @@ impl ShadowMmu {
     /// 0xC000_0000 for a 3G/1G Linux. Recomputed by `cr3_written` and `flush_all`.
     pub fn user_limit(&self) -> u32 {
         self.user_limit
+    }
+
+    /// Strict ring compression: `set_user(true)` unmaps every mapped page that user code
+    /// must not reach, not only those below `user_limit()` (for guests whose user code may
+    /// load flat host selectors; see the crate documentation). Off by default.
+    pub fn set_strict_ring_compression(&mut self, strict: bool) {
+        self.strict = strict;
     }
 
     /// How `lin` is mapped now, if it is.
@@ -195,7 +206,10 @@ impl ShadowMmu {
             Walk::Ok(t) => t,
             Walk::Fault { error_code } => {
                 self.stats.guest_faults += 1;
-                return Ok(Resolution::GuestFault { cr2: lin, error_code });
+                return Ok(Resolution::GuestFault {
+                    cr2: lin,
+                    error_code,
+                });
             }
             Walk::TableNotRam { paddr } => {
                 self.stats.not_ram += 1;
@@ -204,7 +218,9 @@ impl ShadowMmu {
         };
         if !self.frame_in_ram(t.frame) {
             self.stats.not_ram += 1;
-            return Ok(Resolution::NotRam { phys: t.frame | (lin & 0xfff) });
+            return Ok(Resolution::NotRam {
+                phys: t.frame | (lin & 0xfff),
+            });
         }
         let dirty = set_accessed_dirty(&t, access, mem);
         let flags = Self::flags(&t, mode, user, dirty);
@@ -232,7 +248,9 @@ impl ShadowMmu {
         self.stats.invlpgs += 1;
         let page = lin >> 12;
         let region = page & !0x3ff;
-        self.drop_where(region, region + 0x400, map, |q, e| q == page || e & E_LARGE != 0)?;
+        self.drop_where(region, region + 0x400, map, |q, e| {
+            q == page || e & E_LARGE != 0
+        })?;
         Ok(())
     }
 
@@ -268,11 +286,16 @@ impl ShadowMmu {
     /// Ring compression: the guest's CPL changed (`user` = CPL 3). Entering user mode unmaps
     /// every mapped page below `user_limit()` that user code must not reach with the rights
     /// the host mapping gives (supervisor-only pages, and pages made host-writable by a
-    /// supervisor write under CR0.WP = 0 that user code may only read).
+    /// supervisor write under CR0.WP = 0 that user code may only read); with strict ring
+    /// compression, every such page.
     pub fn set_user<M: MapOps>(&mut self, user: bool, map: &mut M) -> Result<(), M::Error> {
         self.user = user;
         if user {
-            let limit = self.user_limit >> 12;
+            let limit = if self.strict {
+                1 << 20
+            } else {
+                self.user_limit >> 12
+            };
             let victims: Vec<u32> = self.unsafe_pages.range(..limit).copied().collect();
             for (start, n) in runs(victims.into_iter()) {
                 map.unmap(start << 12, n)?;
@@ -316,7 +339,9 @@ impl ShadowMmu {
 
     fn clear_entry(&mut self, page: u32) {
         let ti = (page >> 10) as usize;
-        let Some(t) = &mut self.tables[ti] else { return };
+        let Some(t) = &mut self.tables[ti] else {
+            return;
+        };
         let slot = &mut t[(page & 0x3ff) as usize];
         if *slot & E_VALID == 0 {
             return;
@@ -341,7 +366,9 @@ impl ShadowMmu {
     ) -> Result<usize, M::Error> {
         let mut victims = Vec::new();
         for ti in (lo >> 10)..=((hi - 1) >> 10) {
-            let Some(t) = &self.tables[ti as usize] else { continue };
+            let Some(t) = &self.tables[ti as usize] else {
+                continue;
+            };
             for (j, &e) in t.iter().enumerate() {
                 let q = (ti << 10) | j as u32;
                 if q >= lo && q < hi && e & E_VALID != 0 && pred(q, e) {
@@ -418,7 +445,9 @@ impl ShadowMmu {
                 return true;
             }
             let pte_addr = (t.pde & !0xfff) | ((q & 0x3ff) << 2);
-            let Some(e) = mem.read_u32(pte_addr) else { return false };
+            let Some(e) = mem.read_u32(pte_addr) else {
+                return false;
+            };
             if e & pte::P == 0 || e & pte::A == 0 || i64::from(e & !0xfff) != frame {
                 return false;
             }

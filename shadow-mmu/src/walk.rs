@@ -139,7 +139,12 @@ impl Translation {
     /// entry is dirty (so that the first write always reaches the walker and sets D) and a
     /// write by that privilege is allowed (user: R/W; supervisor: R/W or !CR0.WP).
     pub fn host_writable(&self, user: bool, wp: bool, dirty_now: bool) -> bool {
-        dirty_now && if user { self.user && self.writable } else { self.writable || !wp }
+        dirty_now
+            && if user {
+                self.user && self.writable
+            } else {
+                self.writable || !wp
+            }
     }
 }
 
@@ -148,15 +153,25 @@ impl Translation {
 pub enum Walk {
     Ok(Translation),
     /// A guest #PF with this error code (CR2 is the linear address).
-    Fault { error_code: u32 },
+    Fault {
+        error_code: u32,
+    },
     /// A paging-structure entry lies outside RAM (CR3 or a PDE pointing at MMIO): the
     /// monitor emulates the access with the interpreter, which reads it from the bus.
-    TableNotRam { paddr: u32 },
+    TableNotRam {
+        paddr: u32,
+    },
 }
 
 /// Walk the guest page tables for an access to `lin` by code at CPL 3 (`user`) or CPL 0-2.
 /// No side effects on guest memory. With paging off the translation is the identity.
-pub fn walk(mode: &PagingMode, lin: u32, access: Access, user: bool, mem: &mut impl GuestPhys) -> Walk {
+pub fn walk(
+    mode: &PagingMode,
+    lin: u32,
+    access: Access,
+    user: bool,
+    mem: &mut impl GuestPhys,
+) -> Walk {
     if !mode.paging {
         return Walk::Ok(Translation::identity(lin));
     }
@@ -176,7 +191,9 @@ pub fn walk(mode: &PagingMode, lin: u32, access: Access, user: bool, mem: &mut i
     }
     let t = if pde & pte::PS != 0 && mode.pse {
         if pde & pte::LARGE_RSVD != 0 {
-            return Walk::Fault { error_code: code | pf::P | pf::RSVD };
+            return Walk::Fault {
+                error_code: code | pf::P | pf::RSVD,
+            };
         }
         Translation {
             frame: (pde & 0xffc0_0000) | (lin & 0x003f_f000),
@@ -219,7 +236,9 @@ pub fn walk(mode: &PagingMode, lin: u32, access: Access, user: bool, mem: &mut i
         !access.is_write() || t.writable || !mode.wp
     };
     if !allowed {
-        return Walk::Fault { error_code: code | pf::P };
+        return Walk::Fault {
+            error_code: code | pf::P,
+        };
     }
     Walk::Ok(t)
 }
@@ -264,7 +283,13 @@ mod tests {
     }
 
     fn mode(wp: bool) -> PagingMode {
-        PagingMode { paging: true, pse: true, pge: false, wp, cr3: CR3 }
+        PagingMode {
+            paging: true,
+            pse: true,
+            pge: false,
+            wp,
+            cr3: CR3,
+        }
     }
 
     /// PDE 0 -> page table at 0x2000; PTE 5 -> frame 0x7000 with `flags`.
@@ -285,7 +310,13 @@ mod tests {
     #[test]
     fn paging_off_is_identity() {
         let mut m = mem();
-        let w = walk(&PagingMode::default(), 0x1234_5678, Access::Write, true, &mut m);
+        let w = walk(
+            &PagingMode::default(),
+            0x1234_5678,
+            Access::Write,
+            true,
+            &mut m,
+        );
         let Walk::Ok(t) = w else { panic!("{w:?}") };
         assert_eq!(t.frame, 0x1234_5000);
         assert!(t.user && t.writable && t.dirty);
@@ -297,12 +328,29 @@ mod tests {
     fn not_present_pde_and_pte_error_codes() {
         let mut m = mem();
         let md = mode(true);
-        assert_eq!(walk(&md, 0x5000, Access::Read, false, &mut m), Walk::Fault { error_code: 0 });
-        assert_eq!(walk(&md, 0x5000, Access::Write, false, &mut m), Walk::Fault { error_code: pf::W });
-        assert_eq!(walk(&md, 0x5000, Access::Write, true, &mut m), Walk::Fault { error_code: pf::W | pf::U });
-        assert_eq!(walk(&md, 0x5000, Access::Fetch, true, &mut m), Walk::Fault { error_code: pf::U });
+        assert_eq!(
+            walk(&md, 0x5000, Access::Read, false, &mut m),
+            Walk::Fault { error_code: 0 }
+        );
+        assert_eq!(
+            walk(&md, 0x5000, Access::Write, false, &mut m),
+            Walk::Fault { error_code: pf::W }
+        );
+        assert_eq!(
+            walk(&md, 0x5000, Access::Write, true, &mut m),
+            Walk::Fault {
+                error_code: pf::W | pf::U
+            }
+        );
+        assert_eq!(
+            walk(&md, 0x5000, Access::Fetch, true, &mut m),
+            Walk::Fault { error_code: pf::U }
+        );
         small(&mut m, pte::P | pte::RW | pte::US, 0); // PTE not present
-        assert_eq!(walk(&md, 0x5abc, Access::Read, true, &mut m), Walk::Fault { error_code: pf::U });
+        assert_eq!(
+            walk(&md, 0x5abc, Access::Read, true, &mut m),
+            Walk::Fault { error_code: pf::U }
+        );
     }
 
     #[test]
@@ -311,12 +359,19 @@ mod tests {
         let md = mode(true);
         // Supervisor-only PTE under a user PDE, and user PTE under a supervisor PDE.
         small(&mut m, pte::P | pte::RW | pte::US, pte::P | pte::RW);
-        assert_eq!(walk(&md, 0x5000, Access::Read, true, &mut m), Walk::Fault { error_code: pf::P | pf::U });
+        assert_eq!(
+            walk(&md, 0x5000, Access::Read, true, &mut m),
+            Walk::Fault {
+                error_code: pf::P | pf::U
+            }
+        );
         assert!(matches!(walk(&md, 0x5000, Access::Read, false, &mut m), Walk::Ok(t) if !t.user));
         small(&mut m, pte::P | pte::RW, pte::P | pte::RW | pte::US);
         assert_eq!(
             walk(&md, 0x5000, Access::Write, true, &mut m),
-            Walk::Fault { error_code: pf::P | pf::W | pf::U }
+            Walk::Fault {
+                error_code: pf::P | pf::W | pf::U
+            }
         );
     }
 
@@ -326,59 +381,120 @@ mod tests {
         small(&mut m, pte::P | pte::RW | pte::US, pte::P | pte::US); // read-only PTE
         assert_eq!(
             walk(&mode(true), 0x5000, Access::Write, true, &mut m),
-            Walk::Fault { error_code: pf::P | pf::W | pf::U }
+            Walk::Fault {
+                error_code: pf::P | pf::W | pf::U
+            }
         );
         // User writes fault whatever WP says.
         assert_eq!(
             walk(&mode(false), 0x5000, Access::Write, true, &mut m),
-            Walk::Fault { error_code: pf::P | pf::W | pf::U }
+            Walk::Fault {
+                error_code: pf::P | pf::W | pf::U
+            }
         );
-        assert_eq!(walk(&mode(true), 0x5000, Access::Write, false, &mut m), Walk::Fault { error_code: pf::P | pf::W });
-        let Walk::Ok(t) = walk(&mode(false), 0x5000, Access::Write, false, &mut m) else { panic!() };
+        assert_eq!(
+            walk(&mode(true), 0x5000, Access::Write, false, &mut m),
+            Walk::Fault {
+                error_code: pf::P | pf::W
+            }
+        );
+        let Walk::Ok(t) = walk(&mode(false), 0x5000, Access::Write, false, &mut m) else {
+            panic!()
+        };
         assert!(!t.writable);
         // Read-only PDE over a writable PTE is read-only too.
         small(&mut m, pte::P | pte::US, pte::P | pte::RW | pte::US);
-        assert_eq!(walk(&mode(true), 0x5000, Access::Write, false, &mut m), Walk::Fault { error_code: pf::P | pf::W });
+        assert_eq!(
+            walk(&mode(true), 0x5000, Access::Write, false, &mut m),
+            Walk::Fault {
+                error_code: pf::P | pf::W
+            }
+        );
     }
 
     #[test]
     fn large_pages_and_reserved_bits() {
         let mut m = mem();
-        put(&mut m, CR3 + 4, 0x0080_0000 | pte::PS | pte::P | pte::RW | pte::US | pte::G);
-        let Walk::Ok(t) = walk(&mode(true), 0x0045_6789, Access::Read, true, &mut m) else { panic!() };
+        put(
+            &mut m,
+            CR3 + 4,
+            0x0080_0000 | pte::PS | pte::P | pte::RW | pte::US | pte::G,
+        );
+        let Walk::Ok(t) = walk(&mode(true), 0x0045_6789, Access::Read, true, &mut m) else {
+            panic!()
+        };
         assert_eq!(t.frame, 0x0085_6000);
         assert!(t.large && t.user && t.writable && t.global && !t.dirty);
         // Without CR4.PSE the PDE points at a page table (at 0x0080_0000: outside RAM here).
-        let md = PagingMode { pse: false, ..mode(true) };
-        assert_eq!(walk(&md, 0x0045_6789, Access::Read, true, &mut m), Walk::TableNotRam { paddr: 0x0080_0000 | 0x56 << 2 });
+        let md = PagingMode {
+            pse: false,
+            ..mode(true)
+        };
+        assert_eq!(
+            walk(&md, 0x0045_6789, Access::Read, true, &mut m),
+            Walk::TableNotRam {
+                paddr: 0x0080_0000 | 0x56 << 2
+            }
+        );
         // Bits 21:13 set: RSVD|P, plus W/U as usual.
-        put(&mut m, CR3 + 4, 0x0080_2000 | pte::PS | pte::P | pte::RW | pte::US);
+        put(
+            &mut m,
+            CR3 + 4,
+            0x0080_2000 | pte::PS | pte::P | pte::RW | pte::US,
+        );
         assert_eq!(
             walk(&mode(true), 0x0045_6789, Access::Write, true, &mut m),
-            Walk::Fault { error_code: pf::P | pf::W | pf::U | pf::RSVD }
+            Walk::Fault {
+                error_code: pf::P | pf::W | pf::U | pf::RSVD
+            }
         );
         // Not present beats reserved bits.
         put(&mut m, CR3 + 4, 0x0080_2000 | pte::PS | pte::RW | pte::US);
-        assert_eq!(walk(&mode(true), 0x0045_6789, Access::Read, false, &mut m), Walk::Fault { error_code: 0 });
+        assert_eq!(
+            walk(&mode(true), 0x0045_6789, Access::Read, false, &mut m),
+            Walk::Fault { error_code: 0 }
+        );
     }
 
     #[test]
     fn accessed_dirty_updates() {
         let mut m = mem();
-        small(&mut m, pte::P | pte::RW | pte::US, pte::P | pte::RW | pte::US);
-        let Walk::Ok(t) = walk(&mode(true), 0x5000, Access::Read, true, &mut m) else { panic!() };
+        small(
+            &mut m,
+            pte::P | pte::RW | pte::US,
+            pte::P | pte::RW | pte::US,
+        );
+        let Walk::Ok(t) = walk(&mode(true), 0x5000, Access::Read, true, &mut m) else {
+            panic!()
+        };
         assert!(!set_accessed_dirty(&t, Access::Read, &mut m));
-        assert_eq!(get(&mut m, CR3), 0x2000 | pte::P | pte::RW | pte::US | pte::A);
-        assert_eq!(get(&mut m, 0x2014), 0x7000 | pte::P | pte::RW | pte::US | pte::A);
-        let Walk::Ok(t) = walk(&mode(true), 0x5000, Access::Write, true, &mut m) else { panic!() };
+        assert_eq!(
+            get(&mut m, CR3),
+            0x2000 | pte::P | pte::RW | pte::US | pte::A
+        );
+        assert_eq!(
+            get(&mut m, 0x2014),
+            0x7000 | pte::P | pte::RW | pte::US | pte::A
+        );
+        let Walk::Ok(t) = walk(&mode(true), 0x5000, Access::Write, true, &mut m) else {
+            panic!()
+        };
         assert!(set_accessed_dirty(&t, Access::Write, &mut m));
-        assert_eq!(get(&mut m, 0x2014), 0x7000 | pte::P | pte::RW | pte::US | pte::A | pte::D);
+        assert_eq!(
+            get(&mut m, 0x2014),
+            0x7000 | pte::P | pte::RW | pte::US | pte::A | pte::D
+        );
         // PDE never gets D; a 4 MiB PDE gets A and D.
         assert_eq!(get(&mut m, CR3) & pte::D, 0);
         put(&mut m, CR3 + 4, 0x0080_0000 | pte::PS | pte::P | pte::RW);
-        let Walk::Ok(t) = walk(&mode(true), 0x0040_0000, Access::Write, false, &mut m) else { panic!() };
+        let Walk::Ok(t) = walk(&mode(true), 0x0040_0000, Access::Write, false, &mut m) else {
+            panic!()
+        };
         assert!(set_accessed_dirty(&t, Access::Write, &mut m));
-        assert_eq!(get(&mut m, CR3 + 4), 0x0080_0000 | pte::PS | pte::P | pte::RW | pte::A | pte::D);
+        assert_eq!(
+            get(&mut m, CR3 + 4),
+            0x0080_0000 | pte::PS | pte::P | pte::RW | pte::A | pte::D
+        );
     }
 
     #[test]
@@ -386,7 +502,10 @@ mod tests {
         let mut m = mem();
         small(&mut m, pte::P | pte::US, pte::P | pte::US);
         let before = m.clone();
-        assert!(matches!(walk(&mode(true), 0x5000, Access::Write, true, &mut m), Walk::Fault { .. }));
+        assert!(matches!(
+            walk(&mode(true), 0x5000, Access::Write, true, &mut m),
+            Walk::Fault { .. }
+        ));
         assert_eq!(m, before);
     }
 
@@ -394,9 +513,17 @@ mod tests {
     fn host_writable_rule() {
         let mut m = mem();
         small(&mut m, pte::P | pte::RW | pte::US, pte::P | pte::US);
-        let Walk::Ok(t) = walk(&mode(false), 0x5000, Access::Read, false, &mut m) else { panic!() };
-        assert!(!t.host_writable(false, false, false), "clean: read-only until dirty");
-        assert!(t.host_writable(false, false, true), "WP=0 supervisor may write a dirty read-only page");
+        let Walk::Ok(t) = walk(&mode(false), 0x5000, Access::Read, false, &mut m) else {
+            panic!()
+        };
+        assert!(
+            !t.host_writable(false, false, false),
+            "clean: read-only until dirty"
+        );
+        assert!(
+            t.host_writable(false, false, true),
+            "WP=0 supervisor may write a dirty read-only page"
+        );
         assert!(!t.host_writable(false, true, true));
         assert!(!t.host_writable(true, false, true));
     }

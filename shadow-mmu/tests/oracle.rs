@@ -80,7 +80,11 @@ fn step_strategy() -> impl Strategy<Value = Step> {
         prop_oneof![Just(Access::Read), Just(Access::Write), Just(Access::Fetch)],
         any::<bool>(),
     )
-        .prop_map(|(pdi, pti, off, access, user)| Step { lin: (pdi << 22) | (pti << 12) | off, access, user })
+        .prop_map(|(pdi, pti, off, access, user)| Step {
+            lin: (pdi << 22) | (pti << 12) | off,
+            access,
+            user,
+        })
 }
 
 fn iaccess(a: Access, user: bool) -> IAccess {
@@ -121,7 +125,9 @@ fn check(seed: u64, mode: PagingMode, steps: &[Step]) -> Result<(), TestCaseErro
     let mut rec = Rec::default();
     let mut stats = (0, 0, 0, 0);
     for s in steps {
-        let r = mmu.handle_fault(&mode, s.lin, s.access, s.user, &mut mem, &mut rec).unwrap();
+        let r = mmu
+            .handle_fault(&mode, s.lin, s.access, s.user, &mut mem, &mut rec)
+            .unwrap();
         oracle.flush_caches();
         let want = oracle.translate(s.lin, iaccess(s.access, s.user));
         match r {
@@ -130,7 +136,10 @@ fn check(seed: u64, mode: PagingMode, steps: &[Step]) -> Result<(), TestCaseErro
                 prop_assert_eq!(cr2, s.lin);
                 prop_assert_eq!(
                     want,
-                    Err(Fault::Exc(Exception { vector: vector::PF, error: Some(error_code) })),
+                    Err(Fault::Exc(Exception {
+                        vector: vector::PF,
+                        error: Some(error_code)
+                    })),
                     "{:?}",
                     s
                 );
@@ -140,11 +149,17 @@ fn check(seed: u64, mode: PagingMode, steps: &[Step]) -> Result<(), TestCaseErro
             Resolution::Mapped => {
                 stats.1 += 1;
                 let Ok(phys) = want else {
-                    return Err(TestCaseError::fail(format!("{s:?}: mapped but the interpreter says {want:?}")));
+                    return Err(TestCaseError::fail(format!(
+                        "{s:?}: mapped but the interpreter says {want:?}"
+                    )));
                 };
                 let &(first, frame0, pages, writable) = rec.0.last().unwrap();
                 let page = s.lin & !0xfff;
-                prop_assert!(page >= first && page < first + (pages << 12), "{:?} not in the run", s);
+                prop_assert!(
+                    page >= first && page < first + (pages << 12),
+                    "{:?} not in the run",
+                    s
+                );
                 prop_assert_eq!(frame0 + (page - first), phys & !0xfff, "{:?}", s);
                 prop_assert!(mem == oracle.bus.ram, "A/D updates differ: {:?}", s);
                 prop_assert!(frame0 + (pages << 12) <= RAM);
@@ -157,11 +172,21 @@ fn check(seed: u64, mode: PagingMode, steps: &[Step]) -> Result<(), TestCaseErro
                     probe.flush_caches();
                     let t = probe.translate(q, IAccess::read(s.user));
                     prop_assert_eq!(t, Ok(frame0 + (i << 12)), "run page {:#x} of {:?}", q, s);
-                    prop_assert!(probe.bus.ram == mem, "run page {:#x} was not accessed yet", q);
+                    prop_assert!(
+                        probe.bus.ram == mem,
+                        "run page {:#x} was not accessed yet",
+                        q
+                    );
                     probe.flush_caches();
                     let w = probe.translate(q, IAccess::write(s.user));
                     let through = w.is_ok() && probe.bus.ram == mem;
-                    prop_assert_eq!(writable, through, "writability of run page {:#x} of {:?}", q, s);
+                    prop_assert_eq!(
+                        writable,
+                        through,
+                        "writability of run page {:#x} of {:?}",
+                        q,
+                        s
+                    );
                     probe.bus.ram.copy_from_slice(&mem);
                 }
             }
@@ -169,7 +194,13 @@ fn check(seed: u64, mode: PagingMode, steps: &[Step]) -> Result<(), TestCaseErro
                 stats.2 += 1;
                 match want {
                     Ok(p) if p == phys => prop_assert!(p >= RAM),
-                    _ => prop_assert_eq!(Some(phys), pte_outside_ram(&mode, &mem, s.lin), "{:?} {:?}", s, want),
+                    _ => prop_assert_eq!(
+                        Some(phys),
+                        pte_outside_ram(&mode, &mem, s.lin),
+                        "{:?} {:?}",
+                        s,
+                        want
+                    ),
                 }
                 // The runtime emulates the instruction with the interpreter: take its memory.
                 mem.copy_from_slice(&oracle.bus.ram);
@@ -181,7 +212,9 @@ fn check(seed: u64, mode: PagingMode, steps: &[Step]) -> Result<(), TestCaseErro
             }
         }
         if !matches!(r, Resolution::NotRam { .. }) {
-            prop_assert!(pte_outside_ram(&mode, &mem, s.lin).is_none() || r == Resolution::MonitorArea);
+            prop_assert!(
+                pte_outside_ram(&mode, &mem, s.lin).is_none() || r == Resolution::MonitorArea
+            );
         }
     }
     let _ = stats;
@@ -229,15 +262,31 @@ fn generator_covers_all_outcomes() {
     for seed in 0..400u64 {
         let mut mem = random_ram(seed * 7919 + 1);
         let mut rng = Rng(seed + 99);
-        let mode = PagingMode { paging: true, pse: seed % 2 == 0, pge: true, wp: seed % 3 != 0, cr3: (rng.next() % RAM_PAGES) << 12 };
+        let mode = PagingMode {
+            paging: true,
+            pse: seed % 2 == 0,
+            pge: true,
+            wp: seed % 3 != 0,
+            cr3: (rng.next() % RAM_PAGES) << 12,
+        };
         let mut mmu = ShadowMmu::new(RAM, 1 << 16, HOLE);
         for _ in 0..8 {
-            let pti = if rng.next() & 1 == 0 { rng.next() % RAM_PAGES } else { rng.next() % 1024 };
-            let pdi = if rng.next() & 7 == 0 { 1023 } else { rng.next() % 1024 };
+            let pti = if rng.next() & 1 == 0 {
+                rng.next() % RAM_PAGES
+            } else {
+                rng.next() % 1024
+            };
+            let pdi = if rng.next() & 7 == 0 {
+                1023
+            } else {
+                rng.next() % 1024
+            };
             let lin = (pdi << 22) | (pti << 12);
             let acc = [Access::Read, Access::Write, Access::Fetch][(rng.next() % 3) as usize];
             let mut rec = Rec::default();
-            let r = mmu.handle_fault(&mode, lin, acc, rng.next() & 1 == 0, &mut mem, &mut rec).unwrap();
+            let r = mmu
+                .handle_fault(&mode, lin, acc, rng.next() & 1 == 0, &mut mem, &mut rec)
+                .unwrap();
             if let Some(&(_, _, pages, writable)) = rec.0.last() {
                 runs += u32::from(pages > 1);
                 writable_maps += u32::from(writable);
@@ -251,5 +300,8 @@ fn generator_covers_all_outcomes() {
         }
     }
     assert!(seen.iter().all(|&n| n >= 10), "outcomes {seen:?}");
-    assert!(runs >= 10 && writable_maps >= 10, "runs {runs}, writable maps {writable_maps}");
+    assert!(
+        runs >= 10 && writable_maps >= 10,
+        "runs {runs}, writable maps {writable_maps}"
+    );
 }
