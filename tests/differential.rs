@@ -137,7 +137,7 @@ fn interp_for(case: &Case, code: &[u8]) -> Cpu<RamBus> {
         let a = GDT + (*sel as u32 & !7);
         ram[a as usize..a as usize + 8].copy_from_slice(&d.to_le_bytes());
     }
-    assert!(IDT + 0x800 <= PT_TABLES);
+    const { assert!(IDT + 0x800 <= PT_TABLES) };
     for v in 0..256u32 {
         let dpl = if v == 3 || v == 4 || v == 0x80 { 3u64 } else { 0 };
         let gate: u64 = 0x10 << 16 | (0x8e | dpl << 5) << 40;

@@ -217,8 +217,8 @@ impl Case {
                 let mut i = g.insn;
                 i.set_ip(0x7000_0000 + 16 * k as u64);
                 if let Some(t) = g.target {
-                    i.set_near_branch32(if pass == 0 { 0x7000_0000 + 16 * t as u32 } else { 0x7000_0000 + 16 * t as u32 });
-                    i.set_near_branch64(0x7000_0000 + 16 * t as u64);
+                    // Targets name instructions by their provisional IPs; BlockEncoder relocates them.
+                    i.set_near_branch32(0x7000_0000 + 16 * t as u32);
                 }
                 if let Some(t) = g.addr_of {
                     let v = if pass == 0 { CODE } else { addrs[t] as u32 };
@@ -560,7 +560,7 @@ impl Op {
             (Op::M(a), Op::I(b)) => Instruction::with2(code, a, b).ok(),
             (Op::I(a), Op::I(b)) => Instruction::with2(code, a, b).ok(),
             (Op::I(a), Op::R(b)) => Instruction::with2(code, a, b).ok(),
-            _ => return None,
+            _ => None,
         }
     }
     fn with3(&self, code: Code, b: &Op, c: &Op) -> Option<Instruction> {
@@ -570,7 +570,7 @@ impl Op {
             (Op::M(a), Op::R(b), Op::I(c)) => Instruction::with3(code, a, b, c).ok(),
             (Op::R(a), Op::R(b), Op::R(c)) => Instruction::with3(code, a, b, c).ok(),
             (Op::M(a), Op::R(b), Op::R(c)) => Instruction::with3(code, a, b, c).ok(),
-            _ => return None,
+            _ => None,
         }
     }
 }

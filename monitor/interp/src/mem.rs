@@ -148,27 +148,12 @@ impl<B: Bus> Cpu<B> {
         self.read(s, off, 4)
     }
     #[inline]
-    pub(crate) fn read_u64(&mut self, s: SegReg, off: u32) -> Res<u64> {
-        let l = self.data_loc(s, off, 8, false)?;
-        Ok(self.loc_read(l))
-    }
-    #[inline]
-    pub(crate) fn write_u8(&mut self, s: SegReg, off: u32, v: u8) -> Res<()> {
-        self.write(s, off, 1, v as u32)
-    }
-    #[inline]
     pub(crate) fn write_u16(&mut self, s: SegReg, off: u32, v: u16) -> Res<()> {
         self.write(s, off, 2, v as u32)
     }
     #[inline]
     pub(crate) fn write_u32(&mut self, s: SegReg, off: u32, v: u32) -> Res<()> {
         self.write(s, off, 4, v)
-    }
-    #[inline]
-    pub(crate) fn write_u64(&mut self, s: SegReg, off: u32, v: u64) -> Res<()> {
-        let l = self.data_loc(s, off, 8, true)?;
-        self.loc_write(l, v);
-        Ok(())
     }
 
     /// Read `dst.len()` bytes (FXSAVE images, descriptor-table operands) as one access:
@@ -225,11 +210,6 @@ impl<B: Bus> Cpu<B> {
     pub(crate) fn sys_read_u64(&mut self, lin: u32) -> Res<u64> {
         let l = self.lin_loc(lin, 8, Access::read(false))?;
         Ok(self.loc_read(l))
-    }
-    pub(crate) fn sys_write_u32(&mut self, lin: u32, v: u32) -> Res<()> {
-        let l = self.lin_loc(lin, 4, Access::write(false))?;
-        self.loc_write(l, v as u64);
-        Ok(())
     }
     pub(crate) fn sys_write_u8(&mut self, lin: u32, v: u8) -> Res<()> {
         let l = self.lin_loc(lin, 1, Access::write(false))?;

@@ -307,9 +307,4 @@ impl<B: Bus> Cpu<B> {
             self.bus.mmio_write(p, 4, v)
         }
     }
-
-    /// Invalidate cached translations after a guest change to paging control state.
-    pub(crate) fn paging_changed(&mut self) {
-        self.tlb.flush_all();
-    }
 }
