@@ -51,7 +51,7 @@ does not support, 8 for --timeout, 10 for a HLT nothing can wake.")]
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
 enum EngineArg {
-    /// Trap-and-emulate (not built yet).
+    /// Trap-and-emulate: guest code runs natively at host CPL 3.
     Direct,
     /// The interpreter.
     Interp,
@@ -85,12 +85,19 @@ struct RunArgs {
     /// Print exits by reason, instructions and time on stderr at the end.
     #[arg(long)]
     stats: bool,
+    /// Print the final CPU state on stderr at the end (however the run ended).
+    #[arg(long)]
+    final_state: bool,
     /// Trace the monitor on stderr (-v: debug, -vv: trace).
     #[arg(short, long, action = clap::ArgAction::Count)]
     verbose: u8,
     /// Stop the guest after this many seconds.
     #[arg(long, value_parser = parse_timeout)]
     timeout: Option<Duration>,
+    /// Base of the monitor area at the top of the guest-linear space (direct engine): 4 MiB
+    /// aligned, 0x10000000 to 0xffc00000. Every guest segment is truncated below it.
+    #[arg(long, default_value = "0xffc00000", value_parser = parse_monitor_area)]
+    monitor_area: u32,
 }
 
 #[derive(Subcommand)]
@@ -133,6 +140,16 @@ fn parse_mem(s: &str) -> Result<u64, String> {
         return Err(format!("{s} is not a multiple of 4K"));
     }
     Ok(bytes)
+}
+
+fn parse_monitor_area(s: &str) -> Result<u32, String> {
+    let t = s.trim();
+    let v = match t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")) {
+        Some(h) => u64::from_str_radix(&h.replace('_', ""), 16),
+        None => t.replace('_', "").parse(),
+    }
+    .map_err(|_| format!("{s:?} is not an address (example: 0xffc00000)"))?;
+    vmm_monitor::space::check_monitor_base(v).map_err(|e| e.to_string())
 }
 
 fn parse_timeout(s: &str) -> Result<Duration, String> {
@@ -191,7 +208,15 @@ fn run_kernel(args: RunArgs) -> ExitCode {
     let Ok(mem) = usize::try_from(args.mem) else {
         return fail(format!("--mem {} does not fit this host", args.mem));
     };
-    let mut ram = GuestRam::heap(mem);
+    let direct = args.kernel_engine == EngineArg::Direct || args.user_engine == EngineArg::Direct;
+    let mut ram = if direct {
+        match GuestRam::memfd(mem) {
+            Ok(r) => r,
+            Err(e) => return fail(format!("cannot allocate {mem:#x} bytes of guest RAM: {e}")),
+        }
+    } else {
+        GuestRam::heap(mem)
+    };
     let kernel = match multiboot::load(&mut ram, &image, &args.cmdline) {
         Ok(k) => k,
         Err(e) => return fail(format!("cannot load {}: {e}", args.kernel.display())),
@@ -202,12 +227,16 @@ fn run_kernel(args: RunArgs) -> ExitCode {
         kernel_engine: args.kernel_engine.into(),
         user_engine: args.user_engine.into(),
         timeout: args.timeout,
+        monitor_base: args.monitor_area,
         ..RunOptions::default()
     };
     let result = match engine::run(machine, kernel.state, &opts) {
         Ok(r) => r,
         Err(e) => return fail(e.to_string()),
     };
+    if args.final_state && !result.outcome.wants_report() {
+        eprintln!("vmm: final CPU state:\n{}", engine::cpu_report(&result.state));
+    }
     finish(&result, args.stats, args.verbose > 0)
 }
 

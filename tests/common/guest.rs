@@ -610,6 +610,10 @@ pub fn run_vmm(image: &[u8], args: &[&str]) -> Output {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("kernel.elf");
     std::fs::write(&path, image).unwrap();
+    // Debugging aid: VMM_KEEP_GUEST=<file> keeps a copy of the last image run.
+    if let Some(keep) = std::env::var_os("VMM_KEEP_GUEST") {
+        let _ = std::fs::write(keep, image);
+    }
     run_vmm_path(&path, args)
 }
 
