@@ -104,7 +104,7 @@ impl HostLdt {
         }
         let raw = encode(seg);
         let desc = shadow::shadow_descriptor(raw, top).ok_or(NotShadowable)?;
-        if let Some(hs) = shadow::host_selector_for_guest(seg.selector) {
+        if let Some(hs) = shadow::host_selector_for_guest(seg.selector).filter(|h| h & !3 != 0) {
             let index = hs >> 3;
             let ud = user_desc(index, &desc);
             let ok = match self.written.get(&index) {
@@ -157,6 +157,8 @@ mod tests {
         let d = shadow::shadow_descriptor(encode(&seg), 0xffc0_0000).unwrap();
         assert!(d.limit_pages);
         assert_eq!(d.limit, 0xffbff);
+        let d = shadow::shadow_descriptor(encode(&Segment::flat(0x23, false, 3)), 0xc000_0000).unwrap();
+        assert_eq!(d.limit, 0xbffff);
         let ud = user_desc(4098, &d);
         assert_eq!(ud.entry_number, 4098);
         assert_eq!(ud.flags & sys::UD_READ_EXEC_ONLY, 0);

@@ -80,6 +80,7 @@ pub fn run(mut machine: Machine, state: CpuState, opts: &RunOptions) -> Result<R
         last_fault: (0, 0, 0),
         monitor_base,
         halted_ns: 0,
+        fatal: None,
     };
     e.stats.engine = match (opts.kernel_engine, opts.user_engine) {
         (EngineKind::Direct, EngineKind::Direct) => "direct",
@@ -123,6 +124,8 @@ struct Direct<'a> {
     last_fault: (u32, u32, u32),
     monitor_base: u32,
     halted_ns: u64,
+    /// A shadow-mapping failure found where it could not be returned.
+    fatal: Option<Outcome>,
 }
 
 /// Continue, or end the run.
@@ -177,6 +180,9 @@ impl Direct<'_> {
             if let Err(o) = r {
                 return o;
             }
+            if let Some(o) = self.fatal.take() {
+                return o;
+            }
         }
     }
 
@@ -207,10 +213,13 @@ impl Direct<'_> {
     }
 
     fn after_step(&mut self, special: Option<Special>, icount_before: u64) -> Flow {
+        if let Some(o) = self.fatal.take() {
+            return Err(o);
+        }
         if self.cpu.icount != icount_before {
             match special {
                 Some(Special::Invlpg(lin)) => self.shadow.invlpg(lin).map_err(io)?,
-                Some(Special::Cr3Write) => self.shadow.cr3_written().map_err(io)?,
+                Some(Special::Cr3Write) => self.shadow.cr3_written(&mut self.cpu).map_err(io)?,
                 None => {}
             }
         }
@@ -222,8 +231,9 @@ impl Direct<'_> {
     fn after_change(&mut self) {
         let bits = shadow::paging_bits(self.cpu.state.cr0, self.cpu.state.cr4);
         if self.synced_paging != Some(bits) {
-            if self.synced_paging.is_some() {
-                let _ = self.shadow.flush_all();
+            // The first time too: the user limit is computed from the guest's tables.
+            if let Err(e) = self.shadow.flush_all(&mut self.cpu) {
+                self.fatal = Some(io(e));
             }
             self.synced_paging = Some(bits);
         }
@@ -510,6 +520,10 @@ impl Direct<'_> {
             }
             Resolution::NotRam { .. } => {
                 self.stats.exit("mmio");
+                self.emulate(deadline)
+            }
+            Resolution::MonitorArea => {
+                self.stats.exit("monitor-area");
                 self.emulate(deadline)
             }
         }

@@ -1,31 +1,22 @@
-//! The one place the direct engine calls the shadow MMU (crate `vmm-shadow-mmu`, interface in
-//! `smmu-api.md`): page faults, invalidation, ring compression, and the descriptor shadowing
-//! rules. Everything else in the engine goes through [`Shadow`] and the functions here.
+//! The one place the direct engine calls the shadow MMU (crate `vmm-shadow-mmu`): page
+//! faults, invalidation, ring compression, and the descriptor shadowing rules. Everything
+//! else in the engine goes through [`Shadow`] and the functions re-exported here.
 //!
-//! TEMPORARY: until `vmm-shadow-mmu` lands, [`stub`] stands in for it. The stub has no page
-//! walker of its own: it resolves a fault with the interpreter's walk (`Cpu::translate`, which
-//! sets A/D and CR2 exactly as the CPU does), maps one page at a time, writable only after a
-//! write was allowed (so D is set by the first write), drops everything on every CPL change
-//! (ring compression by flushing) and reports no user limit. Its descriptor rules are the
-//! minimum (DPL 3, limit truncated below `top`). Delete it when the crate is merged.
+//! The monitor's side of the interface: [`LowMap`] is the `MapOps` (mmap of memfd pages into
+//! the low 4 GiB, `PROT_NONE` back over them), guest RAM through the physmap is the
+//! `GuestPhys`, the paging mode comes from the vCPU.
 
-use vmm_interp::mmu::Access;
-use vmm_interp::state::{cr, vector};
-use vmm_interp::{Cpu, Exception, Fault};
+use vmm_interp::state::cr;
+use vmm_interp::{Cpu, CpuState};
+use vmm_shadow_mmu as smmu;
 
 use crate::machine::Machine;
 use crate::space::LowMap;
 
-/// A host fault at a guest-linear address, resolved.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Resolution {
-    /// Hidden: the page is mapped now; restart the instruction.
-    Mapped,
-    /// A true guest #PF.
-    GuestFault { cr2: u32, error_code: u32 },
-    /// Guest-physical memory outside RAM: emulate the instruction.
-    NotRam { phys: u32 },
-}
+pub use smmu::{cached_slot_selector, host_selector_for_guest, shadow_descriptor, HostDesc, Resolution, ShadowStats};
+
+/// Pages mapped at most at once (the host allows 65530 mappings).
+pub const MAX_MAPPED_PAGES: usize = 60_000;
 
 /// How a fault was taken.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -35,41 +26,104 @@ pub enum Kind {
     Fetch,
 }
 
-/// Counters.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct ShadowStats {
-    pub hidden_faults: u64,
-    pub guest_faults: u64,
-    pub flushes: u64,
-    pub evictions: u64,
+/// Linear page 0 cannot be mapped on this host (vm.mmap_min_addr): runs that include it are
+/// clipped (the engine emulates every access to page 0 with the interpreter instead).
+fn clip(lin: u32, frame: u32, pages: u32) -> Option<(u32, u32, u32)> {
+    let low = crate::space::LOW_START as u32;
+    if lin >= low {
+        return Some((lin, frame, pages));
+    }
+    let skip = (low - lin) >> 12;
+    (pages > skip).then(|| (low, frame + (skip << 12), pages - skip))
+}
+
+impl smmu::MapOps for LowMap {
+    type Error = std::io::Error;
+    fn map(&mut self, lin: u32, frame: u32, pages: u32, writable: bool) -> std::io::Result<()> {
+        match clip(lin, frame, pages) {
+            Some((l, f, n)) => self.map_pages(l, f, n, writable),
+            None => Ok(()),
+        }
+    }
+    fn unmap(&mut self, lin: u32, pages: u32) -> std::io::Result<()> {
+        match clip(lin, 0, pages) {
+            Some((l, _, n)) => self.unmap_pages(l, n),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Guest RAM (the physmap) as the walker's guest-physical memory.
+struct Phys<'a>(&'a mut [u8]);
+
+impl smmu::GuestPhys for Phys<'_> {
+    fn read_u32(&mut self, paddr: u32) -> Option<u32> {
+        let i = paddr as usize;
+        let b = self.0.get(i..i.checked_add(4)?)?;
+        Some(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+    fn write_u32(&mut self, paddr: u32, value: u32) -> bool {
+        let i = paddr as usize;
+        match i.checked_add(4).and_then(|e| self.0.get_mut(i..e)) {
+            Some(b) => {
+                b.copy_from_slice(&value.to_le_bytes());
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// The vCPU's paging mode as the shadow MMU reads it.
+pub fn paging_mode(s: &CpuState) -> smmu::PagingMode {
+    smmu::PagingMode {
+        paging: s.cr0 & cr::CR0_PG != 0,
+        pse: s.cr4 & cr::CR4_PSE != 0,
+        pge: s.cr4 & cr::CR4_PGE != 0,
+        wp: s.cr0 & cr::CR0_WP != 0,
+        cr3: s.cr3,
+    }
 }
 
 /// The shadow page tables of one guest.
 pub struct Shadow {
-    inner: stub::ShadowMmu,
+    inner: smmu::ShadowMmu,
     pub map: LowMap,
 }
 
 impl Shadow {
     pub fn new(map: LowMap, ram_bytes: u32) -> Shadow {
-        Shadow { inner: stub::ShadowMmu::new(ram_bytes, 60_000), map }
+        let base = map.monitor_base();
+        Shadow { inner: smmu::ShadowMmu::new(ram_bytes, MAX_MAPPED_PAGES, base), map }
     }
 
-    /// A host page fault at `lin`.
+    /// A host page fault at `lin` by guest code at the vCPU's CPL.
     pub fn fault(&mut self, cpu: &mut Cpu<Machine>, lin: u32, kind: Kind) -> std::io::Result<Resolution> {
-        self.inner.handle_fault(cpu, lin, kind, &mut self.map)
+        let mode = paging_mode(&cpu.state);
+        let user = cpu.state.cpl == 3;
+        let access = match kind {
+            Kind::Read => smmu::Access::Read,
+            Kind::Write => smmu::Access::Write,
+            Kind::Fetch => smmu::Access::Fetch,
+        };
+        let mut mem = Phys(cpu.bus.ram.as_mut_slice());
+        self.inner.handle_fault(&mode, lin, access, user, &mut mem, &mut self.map)
     }
 
     pub fn invlpg(&mut self, lin: u32) -> std::io::Result<()> {
         self.inner.invlpg(lin, &mut self.map)
     }
 
-    pub fn cr3_written(&mut self) -> std::io::Result<()> {
-        self.inner.flush_all(&mut self.map)
+    pub fn cr3_written(&mut self, cpu: &mut Cpu<Machine>) -> std::io::Result<()> {
+        let mode = paging_mode(&cpu.state);
+        let mut mem = Phys(cpu.bus.ram.as_mut_slice());
+        self.inner.cr3_written(&mode, &mut mem, &mut self.map)
     }
 
-    pub fn flush_all(&mut self) -> std::io::Result<()> {
-        self.inner.flush_all(&mut self.map)
+    pub fn flush_all(&mut self, cpu: &mut Cpu<Machine>) -> std::io::Result<()> {
+        let mode = paging_mode(&cpu.state);
+        let mut mem = Phys(cpu.bus.ram.as_mut_slice());
+        self.inner.flush_all(&mode, &mut mem, &mut self.map)
     }
 
     pub fn set_user(&mut self, user: bool) -> std::io::Result<()> {
@@ -77,7 +131,7 @@ impl Shadow {
     }
 
     pub fn user(&self) -> bool {
-        self.inner.user
+        self.inner.user_mode()
     }
 
     pub fn user_limit(&self) -> u32 {
@@ -85,200 +139,15 @@ impl Shadow {
     }
 
     pub fn mapped_pages(&self) -> usize {
-        self.inner.mapped.len()
+        self.inner.mapped_pages()
     }
 
     pub fn stats(&self) -> ShadowStats {
-        self.inner.stats
+        self.inner.stats()
     }
 }
-
-/// What a guest descriptor becomes in the host LDT (always DPL 3).
-pub use stub::{cached_slot_selector, host_selector_for_guest, shadow_descriptor, HostDesc};
 
 /// The paging bits whose change drops every shadow mapping.
 pub fn paging_bits(cr0: u32, cr4: u32) -> (u32, u32) {
     (cr0 & (cr::CR0_PG | cr::CR0_WP | cr::CR0_PE), cr4 & (cr::CR4_PSE | cr::CR4_PGE | cr::CR4_PAE))
-}
-
-mod stub {
-    use super::*;
-    use std::collections::BTreeSet;
-
-    pub struct ShadowMmu {
-        ram_bytes: u32,
-        max: usize,
-        /// Mapped linear page numbers.
-        pub mapped: BTreeSet<u32>,
-        pub user: bool,
-        pub stats: ShadowStats,
-    }
-
-    impl ShadowMmu {
-        pub fn new(ram_bytes: u32, max: usize) -> ShadowMmu {
-            ShadowMmu { ram_bytes, max, mapped: BTreeSet::new(), user: false, stats: ShadowStats::default() }
-        }
-
-        pub fn handle_fault(
-            &mut self,
-            cpu: &mut Cpu<Machine>,
-            lin: u32,
-            kind: Kind,
-            map: &mut LowMap,
-        ) -> std::io::Result<Resolution> {
-            let user = cpu.state.cpl == 3;
-            let acc = match kind {
-                Kind::Read => Access::read(user),
-                Kind::Write => Access::write(user),
-                Kind::Fetch => Access::fetch(user),
-            };
-            let saved_cr2 = cpu.state.cr2;
-            match cpu.translate(lin, acc) {
-                Ok(phys) => {
-                    let frame = phys & !0xfff;
-                    if frame >= self.ram_bytes || frame < 0x1000 && lin < 0x1000 {
-                        return Ok(Resolution::NotRam { phys });
-                    }
-                    if self.mapped.len() >= self.max {
-                        self.stats.evictions += 1;
-                        self.flush_all(map)?;
-                    }
-                    map.map_pages(lin & !0xfff, frame, 1, kind == Kind::Write)?;
-                    self.mapped.insert(lin >> 12);
-                    self.stats.hidden_faults += 1;
-                    Ok(Resolution::Mapped)
-                }
-                Err(Fault::Exc(Exception { vector: vector::PF, error: Some(code) })) => {
-                    let cr2 = cpu.state.cr2;
-                    cpu.state.cr2 = saved_cr2;
-                    self.stats.guest_faults += 1;
-                    Ok(Resolution::GuestFault { cr2, error_code: code })
-                }
-                Err(_) => Ok(Resolution::NotRam { phys: lin }),
-            }
-        }
-
-        pub fn invlpg(&mut self, lin: u32, map: &mut LowMap) -> std::io::Result<()> {
-            // 4 MiB pages are mapped as 4 KiB pieces: drop the whole 4 MiB region.
-            let first = (lin & !0x3f_ffff) >> 12;
-            let pages: Vec<u32> = self.mapped.range(first..first + 1024).copied().collect();
-            for p in pages {
-                map.unmap_pages(p << 12, 1)?;
-                self.mapped.remove(&p);
-            }
-            Ok(())
-        }
-
-        pub fn flush_all(&mut self, map: &mut LowMap) -> std::io::Result<()> {
-            self.stats.flushes += 1;
-            let pages = std::mem::take(&mut self.mapped);
-            let mut run: Option<(u32, u32)> = None;
-            for p in pages {
-                run = match run {
-                    Some((s, n)) if s + n == p => Some((s, n + 1)),
-                    Some((s, n)) => {
-                        map.unmap_pages(s << 12, n)?;
-                        Some((p, 1))
-                    }
-                    None => Some((p, 1)),
-                };
-            }
-            if let Some((s, n)) = run {
-                map.unmap_pages(s << 12, n)?;
-            }
-            Ok(())
-        }
-
-        pub fn set_user(&mut self, user: bool, map: &mut LowMap) -> std::io::Result<()> {
-            if user != self.user {
-                self.user = user;
-                self.flush_all(map)?;
-            }
-            Ok(())
-        }
-
-        pub fn user_limit(&self) -> u32 {
-            u32::MAX
-        }
-    }
-
-    /// A guest descriptor as the host LDT will hold it.
-    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-    pub struct HostDesc {
-        pub base: u32,
-        pub limit_pages: bool,
-        pub limit: u32,
-        pub code: bool,
-        pub conforming_or_expand_down: bool,
-        pub writable_or_readable: bool,
-        pub big: bool,
-        pub present: bool,
-    }
-
-    pub fn shadow_descriptor(raw: u64, top: u32) -> Option<HostDesc> {
-        let d = vmm_interp::seg::Descriptor(raw);
-        if !d.is_segment() || !d.present() {
-            return None;
-        }
-        let base = d.base();
-        let code = d.is_code();
-        let dc = d.ty() & 4 != 0;
-        if !code && dc {
-            // Expand-down: valid offsets are (limit, top of segment]; keep as is if the
-            // segment stays below `top`, else refuse (the monitor emulates).
-            let upper = if raw & (1 << 54) != 0 { u32::MAX } else { 0xffff };
-            if (base as u64) + upper as u64 >= top as u64 {
-                return None;
-            }
-        }
-        let mut limit = d.limit();
-        if !(!code && dc) {
-            let max = top.checked_sub(1).and_then(|t| t.checked_sub(base));
-            match max {
-                Some(m) => limit = limit.min(m),
-                None => return None,
-            }
-        }
-        let limit_pages = limit > 0xf_ffff;
-        let (limit, limit_pages) = if limit_pages {
-            if limit & 0xfff != 0xfff {
-                // Not expressible in pages: round down to whole pages.
-                ((limit >> 12).saturating_sub(1), true)
-            } else {
-                (limit >> 12, true)
-            }
-        } else {
-            (limit, false)
-        };
-        Some(HostDesc {
-            base,
-            limit_pages,
-            limit,
-            code,
-            conforming_or_expand_down: dc,
-            writable_or_readable: d.ty() & 2 != 0,
-            big: raw & (1 << 54) != 0,
-            present: true,
-        })
-    }
-
-    pub fn host_selector_for_guest(guest_sel: u16) -> Option<u16> {
-        let index = (guest_sel >> 3) as u32;
-        let host = if guest_sel & 4 != 0 {
-            if index >= 4096 {
-                return None;
-            }
-            index
-        } else {
-            if index == 0 || index >= 3840 {
-                return None;
-            }
-            4096 + index
-        };
-        Some(((host as u16) << 3) | 7)
-    }
-
-    pub fn cached_slot_selector(sreg: usize) -> u16 {
-        (((8000 + sreg) as u16) << 3) | 7
-    }
 }
