@@ -38,9 +38,11 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Boot a Multiboot 1 ELF kernel on a virtual PC (serial console on stdout).
-    #[command(after_help = "Exit status: the guest's debug-exit status (port 0xf4: (value << 1) | 1, always odd); \
+    #[command(
+        after_help = "Exit status: the guest's debug-exit status (port 0xf4: (value << 1) | 1, always odd); \
 2 for a bad command line or kernel image, 4 for a triple fault, 6 for an instruction the engine \
-does not support, 8 for --timeout, 10 for a HLT nothing can wake.")]
+does not support, 8 for --timeout, 10 for a HLT nothing can wake."
+    )]
     Run(RunArgs),
     /// Measure the engines; reports ratios against a baseline measured in the same run.
     Bench {
@@ -126,10 +128,16 @@ fn parse_mem(s: &str) -> Result<u64, String> {
         Some((i, c)) if c.eq_ignore_ascii_case(&'g') => (&t[..i], 1 << 30),
         _ => (t, 1),
     };
-    let n: u64 = digits.parse().map_err(|_| format!("{s:?} is not a size (examples: 64M, 1G, 4194304)"))?;
-    let bytes = n.checked_mul(mult).ok_or_else(|| format!("{s} is too large"))?;
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size (examples: 64M, 1G, 4194304)"))?;
+    let bytes = n
+        .checked_mul(mult)
+        .ok_or_else(|| format!("{s} is too large"))?;
     if bytes < MIN_MEM {
-        return Err(format!("{s} is too small: guest memory must be at least 4M"));
+        return Err(format!(
+            "{s} is too small: guest memory must be at least 4M"
+        ));
     }
     if bytes > MAX_MEM {
         return Err(format!(
@@ -153,9 +161,14 @@ fn parse_monitor_area(s: &str) -> Result<u32, String> {
 }
 
 fn parse_timeout(s: &str) -> Result<Duration, String> {
-    let secs: f64 = s.trim().parse().map_err(|_| format!("{s:?} is not a number of seconds"))?;
+    let secs: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of seconds"))?;
     if !(secs > 0.0 && secs <= 1e6) {
-        return Err(format!("{s} seconds is not a usable timeout (0 < t <= 1000000)"));
+        return Err(format!(
+            "{s} seconds is not a usable timeout (0 < t <= 1000000)"
+        ));
     }
     Ok(Duration::from_secs_f64(secs))
 }
@@ -164,7 +177,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Run(args)) => run_kernel(args),
-        Some(Command::Bench { what: BenchWhat::Interp { scale, json } }) => {
+        Some(Command::Bench {
+            what: BenchWhat::Interp { scale, json },
+        }) => {
             let r = if !(scale > 0.0 && scale <= 100.0) {
                 Err(format!("--scale must be in (0, 100], got {scale}"))
             } else {
@@ -235,7 +250,10 @@ fn run_kernel(args: RunArgs) -> ExitCode {
         Err(e) => return fail(e.to_string()),
     };
     if args.final_state && !result.outcome.wants_report() {
-        eprintln!("vmm: final CPU state:\n{}", engine::cpu_report(&result.state));
+        eprintln!(
+            "vmm: final CPU state:\n{}",
+            engine::cpu_report(&result.state)
+        );
     }
     finish(&result, args.stats, args.verbose > 0)
 }
@@ -272,7 +290,10 @@ fn run_demo() -> ExitCode {
         }
     }
     let machine = Machine::new(ram, Box::new(HostClock::new()), Box::new(std::io::stdout()));
-    let opts = RunOptions { timeout: Some(Duration::from_secs(60)), ..RunOptions::default() };
+    let opts = RunOptions {
+        timeout: Some(Duration::from_secs(60)),
+        ..RunOptions::default()
+    };
     let result = match engine::run(machine, image.state, &opts) {
         Ok(r) => r,
         Err(e) => {

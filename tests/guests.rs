@@ -24,7 +24,11 @@ const ALL_DIRECT: &[&str] = &["--kernel-engine", "direct", "--user-engine", "dir
 fn final_registers(stderr: &str) -> Vec<String> {
     stderr
         .lines()
-        .filter(|l| l.trim_start().starts_with("eax=") || l.trim_start().starts_with("esi=") || l.trim_start().starts_with("eip="))
+        .filter(|l| {
+            l.trim_start().starts_with("eax=")
+                || l.trim_start().starts_with("esi=")
+                || l.trim_start().starts_with("eip=")
+        })
         .map(|l| l.split(" eflags").next().unwrap_or(l).trim().to_string())
         .collect()
 }
@@ -93,7 +97,17 @@ fn serial_hello_and_multiboot_handoff() {
     })());
     g.print("\r\n");
     g.exit(OK);
-    let so = run_ok(g, &["--mem", "64M", "--cmdline", "hello cmdline", "--timeout", "30"]);
+    let so = run_ok(
+        g,
+        &[
+            "--mem",
+            "64M",
+            "--cmdline",
+            "hello cmdline",
+            "--timeout",
+            "30",
+        ],
+    );
     // Multiboot: EAX = 0x2BADB002; mem_upper = KiB above 1 MiB = (64 - 1) * 1024 = 0xFC00.
     assert_eq!(
         so,
@@ -168,7 +182,10 @@ fn gdt_idt_tss_setup() {
         assert_eq!(drest, irest, "kernel direct");
         assert_ne!(d1, i1);
         assert!(d1.ends_with("tr=0x00000028"), "{d1}");
-        assert!(d1.starts_with("cs=0x0000") && d1.contains("F ss=0x0000"), "CS with RPL 3: {d1}");
+        assert!(
+            d1.starts_with("cs=0x0000") && d1.contains("F ss=0x0000"),
+            "CS with RPL 3: {d1}"
+        );
     });
     assert_eq!(
         so,
@@ -240,7 +257,10 @@ fn user_task_system_calls() {
     ok(g.u.set_label(&mut bad));
     g.user_exit(0x55);
     let so = run_ok(g, &["--timeout", "30"]);
-    assert_eq!(so, "kernel: entering the user task\r\nuser: hello from CPL 3\r\nuser: CS.RPL is 3\r\n");
+    assert_eq!(
+        so,
+        "kernel: entering the user task\r\nuser: hello from CPL 3\r\nuser: CS.RPL is 3\r\n"
+    );
 }
 
 #[test]
@@ -257,10 +277,16 @@ fn demand_paging_by_the_guest() {
     // User: touch three unmapped pages, then read them back.
     let mut bad = g.u.create_label();
     ok((|| {
-        for (i, v) in [0x1111_1111u32, 0x2222_2222, 0x3333_3333].iter().enumerate() {
+        for (i, v) in [0x1111_1111u32, 0x2222_2222, 0x3333_3333]
+            .iter()
+            .enumerate()
+        {
             g.u.mov(dword_ptr(0x50_0000 + 0x1004 * i as u32), *v)?;
         }
-        for (i, v) in [0x1111_1111u32, 0x2222_2222, 0x3333_3333].iter().enumerate() {
+        for (i, v) in [0x1111_1111u32, 0x2222_2222, 0x3333_3333]
+            .iter()
+            .enumerate()
+        {
             g.u.cmp(dword_ptr(0x50_0000 + 0x1004 * i as u32), *v as i32)?;
             g.u.jne(bad)?;
         }
@@ -373,7 +399,18 @@ fn counted_timer_interrupts() {
     const TICKS: u32 = VARS;
     ok((|| {
         // 8259A: ICW1 edge/cascade/ICW4, ICW2 vectors 0x20/0x28, ICW3, ICW4 8086; only IRQ 0.
-        for (port, v) in [(0x20u32, 0x11u32), (0xa0, 0x11), (0x21, 0x20), (0xa1, 0x28), (0x21, 4), (0xa1, 2), (0x21, 1), (0xa1, 1), (0x21, 0xfe), (0xa1, 0xff)] {
+        for (port, v) in [
+            (0x20u32, 0x11u32),
+            (0xa0, 0x11),
+            (0x21, 0x20),
+            (0xa1, 0x28),
+            (0x21, 4),
+            (0xa1, 2),
+            (0x21, 1),
+            (0xa1, 1),
+            (0x21, 0xfe),
+            (0xa1, 0xff),
+        ] {
             g.k.mov(al, v)?;
             g.k.out(port, al)?;
         }
@@ -433,21 +470,30 @@ fn counted_timer_interrupts() {
         g.k.popad()?;
         g.k.iretd()
     })());
-    let t0 = std::time::Instant::now();
-    let out = run_vmm(&g.build(), &["--stats", "--timeout", "30"]);
-    let elapsed = t0.elapsed();
-    let (so, se) = (stdout(&out), stderr(&out));
-    assert_eq!(out.status.code(), Some(OK_STATUS), "{so}\n{se}");
-    let mut want = String::from("IMR=0x000000FE\r\nchannel 2 reached its terminal count\r\n");
-    for i in 1..=5 {
-        want.push_str(&format!("tick 0x{i:08X}\r\n"));
+    let image = g.build();
+    for engines in [&[][..], USER_DIRECT, ALL_DIRECT] {
+        let mut args = vec!["--stats", "--timeout", "30"];
+        args.extend_from_slice(engines);
+        let t0 = std::time::Instant::now();
+        let out = run_vmm(&image, &args);
+        let elapsed = t0.elapsed();
+        let (so, se) = (stdout(&out), stderr(&out));
+        assert_eq!(
+            out.status.code(),
+            Some(OK_STATUS),
+            "{engines:?}: {so}\n{se}"
+        );
+        let mut want = String::from("IMR=0x000000FE\r\nchannel 2 reached its terminal count\r\n");
+        for i in 1..=5 {
+            want.push_str(&format!("tick 0x{i:08X}\r\n"));
+        }
+        want.push_str("five timer interrupts\r\n");
+        assert_eq!(so, want);
+        // Five periods of 1193 ticks at 1.193182 MHz: at least 5 ms of guest time.
+        assert!(elapsed.as_millis() >= 5, "{elapsed:?}");
+        assert!(se.contains("interrupts      5"), "{se}");
+        assert!(se.contains("instructions"), "{se}");
     }
-    want.push_str("five timer interrupts\r\n");
-    assert_eq!(so, want);
-    // Five periods of 1193 ticks at 1.193182 MHz: at least 5 ms of guest time.
-    assert!(elapsed.as_millis() >= 5, "{elapsed:?}");
-    assert!(se.contains("interrupts      5"), "{se}");
-    assert!(se.contains("instructions"), "{se}");
 }
 
 #[test]
@@ -470,7 +516,10 @@ fn general_protection_fault_from_user_mode() {
     g.print("\r\n");
     g.exit(OK);
     let so = run_ok(g, &["--timeout", "30"]);
-    assert_eq!(so, format!("#GP err=0x00000000 eip=0x{USER_BASE:08X} cs=0x0000001B\r\n"));
+    assert_eq!(
+        so,
+        format!("#GP err=0x00000000 eip=0x{USER_BASE:08X} cs=0x0000001B\r\n")
+    );
 }
 
 #[test]
@@ -480,14 +529,34 @@ fn triple_fault_ends_the_run_with_a_report() {
     g.print("about to fault with an empty IDT\r\n");
     ok(g.k.ud2());
     g.exit(OK);
-    let out = run_vmm(&g.build(), &["--timeout", "30"]);
-    let (so, se) = (stdout(&out), stderr(&out));
-    assert_eq!(so, "about to fault with an empty IDT\r\n");
-    assert_eq!(out.status.code(), Some(4), "documented exit status of a triple fault; stderr:\n{se}");
-    for w in ["triple fault", "eax=", "esp=", "eip=", "cs=0008", "idtr", "limit=0000", "cr0=", "cr3=", "#DF"] {
-        assert!(se.contains(w), "{w:?} missing from the report:\n{se}");
+    let image = g.build();
+    for engines in [&[][..], ALL_DIRECT] {
+        let mut args = vec!["--timeout", "30"];
+        args.extend_from_slice(engines);
+        let out = run_vmm(&image, &args);
+        let (so, se) = (stdout(&out), stderr(&out));
+        assert_eq!(so, "about to fault with an empty IDT\r\n");
+        assert_eq!(
+            out.status.code(),
+            Some(4),
+            "documented exit status of a triple fault; stderr:\n{se}"
+        );
+        for w in [
+            "triple fault",
+            "eax=",
+            "esp=",
+            "eip=",
+            "cs=0008",
+            "idtr",
+            "limit=0000",
+            "cr0=",
+            "cr3=",
+            "#DF",
+        ] {
+            assert!(se.contains(w), "{w:?} missing from the report:\n{se}");
+        }
+        assert!(!se.contains("panicked"));
     }
-    assert!(!se.contains("panicked"));
 }
 
 /// The Popek-Goldberg demonstration: sensitive but unprivileged instructions. A kernel run by
@@ -510,17 +579,22 @@ fn popek_goldberg_guest() -> Guest {
     ok(g.k.mov(eax, dword_ptr(VARS + 2)));
     g.print_eax();
     ok((|| {
-        // PIC: vectors 0x20/0x28, only IRQ 0; PIT channel 0 at 1 kHz.
-        for (port, v) in [(0x20u32, 0x11u32), (0xa0, 0x11), (0x21, 0x20), (0xa1, 0x28), (0x21, 4), (0xa1, 2), (0x21, 1), (0xa1, 1), (0x21, 0xfe), (0xa1, 0xff)] {
+        // PIC: vectors 0x20/0x28, only IRQ 0 (the PIT is started later, at 1 kHz).
+        for (port, v) in [
+            (0x20u32, 0x11u32),
+            (0xa0, 0x11),
+            (0x21, 0x20),
+            (0xa1, 0x28),
+            (0x21, 4),
+            (0xa1, 2),
+            (0x21, 1),
+            (0xa1, 1),
+            (0x21, 0xfe),
+            (0xa1, 0xff),
+        ] {
             g.k.mov(al, v)?;
             g.k.out(port, al)?;
         }
-        g.k.mov(al, 0x34u32)?;
-        g.k.out(0x43, al)?;
-        g.k.mov(al, 1193u32 & 0xff)?;
-        g.k.out(0x40, al)?;
-        g.k.mov(al, 1193u32 >> 8)?;
-        g.k.out(0x40, al)?;
         g.k.sti()?;
         g.k.pushfd()?;
         g.k.cli()?;
@@ -533,7 +607,16 @@ fn popek_goldberg_guest() -> Guest {
     ok(g.k.mov(eax, ebx));
     g.print_eax();
     g.print("\r\n");
-    ok(g.k.hlt()); // woken by the timer if POPF really set IF
+    ok((|| {
+        // Only now start the timer (so that no tick interrupts the printing).
+        g.k.mov(al, 0x34u32)?;
+        g.k.out(0x43, al)?;
+        g.k.mov(al, 1193u32 & 0xff)?;
+        g.k.out(0x40, al)?;
+        g.k.mov(al, 1193u32 >> 8)?;
+        g.k.out(0x40, al)?;
+        g.k.hlt() // woken by the timer if POPF really set IF
+    })());
     g.exit(0x55);
     g.interrupt_handler(0x20, 0);
     g.print("timer interrupt after POPF\r\n");
@@ -555,7 +638,10 @@ fn popek_goldberg_under_interp() {
 /// The direct engine's half of the demonstration: the guest kernel visibly misbehaves.
 #[test]
 fn popek_goldberg_under_direct() {
-    let out = run_vmm(&popek_goldberg_guest().build(), &["--kernel-engine", "direct", "--timeout", "30"]);
+    let out = run_vmm(
+        &popek_goldberg_guest().build(),
+        &["--kernel-engine", "direct", "--timeout", "30"],
+    );
     let (so, se) = (stdout(&out), stderr(&out));
     // POPF did not restore the virtual IF: the HLT can never be woken (exit status 10).
     assert_eq!(out.status.code(), Some(10), "{so}\n{se}");
