@@ -104,6 +104,13 @@ struct RunArgs {
 
 #[derive(Subcommand)]
 enum BenchWhat {
+    /// The direct engine's exits (trap-and-emulate, hidden page fault, system call) against
+    /// the interpreter, on small guests, in one run.
+    Direct {
+        /// Multiply the work.
+        #[arg(long, default_value_t = 1.0)]
+        scale: f64,
+    },
     /// Interpreted instructions per second on a CPU-bound guest loop, against the same loop
     /// run natively on the host CPU.
     Interp {
@@ -177,6 +184,20 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Run(args)) => run_kernel(args),
+        Some(Command::Bench { what: BenchWhat::Direct { scale } }) => {
+            let r = if !(scale > 0.0 && scale <= 100.0) {
+                Err(format!("--scale must be in (0, 100], got {scale}"))
+            } else {
+                bench::direct::run(scale)
+            };
+            match r {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("vmm: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Some(Command::Bench {
             what: BenchWhat::Interp { scale, json },
         }) => {
