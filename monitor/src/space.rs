@@ -49,7 +49,7 @@ fn sys_err(what: &'static str) -> SpaceError {
 
 /// Checks a `--monitor-area` value.
 pub fn check_monitor_base(base: u64) -> Result<u32, SpaceError> {
-    if base % (4 << 20) != 0 || base < MIN_MONITOR_BASE as u64 || base > DEFAULT_MONITOR_BASE as u64 {
+    if base & ((4 << 20) - 1) != 0 || base < MIN_MONITOR_BASE as u64 || base > DEFAULT_MONITOR_BASE as u64 {
         return Err(SpaceError::BadMonitorBase(base));
     }
     Ok(base as u32)
@@ -185,7 +185,7 @@ impl std::fmt::Debug for MemfdRam {
 impl MemfdRam {
     /// `len` bytes of zeroed guest RAM (`len` a multiple of 4 KiB, nonzero).
     pub fn new(len: usize) -> io::Result<MemfdRam> {
-        if len == 0 || len as u64 % PAGE != 0 {
+        if len == 0 || len as u64 & (PAGE - 1) != 0 {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "guest RAM size must be a nonzero multiple of 4 KiB"));
         }
         // SAFETY: a static NUL-terminated name; memfd_create has no other preconditions.
@@ -284,7 +284,7 @@ impl LowMap {
     /// Map `pages` pages at guest-linear `lin` to guest-physical `frame`.
     pub fn map_pages(&mut self, lin: u32, frame: u32, pages: u32, writable: bool) -> io::Result<()> {
         let len = pages as u64 * PAGE;
-        if lin as u64 % PAGE != 0 || frame as u64 % PAGE != 0 {
+        if (lin | frame) as u64 & (PAGE - 1) != 0 {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "unaligned shadow mapping"));
         }
         if !self.reservation.covers(lin as u64, len) {

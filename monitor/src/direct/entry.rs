@@ -500,7 +500,6 @@ const ALTSTACK: usize = 64 * 1024;
 pub(crate) struct Thread {
     stack: *mut c_void,
     timer: libc::timer_t,
-    pub cpuid_faulting: bool,
 }
 
 thread_local! {
@@ -567,7 +566,7 @@ impl Thread {
                 )
             });
         }
-        Ok(Thread { stack, timer, cpuid_faulting })
+        Ok(Thread { stack, timer })
     }
 
     /// Arms the periodic exit timer (`period_us` > 0) or disarms it (0).

@@ -156,7 +156,7 @@ impl Direct<'_> {
         loop {
             checks = checks.wrapping_add(1);
             if let Some(d) = deadline {
-                if checks % 64 == 0 && self.cpu.bus.now_ns() >= d {
+                if checks & 63 == 0 && self.cpu.bus.now_ns() >= d {
                     return Outcome::Timeout { after: self.opts.timeout.unwrap_or_default(), eip: self.cpu.state.eip };
                 }
             }
