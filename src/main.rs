@@ -264,6 +264,7 @@ fn run_kernel(args: RunArgs) -> ExitCode {
         user_engine: args.user_engine.into(),
         timeout: args.timeout,
         monitor_base: args.monitor_area,
+        lockdown: true,
         ..RunOptions::default()
     };
     let result = match engine::run(machine, kernel.state, &opts) {

@@ -74,6 +74,10 @@ pub struct RunOptions {
     pub slice: u64,
     /// Base of the monitor area (the `direct` engine truncates every guest segment below it).
     pub monitor_base: u32,
+    /// Once set up, run the `direct` engine under the allow-list seccomp filter
+    /// (`crate::seccomp`). It stays for the life of the process: `vmm run` sets it; a process
+    /// that runs several guests (benchmarks, tests) does not.
+    pub lockdown: bool,
 }
 
 impl Default for RunOptions {
@@ -84,6 +88,7 @@ impl Default for RunOptions {
             timeout: None,
             slice: 100_000,
             monitor_base: crate::space::DEFAULT_MONITOR_BASE,
+            lockdown: false,
         }
     }
 }

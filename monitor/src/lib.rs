@@ -8,6 +8,7 @@
 //!   RAM as a memfd (physmap), the shadow mappings (mmap of memfd pages).
 //! * [`direct`] (`direct::entry`: entry/exit stubs, signal handlers, timer, seccomp, CPUID
 //!   faulting; `direct::ldt`: `modify_ldt`): the trap-and-emulate engine.
+//! * [`seccomp`]: the allow-list filter the `direct` engine runs under once set up.
 //!
 //! Everything else is safe Rust:
 //!
@@ -22,4 +23,5 @@ pub mod loader;
 pub mod machine;
 pub mod memory;
 pub mod native;
+pub mod seccomp;
 pub mod space;

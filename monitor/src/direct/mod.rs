@@ -70,6 +70,9 @@ pub fn run(mut machine: Machine, state: CpuState, opts: &RunOptions) -> Result<R
     let low = LowMap::new(reservation, memfd);
     let thread = entry::Thread::prepare().map_err(setup)?;
     thread.set_timer(TIMER_PERIOD_US).map_err(setup)?;
+    if opts.lockdown {
+        crate::seccomp::lock_down().map_err(|e| setup(format!("installing the seccomp allow-list: {e}")))?;
+    }
     let mut e = Direct {
         cpu: Cpu::with_state(state, machine),
         shadow: Shadow::new(low, ram_len as u32),
