@@ -44,11 +44,33 @@ enum Command {
 does not support, 8 for --timeout, 10 for a HLT nothing can wake."
     )]
     Run(RunArgs),
+    /// Run the built-in demo guest (what `vmm` with no command does).
+    Demo(DemoArgs),
     /// Measure the engines; reports ratios against a baseline measured in the same run.
     Bench {
         #[command(subcommand)]
         what: BenchWhat,
     },
+}
+
+/// The engines of the built-in demo guest.
+#[derive(clap::Args, Clone, Debug)]
+struct DemoArgs {
+    /// The engine for the demo's kernel (CPL 0).
+    #[arg(long, value_enum, default_value_t = EngineArg::Interp)]
+    kernel_engine: EngineArg,
+    /// The engine for the demo's user task (CPL 3).
+    #[arg(long, value_enum, default_value_t = EngineArg::Direct)]
+    user_engine: EngineArg,
+    /// Print exits by reason, instructions and time on stderr at the end.
+    #[arg(long)]
+    stats: bool,
+}
+
+impl Default for DemoArgs {
+    fn default() -> Self {
+        DemoArgs { kernel_engine: EngineArg::Interp, user_engine: EngineArg::Direct, stats: false }
+    }
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
@@ -82,7 +104,7 @@ struct RunArgs {
     #[arg(long, value_enum, default_value_t = EngineArg::Interp)]
     kernel_engine: EngineArg,
     /// The engine for guest user code (CPL 3).
-    #[arg(long, value_enum, default_value_t = EngineArg::Interp)]
+    #[arg(long, value_enum, default_value_t = EngineArg::Direct)]
     user_engine: EngineArg,
     /// Print exits by reason, instructions and time on stderr at the end.
     #[arg(long)]
@@ -214,7 +236,8 @@ fn main() -> ExitCode {
                 }
             }
         }
-        None => run_demo(),
+        Some(Command::Demo(args)) => run_demo(args),
+        None => run_demo(DemoArgs::default()),
     }
 }
 
@@ -296,7 +319,7 @@ fn finish(result: &engine::RunResult, stats: bool, verbose: bool) -> ExitCode {
 }
 
 /// `vmm` with no arguments: the built-in demo guest under the interpreter.
-fn run_demo() -> ExitCode {
+fn run_demo(args: DemoArgs) -> ExitCode {
     let image = match guests::demo::image() {
         Ok(i) => i,
         Err(e) => {
@@ -314,6 +337,8 @@ fn run_demo() -> ExitCode {
     let machine = Machine::new(ram, Box::new(HostClock::new()), Box::new(std::io::stdout()));
     let opts = RunOptions {
         timeout: Some(Duration::from_secs(60)),
+        kernel_engine: args.kernel_engine.into(),
+        user_engine: args.user_engine.into(),
         ..RunOptions::default()
     };
     let result = match engine::run(machine, image.state, &opts) {
@@ -325,9 +350,12 @@ fn run_demo() -> ExitCode {
     };
     match result.outcome {
         Outcome::DebugExit { value } if value == guests::demo::SUCCESS => {
+            if args.stats {
+                finish(&result, true, false);
+            }
             println!(
-                "vmm: the demo guest powered off after {} instructions and {} timer interrupts (interp engine)",
-                result.stats.instructions, result.machine.stats.interrupts
+                "vmm: the demo guest powered off after {} timer interrupts (engines: {})",
+                result.machine.stats.interrupts, result.stats.engine
             );
             ExitCode::SUCCESS
         }
