@@ -254,6 +254,37 @@ impl<'a> Builder<'a> {
         });
     }
 
+    /// The pending-interrupt check at the fragment entry: a trampoline to the stub placed just
+    /// before the entry point, so that the common path has no taken branch.
+    fn entry_check(&mut self, eip: u32, entry: Label) {
+        let a = self.abi;
+        self.eip = eip;
+        let chk = self.slot(S_CHK);
+        let t = self.label();
+        let go = self.label();
+        let stub = self.label();
+        self.bind(t);
+        self.branch(Code::Jmp_rel32_32, stub);
+        self.bind(entry);
+        self.seq.entry = Some(entry);
+        self.st32(chk, Register::ECX);
+        self.ins(mk(Instruction::with2(Code::Movzx_r32_rm16, Register::ECX, gs(a.vif))));
+        self.ins(mk(Instruction::with2(
+            Code::Lea_r32_m,
+            Register::ECX,
+            MemoryOperand::new(Register::ECX, Register::None, 1, -0x101, 4, false, Register::None),
+        )));
+        self.branch(Code::Jecxz_rel8_32, t);
+        self.ld32(Register::ECX, chk);
+        self.bind(go);
+        self.defer(stub, move |b| {
+            b.eip = eip;
+            b.ld32(Register::ECX, chk);
+            b.callout(CalloutOp::PendingIrq, CoEip::Imm(eip), eip, 0);
+            b.branch(Code::Jmp_rel32_32, go);
+        });
+    }
+
     /// The pending-interrupt check at guest `eip` (guest state exact there).
     fn irq_check(&mut self, eip: u32) {
         let a = self.abi;
@@ -391,9 +422,7 @@ pub fn mangle(unit: &Unit, cfg: &Config) -> Seq {
     let abi = &cfg.abi;
     let mut b = Builder::new(abi, unit.start);
     let entry = b.label();
-    b.bind(entry);
-    b.seq.entry = Some(entry);
-    b.irq_check(unit.start);
+    b.entry_check(unit.start, entry);
     let mut check_after: Option<usize> = None;
     let mut falls_through = true;
     let n = unit.insns.len();
