@@ -568,7 +568,7 @@ fn relink(b: &mut Builder<'_>, gi: &GuestInsn, next: u32) -> Done {
     if code.is_call_near() {
         // Push the guest return address, then leave for the callee.
         if i.op_code().operand_size() == 16 {
-            b.ins(mk(Instruction::with1(Code::Push_imm16, next)));
+            b.ins(mk(Instruction::with1(Code::Push_imm16, next & 0xffff)));
         } else {
             b.ins(mk(Instruction::with1(Code::Pushd_imm32, next)));
         }
@@ -627,7 +627,7 @@ fn lookup(b: &mut Builder<'_>, gi: &GuestInsn, next: u32) {
     if i.code().is_call_near_indirect() {
         let rec = Recovery::reg(Register::EAX, sa);
         if size16 {
-            b.ins_rec(mk(Instruction::with1(Code::Push_imm16, next)), rec);
+            b.ins_rec(mk(Instruction::with1(Code::Push_imm16, next & 0xffff)), rec);
         } else {
             b.ins_rec(mk(Instruction::with1(Code::Pushd_imm32, next)), rec);
         }

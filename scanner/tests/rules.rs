@@ -412,3 +412,29 @@ fn miss_routine_validates() {
     vmm_scanner::validate::check_fragment(&f, &abi, &Default::default()).unwrap();
     assert_has(&f, &["mov gs:[40h],eax", "mov eax,gs:[48h]", "mov gs:[24h],eax", "mov eax,gs:[40h]", "mov dword ptr gs:[20h],3", "call far fword ptr gs:[18h]"]);
 }
+
+#[test]
+fn validator_rejects_what_must_never_be_emitted() {
+    let abi = Abi::default();
+    let bad: &[&[u8]] = &[
+        &[0xcd, 0x80],                         // int 80h
+        &[0xcc],                               // int3
+        &[0x0f, 0x05],                         // syscall
+        &[0x0f, 0x34],                         // sysenter
+        &[0xea, 0, 0, 0, 0, 0x33, 0],          // jmp far 33h:0
+        &[0xff, 0x1d, 0, 0, 0, 0],             // call far [0]
+        &[0x65, 0xff, 0x1d, 0x20, 0, 0, 0],    // call far gs:[20h] (not the gate)
+        &[0x8e, 0xe8],                         // mov gs, eax
+        &[0x0f, 0xa9],                         // pop gs
+        &[0x65, 0xa1, 0, 0, 0x10, 0],          // mov eax, gs:[100000h] (outside the region)
+        &[0x2e, 0xa1, 0, 0, 0, 0],             // mov eax, cs:[0]
+        &[0xfa],                               // cli
+        &[0xcf],                               // iretd
+        &[0xf4],                               // hlt
+        &[0x0f, 0x01, 0x00],                   // sgdt [eax]
+    ];
+    for b in bad {
+        let f = vmm_scanner::Fragment { tc_addr: TC, code: b.to_vec(), entry_off: 0, start_eip: 0, exits: vec![], pc_map: vec![] };
+        assert!(vmm_scanner::validate::check_fragment(&f, &abi, &Default::default()).is_err(), "{b:02x?} accepted");
+    }
+}
