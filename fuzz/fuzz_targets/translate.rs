@@ -20,14 +20,31 @@ fuzz_target!(|data: &[u8]| {
         paging: hdr[0] & 8 == 0,
         fpu_trap: hdr[0] & 16 != 0,
     };
-    let cfg = Config { limits: Limits { max_bytes: 64 + hdr[1] as u32 * 4, max_insns: 1 + (hdr[1] as u32 & 63) }, ..Config::default() };
+    let cfg = Config {
+        limits: Limits {
+            max_bytes: 64 + hdr[1] as u32 * 4,
+            max_insns: 1 + (hdr[1] as u32 & 63),
+        },
+        ..Config::default()
+    };
     // Start anywhere in the data, so that units also run off its end (fetch faults).
     let base = if m.code32 { 0xc010_0ff0 } else { 0xf000 };
     let mut eip = base;
     loop {
-        let (unit, f) = translate(&mut SliceCode { base, bytes: code }, 0, eip, m, 0xffc0_0000, &cfg).expect("fragment encodes");
+        let (unit, f) = translate(
+            &mut SliceCode { base, bytes: code },
+            0,
+            eip,
+            m,
+            0xffc0_0000,
+            &cfg,
+        )
+        .expect("fragment encodes");
         if let Err(e) = validate::check_fragment(&f, &cfg.abi, &cfg.model) {
-            panic!("invalid fragment for {:02x?}: {e}", &code[(eip - base) as usize..]);
+            panic!(
+                "invalid fragment for {:02x?}: {e}",
+                &code[(eip - base) as usize..]
+            );
         }
         // Continue with the next unit while it lies in the data.
         let next = eip.wrapping_add(unit.guest_len());

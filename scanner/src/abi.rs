@@ -28,11 +28,20 @@ pub const RESERVED_SEGMENT: Register = Register::GS;
 
 /// The virtual EFLAGS bits kept on the vCPU page instead of in the host EFLAGS: IF (in
 /// [`Abi::vif`]), TF, IOPL, NT, RF, VM, AC, VIF, VIP, ID (in [`Abi::vflags`]).
-pub const VIRT_MASK: u32 =
-    0x100 | 0x200 | 0x3000 | 0x4000 | 0x1_0000 | 0x2_0000 | 0x4_0000 | 0x8_0000 | 0x10_0000 | 0x20_0000;
+pub const VIRT_MASK: u32 = 0x100
+    | 0x200
+    | 0x3000
+    | 0x4000
+    | 0x1_0000
+    | 0x2_0000
+    | 0x4_0000
+    | 0x8_0000
+    | 0x10_0000
+    | 0x20_0000;
 
 /// The EFLAGS bits translated code keeps in the host EFLAGS (the guest's values).
-pub const HOST_FLAGS: u32 = 0x0000_0001 | 0x0000_0004 | 0x0000_0010 | 0x0000_0040 | 0x0000_0080 | 0x0000_0400 | 0x0000_0800;
+pub const HOST_FLAGS: u32 =
+    0x0000_0001 | 0x0000_0004 | 0x0000_0010 | 0x0000_0040 | 0x0000_0080 | 0x0000_0400 | 0x0000_0800;
 
 /// IF in EFLAGS.
 pub const EFLAGS_IF: u32 = 0x200;
@@ -309,23 +318,34 @@ mod tests {
     #[test]
     fn default_layout_is_consistent() {
         Abi::default().check().unwrap();
-        let mut a = Abi::default();
-        a.ibl_bits = 8;
-        a.vcpu_size = 0x1000 + (8 << 8);
+        let a = Abi {
+            ibl_bits: 8,
+            vcpu_size: 0x1000 + (8 << 8),
+            ..Abi::default()
+        };
         a.check().unwrap();
     }
 
     #[test]
     fn bad_layouts_are_refused() {
-        let mut a = Abi::default();
-        a.irq = 0x2;
-        assert!(a.check().is_err());
-        let mut a = Abi::default();
-        a.gdtr = a.cr;
-        assert!(a.check().is_err());
-        let mut a = Abi::default();
-        a.vcpu_size = 0x1000;
-        assert!(a.check().is_err());
+        assert!(Abi {
+            irq: 0x2,
+            ..Abi::default()
+        }
+        .check()
+        .is_err());
+        assert!(Abi {
+            gdtr: Abi::default().cr,
+            ..Abi::default()
+        }
+        .check()
+        .is_err());
+        assert!(Abi {
+            vcpu_size: 0x1000,
+            ..Abi::default()
+        }
+        .check()
+        .is_err());
     }
 
     #[test]
@@ -340,7 +360,10 @@ mod tests {
     fn ibl_entries() {
         let a = Abi::default();
         let e = a.ibl_entry(0xc010_0000, 0xffc0_1234);
-        assert_eq!(u32::from_le_bytes(e[..4].try_into().unwrap()).wrapping_add(0xc010_0000), 0);
+        assert_eq!(
+            u32::from_le_bytes(e[..4].try_into().unwrap()).wrapping_add(0xc010_0000),
+            0
+        );
         assert_eq!(a.ibl_index(0xc012_3456), 0x3456);
     }
 }

@@ -204,7 +204,9 @@ impl Cache {
 
     /// The live fragment whose code contains TC address `addr`.
     pub fn fragment_at(&self, addr: u32) -> Option<FragId> {
-        let i = self.order.partition_point(|id| self.frags[id.0 as usize].as_ref().map_or(0, |f| f.tc_addr) <= addr);
+        let i = self.order.partition_point(|id| {
+            self.frags[id.0 as usize].as_ref().map_or(0, |f| f.tc_addr) <= addr
+        });
         // Removed fragments are skipped by looking backwards for a live one.
         self.order[..i].iter().rev().find_map(|id| {
             let f = self.frags[id.0 as usize].as_ref()?;
@@ -228,11 +230,16 @@ impl Cache {
         let addr = f.tc_addr + site.patch_off;
         *chained = Some(to);
         self.incoming.entry(to).or_default().push((from, exit));
-        Some(Patch { addr, bytes: rel32(addr, target) })
+        Some(Patch {
+            addr,
+            bytes: rel32(addr, target),
+        })
     }
 
     fn remove(&mut self, id: FragId, inv: &mut Invalidation) {
-        let Some(rec) = self.frags.get_mut(id.0 as usize).and_then(|f| f.take()) else { return };
+        let Some(rec) = self.frags.get_mut(id.0 as usize).and_then(|f| f.take()) else {
+            return;
+        };
         inv.removed.push(id);
         self.by_key.remove(&(rec.lin, rec.mode));
         for fr in &rec.frames {
@@ -250,7 +257,10 @@ impl Cache {
                     if *chained == Some(id) {
                         *chained = None;
                         let addr = f.tc_addr + site.patch_off;
-                        inv.unchain.push(Patch { addr, bytes: rel32(addr, f.tc_addr + site.stub_off) });
+                        inv.unchain.push(Patch {
+                            addr,
+                            bytes: rel32(addr, f.tc_addr + site.stub_off),
+                        });
                     }
                 }
             }
@@ -281,7 +291,10 @@ impl Cache {
         }
         // Patches into removed fragments are useless: keep those of survivors only.
         let removed = inv.removed.clone();
-        inv.unchain.retain(|p| self.fragment_at(p.addr).is_some_and(|f| !removed.contains(&f)));
+        inv.unchain.retain(|p| {
+            self.fragment_at(p.addr)
+                .is_some_and(|f| !removed.contains(&f))
+        });
         inv
     }
 
@@ -299,11 +312,19 @@ mod tests {
 
     fn frag(cache: &mut Cache, code: &[u8], eip: u32) -> Fragment {
         let cfg = Config::default();
-        let mut probe = SliceCode { base: eip, bytes: code };
+        let mut probe = SliceCode {
+            base: eip,
+            bytes: code,
+        };
         let (_, f) = translate(&mut probe, 0, eip, Mode::kernel32(), 0, &cfg).unwrap();
         let at = cache.alloc(f.code.len() as u32).unwrap();
-        let mut probe = SliceCode { base: eip, bytes: code };
-        translate(&mut probe, 0, eip, Mode::kernel32(), at, &cfg).unwrap().1
+        let mut probe = SliceCode {
+            base: eip,
+            bytes: code,
+        };
+        translate(&mut probe, 0, eip, Mode::kernel32(), at, &cfg)
+            .unwrap()
+            .1
     }
 
     #[test]
@@ -316,13 +337,27 @@ mod tests {
         let fb = frag(&mut c, &[0xc3], 0x2000);
         let b = c.insert(&fb, 0x2000, Mode::kernel32(), &[2]);
         assert_eq!(c.lookup(0x1000, Mode::kernel32()), Some(a));
-        assert_eq!(c.lookup(0x1000, Mode { cpl: 3, ..Mode::kernel32() }), None);
+        assert_eq!(
+            c.lookup(
+                0x1000,
+                Mode {
+                    cpl: 3,
+                    ..Mode::kernel32()
+                }
+            ),
+            None
+        );
         assert_eq!(fa.exits.len(), 1);
         assert_eq!(fa.exits[0].target_eip, 0x2000);
         let p = c.chain(a, 0, b).unwrap();
         let ra = c.get(a).unwrap();
         assert_eq!(p.addr, ra.tc_addr + fa.exits[0].patch_off);
-        assert_eq!(p.addr.wrapping_add(4).wrapping_add(u32::from_le_bytes(p.bytes)), c.get(b).unwrap().entry());
+        assert_eq!(
+            p.addr
+                .wrapping_add(4)
+                .wrapping_add(u32::from_le_bytes(p.bytes)),
+            c.get(b).unwrap().entry()
+        );
         assert_eq!(c.fragment_at(c.get(b).unwrap().tc_addr + 1), Some(b));
         assert!(c.frame_has_code(2));
         // Writing frame 2 removes B and unchains A's exit back to its stub.
@@ -330,7 +365,13 @@ mod tests {
         assert_eq!(inv.removed, vec![b]);
         assert_eq!(inv.unchain.len(), 1);
         let stub = ra_stub(&c, a);
-        assert_eq!(inv.unchain[0].addr.wrapping_add(4).wrapping_add(u32::from_le_bytes(inv.unchain[0].bytes)), stub);
+        assert_eq!(
+            inv.unchain[0]
+                .addr
+                .wrapping_add(4)
+                .wrapping_add(u32::from_le_bytes(inv.unchain[0].bytes)),
+            stub
+        );
         assert_eq!(inv.ibl_slots, vec![abi.ibl_index(0x2000)]);
         assert!(c.lookup(0x2000, Mode::kernel32()).is_none());
         assert!(!c.frame_has_code(2));
@@ -366,11 +407,25 @@ mod tests {
         let f = frag(&mut c, &code, 0x3000);
         let id = c.insert(&f, 0x3000, Mode::kernel32(), &[3]);
         let r = c.get(id).unwrap().clone();
-        let dec: Vec<_> = iced_x86::Decoder::with_ip(32, &f.code, r.tc_addr as u64, 0).into_iter().collect();
-        let mov = dec.iter().find(|i| i.code() == iced_x86::Code::Mov_r32_rm32 && i.memory_base() == iced_x86::Register::EBX).unwrap();
+        let dec: Vec<_> = iced_x86::Decoder::with_ip(32, &f.code, r.tc_addr as u64, 0)
+            .into_iter()
+            .collect();
+        let mov = dec
+            .iter()
+            .find(|i| {
+                i.code() == iced_x86::Code::Mov_r32_rm32
+                    && i.memory_base() == iced_x86::Register::EBX
+            })
+            .unwrap();
         assert_eq!(c.guest_state_at(mov.ip() as u32).unwrap().guest_eip, 0x3000);
-        let pushfd = dec.iter().find(|i| i.code() == iced_x86::Code::Pushfd).unwrap();
-        assert_eq!(c.guest_state_at(pushfd.ip() as u32).unwrap().guest_eip, 0x3002);
+        let pushfd = dec
+            .iter()
+            .find(|i| i.code() == iced_x86::Code::Pushfd)
+            .unwrap();
+        assert_eq!(
+            c.guest_state_at(pushfd.ip() as u32).unwrap().guest_eip,
+            0x3002
+        );
         assert!(c.guest_state_at(r.tc_addr + r.size).is_none());
     }
 }

@@ -244,7 +244,17 @@ use RobinIrvine as RI;
 
 macro_rules! class {
     ($name:expr, $m:expr, priv $p:expr, sens $s:expr, $ri:expr, $host:expr, $tr:expr, ends $e:expr, $note:expr) => {
-        Class { name: $name, matcher: $m, privileged: $p, sensitive: $s, ri: $ri, host: $host, translation: $tr, ends_unit: $e, note: $note }
+        Class {
+            name: $name,
+            matcher: $m,
+            privileged: $p,
+            sensitive: $s,
+            ri: $ri,
+            host: $host,
+            translation: $tr,
+            ends_unit: $e,
+            note: $note,
+        }
     };
 }
 
@@ -408,7 +418,10 @@ pub static TABLE: &[Class] = &[
 ];
 
 fn class_named(name: &str) -> &'static Class {
-    TABLE.iter().find(|c| c.name == name).expect("class in table")
+    TABLE
+        .iter()
+        .find(|c| c.name == name)
+        .expect("class in table")
 }
 
 /// The CPUID features of the virtual CPU (iced-x86's names).
@@ -451,7 +464,10 @@ impl Default for Model {
 impl Model {
     /// Whether the model has every feature `instr` needs.
     pub fn has(&self, instr: &Instruction) -> bool {
-        instr.cpuid_features().iter().all(|f| self.features.contains(f))
+        instr
+            .cpuid_features()
+            .iter()
+            .all(|f| self.features.contains(f))
     }
 }
 
@@ -482,21 +498,29 @@ fn has_memory_operand(instr: &Instruction) -> bool {
 /// Whether the instruction uses the reserved segment register for memory (or carries its
 /// prefix).
 pub fn uses_reserved_segment(instr: &Instruction) -> bool {
-    instr.segment_prefix() == RESERVED_SEGMENT || (has_memory_operand(instr) && instr.memory_segment() == RESERVED_SEGMENT)
+    instr.segment_prefix() == RESERVED_SEGMENT
+        || (has_memory_operand(instr) && instr.memory_segment() == RESERVED_SEGMENT)
 }
 
 fn is_fpu_like(instr: &Instruction) -> bool {
     use CpuidFeature as F;
     matches!(instr.mnemonic(), M::Wait)
-        || instr
-            .cpuid_features()
-            .iter()
-            .any(|f| matches!(f, F::FPU | F::FPU287 | F::FPU387 | F::MMX | F::SSE | F::SSE2 | F::FXSR))
+        || instr.cpuid_features().iter().any(|f| {
+            matches!(
+                f,
+                F::FPU | F::FPU287 | F::FPU387 | F::MMX | F::SSE | F::SSE2 | F::FXSR
+            )
+        })
 }
 
 fn is_relink(instr: &Instruction) -> bool {
     let c = instr.code();
-    c.is_jmp_short_or_near() || c.is_jcc_short_or_near() || c.is_call_near() || c.is_loop() || c.is_loopcc() || c.is_jcx_short()
+    c.is_jmp_short_or_near()
+        || c.is_jcc_short_or_near()
+        || c.is_call_near()
+        || c.is_loop()
+        || c.is_loopcc()
+        || c.is_jcx_short()
 }
 
 fn is_lookup(instr: &Instruction) -> bool {
@@ -570,12 +594,24 @@ fn translation_text(t: Translation) -> String {
 
 fn covers_text(m: Matcher) -> String {
     match m {
-        Matcher::Mnemonics(ms) => ms.iter().map(|m| format!("`{m:?}`")).collect::<Vec<_>>().join(" "),
-        Matcher::Codes(cs) => cs.iter().map(|c| format!("`{c:?}`")).collect::<Vec<_>>().join(" "),
-        Matcher::Special(Special::ReservedSegment) => "any memory operand whose segment is GS, any GS prefix".into(),
+        Matcher::Mnemonics(ms) => ms
+            .iter()
+            .map(|m| format!("`{m:?}`"))
+            .collect::<Vec<_>>()
+            .join(" "),
+        Matcher::Codes(cs) => cs
+            .iter()
+            .map(|c| format!("`{c:?}`"))
+            .collect::<Vec<_>>()
+            .join(" "),
+        Matcher::Special(Special::ReservedSegment) => {
+            "any memory operand whose segment is GS, any GS prefix".into()
+        }
         Matcher::Special(Special::CsData) => "any memory operand whose segment is CS".into(),
         Matcher::Special(Special::NotInModel) => "`cpuid_features()` not all in `Model`".into(),
-        Matcher::Special(Special::FpuTrap) => "features FPU* MMX SSE SSE2 FXSR, `Wait` (mode bit `fpu_trap`)".into(),
+        Matcher::Special(Special::FpuTrap) => {
+            "features FPU* MMX SSE SSE2 FXSR, `Wait` (mode bit `fpu_trap`)".into()
+        }
         Matcher::Special(Special::Other) => "by flow control (see name)".into(),
     }
 }
@@ -585,7 +621,9 @@ pub fn markdown() -> String {
     let mut s = String::new();
     s.push_str("# Sensitive and privileged instructions\n\n");
     s.push_str("<!-- Generated from scanner/src/classify.rs (TABLE) by `markdown()`; do not edit by hand.\n");
-    s.push_str("     Regenerate: VMM_UPDATE_DOCS=1 cargo test -p vmm-scanner doc_table_is_current -->\n\n");
+    s.push_str(
+        "     Regenerate: VMM_UPDATE_DOCS=1 cargo test -p vmm-scanner doc_table_is_current -->\n\n",
+    );
     s.push_str(
         "Every instruction class the translator treats specially, for guest kernel code (CPL 0) that runs \
 translated at host CPL 3 in compatibility mode. *Privileged*: faults at CPL > 0 (or CPL > IOPL) on a real CPU. \
@@ -640,7 +678,10 @@ mod tests {
 
     #[test]
     fn doc_table_is_current() {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/sensitive-instructions.md");
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../docs/sensitive-instructions.md"
+        );
         let want = markdown();
         if std::env::var_os("VMM_UPDATE_DOCS").is_some() {
             std::fs::write(path, &want).unwrap();
@@ -653,90 +694,90 @@ mod tests {
     fn the_issue_list_is_covered() {
         use Translation as T;
         let cases: &[(&[u8], Translation)] = &[
-            (&[0xfa], T::Inline(IK::SetIf)),                       // cli
-            (&[0xfb], T::Inline(IK::SetIf)),                       // sti
-            (&[0x9c], T::Inline(IK::Pushf)),                       // pushfd
-            (&[0x66, 0x9d], T::Inline(IK::Popf)),                  // popf
-            (&[0xcf], T::Callout(CK::Iret)),                       // iretd
-            (&[0x0f, 0x01, 0x00], T::Inline(IK::StoreTable)),      // sgdt [eax]
-            (&[0x0f, 0x01, 0x08], T::Inline(IK::StoreTable)),      // sidt [eax]
-            (&[0x0f, 0x00, 0xc0], T::Inline(IK::StoreSelector)),   // sldt eax
-            (&[0x0f, 0x00, 0xc8], T::Inline(IK::StoreSelector)),   // str eax
-            (&[0x0f, 0x01, 0xe0], T::Inline(IK::Smsw)),            // smsw eax
-            (&[0x0f, 0x01, 0x10], T::Callout(CK::TableLoad)),      // lgdt
-            (&[0x0f, 0x01, 0x18], T::Callout(CK::TableLoad)),      // lidt
-            (&[0x0f, 0x00, 0xd0], T::Callout(CK::TableLoad)),      // lldt ax
-            (&[0x0f, 0x00, 0xd8], T::Callout(CK::TableLoad)),      // ltr ax
-            (&[0x0f, 0x01, 0xf0], T::Callout(CK::CrWrite)),        // lmsw ax
-            (&[0x0f, 0x06], T::Callout(CK::CrWrite)),              // clts
-            (&[0x0f, 0x20, 0xd8], T::Inline(IK::ReadCr)),          // mov eax, cr3
-            (&[0x0f, 0x22, 0xd8], T::Callout(CK::CrWrite)),        // mov cr3, eax
-            (&[0x0f, 0x21, 0xf8], T::Inline(IK::ReadDr)),          // mov eax, dr7
-            (&[0x0f, 0x23, 0xf8], T::Callout(CK::DrWrite)),        // mov dr7, eax
-            (&[0x0f, 0x01, 0x38], T::Callout(CK::Invlpg)),         // invlpg [eax]
-            (&[0x0f, 0x09], T::Callout(CK::CacheControl)),         // wbinvd
-            (&[0x0f, 0x08], T::Callout(CK::CacheControl)),         // invd
+            (&[0xfa], T::Inline(IK::SetIf)),                     // cli
+            (&[0xfb], T::Inline(IK::SetIf)),                     // sti
+            (&[0x9c], T::Inline(IK::Pushf)),                     // pushfd
+            (&[0x66, 0x9d], T::Inline(IK::Popf)),                // popf
+            (&[0xcf], T::Callout(CK::Iret)),                     // iretd
+            (&[0x0f, 0x01, 0x00], T::Inline(IK::StoreTable)),    // sgdt [eax]
+            (&[0x0f, 0x01, 0x08], T::Inline(IK::StoreTable)),    // sidt [eax]
+            (&[0x0f, 0x00, 0xc0], T::Inline(IK::StoreSelector)), // sldt eax
+            (&[0x0f, 0x00, 0xc8], T::Inline(IK::StoreSelector)), // str eax
+            (&[0x0f, 0x01, 0xe0], T::Inline(IK::Smsw)),          // smsw eax
+            (&[0x0f, 0x01, 0x10], T::Callout(CK::TableLoad)),    // lgdt
+            (&[0x0f, 0x01, 0x18], T::Callout(CK::TableLoad)),    // lidt
+            (&[0x0f, 0x00, 0xd0], T::Callout(CK::TableLoad)),    // lldt ax
+            (&[0x0f, 0x00, 0xd8], T::Callout(CK::TableLoad)),    // ltr ax
+            (&[0x0f, 0x01, 0xf0], T::Callout(CK::CrWrite)),      // lmsw ax
+            (&[0x0f, 0x06], T::Callout(CK::CrWrite)),            // clts
+            (&[0x0f, 0x20, 0xd8], T::Inline(IK::ReadCr)),        // mov eax, cr3
+            (&[0x0f, 0x22, 0xd8], T::Callout(CK::CrWrite)),      // mov cr3, eax
+            (&[0x0f, 0x21, 0xf8], T::Inline(IK::ReadDr)),        // mov eax, dr7
+            (&[0x0f, 0x23, 0xf8], T::Callout(CK::DrWrite)),      // mov dr7, eax
+            (&[0x0f, 0x01, 0x38], T::Callout(CK::Invlpg)),       // invlpg [eax]
+            (&[0x0f, 0x09], T::Callout(CK::CacheControl)),       // wbinvd
+            (&[0x0f, 0x08], T::Callout(CK::CacheControl)),       // invd
             (&[0xf4], T::Callout(CK::Hlt)),
             (&[0x0f, 0x32], T::Callout(CK::Msr)),
             (&[0x0f, 0x30], T::Callout(CK::Msr)),
             (&[0x0f, 0x31], T::Inline(IK::Rdtsc)),
             (&[0x0f, 0x33], T::Callout(CK::Rdpmc)),
             (&[0x0f, 0xa2], T::Inline(IK::Cpuid)),
-            (&[0xe4, 0x60], T::Callout(CK::Io)),                   // in al, 60h
-            (&[0xee], T::Callout(CK::Io)),                         // out dx, al
-            (&[0x6c], T::Callout(CK::Io)),                         // insb
-            (&[0xf3, 0x6f], T::Callout(CK::Io)),                   // rep outsd
-            (&[0x8c, 0xd8], T::Inline(IK::ReadSreg)),              // mov eax, ds
-            (&[0x8c, 0x28], T::Inline(IK::ReadSreg)),              // mov [eax], gs
-            (&[0x8e, 0xd8], T::Callout(CK::SegmentLoad)),          // mov ds, eax
-            (&[0x8e, 0xe8], T::Callout(CK::SegmentLoad)),          // mov gs, eax
-            (&[0x1e], T::Inline(IK::PushSreg)),                    // push ds
-            (&[0x0f, 0xa8], T::Inline(IK::PushSreg)),              // push gs
-            (&[0x1f], T::Callout(CK::SegmentLoad)),                // pop ds
-            (&[0x0f, 0xa9], T::Callout(CK::SegmentLoad)),          // pop gs
-            (&[0xc5, 0x00], T::Callout(CK::SegmentLoad)),          // lds eax, [eax]
-            (&[0x0f, 0xb2, 0x00], T::Callout(CK::SegmentLoad)),    // lss
-            (&[0x0f, 0xb5, 0x00], T::Callout(CK::SegmentLoad)),    // lgs
+            (&[0xe4, 0x60], T::Callout(CK::Io)), // in al, 60h
+            (&[0xee], T::Callout(CK::Io)),       // out dx, al
+            (&[0x6c], T::Callout(CK::Io)),       // insb
+            (&[0xf3, 0x6f], T::Callout(CK::Io)), // rep outsd
+            (&[0x8c, 0xd8], T::Inline(IK::ReadSreg)), // mov eax, ds
+            (&[0x8c, 0x28], T::Inline(IK::ReadSreg)), // mov [eax], gs
+            (&[0x8e, 0xd8], T::Callout(CK::SegmentLoad)), // mov ds, eax
+            (&[0x8e, 0xe8], T::Callout(CK::SegmentLoad)), // mov gs, eax
+            (&[0x1e], T::Inline(IK::PushSreg)),  // push ds
+            (&[0x0f, 0xa8], T::Inline(IK::PushSreg)), // push gs
+            (&[0x1f], T::Callout(CK::SegmentLoad)), // pop ds
+            (&[0x0f, 0xa9], T::Callout(CK::SegmentLoad)), // pop gs
+            (&[0xc5, 0x00], T::Callout(CK::SegmentLoad)), // lds eax, [eax]
+            (&[0x0f, 0xb2, 0x00], T::Callout(CK::SegmentLoad)), // lss
+            (&[0x0f, 0xb5, 0x00], T::Callout(CK::SegmentLoad)), // lgs
             (&[0x0f, 0x02, 0xc0], T::Callout(CK::DescriptorCheck)), // lar
             (&[0x0f, 0x03, 0xc0], T::Callout(CK::DescriptorCheck)), // lsl
             (&[0x0f, 0x00, 0xe0], T::Callout(CK::DescriptorCheck)), // verr
             (&[0x0f, 0x00, 0xe8], T::Callout(CK::DescriptorCheck)), // verw
             (&[0x9a, 0, 0, 0, 0, 0x33, 0], T::Callout(CK::FarTransfer)), // call far 33:0
             (&[0xea, 0, 0, 0, 0, 0x33, 0], T::Callout(CK::FarTransfer)), // jmp far
-            (&[0xff, 0x18], T::Callout(CK::FarTransfer)),          // call far [eax]
-            (&[0xff, 0x28], T::Callout(CK::FarTransfer)),          // jmp far [eax]
-            (&[0xcb], T::Callout(CK::FarTransfer)),                // retf
-            (&[0xca, 4, 0], T::Callout(CK::FarTransfer)),          // retf 4
+            (&[0xff, 0x18], T::Callout(CK::FarTransfer)), // call far [eax]
+            (&[0xff, 0x28], T::Callout(CK::FarTransfer)), // jmp far [eax]
+            (&[0xcb], T::Callout(CK::FarTransfer)), // retf
+            (&[0xca, 4, 0], T::Callout(CK::FarTransfer)), // retf 4
             (&[0xcd, 0x80], T::Callout(CK::Interrupt)),
             (&[0xcc], T::Callout(CK::Interrupt)),
             (&[0xce], T::Callout(CK::Interrupt)),
             (&[0xf1], T::Callout(CK::Interrupt)),
-            (&[0x62, 0x00], T::Ident),                             // bound
+            (&[0x62, 0x00], T::Ident), // bound
             (&[0x0f, 0x34], T::Callout(CK::FastSystemCall)),
             (&[0x0f, 0x35], T::Callout(CK::FastSystemCall)),
             (&[0x0f, 0x05], T::Callout(CK::FastSystemCall)),
             (&[0x0f, 0x07], T::Callout(CK::FastSystemCall)),
             (&[0x0f, 0x0b], T::Callout(CK::Undefined)),
             (&[0x65, 0x8b, 0x00], T::Callout(CK::ReservedSegment)), // mov eax, gs:[eax]
-            (&[0x65, 0xa5], T::Callout(CK::ReservedSegment)),      // movsd with gs: source
-            (&[0x65, 0x90], T::Callout(CK::ReservedSegment)),      // a stray gs prefix
-            (&[0x2e, 0x8b, 0x00], T::Callout(CK::CsData)),         // mov eax, cs:[eax]
-            (&[0x64, 0x8b, 0x00], T::Ident),                       // mov eax, fs:[eax]
+            (&[0x65, 0xa5], T::Callout(CK::ReservedSegment)),       // movsd with gs: source
+            (&[0x65, 0x90], T::Callout(CK::ReservedSegment)),       // a stray gs prefix
+            (&[0x2e, 0x8b, 0x00], T::Callout(CK::CsData)),          // mov eax, cs:[eax]
+            (&[0x64, 0x8b, 0x00], T::Ident),                        // mov eax, fs:[eax]
             (&[0xeb, 0x00], T::Relink),
             (&[0x74, 0x00], T::Relink),
             (&[0xe8, 0, 0, 0, 0], T::Relink),
-            (&[0xe2, 0x00], T::Relink),                            // loop
-            (&[0xe3, 0x00], T::Relink),                            // jecxz
+            (&[0xe2, 0x00], T::Relink), // loop
+            (&[0xe3, 0x00], T::Relink), // jecxz
             (&[0xc3], T::Lookup),
             (&[0xc2, 8, 0], T::Lookup),
-            (&[0xff, 0xe0], T::Lookup),                            // jmp eax
-            (&[0xff, 0x10], T::Lookup),                            // call [eax]
-            (&[0x01, 0xd8], T::Ident),                             // add eax, ebx
-            (&[0xd9, 0xc0], T::Ident),                             // fld st0
-            (&[0x0f, 0x01, 0xcb], T::Callout(CK::NotInModel)),     // stac
-            (&[0x0f, 0x01, 0xf9], T::Callout(CK::NotInModel)),     // rdtscp
-            (&[0x0f, 0x01, 0xd0], T::Callout(CK::NotInModel)),     // xgetbv
-            (&[0x0f, 0x01, 0xc8], T::Callout(CK::NotInModel)),     // monitor
+            (&[0xff, 0xe0], T::Lookup),                        // jmp eax
+            (&[0xff, 0x10], T::Lookup),                        // call [eax]
+            (&[0x01, 0xd8], T::Ident),                         // add eax, ebx
+            (&[0xd9, 0xc0], T::Ident),                         // fld st0
+            (&[0x0f, 0x01, 0xcb], T::Callout(CK::NotInModel)), // stac
+            (&[0x0f, 0x01, 0xf9], T::Callout(CK::NotInModel)), // rdtscp
+            (&[0x0f, 0x01, 0xd0], T::Callout(CK::NotInModel)), // xgetbv
+            (&[0x0f, 0x01, 0xc8], T::Callout(CK::NotInModel)), // monitor
             (&[0x66, 0x0f, 0x38, 0x00, 0xc1], T::Callout(CK::NotInModel)), // pshufb (SSSE3)
         ];
         for (bytes, want) in cases {
@@ -749,19 +790,38 @@ mod tests {
         let i = Decoder::new(32, &[0xd9, 0xc0], DecoderOptions::NONE).decode();
         let mut m = Mode::kernel32();
         m.fpu_trap = true;
-        assert_eq!(classify(&i, m, &Model::default()).translation, Translation::Callout(CK::FpuTrap));
+        assert_eq!(
+            classify(&i, m, &Model::default()).translation,
+            Translation::Callout(CK::FpuTrap)
+        );
         let i = Decoder::new(32, &[0xfa], DecoderOptions::NONE).decode();
         let mut m = Mode::kernel32();
         m.cpl = 3;
-        assert_eq!(classify(&i, m, &Model::default()).translation, Translation::Callout(CK::UserMode));
+        assert_eq!(
+            classify(&i, m, &Model::default()).translation,
+            Translation::Callout(CK::UserMode)
+        );
     }
 
     #[test]
     fn robin_and_irvine_groups_are_represented() {
-        let sr: Vec<_> = TABLE.iter().filter(|c| c.ri == RI::SensitiveRegister).map(|c| c.name).collect();
+        let sr: Vec<_> = TABLE
+            .iter()
+            .filter(|c| c.ri == RI::SensitiveRegister)
+            .map(|c| c.name)
+            .collect();
         assert_eq!(sr, ["PUSHF", "POPF", "SGDT / SIDT", "SLDT", "SMSW"]);
-        assert!(TABLE.iter().filter(|c| c.ri == RI::ProtectionSystem).count() >= 9);
+        assert!(
+            TABLE
+                .iter()
+                .filter(|c| c.ri == RI::ProtectionSystem)
+                .count()
+                >= 9
+        );
         // Every class in their list is sensitive.
-        assert!(TABLE.iter().filter(|c| c.ri != RI::None).all(|c| c.sensitive));
+        assert!(TABLE
+            .iter()
+            .filter(|c| c.ri != RI::None)
+            .all(|c| c.sensitive));
     }
 }

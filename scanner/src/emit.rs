@@ -88,32 +88,69 @@ pub fn emit(seq: &Seq, tc_addr: u32) -> Result<Fragment, EmitError> {
         let mut i = it.instr;
         i.set_ip(LABEL_BASE + k as u64);
         if let Some(l) = it.target {
-            let idx = seq.labels[l.0 as usize].ok_or_else(|| EmitError(format!("unbound label {}", l.0)))?;
+            let idx = seq.labels[l.0 as usize]
+                .ok_or_else(|| EmitError(format!("unbound label {}", l.0)))?;
             i.set_near_branch32((LABEL_BASE + idx as u64) as u32);
         }
         instrs.push(i);
     }
     let block = InstructionBlock::new(&instrs, tc_addr as u64);
-    let r = BlockEncoder::encode(32, block, BlockEncoderOptions::DONT_FIX_BRANCHES | BlockEncoderOptions::RETURN_NEW_INSTRUCTION_OFFSETS)
-        .map_err(|e| EmitError(e.to_string()))?;
+    let r = BlockEncoder::encode(
+        32,
+        block,
+        BlockEncoderOptions::DONT_FIX_BRANCHES
+            | BlockEncoderOptions::RETURN_NEW_INSTRUCTION_OFFSETS,
+    )
+    .map_err(|e| EmitError(e.to_string()))?;
     let offs = &r.new_instruction_offsets;
     let code = r.code_buffer;
-    let end_of = |k: usize| if k + 1 < n { offs[k + 1] } else { code.len() as u32 };
+    let end_of = |k: usize| {
+        if k + 1 < n {
+            offs[k + 1]
+        } else {
+            code.len() as u32
+        }
+    };
     let label_off = |l: crate::mangle::Label| offs[seq.labels[l.0 as usize].expect("bound")];
-    let mut exits = vec![ExitSite { patch_off: 0, stub_off: 0, target_eip: 0 }; seq.exits.len()];
+    let mut exits = vec![
+        ExitSite {
+            patch_off: 0,
+            stub_off: 0,
+            target_eip: 0
+        };
+        seq.exits.len()
+    ];
     let mut pc_map: Vec<PcEntry> = Vec::new();
     for (k, it) in seq.items.iter().enumerate() {
         if let Some(e) = it.exit {
             let x = &seq.exits[e as usize];
-            exits[e as usize] = ExitSite { patch_off: end_of(k) - 4, stub_off: label_off(x.stub), target_eip: x.target_eip };
+            exits[e as usize] = ExitSite {
+                patch_off: end_of(k) - 4,
+                stub_off: label_off(x.stub),
+                target_eip: x.target_eip,
+            };
         }
-        let entry = PcEntry { off: offs[k], guest_eip: it.guest_eip, recovery: it.recovery };
-        if pc_map.last().is_none_or(|p| p.guest_eip != entry.guest_eip || p.recovery != entry.recovery) {
+        let entry = PcEntry {
+            off: offs[k],
+            guest_eip: it.guest_eip,
+            recovery: it.recovery,
+        };
+        if pc_map
+            .last()
+            .is_none_or(|p| p.guest_eip != entry.guest_eip || p.recovery != entry.recovery)
+        {
             pc_map.push(entry);
         }
     }
     let entry_off = seq.entry.map(label_off).unwrap_or(0);
-    Ok(Fragment { tc_addr, code, entry_off, start_eip: seq.start_eip, exits, pc_map })
+    Ok(Fragment {
+        tc_addr,
+        code,
+        entry_off,
+        start_eip: seq.start_eip,
+        exits,
+        pc_map,
+    })
 }
 
 /// The shared routine that empty lookup-table entries point at (the runtime places it once in

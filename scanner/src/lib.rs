@@ -48,7 +48,13 @@ pub struct Mode {
 impl Mode {
     /// Flat 32-bit kernel code with paging.
     pub fn kernel32() -> Mode {
-        Mode { cpl: 0, code32: true, stack32: true, paging: true, fpu_trap: false }
+        Mode {
+            cpl: 0,
+            code32: true,
+            stack32: true,
+            paging: true,
+            fpu_trap: false,
+        }
     }
 
     /// The mode as a small integer (for the cache key).
@@ -73,7 +79,14 @@ pub struct Config {
 }
 
 /// Scans and translates the unit at guest `eip` for translation-cache address `tc_addr`.
-pub fn translate(code: &mut dyn GuestCode, cs_base: u32, eip: u32, mode: Mode, tc_addr: u32, cfg: &Config) -> Result<(Unit, Fragment), emit::EmitError> {
+pub fn translate(
+    code: &mut dyn GuestCode,
+    cs_base: u32,
+    eip: u32,
+    mode: Mode,
+    tc_addr: u32,
+    cfg: &Config,
+) -> Result<(Unit, Fragment), emit::EmitError> {
     let unit = units::decode_unit(code, cs_base, eip, mode, cfg.limits);
     let seq = mangle::mangle(&unit, cfg);
     let frag = emit::emit(&seq, tc_addr)?;

@@ -22,7 +22,9 @@
 //! that can fault carries a [`Recovery`] that rebuilds the guest state of the guest instruction
 //! it belongs to; the only accesses through GS are the translator's own.
 
-use iced_x86::{Code, ConditionCode, Encoder, Instruction, MemoryOperand, Mnemonic, OpKind, Register};
+use iced_x86::{
+    Code, ConditionCode, Encoder, Instruction, MemoryOperand, Mnemonic, OpKind, Register,
+};
 
 use crate::abi::{Abi, CalloutOp, VIRT_MASK};
 use crate::classify::{classify, CalloutKind, InlineKind, Translation};
@@ -46,10 +48,16 @@ pub struct Recovery {
 
 impl Recovery {
     /// Nothing to undo.
-    pub const NONE: Recovery = Recovery { restore: [None, None], esp_adjust: 0 };
+    pub const NONE: Recovery = Recovery {
+        restore: [None, None],
+        esp_adjust: 0,
+    };
 
     fn reg(r: Register, slot: u32) -> Recovery {
-        Recovery { restore: [Some((r, slot)), None], esp_adjust: 0 }
+        Recovery {
+            restore: [Some((r, slot)), None],
+            esp_adjust: 0,
+        }
     }
 }
 
@@ -110,6 +118,9 @@ enum CoEip {
     Preset,
 }
 
+/// Out-of-line code emitted after the body.
+type Deferred<'a> = Box<dyn FnOnce(&mut Builder<'a>) + 'a>;
+
 /// Builder of a [`Seq`]: the rules below use it.
 pub struct Builder<'a> {
     abi: &'a Abi,
@@ -117,7 +128,7 @@ pub struct Builder<'a> {
     pending: Vec<Label>,
     eip: u32,
     rec: Recovery,
-    deferred: Vec<(Label, Box<dyn FnOnce(&mut Builder<'a>) + 'a>)>,
+    deferred: Vec<(Label, Deferred<'a>)>,
 }
 
 fn mk(r: Result<Instruction, iced_x86::IcedError>) -> Instruction {
@@ -125,7 +136,15 @@ fn mk(r: Result<Instruction, iced_x86::IcedError>) -> Instruction {
 }
 
 fn gs(off: u32) -> MemoryOperand {
-    MemoryOperand::new(Register::None, Register::None, 1, off as i64, 4, false, Register::GS)
+    MemoryOperand::new(
+        Register::None,
+        Register::None,
+        1,
+        off as i64,
+        4,
+        false,
+        Register::GS,
+    )
 }
 
 fn gs_base(base: Register, off: u32) -> MemoryOperand {
@@ -133,7 +152,15 @@ fn gs_base(base: Register, off: u32) -> MemoryOperand {
 }
 
 fn stack(disp: i32) -> MemoryOperand {
-    MemoryOperand::new(Register::ESP, Register::None, 1, disp as i64, if disp == 0 { 0 } else { 1 }, false, Register::None)
+    MemoryOperand::new(
+        Register::ESP,
+        Register::None,
+        1,
+        disp as i64,
+        if disp == 0 { 0 } else { 1 },
+        false,
+        Register::None,
+    )
 }
 
 fn reg16(r: Register) -> Register {
@@ -158,13 +185,29 @@ fn reg8(r: Register) -> Register {
 
 /// A register among EAX ECX EDX EBX that the instruction's memory operand does not use.
 fn free_reg(i: &Instruction) -> Register {
-    let used = [i.memory_base().full_register32(), i.memory_index().full_register32()];
-    [Register::EAX, Register::ECX, Register::EDX, Register::EBX].into_iter().find(|r| !used.contains(r)).expect("a free register")
+    let used = [
+        i.memory_base().full_register32(),
+        i.memory_index().full_register32(),
+    ];
+    [Register::EAX, Register::ECX, Register::EDX, Register::EBX]
+        .into_iter()
+        .find(|r| !used.contains(r))
+        .expect("a free register")
 }
 
 impl<'a> Builder<'a> {
     fn new(abi: &'a Abi, start_eip: u32) -> Self {
-        Builder { abi, seq: Seq { start_eip, ..Seq::default() }, pending: Vec::new(), eip: start_eip, rec: Recovery::NONE, deferred: Vec::new() }
+        Builder {
+            abi,
+            seq: Seq {
+                start_eip,
+                ..Seq::default()
+            },
+            pending: Vec::new(),
+            eip: start_eip,
+            rec: Recovery::NONE,
+            deferred: Vec::new(),
+        }
     }
 
     fn label(&mut self) -> Label {
@@ -181,7 +224,13 @@ impl<'a> Builder<'a> {
         for l in self.pending.drain(..) {
             self.seq.labels[l.0 as usize] = Some(idx);
         }
-        self.seq.items.push(Item { instr, target, guest_eip: self.eip, recovery: self.rec, exit });
+        self.seq.items.push(Item {
+            instr,
+            target,
+            guest_eip: self.eip,
+            recovery: self.rec,
+            exit,
+        });
     }
 
     fn ins(&mut self, i: Instruction) {
@@ -224,8 +273,16 @@ impl<'a> Builder<'a> {
     fn callout(&mut self, op: CalloutOp, eip: CoEip, next: u32, arg: u32) {
         let a = self.abi;
         self.st32(a.callout_esp, Register::ESP);
-        self.ins(mk(Instruction::with2(Code::Mov_rm16_Sreg, gs(a.callout_ss), Register::SS)));
-        self.ins(mk(Instruction::with2(Code::Lss_r32_m1632, Register::ESP, gs(a.callout_stack))));
+        self.ins(mk(Instruction::with2(
+            Code::Mov_rm16_Sreg,
+            gs(a.callout_ss),
+            Register::SS,
+        )));
+        self.ins(mk(Instruction::with2(
+            Code::Lss_r32_m1632,
+            Register::ESP,
+            gs(a.callout_stack),
+        )));
         self.st_imm32(a.callout_op, op as u32);
         if let CoEip::Imm(e) = eip {
             self.st_imm32(a.callout_eip, e);
@@ -233,7 +290,11 @@ impl<'a> Builder<'a> {
         self.st_imm32(a.callout_next, next);
         self.st_imm32(a.callout_arg, arg);
         self.ins(mk(Instruction::with1(Code::Call_m1632, gs(a.gate))));
-        self.ins(mk(Instruction::with2(Code::Lss_r32_m1632, Register::ESP, gs(a.callout_esp))));
+        self.ins(mk(Instruction::with2(
+            Code::Lss_r32_m1632,
+            Register::ESP,
+            gs(a.callout_esp),
+        )));
     }
 
     fn ud2(&mut self) {
@@ -244,7 +305,10 @@ impl<'a> Builder<'a> {
     fn exit(&mut self, code: Code, target: u32) {
         let stub = self.label();
         let n = self.seq.exits.len() as u32;
-        self.seq.exits.push(Exit { target_eip: target, stub });
+        self.seq.exits.push(Exit {
+            target_eip: target,
+            stub,
+        });
         let i = mk(Instruction::with_branch(code, 0));
         self.push_item(i, Some(stub), Some(n));
         self.defer(stub, move |b| {
@@ -268,11 +332,23 @@ impl<'a> Builder<'a> {
         self.bind(entry);
         self.seq.entry = Some(entry);
         self.st32(chk, Register::ECX);
-        self.ins(mk(Instruction::with2(Code::Movzx_r32_rm16, Register::ECX, gs(a.vif))));
+        self.ins(mk(Instruction::with2(
+            Code::Movzx_r32_rm16,
+            Register::ECX,
+            gs(a.vif),
+        )));
         self.ins(mk(Instruction::with2(
             Code::Lea_r32_m,
             Register::ECX,
-            MemoryOperand::new(Register::ECX, Register::None, 1, -0x101, 4, false, Register::None),
+            MemoryOperand::new(
+                Register::ECX,
+                Register::None,
+                1,
+                -0x101,
+                4,
+                false,
+                Register::None,
+            ),
         )));
         self.branch(Code::Jecxz_rel8_32, t);
         self.ld32(Register::ECX, chk);
@@ -295,11 +371,23 @@ impl<'a> Builder<'a> {
         let go = self.label();
         let stub = self.label();
         self.st32(chk, Register::ECX);
-        self.ins(mk(Instruction::with2(Code::Movzx_r32_rm16, Register::ECX, gs(a.vif))));
+        self.ins(mk(Instruction::with2(
+            Code::Movzx_r32_rm16,
+            Register::ECX,
+            gs(a.vif),
+        )));
         self.ins(mk(Instruction::with2(
             Code::Lea_r32_m,
             Register::ECX,
-            MemoryOperand::new(Register::ECX, Register::None, 1, -0x101, 4, false, Register::None),
+            MemoryOperand::new(
+                Register::ECX,
+                Register::None,
+                1,
+                -0x101,
+                4,
+                false,
+                Register::None,
+            ),
         )));
         self.branch(Code::Jecxz_rel8_32, t);
         self.ld32(Register::ECX, chk);
@@ -321,17 +409,37 @@ impl<'a> Builder<'a> {
         let l_std = self.label();
         let l_df = self.label();
         self.ld32(Register::EAX, s);
-        self.ins(mk(Instruction::with2(Code::Bt_rm32_imm8, Register::EAX, 10u32)));
+        self.ins(mk(Instruction::with2(
+            Code::Bt_rm32_imm8,
+            Register::EAX,
+            10u32,
+        )));
         self.branch(Code::Jb_rel8_32, l_std);
         self.ins(Instruction::with(Code::Cld));
         self.branch(Code::Jmp_rel8_32, l_df);
         self.bind(l_std);
         self.ins(Instruction::with(Code::Std));
         self.bind(l_df);
-        self.ins(mk(Instruction::with2(Code::Shr_rm32_imm8, Register::EAX, 11u32)));
-        self.ins(mk(Instruction::with2(Code::And_rm32_imm8, Register::EAX, 1u32)));
-        self.ins(mk(Instruction::with2(Code::Mov_r8_rm8, Register::AH, gs(s))));
-        self.ins(mk(Instruction::with2(Code::Add_rm8_imm8, Register::AL, 0x7fu32)));
+        self.ins(mk(Instruction::with2(
+            Code::Shr_rm32_imm8,
+            Register::EAX,
+            11u32,
+        )));
+        self.ins(mk(Instruction::with2(
+            Code::And_rm32_imm8,
+            Register::EAX,
+            1u32,
+        )));
+        self.ins(mk(Instruction::with2(
+            Code::Mov_r8_rm8,
+            Register::AH,
+            gs(s),
+        )));
+        self.ins(mk(Instruction::with2(
+            Code::Add_rm8_imm8,
+            Register::AL,
+            0x7fu32,
+        )));
         self.ins(Instruction::with(Code::Sahf));
     }
 
@@ -345,7 +453,11 @@ impl<'a> Builder<'a> {
     /// Restores what [`Self::save_flags_lahf`] saved (clobbers EAX).
     fn restore_flags_lahf(&mut self, s: u32) {
         self.ld32(Register::EAX, s);
-        self.ins(mk(Instruction::with2(Code::Add_rm8_imm8, Register::AL, 0x7fu32)));
+        self.ins(mk(Instruction::with2(
+            Code::Add_rm8_imm8,
+            Register::AL,
+            0x7fu32,
+        )));
         self.ins(Instruction::with(Code::Sahf));
     }
 
@@ -353,17 +465,39 @@ impl<'a> Builder<'a> {
     /// slots S_A and S_C. Never falls through.
     fn ibl(&mut self) {
         let a = self.abi;
-        let (sa, sc, st, se, sj) = (self.slot(S_A), self.slot(S_C), self.slot(S_TARGET), self.slot(S_E), self.slot(S2));
+        let (sa, sc, st, se, sj) = (
+            self.slot(S_A),
+            self.slot(S_C),
+            self.slot(S_TARGET),
+            self.slot(S_E),
+            self.slot(S2),
+        );
         self.st32(st, Register::EAX);
-        let idx = if a.ibl_bits == 8 { (Code::Movzx_r32_rm8, Register::AL) } else { (Code::Movzx_r32_rm16, Register::AX) };
+        let idx = if a.ibl_bits == 8 {
+            (Code::Movzx_r32_rm8, Register::AL)
+        } else {
+            (Code::Movzx_r32_rm16, Register::AX)
+        };
         self.ins(mk(Instruction::with2(idx.0, Register::ECX, idx.1)));
         self.ins(mk(Instruction::with2(
             Code::Lea_r32_m,
             Register::ECX,
-            MemoryOperand::new(Register::None, Register::ECX, 8, a.ibl_table as i64, 4, false, Register::None),
+            MemoryOperand::new(
+                Register::None,
+                Register::ECX,
+                8,
+                a.ibl_table as i64,
+                4,
+                false,
+                Register::None,
+            ),
         )));
         self.st32(se, Register::ECX);
-        self.ins(mk(Instruction::with2(Code::Mov_r32_rm32, Register::ECX, gs_base(Register::ECX, 0))));
+        self.ins(mk(Instruction::with2(
+            Code::Mov_r32_rm32,
+            Register::ECX,
+            gs_base(Register::ECX, 0),
+        )));
         self.ins(mk(Instruction::with2(
             Code::Lea_r32_m,
             Register::ECX,
@@ -381,7 +515,11 @@ impl<'a> Builder<'a> {
         // Hit.
         self.bind(hit);
         self.ld32(Register::ECX, se);
-        self.ins(mk(Instruction::with2(Code::Mov_r32_rm32, Register::ECX, gs_base(Register::ECX, 4))));
+        self.ins(mk(Instruction::with2(
+            Code::Mov_r32_rm32,
+            Register::ECX,
+            gs_base(Register::ECX, 4),
+        )));
         self.st32(sj, Register::ECX);
         self.ld32(Register::EAX, sa);
         self.ld32(Register::ECX, sc);
@@ -449,7 +587,11 @@ pub fn mangle(unit: &Unit, cfg: &Config) -> Seq {
     match unit.end {
         UnitEnd::Invalid { eip } | UnitEnd::FetchFault { eip } => {
             b.eip = eip;
-            let op = if matches!(unit.end, UnitEnd::Invalid { .. }) { CalloutOp::Invalid } else { CalloutOp::FetchFault };
+            let op = if matches!(unit.end, UnitEnd::Invalid { .. }) {
+                CalloutOp::Invalid
+            } else {
+                CalloutOp::FetchFault
+            };
             b.callout(op, CoEip::Imm(eip), 0, 0);
             b.ud2();
         }
@@ -459,9 +601,15 @@ pub fn mangle(unit: &Unit, cfg: &Config) -> Seq {
         }
         UnitEnd::Branch => {
             if falls_through {
-                let last = unit.insns.last().expect("a branch-ended unit has instructions");
+                let last = unit
+                    .insns
+                    .last()
+                    .expect("a branch-ended unit has instructions");
                 b.eip = last.next_eip();
-                b.exit(Code::Jmp_rel32_32, last.next_eip() & if unit.mode.code32 { u32::MAX } else { 0xffff });
+                b.exit(
+                    Code::Jmp_rel32_32,
+                    last.next_eip() & if unit.mode.code32 { u32::MAX } else { 0xffff },
+                );
             }
         }
     }
@@ -476,8 +624,16 @@ struct Done {
     check_after_next: bool,
 }
 
-const FALL: Done = Done { falls_through: true, check_after: false, check_after_next: false };
-const STOP: Done = Done { falls_through: false, check_after: false, check_after_next: false };
+const FALL: Done = Done {
+    falls_through: true,
+    check_after: false,
+    check_after_next: false,
+};
+const STOP: Done = Done {
+    falls_through: false,
+    check_after: false,
+    check_after_next: false,
+};
 
 fn encodable(i: &Instruction) -> bool {
     Encoder::new(32).encode(i, 0).is_ok()
@@ -597,12 +753,29 @@ fn lookup(b: &mut Builder<'_>, gi: &GuestInsn, next: u32) {
     let size16 = i.op_code().operand_size() == 16;
     if i.mnemonic() == Mnemonic::Ret {
         if size16 {
-            b.ins(mk(Instruction::with2(Code::Movzx_r32_rm16, Register::EAX, stack(0))));
+            b.ins(mk(Instruction::with2(
+                Code::Movzx_r32_rm16,
+                Register::EAX,
+                stack(0),
+            )));
         } else {
-            b.ins(mk(Instruction::with2(Code::Mov_r32_rm32, Register::EAX, stack(0))));
+            b.ins(mk(Instruction::with2(
+                Code::Mov_r32_rm32,
+                Register::EAX,
+                stack(0),
+            )));
         }
-        let pop = if size16 { 2 } else { 4 } + if i.op_count() > 0 { i.immediate16() as i32 } else { 0 };
-        b.ins(mk(Instruction::with2(Code::Lea_r32_m, Register::ESP, stack(pop))));
+        let pop = if size16 { 2 } else { 4 }
+            + if i.op_count() > 0 {
+                i.immediate16() as i32
+            } else {
+                0
+            };
+        b.ins(mk(Instruction::with2(
+            Code::Lea_r32_m,
+            Register::ESP,
+            stack(pop),
+        )));
         b.ibl();
         // The target is dynamic: the miss callout reads it from the slot.
         return;
@@ -618,7 +791,11 @@ fn lookup(b: &mut Builder<'_>, gi: &GuestInsn, next: u32) {
             ld = mk(Instruction::with2(Code::Mov_r32_rm32, Register::EAX, r));
         }
     } else {
-        ld.set_code(if size16 { Code::Movzx_r32_rm16 } else { Code::Mov_r32_rm32 });
+        ld.set_code(if size16 {
+            Code::Movzx_r32_rm16
+        } else {
+            Code::Mov_r32_rm32
+        });
         ld.set_op0_kind(OpKind::Register);
         ld.set_op0_register(Register::EAX);
         ld.set_op1_kind(OpKind::Memory);
@@ -641,7 +818,11 @@ fn store16_from_gs(b: &mut Builder<'_>, i: &Instruction, off: u32) {
     let r = free_reg(i);
     let s0 = b.slot(S0);
     b.st32(s0, r);
-    b.ins(mk(Instruction::with2(Code::Mov_r16_rm16, reg16(r), gs(off))));
+    b.ins(mk(Instruction::with2(
+        Code::Mov_r16_rm16,
+        reg16(r),
+        gs(off),
+    )));
     let mut st = *i;
     st.set_ip(0);
     st.set_code(Code::Mov_rm16_r16);
@@ -668,35 +849,98 @@ fn inline(b: &mut Builder<'_>, gi: &GuestInsn, k: InlineKind, next: u32) -> Done
     match k {
         InlineKind::SetIf => {
             let v = (i.mnemonic() == Mnemonic::Sti) as u32;
-            b.ins(mk(Instruction::with2(Code::Mov_rm8_imm8, MemoryOperand::new(Register::None, Register::None, 1, a.vif as i64, 4, false, Register::GS), v)));
-            Done { check_after_next: v == 1, ..FALL }
+            b.ins(mk(Instruction::with2(
+                Code::Mov_rm8_imm8,
+                MemoryOperand::new(
+                    Register::None,
+                    Register::None,
+                    1,
+                    a.vif as i64,
+                    4,
+                    false,
+                    Register::GS,
+                ),
+                v,
+            )));
+            Done {
+                check_after_next: v == 1,
+                ..FALL
+            }
         }
         InlineKind::Pushf => {
             let w = i.mnemonic() == Mnemonic::Pushf; // 16-bit
-            b.ins(Instruction::with(if w { Code::Pushfw } else { Code::Pushfd }));
+            b.ins(Instruction::with(if w {
+                Code::Pushfw
+            } else {
+                Code::Pushfd
+            }));
             b.st32(s0, Register::EAX);
             if w {
-                b.ins(mk(Instruction::with2(Code::Movzx_r32_rm16, Register::EAX, stack(0))));
+                b.ins(mk(Instruction::with2(
+                    Code::Movzx_r32_rm16,
+                    Register::EAX,
+                    stack(0),
+                )));
             } else {
-                b.ins(mk(Instruction::with2(Code::Mov_r32_rm32, Register::EAX, stack(0))));
+                b.ins(mk(Instruction::with2(
+                    Code::Mov_r32_rm32,
+                    Register::EAX,
+                    stack(0),
+                )));
             }
-            b.ins(mk(Instruction::with2(Code::And_rm32_imm32, Register::EAX, !VIRT_MASK)));
-            b.ins(mk(Instruction::with2(Code::Or_r32_rm32, Register::EAX, gs(a.vflags))));
+            b.ins(mk(Instruction::with2(
+                Code::And_rm32_imm32,
+                Register::EAX,
+                !VIRT_MASK,
+            )));
+            b.ins(mk(Instruction::with2(
+                Code::Or_r32_rm32,
+                Register::EAX,
+                gs(a.vflags),
+            )));
             b.st32(s1, Register::EAX);
-            b.ins(mk(Instruction::with2(Code::Movzx_r32_rm8, Register::EAX, gs(a.vif))));
-            b.ins(mk(Instruction::with2(Code::Shl_rm32_imm8, Register::EAX, 9u32)));
-            b.ins(mk(Instruction::with2(Code::Or_r32_rm32, Register::EAX, gs(s1))));
+            b.ins(mk(Instruction::with2(
+                Code::Movzx_r32_rm8,
+                Register::EAX,
+                gs(a.vif),
+            )));
+            b.ins(mk(Instruction::with2(
+                Code::Shl_rm32_imm8,
+                Register::EAX,
+                9u32,
+            )));
+            b.ins(mk(Instruction::with2(
+                Code::Or_r32_rm32,
+                Register::EAX,
+                gs(s1),
+            )));
             b.st32(s1, Register::EAX);
             // Back to the guest's flags (the host image just pushed), then the merged image
             // goes where PUSHF put it.
             b.ins(Instruction::with(if w { Code::Popfw } else { Code::Popfd }));
             b.ld32(Register::EAX, s1);
             if w {
-                b.ins(mk(Instruction::with2(Code::Mov_rm16_r16, stack(-2), Register::AX)));
-                b.ins(mk(Instruction::with2(Code::Lea_r32_m, Register::ESP, stack(-2))));
+                b.ins(mk(Instruction::with2(
+                    Code::Mov_rm16_r16,
+                    stack(-2),
+                    Register::AX,
+                )));
+                b.ins(mk(Instruction::with2(
+                    Code::Lea_r32_m,
+                    Register::ESP,
+                    stack(-2),
+                )));
             } else {
-                b.ins(mk(Instruction::with2(Code::Mov_rm32_r32, stack(-4), Register::EAX)));
-                b.ins(mk(Instruction::with2(Code::Lea_r32_m, Register::ESP, stack(-4))));
+                b.ins(mk(Instruction::with2(
+                    Code::Mov_rm32_r32,
+                    stack(-4),
+                    Register::EAX,
+                )));
+                b.ins(mk(Instruction::with2(
+                    Code::Lea_r32_m,
+                    Register::ESP,
+                    stack(-4),
+                )));
             }
             b.ld32(Register::EAX, s0);
             FALL
@@ -705,29 +949,81 @@ fn inline(b: &mut Builder<'_>, gi: &GuestInsn, k: InlineKind, next: u32) -> Done
             let w = i.mnemonic() == Mnemonic::Popf;
             // At CPL 0: TF IOPL NT (and AC ID with 32 bits) from the image, IF separately,
             // RF cleared (32 bits), VM VIF VIP unchanged.
-            let (settable, keep) = if w { (0x7100u32, VIRT_MASK & 0xffff_0000) } else { (0x24_7100u32, 0x1a_0000u32) };
+            let (settable, keep) = if w {
+                (0x7100u32, VIRT_MASK & 0xffff_0000)
+            } else {
+                (0x24_7100u32, 0x1a_0000u32)
+            };
             b.st32(s0, Register::EAX);
             if w {
-                b.ins(mk(Instruction::with2(Code::Movzx_r32_rm16, Register::EAX, stack(0))));
+                b.ins(mk(Instruction::with2(
+                    Code::Movzx_r32_rm16,
+                    Register::EAX,
+                    stack(0),
+                )));
             } else {
-                b.ins(mk(Instruction::with2(Code::Mov_r32_rm32, Register::EAX, stack(0))));
+                b.ins(mk(Instruction::with2(
+                    Code::Mov_r32_rm32,
+                    Register::EAX,
+                    stack(0),
+                )));
             }
-            b.ins(mk(Instruction::with2(Code::Lea_r32_m, Register::ESP, stack(if w { 2 } else { 4 }))));
+            b.ins(mk(Instruction::with2(
+                Code::Lea_r32_m,
+                Register::ESP,
+                stack(if w { 2 } else { 4 }),
+            )));
             b.st32(s1, Register::EAX);
-            b.ins(mk(Instruction::with2(Code::And_rm32_imm32, Register::EAX, settable)));
+            b.ins(mk(Instruction::with2(
+                Code::And_rm32_imm32,
+                Register::EAX,
+                settable,
+            )));
             b.st32(s2, Register::EAX);
             b.ld32(Register::EAX, a.vflags);
-            b.ins(mk(Instruction::with2(Code::And_rm32_imm32, Register::EAX, keep)));
-            b.ins(mk(Instruction::with2(Code::Or_r32_rm32, Register::EAX, gs(s2))));
+            b.ins(mk(Instruction::with2(
+                Code::And_rm32_imm32,
+                Register::EAX,
+                keep,
+            )));
+            b.ins(mk(Instruction::with2(
+                Code::Or_r32_rm32,
+                Register::EAX,
+                gs(s2),
+            )));
             b.st32(a.vflags, Register::EAX);
             b.ld32(Register::EAX, s1);
-            b.ins(mk(Instruction::with2(Code::Shr_rm32_imm8, Register::EAX, 9u32)));
-            b.ins(mk(Instruction::with2(Code::And_rm32_imm8, Register::EAX, 1u32)));
-            b.ins(mk(Instruction::with2(Code::Mov_rm8_r8, MemoryOperand::new(Register::None, Register::None, 1, a.vif as i64, 4, false, Register::GS), Register::AL)));
+            b.ins(mk(Instruction::with2(
+                Code::Shr_rm32_imm8,
+                Register::EAX,
+                9u32,
+            )));
+            b.ins(mk(Instruction::with2(
+                Code::And_rm32_imm8,
+                Register::EAX,
+                1u32,
+            )));
+            b.ins(mk(Instruction::with2(
+                Code::Mov_rm8_r8,
+                MemoryOperand::new(
+                    Register::None,
+                    Register::None,
+                    1,
+                    a.vif as i64,
+                    4,
+                    false,
+                    Register::GS,
+                ),
+                Register::AL,
+            )));
             // A POPF that sets TF: the runtime single-steps (a callout at the next EIP).
             let trap = b.label();
             let after = b.label();
-            b.ins(mk(Instruction::with2(Code::Test_rm32_imm32, gs(s1), 0x100u32)));
+            b.ins(mk(Instruction::with2(
+                Code::Test_rm32_imm32,
+                gs(s1),
+                0x100u32,
+            )));
             b.branch(Code::Jne_rel32_32, trap);
             b.flags_from_slot(s1);
             b.ld32(Register::EAX, s0);
@@ -737,11 +1033,19 @@ fn inline(b: &mut Builder<'_>, gi: &GuestInsn, k: InlineKind, next: u32) -> Done
                 b.eip = next;
                 b.flags_from_slot(s1);
                 b.ld32(Register::EAX, s0);
-                b.callout(CalloutOp::PendingIrq, CoEip::Imm(next), next, CalloutKind::PopfTrap as u32);
+                b.callout(
+                    CalloutOp::PendingIrq,
+                    CoEip::Imm(next),
+                    next,
+                    CalloutKind::PopfTrap as u32,
+                );
                 b.branch(Code::Jmp_rel32_32, after);
             });
             b.eip = eip;
-            Done { check_after: true, ..FALL }
+            Done {
+                check_after: true,
+                ..FALL
+            }
         }
         InlineKind::ReadSreg => {
             let off = a.vseg_of(i.op1_register());
@@ -754,7 +1058,11 @@ fn inline(b: &mut Builder<'_>, gi: &GuestInsn, k: InlineKind, next: u32) -> Done
         }
         InlineKind::PushSreg => {
             let off = a.vseg_of(i.op0_register());
-            let code = if i.op_code().operand_size() == 16 { Code::Push_rm16 } else { Code::Push_rm32 };
+            let code = if i.op_code().operand_size() == 16 {
+                Code::Push_rm16
+            } else {
+                Code::Push_rm32
+            };
             b.ins(mk(Instruction::with1(code, gs(off))));
             FALL
         }
@@ -776,7 +1084,11 @@ fn inline(b: &mut Builder<'_>, gi: &GuestInsn, k: InlineKind, next: u32) -> Done
             FALL
         }
         InlineKind::StoreTable => {
-            let base = if i.mnemonic() == Mnemonic::Sgdt { a.gdtr } else { a.idtr };
+            let base = if i.mnemonic() == Mnemonic::Sgdt {
+                a.gdtr
+            } else {
+                a.idtr
+            };
             let r = free_reg(i);
             let rec = Recovery::reg(r, s0);
             b.st32(s0, r);
@@ -798,7 +1110,11 @@ fn inline(b: &mut Builder<'_>, gi: &GuestInsn, k: InlineKind, next: u32) -> Done
             let mut hi = probe_st;
             hi.set_code(Code::Mov_rm32_r32);
             hi.set_op1_register(r);
-            let addr16 = i.memory_base().size() == 2 || i.memory_index().size() == 2 || (i.memory_base() == Register::None && i.memory_index() == Register::None && i.memory_displ_size() == 2);
+            let addr16 = i.memory_base().size() == 2
+                || i.memory_index().size() == 2
+                || (i.memory_base() == Register::None
+                    && i.memory_index() == Register::None
+                    && i.memory_displ_size() == 2);
             if addr16 {
                 hi.set_memory_displacement32(i.memory_displacement32().wrapping_add(2) & 0xffff);
                 hi.set_memory_displ_size(2);
@@ -807,7 +1123,11 @@ fn inline(b: &mut Builder<'_>, gi: &GuestInsn, k: InlineKind, next: u32) -> Done
                 hi.set_memory_displ_size(4);
             }
             b.ins_rec(hi, rec);
-            b.ins(mk(Instruction::with2(Code::Mov_r16_rm16, reg16(r), gs(base))));
+            b.ins(mk(Instruction::with2(
+                Code::Mov_r16_rm16,
+                reg16(r),
+                gs(base),
+            )));
             let mut lo = probe_st;
             lo.set_code(Code::Mov_rm16_r16);
             lo.set_op1_register(reg16(r));
@@ -816,7 +1136,11 @@ fn inline(b: &mut Builder<'_>, gi: &GuestInsn, k: InlineKind, next: u32) -> Done
             FALL
         }
         InlineKind::StoreSelector => {
-            let off = if i.mnemonic() == Mnemonic::Sldt { a.ldtr } else { a.tr };
+            let off = if i.mnemonic() == Mnemonic::Sldt {
+                a.ldtr
+            } else {
+                a.tr
+            };
             if i.op0_kind() == OpKind::Register {
                 load_reg_from_gs(b, i.op0_register(), off);
             } else {
@@ -835,8 +1159,16 @@ fn inline(b: &mut Builder<'_>, gi: &GuestInsn, k: InlineKind, next: u32) -> Done
         InlineKind::Rdtsc => {
             b.save_flags_lahf(s0);
             b.ins(Instruction::with(Code::Rdtsc));
-            b.ins(mk(Instruction::with2(Code::Add_r32_rm32, Register::EAX, gs(a.tsc_offset))));
-            b.ins(mk(Instruction::with2(Code::Adc_r32_rm32, Register::EDX, gs(a.tsc_offset + 4))));
+            b.ins(mk(Instruction::with2(
+                Code::Add_r32_rm32,
+                Register::EAX,
+                gs(a.tsc_offset),
+            )));
+            b.ins(mk(Instruction::with2(
+                Code::Adc_r32_rm32,
+                Register::EDX,
+                gs(a.tsc_offset + 4),
+            )));
             b.st32(s1, Register::EAX);
             b.restore_flags_lahf(s0);
             b.ld32(Register::EAX, s1);
@@ -848,11 +1180,28 @@ fn inline(b: &mut Builder<'_>, gi: &GuestInsn, k: InlineKind, next: u32) -> Done
             b.st32(s0, Register::EAX);
             b.save_flags_lahf(s1);
             b.ld32(Register::EAX, s0);
-            b.ins(mk(Instruction::with2(Code::Cmp_r32_rm32, Register::EAX, gs(a.cpuid_count))));
+            b.ins(mk(Instruction::with2(
+                Code::Cmp_r32_rm32,
+                Register::EAX,
+                gs(a.cpuid_count),
+            )));
             b.branch(Code::Jae_rel32_32, slow);
-            b.ins(mk(Instruction::with2(Code::Shl_rm32_imm8, Register::EAX, 4u32)));
-            for (r, o) in [(Register::EBX, 4), (Register::ECX, 8), (Register::EDX, 12), (Register::EAX, 0)] {
-                b.ins(mk(Instruction::with2(Code::Mov_r32_rm32, r, gs_base(Register::EAX, a.cpuid_table + o))));
+            b.ins(mk(Instruction::with2(
+                Code::Shl_rm32_imm8,
+                Register::EAX,
+                4u32,
+            )));
+            for (r, o) in [
+                (Register::EBX, 4),
+                (Register::ECX, 8),
+                (Register::EDX, 12),
+                (Register::EAX, 0),
+            ] {
+                b.ins(mk(Instruction::with2(
+                    Code::Mov_r32_rm32,
+                    r,
+                    gs_base(Register::EAX, a.cpuid_table + o),
+                )));
             }
             b.st32(s0, Register::EAX);
             b.restore_flags_lahf(s1);
@@ -863,7 +1212,12 @@ fn inline(b: &mut Builder<'_>, gi: &GuestInsn, k: InlineKind, next: u32) -> Done
                 b.eip = eip;
                 b.restore_flags_lahf(s1);
                 b.ld32(Register::EAX, s0);
-                b.callout(CalloutOp::Emulate, CoEip::Imm(eip), next, CalloutKind::CpuidLeaf as u32);
+                b.callout(
+                    CalloutOp::Emulate,
+                    CoEip::Imm(eip),
+                    next,
+                    CalloutKind::CpuidLeaf as u32,
+                );
                 b.branch(Code::Jmp_rel32_32, done);
             });
             FALL
@@ -875,4 +1229,3 @@ fn emulate_here(b: &mut Builder<'_>, gi: &GuestInsn, next: u32, kind: CalloutKin
     b.callout(CalloutOp::Emulate, CoEip::Imm(gi.eip), next, kind as u32);
     FALL
 }
-

@@ -39,7 +39,9 @@ pub struct SliceCode<'a> {
 
 impl GuestCode for SliceCode<'_> {
     fn read(&mut self, lin: u32, buf: &mut [u8]) -> usize {
-        let Some(off) = lin.checked_sub(self.base) else { return 0 };
+        let Some(off) = lin.checked_sub(self.base) else {
+            return 0;
+        };
         let off = off as usize;
         if off >= self.bytes.len() {
             return 0;
@@ -61,7 +63,10 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_bytes: 256, max_insns: 64 }
+        Limits {
+            max_bytes: 256,
+            max_insns: 64,
+        }
     }
 }
 
@@ -145,10 +150,23 @@ fn add_pages(pages: &mut Vec<u32>, lin: u32, len: u32) {
 }
 
 /// Decodes the unit at guest `eip` (linear `cs_base + eip`) under `mode`.
-pub fn decode_unit(code: &mut dyn GuestCode, cs_base: u32, eip: u32, mode: Mode, limits: Limits) -> Unit {
+pub fn decode_unit(
+    code: &mut dyn GuestCode,
+    cs_base: u32,
+    eip: u32,
+    mode: Mode,
+    limits: Limits,
+) -> Unit {
     let bitness = if mode.code32 { 32 } else { 16 };
     let ip_mask: u64 = if mode.code32 { 0xffff_ffff } else { 0xffff };
-    let mut unit = Unit { start: eip, cs_base, mode, insns: Vec::new(), end: UnitEnd::Limit { next: eip }, pages: Vec::new() };
+    let mut unit = Unit {
+        start: eip,
+        cs_base,
+        mode,
+        insns: Vec::new(),
+        end: UnitEnd::Limit { next: eip },
+        pages: Vec::new(),
+    };
     let mut cur = eip;
     let mut bytes_total = 0u32;
     loop {
@@ -167,7 +185,10 @@ pub fn decode_unit(code: &mut dyn GuestCode, cs_base: u32, eip: u32, mode: Mode,
             let cut_short = err == DecoderError::NoMoreBytes && avail < 15 && {
                 let mut padded = [0u8; 15];
                 padded[..avail].copy_from_slice(&buf[..avail]);
-                Decoder::with_ip(bitness, &padded[..want], cur as u64, DecoderOptions::NONE).decode().code() != Code::INVALID
+                Decoder::with_ip(bitness, &padded[..want], cur as u64, DecoderOptions::NONE)
+                    .decode()
+                    .code()
+                    != Code::INVALID
             };
             unit.end = if cut_short {
                 add_pages(&mut unit.pages, lin, avail.max(1) as u32);
@@ -181,7 +202,12 @@ pub fn decode_unit(code: &mut dyn GuestCode, cs_base: u32, eip: u32, mode: Mode,
         let len = instr.len() as u32;
         add_pages(&mut unit.pages, lin, len);
         let next = cur as u64 + len as u64;
-        let mut gi = GuestInsn { eip: cur, bytes: [0; 15], len: len as u8, instr };
+        let mut gi = GuestInsn {
+            eip: cur,
+            bytes: [0; 15],
+            len: len as u8,
+            instr,
+        };
         gi.bytes[..len as usize].copy_from_slice(&buf[..len as usize]);
         let ends = ends_unit(&gi.instr, mode);
         let is_sti = gi.instr.mnemonic() == Mnemonic::Sti;
@@ -194,11 +220,14 @@ pub fn decode_unit(code: &mut dyn GuestCode, cs_base: u32, eip: u32, mode: Mode,
         if next > ip_mask || (lin as u64 + len as u64) > 0xffff_ffff {
             // IP would wrap (or the linear address would): stop here and let the next unit
             // start at the wrapped EIP.
-            unit.end = UnitEnd::Limit { next: (next & ip_mask) as u32 };
+            unit.end = UnitEnd::Limit {
+                next: (next & ip_mask) as u32,
+            };
             return unit;
         }
         cur = next as u32;
-        let at_limit = bytes_total >= limits.max_bytes || unit.insns.len() as u32 >= limits.max_insns;
+        let at_limit =
+            bytes_total >= limits.max_bytes || unit.insns.len() as u32 >= limits.max_insns;
         if at_limit && !is_sti {
             unit.end = UnitEnd::Limit { next: cur };
             return unit;
@@ -228,7 +257,13 @@ mod tests {
     }
 
     fn unit(bytes: &[u8], base: u32) -> Unit {
-        decode_unit(&mut SliceCode { base, bytes }, 0, base, mode32(), Limits::default())
+        decode_unit(
+            &mut SliceCode { base, bytes },
+            0,
+            base,
+            mode32(),
+            Limits::default(),
+        )
     }
 
     #[test]
@@ -271,10 +306,34 @@ mod tests {
     #[test]
     fn size_bounds() {
         let nops = [0x90u8; 100];
-        let u = decode_unit(&mut SliceCode { base: 0, bytes: &nops }, 0, 0, mode32(), Limits { max_bytes: 1000, max_insns: 10 });
+        let u = decode_unit(
+            &mut SliceCode {
+                base: 0,
+                bytes: &nops,
+            },
+            0,
+            0,
+            mode32(),
+            Limits {
+                max_bytes: 1000,
+                max_insns: 10,
+            },
+        );
         assert_eq!(u.insns.len(), 10);
         assert_eq!(u.end, UnitEnd::Limit { next: 10 });
-        let u = decode_unit(&mut SliceCode { base: 0, bytes: &nops }, 0, 0, mode32(), Limits { max_bytes: 7, max_insns: 100 });
+        let u = decode_unit(
+            &mut SliceCode {
+                base: 0,
+                bytes: &nops,
+            },
+            0,
+            0,
+            mode32(),
+            Limits {
+                max_bytes: 7,
+                max_insns: 100,
+            },
+        );
         assert_eq!(u.insns.len(), 7);
     }
 
@@ -282,7 +341,19 @@ mod tests {
     fn sti_keeps_its_shadow_instruction() {
         // nop; sti; nop; nop with a 2-instruction bound: STI's shadow instruction stays.
         let code = [0x90, 0xfb, 0x90, 0x90];
-        let u = decode_unit(&mut SliceCode { base: 0, bytes: &code }, 0, 0, mode32(), Limits { max_bytes: 100, max_insns: 2 });
+        let u = decode_unit(
+            &mut SliceCode {
+                base: 0,
+                bytes: &code,
+            },
+            0,
+            0,
+            mode32(),
+            Limits {
+                max_bytes: 100,
+                max_insns: 2,
+            },
+        );
         assert_eq!(u.insns.len(), 3);
     }
 
@@ -292,7 +363,16 @@ mod tests {
         m.code32 = false;
         // mov ax, 1 (3 bytes in 16-bit code), at 0xfffd: IP wraps after it.
         let code = [0xb8, 1, 0];
-        let u = decode_unit(&mut SliceCode { base: 0x1_fffd, bytes: &code }, 0x1_0000, 0xfffd, m, Limits::default());
+        let u = decode_unit(
+            &mut SliceCode {
+                base: 0x1_fffd,
+                bytes: &code,
+            },
+            0x1_0000,
+            0xfffd,
+            m,
+            Limits::default(),
+        );
         assert_eq!(u.insns.len(), 1);
         assert_eq!(u.insns[0].instr.code(), Code::Mov_r16_imm16);
         assert_eq!(u.end, UnitEnd::Limit { next: 0 });

@@ -37,16 +37,41 @@ fn gs_form_allowed(i: &Instruction, abi: &Abi) -> Result<(), String> {
         if disp >= abi.vcpu_size {
             return Err(format!("GS displacement {disp:#x} outside the vCPU region"));
         }
-    } else if disp.checked_add(i.memory_size().size() as u32).is_none_or(|e| e > abi.vcpu_size) {
+    } else if disp
+        .checked_add(i.memory_size().size() as u32)
+        .is_none_or(|e| e > abi.vcpu_size)
+    {
         return Err(format!("GS access at {disp:#x} outside the vCPU region"));
     }
     match code {
-        C::Mov_rm8_imm8 | C::Mov_rm32_imm32 | C::Mov_rm32_r32 | C::Mov_r32_rm32 | C::Mov_rm16_r16 | C::Mov_r16_rm16 | C::Mov_rm8_r8 | C::Mov_r8_rm8 => Ok(()),
+        C::Mov_rm8_imm8
+        | C::Mov_rm32_imm32
+        | C::Mov_rm32_r32
+        | C::Mov_r32_rm32
+        | C::Mov_rm16_r16
+        | C::Mov_r16_rm16
+        | C::Mov_rm8_r8
+        | C::Mov_r8_rm8 => Ok(()),
         C::Movzx_r32_rm16 | C::Movzx_r32_rm8 | C::Push_rm32 | C::Push_rm16 => Ok(()),
-        C::And_r32_rm32 | C::Or_r32_rm32 | C::Add_r32_rm32 | C::Adc_r32_rm32 | C::Cmp_r32_rm32 | C::Test_rm32_imm32 => Ok(()),
+        C::And_r32_rm32
+        | C::Or_r32_rm32
+        | C::Add_r32_rm32
+        | C::Adc_r32_rm32
+        | C::Cmp_r32_rm32
+        | C::Test_rm32_imm32 => Ok(()),
         C::Jmp_rm32 if !has_base => Ok(()),
-        C::Mov_rm16_Sreg if i.op1_register() == Register::SS && !has_base && disp == abi.callout_ss => Ok(()),
-        C::Lss_r32_m1632 if i.op0_register() == Register::ESP && !has_base && (disp == abi.callout_stack || disp == abi.callout_esp) => Ok(()),
+        C::Mov_rm16_Sreg
+            if i.op1_register() == Register::SS && !has_base && disp == abi.callout_ss =>
+        {
+            Ok(())
+        }
+        C::Lss_r32_m1632
+            if i.op0_register() == Register::ESP
+                && !has_base
+                && (disp == abi.callout_stack || disp == abi.callout_esp) =>
+        {
+            Ok(())
+        }
         C::Call_m1632 if !has_base && disp == abi.gate => Ok(()),
         _ => Err(format!("{code:?} is not one of the translator's GS forms")),
     }
@@ -56,30 +81,66 @@ fn gs_form_allowed(i: &Instruction, abi: &Abi) -> Result<(), String> {
 pub fn check_instruction(i: &Instruction, abi: &Abi, model: &Model) -> Result<(), String> {
     use Mnemonic as M;
     let m = i.mnemonic();
-    if matches!(m, M::Int | M::Int1 | M::Int3 | M::Into | M::Syscall | M::Sysenter | M::Sysexit | M::Sysret | M::Iret | M::Iretd | M::Retf | M::Hlt) {
+    if matches!(
+        m,
+        M::Int
+            | M::Int1
+            | M::Int3
+            | M::Into
+            | M::Syscall
+            | M::Sysenter
+            | M::Sysexit
+            | M::Sysret
+            | M::Iret
+            | M::Iretd
+            | M::Retf
+            | M::Hlt
+    ) {
         return Err(format!("forbidden instruction {m:?}"));
     }
-    if i.op_kinds().any(|k| k == OpKind::Register) && (0..i.op_count()).any(|n| i.op_kind(n) == OpKind::Register && i.op_register(n) == Register::GS) {
+    if i.op_kinds().any(|k| k == OpKind::Register)
+        && (0..i.op_count())
+            .any(|n| i.op_kind(n) == OpKind::Register && i.op_register(n) == Register::GS)
+    {
         return Err("GS as a register operand".into());
     }
     if i.op_kinds().any(|k| k == OpKind::Memory) && i.memory_segment() == Register::CS {
         return Err("CS-relative memory operand".into());
     }
-    let far = i.code().is_jmp_far() || i.code().is_call_far() || i.code().is_jmp_far_indirect() || i.code().is_call_far_indirect();
+    let far = i.code().is_jmp_far()
+        || i.code().is_call_far()
+        || i.code().is_jmp_far_indirect()
+        || i.code().is_call_far_indirect();
     if uses_reserved_segment(i) {
         return gs_form_allowed(i, abi);
     }
     if far {
         return Err("far transfer".into());
     }
-    if matches!(m, M::Pushf | M::Pushfd | M::Popf | M::Popfd | M::Rdtsc | M::Ud2 | M::Lahf | M::Sahf | M::Cld | M::Std) {
+    if matches!(
+        m,
+        M::Pushf
+            | M::Pushfd
+            | M::Popf
+            | M::Popfd
+            | M::Rdtsc
+            | M::Ud2
+            | M::Lahf
+            | M::Sahf
+            | M::Cld
+            | M::Std
+    ) {
         return Ok(());
     }
     let c = classify(i, Mode::kernel32(), model);
     match c.translation {
         Translation::Ident => Ok(()),
         Translation::Relink => Ok(()),
-        t => Err(format!("{:?} ({}) would be translated as {t:?}", i.code(), c.class.name)),
+        t => Err(format!(
+            "{:?} ({}) would be translated as {t:?}",
+            i.code(),
+            c.class.name
+        )),
     }
 }
 
@@ -96,8 +157,11 @@ pub fn check_fragment(f: &Fragment, abi: &Abi, model: &Model) -> Result<(), Stri
             return Err(format!("undecodable bytes at offset {:#x}", i.ip() - start));
         }
         boundaries.push((i.ip() - start) as u32);
-        check_instruction(&i, abi, model).map_err(|e| format!("offset {:#x}: {e}", i.ip() - start))?;
-        if i.op_kinds().any(|k| matches!(k, OpKind::NearBranch16 | OpKind::NearBranch32)) {
+        check_instruction(&i, abi, model)
+            .map_err(|e| format!("offset {:#x}: {e}", i.ip() - start))?;
+        if i.op_kinds()
+            .any(|k| matches!(k, OpKind::NearBranch16 | OpKind::NearBranch32))
+        {
             branches.push((i.ip(), i.near_branch_target(), i.len()));
         }
     }
@@ -106,15 +170,22 @@ pub fn check_fragment(f: &Fragment, abi: &Abi, model: &Model) -> Result<(), Stri
     }
     for (ip, t, _) in &branches {
         if *t < start || *t >= end || boundaries.binary_search(&((t - start) as u32)).is_err() {
-            return Err(format!("branch at {:#x} to {t:#x} leaves the fragment or lands mid-instruction", ip - start));
+            return Err(format!(
+                "branch at {:#x} to {t:#x} leaves the fragment or lands mid-instruction",
+                ip - start
+            ));
         }
     }
     if boundaries.binary_search(&f.entry_off).is_err() {
         return Err("entry is not an instruction boundary".into());
     }
     for (n, x) in f.exits.iter().enumerate() {
-        let br = branches.iter().find(|(ip, _, len)| (ip - start) as u32 + *len as u32 == x.patch_off + 4);
-        let Some((_, t, len)) = br else { return Err(format!("exit {n}: no branch ends at its patch site")) };
+        let br = branches
+            .iter()
+            .find(|(ip, _, len)| (ip - start) as u32 + *len as u32 == x.patch_off + 4);
+        let Some((_, t, len)) = br else {
+            return Err(format!("exit {n}: no branch ends at its patch site"));
+        };
         if *len < 5 || (t - start) as u32 != x.stub_off {
             return Err(format!("exit {n}: not a rel32 branch to its stub"));
         }

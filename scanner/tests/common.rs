@@ -9,8 +9,20 @@ pub const TC: u32 = 0xffc0_0000;
 
 pub fn tr_mode(code: &[u8], eip: u32, mode: Mode) -> (Unit, Fragment) {
     let cfg = Config::default();
-    let (u, f) = translate(&mut SliceCode { base: eip, bytes: code }, 0, eip, mode, TC, &cfg).expect("encodes");
-    validate::check_fragment(&f, &cfg.abi, &cfg.model).unwrap_or_else(|e| panic!("{e}\n{}", listing(&f).join("\n")));
+    let (u, f) = translate(
+        &mut SliceCode {
+            base: eip,
+            bytes: code,
+        },
+        0,
+        eip,
+        mode,
+        TC,
+        &cfg,
+    )
+    .expect("encodes");
+    validate::check_fragment(&f, &cfg.abi, &cfg.model)
+        .unwrap_or_else(|e| panic!("{e}\n{}", listing(&f).join("\n")));
     (u, f)
 }
 
@@ -19,7 +31,9 @@ pub fn tr(code: &[u8]) -> (Unit, Fragment) {
 }
 
 pub fn decode(f: &Fragment) -> Vec<Instruction> {
-    Decoder::with_ip(32, &f.code, f.tc_addr as u64, DecoderOptions::NONE).into_iter().collect()
+    Decoder::with_ip(32, &f.code, f.tc_addr as u64, DecoderOptions::NONE)
+        .into_iter()
+        .collect()
 }
 
 pub fn listing(f: &Fragment) -> Vec<String> {

@@ -6,18 +6,61 @@ use vmm_scanner::units::SliceCode;
 use vmm_scanner::{translate, validate, Config, Limits, Mode};
 
 fn mode() -> impl Strategy<Value = Mode> {
-    (0u8..4, any::<bool>(), any::<bool>(), any::<bool>(), any::<bool>())
-        .prop_map(|(cpl, code32, stack32, paging, fpu_trap)| Mode { cpl: if cpl == 1 { 0 } else { cpl }, code32, stack32, paging, fpu_trap })
+    (
+        0u8..4,
+        any::<bool>(),
+        any::<bool>(),
+        any::<bool>(),
+        any::<bool>(),
+    )
+        .prop_map(|(cpl, code32, stack32, paging, fpu_trap)| Mode {
+            cpl: if cpl == 1 { 0 } else { cpl },
+            code32,
+            stack32,
+            paging,
+            fpu_trap,
+        })
 }
 
 /// Bytes biased towards the instructions the translator rewrites.
 fn code() -> impl Strategy<Value = Vec<u8>> {
     let interesting: Vec<Vec<u8>> = vec![
-        vec![0xfa], vec![0xfb], vec![0x9c], vec![0x9d], vec![0x66, 0x9c], vec![0x66, 0x9d], vec![0xcf], vec![0xc3], vec![0xc2, 4, 0],
-        vec![0x0f, 0x01, 0x00], vec![0x0f, 0x00, 0xc0], vec![0x0f, 0x01, 0xe0], vec![0x0f, 0x20, 0xd8], vec![0x0f, 0x22, 0xd8],
-        vec![0x0f, 0x31], vec![0x0f, 0xa2], vec![0xee], vec![0x8c, 0xd8], vec![0x8e, 0xd8], vec![0x0f, 0xa8], vec![0x1f],
-        vec![0x65], vec![0x2e], vec![0x66], vec![0x67], vec![0xff, 0x10], vec![0xff, 0xe0], vec![0xe8, 0, 0, 0, 0], vec![0x74, 0x02],
-        vec![0xe2, 0xfe], vec![0xe3, 0x00], vec![0xcd, 0x80], vec![0x0f, 0x05], vec![0x0f, 0x34], vec![0x90], vec![0x01, 0xd8],
+        vec![0xfa],
+        vec![0xfb],
+        vec![0x9c],
+        vec![0x9d],
+        vec![0x66, 0x9c],
+        vec![0x66, 0x9d],
+        vec![0xcf],
+        vec![0xc3],
+        vec![0xc2, 4, 0],
+        vec![0x0f, 0x01, 0x00],
+        vec![0x0f, 0x00, 0xc0],
+        vec![0x0f, 0x01, 0xe0],
+        vec![0x0f, 0x20, 0xd8],
+        vec![0x0f, 0x22, 0xd8],
+        vec![0x0f, 0x31],
+        vec![0x0f, 0xa2],
+        vec![0xee],
+        vec![0x8c, 0xd8],
+        vec![0x8e, 0xd8],
+        vec![0x0f, 0xa8],
+        vec![0x1f],
+        vec![0x65],
+        vec![0x2e],
+        vec![0x66],
+        vec![0x67],
+        vec![0xff, 0x10],
+        vec![0xff, 0xe0],
+        vec![0xe8, 0, 0, 0, 0],
+        vec![0x74, 0x02],
+        vec![0xe2, 0xfe],
+        vec![0xe3, 0x00],
+        vec![0xcd, 0x80],
+        vec![0x0f, 0x05],
+        vec![0x0f, 0x34],
+        vec![0x90],
+        vec![0x01, 0xd8],
     ];
     let piece = prop_oneof![
         3 => proptest::sample::select(interesting),

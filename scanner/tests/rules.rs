@@ -63,7 +63,17 @@ fn entry_has_a_flag_free_pending_interrupt_check() {
     // A trampoline to the interrupt stub precedes the entry point.
     assert_eq!(f.entry_off, 5);
     assert_eq!(is[0].code(), Code::Jmp_rel32_32);
-    assert_has(&f, &["mov gs:[3Ch],ecx", "movzx ecx,word ptr gs:[0]", "lea ecx,[ecx-101h]", "jecxz 0FFC00000h", "mov ecx,gs:[3Ch]", "nop"]);
+    assert_has(
+        &f,
+        &[
+            "mov gs:[3Ch],ecx",
+            "movzx ecx,word ptr gs:[0]",
+            "lea ecx,[ecx-101h]",
+            "jecxz 0FFC00000h",
+            "mov ecx,gs:[3Ch]",
+            "nop",
+        ],
+    );
     assert!(callouts(&f).contains(&(CalloutOp::PendingIrq as u32, Some(0x1000), 0x1000, 0)));
     // Nothing between the entry and the first guest instruction writes flags.
     for i in &is[1..6] {
@@ -78,14 +88,28 @@ fn ident_copies() {
     // The PC map names the guest instruction of each copied instruction.
     let is = decode(&f);
     let add = is.iter().find(|i| i.mnemonic() == Mnemonic::Add).unwrap();
-    assert_eq!(f.guest_state_at(add.ip() as u32 - f.tc_addr).unwrap().guest_eip, 0x1000);
+    assert_eq!(
+        f.guest_state_at(add.ip() as u32 - f.tc_addr)
+            .unwrap()
+            .guest_eip,
+        0x1000
+    );
     let imul = is.iter().find(|i| i.mnemonic() == Mnemonic::Imul).unwrap();
-    assert_eq!(f.guest_state_at(imul.ip() as u32 - f.tc_addr).unwrap().guest_eip, 0x1005);
+    assert_eq!(
+        f.guest_state_at(imul.ip() as u32 - f.tc_addr)
+            .unwrap()
+            .guest_eip,
+        0x1005
+    );
 }
 
 #[test]
 fn sixteen_bit_code_is_reencoded_as_32_bit() {
-    let m = Mode { code32: false, stack32: false, ..Mode::kernel32() };
+    let m = Mode {
+        code32: false,
+        stack32: false,
+        ..Mode::kernel32()
+    };
     // mov ax, [bx+si]; add ax, 1; ret
     let (_, f) = tr_mode(&[0x8b, 0x00, 0x05, 0x01, 0x00, 0xc3], 0x100, m);
     assert_has(&f, &["mov ax,[bx+si]", "add ax,1"]);
@@ -96,7 +120,17 @@ fn sixteen_bit_code_is_reencoded_as_32_bit() {
 #[test]
 fn cli_sti() {
     let (_, f) = tr(&[0xfa, 0xfb, 0x90, 0x90, 0xc3]);
-    assert_has(&f, &["mov byte ptr gs:[0],0", "mov byte ptr gs:[0],1", "nop", "mov gs:[3Ch],ecx", "movzx ecx,word ptr gs:[0]", "nop"]);
+    assert_has(
+        &f,
+        &[
+            "mov byte ptr gs:[0],0",
+            "mov byte ptr gs:[0],1",
+            "nop",
+            "mov gs:[3Ch],ecx",
+            "movzx ecx,word ptr gs:[0]",
+            "nop",
+        ],
+    );
     // The check after STI comes after the shadow instruction, reporting its successor.
     assert!(callouts(&f).contains(&(CalloutOp::PendingIrq as u32, Some(0x1003), 0x1003, 0)));
     assert!(!callouts(&f).iter().any(|c| c.1 == Some(0x1002)));
@@ -127,7 +161,16 @@ fn pushf() {
     );
     // 16-bit PUSHF pushes a word.
     let (_, f) = tr(&[0x66, 0x9c, 0xc3]);
-    assert_has(&f, &["pushf", "movzx eax,word ptr [esp]", "popf", "mov [esp-2],ax", "lea esp,[esp-2]"]);
+    assert_has(
+        &f,
+        &[
+            "pushf",
+            "movzx eax,word ptr [esp]",
+            "popf",
+            "mov [esp-2],ax",
+            "lea esp,[esp-2]",
+        ],
+    );
 }
 
 #[test]
@@ -167,7 +210,12 @@ fn popf() {
     );
     let c = callouts(&f);
     assert!(c.contains(&(CalloutOp::PendingIrq as u32, Some(0x1001), 0x1001, 0)));
-    assert!(c.contains(&(CalloutOp::PendingIrq as u32, Some(0x1001), 0x1001, CalloutKind::PopfTrap as u32)));
+    assert!(c.contains(&(
+        CalloutOp::PendingIrq as u32,
+        Some(0x1001),
+        0x1001,
+        CalloutKind::PopfTrap as u32
+    )));
     // The only stack access is the read of the image: no write below ESP.
     assert!(!listing(&f).iter().any(|l| l.contains("[esp-")));
 }
@@ -176,7 +224,9 @@ fn popf() {
 fn segment_selector_reads() {
     let a = Abi::default();
     // mov eax, ds; mov bx, ss; mov [eax], cs; push gs; push es (16-bit); ret
-    let (_, f) = tr(&[0x8c, 0xd8, 0x66, 0x8c, 0xd3, 0x8c, 0x08, 0x0f, 0xa8, 0x66, 0x06, 0xc3]);
+    let (_, f) = tr(&[
+        0x8c, 0xd8, 0x66, 0x8c, 0xd3, 0x8c, 0x08, 0x0f, 0xa8, 0x66, 0x06, 0xc3,
+    ]);
     assert_eq!(a.vseg_of(Register::DS), 0x5c);
     assert_has(
         &f,
@@ -193,7 +243,10 @@ fn segment_selector_reads() {
     );
     // The store to guest memory restores ECX if it faults.
     let is = decode(&f);
-    let st = is.iter().find(|i| i.code() == Code::Mov_rm16_r16 && i.memory_base() == Register::EAX).unwrap();
+    let st = is
+        .iter()
+        .find(|i| i.code() == Code::Mov_rm16_r16 && i.memory_base() == Register::EAX)
+        .unwrap();
     let pc = f.guest_state_at(st.ip() as u32 - f.tc_addr).unwrap();
     assert_eq!(pc.guest_eip, 0x1005);
     assert_eq!(pc.recovery.restore[0], Some((Register::ECX, a.slot(0))));
@@ -202,15 +255,30 @@ fn segment_selector_reads() {
 #[test]
 fn control_register_and_debug_register_reads() {
     // mov eax, cr0; mov ebx, cr3; mov ecx, cr2; mov edx, cr4; mov esi, dr7; mov eax, dr4; ret
-    let (_, f) = tr(&[0x0f, 0x20, 0xc0, 0x0f, 0x20, 0xdb, 0x0f, 0x20, 0xd1, 0x0f, 0x20, 0xe2, 0x0f, 0x21, 0xfe, 0x0f, 0x21, 0xe0, 0xc3]);
-    assert_has(&f, &["mov eax,gs:[80h]", "mov ebx,gs:[8Ch]", "mov ecx,gs:[88h]", "mov edx,gs:[90h]", "mov esi,gs:[0BCh]"]);
+    let (_, f) = tr(&[
+        0x0f, 0x20, 0xc0, 0x0f, 0x20, 0xdb, 0x0f, 0x20, 0xd1, 0x0f, 0x20, 0xe2, 0x0f, 0x21, 0xfe,
+        0x0f, 0x21, 0xe0, 0xc3,
+    ]);
+    assert_has(
+        &f,
+        &[
+            "mov eax,gs:[80h]",
+            "mov ebx,gs:[8Ch]",
+            "mov ecx,gs:[88h]",
+            "mov edx,gs:[90h]",
+            "mov esi,gs:[0BCh]",
+        ],
+    );
     assert!(callouts(&f).contains(&(EMU, Some(0x100f), 0x1012, CalloutKind::DrWrite as u32)));
 }
 
 #[test]
 fn descriptor_table_stores() {
     // sgdt [eax]; sidt [ebx+8]; sldt ecx; str word [esi]; smsw eax; smsw [edx]; ret
-    let (_, f) = tr(&[0x0f, 0x01, 0x00, 0x0f, 0x01, 0x4b, 0x08, 0x0f, 0x00, 0xc1, 0x0f, 0x00, 0x0e, 0x0f, 0x01, 0xe0, 0x0f, 0x01, 0x22, 0xc3]);
+    let (_, f) = tr(&[
+        0x0f, 0x01, 0x00, 0x0f, 0x01, 0x4b, 0x08, 0x0f, 0x00, 0xc1, 0x0f, 0x00, 0x0e, 0x0f, 0x01,
+        0xe0, 0x0f, 0x01, 0x22, 0xc3,
+    ]);
     assert_has(
         &f,
         &[
@@ -246,7 +314,19 @@ fn rdtsc_adds_the_offset_and_keeps_flags() {
     let (_, f) = tr(&[0x0f, 0x31, 0xc3]);
     assert_has(
         &f,
-        &["lahf", "seto al", "mov gs:[30h],eax", "rdtsc", "add eax,gs:[0C0h]", "adc edx,gs:[0C4h]", "mov gs:[34h],eax", "mov eax,gs:[30h]", "add al,7Fh", "sahf", "mov eax,gs:[34h]"],
+        &[
+            "lahf",
+            "seto al",
+            "mov gs:[30h],eax",
+            "rdtsc",
+            "add eax,gs:[0C0h]",
+            "adc edx,gs:[0C4h]",
+            "mov gs:[34h],eax",
+            "mov eax,gs:[30h]",
+            "add al,7Fh",
+            "sahf",
+            "mov eax,gs:[34h]",
+        ],
     );
 }
 
@@ -312,7 +392,12 @@ fn heavy_instructions_are_callouts() {
         (&[0x2e, 0xa1, 0x14, 0, 0, 0], CalloutKind::CsData),
     ] {
         let (_, f) = tr(code);
-        assert!(callouts(&f).iter().any(|c| c.0 == EMU && c.1 == Some(0x1000) && c.3 == kind as u32), "{code:02x?}");
+        assert!(
+            callouts(&f)
+                .iter()
+                .any(|c| c.0 == EMU && c.1 == Some(0x1000) && c.3 == kind as u32),
+            "{code:02x?}"
+        );
     }
 }
 
@@ -329,18 +414,33 @@ fn direct_branches_are_relinked() {
     assert_eq!(f.exits[0].target_eip, 0x1005);
     // jz: taken and fall-through exits.
     let (_, f) = tr(&[0x74, 0x10]);
-    assert_eq!(f.exits.iter().map(|e| e.target_eip).collect::<Vec<_>>(), vec![0x1012, 0x1002]);
+    assert_eq!(
+        f.exits.iter().map(|e| e.target_eip).collect::<Vec<_>>(),
+        vec![0x1012, 0x1002]
+    );
     let is = decode(&f);
     assert!(is.iter().any(|i| i.code() == Code::Je_rel32_32));
     // loop: a short loop to the taken exit, the fall-through exit in between.
     let (_, f) = tr(&[0xe2, 0xfe]);
-    assert_eq!(f.exits.iter().map(|e| e.target_eip).collect::<Vec<_>>(), vec![0x1002, 0x1000]);
-    assert!(decode(&f).iter().any(|i| i.code() == Code::Loop_rel8_32_ECX));
+    assert_eq!(
+        f.exits.iter().map(|e| e.target_eip).collect::<Vec<_>>(),
+        vec![0x1002, 0x1000]
+    );
+    assert!(decode(&f)
+        .iter()
+        .any(|i| i.code() == Code::Loop_rel8_32_ECX));
     // 16-bit code: a 16-bit jcxz keeps CX as its counter.
-    let m = Mode { code32: false, stack32: false, ..Mode::kernel32() };
+    let m = Mode {
+        code32: false,
+        stack32: false,
+        ..Mode::kernel32()
+    };
     let (_, f) = tr_mode(&[0xe3, 0x10], 0x100, m);
     assert!(decode(&f).iter().any(|i| i.code() == Code::Jcxz_rel8_32));
-    assert_eq!(f.exits.iter().map(|e| e.target_eip).collect::<Vec<_>>(), vec![0x102, 0x112]);
+    assert_eq!(
+        f.exits.iter().map(|e| e.target_eip).collect::<Vec<_>>(),
+        vec![0x102, 0x112]
+    );
 }
 
 #[test]
@@ -369,7 +469,9 @@ fn returns_and_indirect_branches_look_up_the_table() {
             "jmp dword ptr gs:[38h]",
         ],
     );
-    assert!(callouts(&f).iter().any(|c| c.0 == CalloutOp::IndirectMiss as u32 && c.1.is_none()));
+    assert!(callouts(&f)
+        .iter()
+        .any(|c| c.0 == CalloutOp::IndirectMiss as u32 && c.1.is_none()));
     // call [eax+4]: target first, then the guest return address; the push restores EAX.
     let (_, f) = tr(&[0xff, 0x50, 0x04]);
     assert_has(&f, &["mov eax,[eax+4]", "push 1003h", "movzx ecx,ax"]);
@@ -377,7 +479,10 @@ fn returns_and_indirect_branches_look_up_the_table() {
     let push = is.iter().find(|i| i.code() == Code::Pushd_imm32).unwrap();
     let pc = f.guest_state_at(push.ip() as u32 - f.tc_addr).unwrap();
     assert_eq!(pc.guest_eip, 0x1000);
-    assert_eq!(pc.recovery.restore[0], Some((Register::EAX, Abi::default().slot(4))));
+    assert_eq!(
+        pc.recovery.restore[0],
+        Some((Register::EAX, Abi::default().slot(4)))
+    );
     // jmp ecx; 16-bit jmp word [ebx].
     let (_, f) = tr(&[0xff, 0xe1]);
     assert!(has(&f, "mov eax,ecx"));
@@ -397,7 +502,10 @@ fn unit_end_markers() {
 
 #[test]
 fn user_mode_makes_inline_rules_callouts() {
-    let m = Mode { cpl: 3, ..Mode::kernel32() };
+    let m = Mode {
+        cpl: 3,
+        ..Mode::kernel32()
+    };
     let (_, f) = tr_mode(&[0xfa, 0x9c, 0xc3], 0x1000, m);
     let c = callouts(&f);
     assert!(c.contains(&(EMU, Some(0x1000), 0x1001, CalloutKind::UserMode as u32)));
@@ -408,33 +516,60 @@ fn user_mode_makes_inline_rules_callouts() {
 fn miss_routine_validates() {
     let abi = Abi::default();
     let code = vmm_scanner::emit::ibl_miss_routine(&abi, TC).unwrap();
-    let f = vmm_scanner::Fragment { tc_addr: TC, code, entry_off: 0, start_eip: 0, exits: vec![], pc_map: vec![] };
+    let f = vmm_scanner::Fragment {
+        tc_addr: TC,
+        code,
+        entry_off: 0,
+        start_eip: 0,
+        exits: vec![],
+        pc_map: vec![],
+    };
     vmm_scanner::validate::check_fragment(&f, &abi, &Default::default()).unwrap();
-    assert_has(&f, &["mov gs:[40h],eax", "mov eax,gs:[48h]", "mov gs:[24h],eax", "mov eax,gs:[40h]", "mov dword ptr gs:[20h],3", "call far fword ptr gs:[18h]"]);
+    assert_has(
+        &f,
+        &[
+            "mov gs:[40h],eax",
+            "mov eax,gs:[48h]",
+            "mov gs:[24h],eax",
+            "mov eax,gs:[40h]",
+            "mov dword ptr gs:[20h],3",
+            "call far fword ptr gs:[18h]",
+        ],
+    );
 }
 
 #[test]
 fn validator_rejects_what_must_never_be_emitted() {
     let abi = Abi::default();
     let bad: &[&[u8]] = &[
-        &[0xcd, 0x80],                         // int 80h
-        &[0xcc],                               // int3
-        &[0x0f, 0x05],                         // syscall
-        &[0x0f, 0x34],                         // sysenter
-        &[0xea, 0, 0, 0, 0, 0x33, 0],          // jmp far 33h:0
-        &[0xff, 0x1d, 0, 0, 0, 0],             // call far [0]
-        &[0x65, 0xff, 0x1d, 0x20, 0, 0, 0],    // call far gs:[20h] (not the gate)
-        &[0x8e, 0xe8],                         // mov gs, eax
-        &[0x0f, 0xa9],                         // pop gs
-        &[0x65, 0xa1, 0, 0, 0x10, 0],          // mov eax, gs:[100000h] (outside the region)
-        &[0x2e, 0xa1, 0, 0, 0, 0],             // mov eax, cs:[0]
-        &[0xfa],                               // cli
-        &[0xcf],                               // iretd
-        &[0xf4],                               // hlt
-        &[0x0f, 0x01, 0x00],                   // sgdt [eax]
+        &[0xcd, 0x80],                      // int 80h
+        &[0xcc],                            // int3
+        &[0x0f, 0x05],                      // syscall
+        &[0x0f, 0x34],                      // sysenter
+        &[0xea, 0, 0, 0, 0, 0x33, 0],       // jmp far 33h:0
+        &[0xff, 0x1d, 0, 0, 0, 0],          // call far [0]
+        &[0x65, 0xff, 0x1d, 0x20, 0, 0, 0], // call far gs:[20h] (not the gate)
+        &[0x8e, 0xe8],                      // mov gs, eax
+        &[0x0f, 0xa9],                      // pop gs
+        &[0x65, 0xa1, 0, 0, 0x10, 0],       // mov eax, gs:[100000h] (outside the region)
+        &[0x2e, 0xa1, 0, 0, 0, 0],          // mov eax, cs:[0]
+        &[0xfa],                            // cli
+        &[0xcf],                            // iretd
+        &[0xf4],                            // hlt
+        &[0x0f, 0x01, 0x00],                // sgdt [eax]
     ];
     for b in bad {
-        let f = vmm_scanner::Fragment { tc_addr: TC, code: b.to_vec(), entry_off: 0, start_eip: 0, exits: vec![], pc_map: vec![] };
-        assert!(vmm_scanner::validate::check_fragment(&f, &abi, &Default::default()).is_err(), "{b:02x?} accepted");
+        let f = vmm_scanner::Fragment {
+            tc_addr: TC,
+            code: b.to_vec(),
+            entry_off: 0,
+            start_eip: 0,
+            exits: vec![],
+            pc_map: vec![],
+        };
+        assert!(
+            vmm_scanner::validate::check_fragment(&f, &abi, &Default::default()).is_err(),
+            "{b:02x?} accepted"
+        );
     }
 }
