@@ -163,12 +163,19 @@ impl Cache {
         self.flushes += 1;
     }
 
-    /// Records a fragment encoded at an address `alloc` returned. Replaces (and removes) a live
-    /// fragment with the same key.
-    pub fn insert(&mut self, frag: &Fragment, lin: u32, mode: Mode, frames: &[u32]) -> FragId {
+    /// Records a fragment encoded at an address `alloc` returned. A live fragment with the same
+    /// key is replaced: the returned invalidation unchains the exits that jumped into it.
+    pub fn insert(
+        &mut self,
+        frag: &Fragment,
+        lin: u32,
+        mode: Mode,
+        frames: &[u32],
+    ) -> (FragId, Invalidation) {
         let id = FragId(self.frags.len() as u32);
+        let mut inv = Invalidation::default();
         if let Some(old) = self.by_key.get(&(lin, mode)).copied() {
-            self.remove(old, &mut Invalidation::default());
+            self.remove(old, &mut inv);
         }
         let mut frames = frames.to_vec();
         frames.sort_unstable();
@@ -189,7 +196,7 @@ impl Cache {
         }));
         self.by_key.insert((lin, mode), id);
         self.order.push(id);
-        id
+        (id, inv)
     }
 
     /// The live fragment for (linear address, mode).
@@ -333,9 +340,9 @@ mod tests {
         let mut c = Cache::new(0xffc0_0000, 0x10000, 64);
         // A: jmp B (at 0x1000, frame 1); B: ret (at 0x2000, frame 2).
         let fa = frag(&mut c, &[0xe9, 0xfb, 0x0f, 0, 0], 0x1000);
-        let a = c.insert(&fa, 0x1000, Mode::kernel32(), &[1]);
+        let (a, _) = c.insert(&fa, 0x1000, Mode::kernel32(), &[1]);
         let fb = frag(&mut c, &[0xc3], 0x2000);
-        let b = c.insert(&fb, 0x2000, Mode::kernel32(), &[2]);
+        let (b, _) = c.insert(&fb, 0x2000, Mode::kernel32(), &[2]);
         assert_eq!(c.lookup(0x1000, Mode::kernel32()), Some(a));
         assert_eq!(
             c.lookup(
@@ -383,6 +390,23 @@ mod tests {
         assert!(c.is_empty());
     }
 
+    #[test]
+    fn replacing_a_fragment_unchains_its_callers() {
+        let mut c = Cache::new(0xffc0_0000, 0x10000, 0);
+        let fa = frag(&mut c, &[0xe9, 0xfb, 0x0f, 0, 0], 0x1000);
+        let (a, _) = c.insert(&fa, 0x1000, Mode::kernel32(), &[1]);
+        let fb = frag(&mut c, &[0xc3], 0x2000);
+        let (b, _) = c.insert(&fb, 0x2000, Mode::kernel32(), &[2]);
+        c.chain(a, 0, b).unwrap();
+        let fb2 = frag(&mut c, &[0xc3], 0x2000);
+        let (b2, inv) = c.insert(&fb2, 0x2000, Mode::kernel32(), &[2]);
+        assert_ne!(b, b2);
+        assert_eq!(inv.removed, vec![b]);
+        assert_eq!(inv.unchain.len(), 1);
+        assert_eq!(c.lookup(0x2000, Mode::kernel32()), Some(b2));
+        assert!(c.get(b).is_none());
+    }
+
     fn ra_stub(c: &Cache, a: FragId) -> u32 {
         let r = c.get(a).unwrap();
         r.tc_addr + r.exits[0].0.stub_off
@@ -405,7 +429,7 @@ mod tests {
         // mov eax, [ebx]; pushfd; ret
         let code = [0x8b, 0x03, 0x9c, 0xc3];
         let f = frag(&mut c, &code, 0x3000);
-        let id = c.insert(&f, 0x3000, Mode::kernel32(), &[3]);
+        let (id, _) = c.insert(&f, 0x3000, Mode::kernel32(), &[3]);
         let r = c.get(id).unwrap().clone();
         let dec: Vec<_> = iced_x86::Decoder::with_ip(32, &f.code, r.tc_addr as u64, 0)
             .into_iter()
