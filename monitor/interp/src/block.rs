@@ -56,6 +56,8 @@
 
 use iced_x86::{Code, Decoder, DecoderOptions, Instruction, Mnemonic as M, OpKind};
 
+use crate::fast::{classify, Fast};
+
 /// Most instructions in a block.
 pub(crate) const MAX_INSNS: usize = 32;
 const BITS: u32 = 12;
@@ -70,6 +72,8 @@ pub(crate) struct Block {
     /// The bytes the instructions were decoded from (`bytes.len()` is the block's length).
     pub bytes: Vec<u8>,
     pub insns: Vec<Instruction>,
+    /// The fast path of each instruction (`fast.rs`).
+    pub fast: Vec<Fast>,
 }
 
 /// The physical byte range of the running block, armed while it runs.
@@ -145,6 +149,7 @@ impl BlockCache {
         let b = &mut self.slots[s];
         b.mode = 0;
         b.insns.clear();
+        b.fast.clear();
         b.bytes.clear();
         let p = phys as usize;
         let page_end = (p | 0xfff) + 1;
@@ -161,6 +166,7 @@ impl BlockCache {
                 break;
             }
             b.insns.push(insn);
+            b.fast.push(classify(&insn));
             len = d.position();
             if !continues(&insn) || eip as u64 + len as u64 >= top {
                 break;
