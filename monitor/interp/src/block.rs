@@ -136,8 +136,10 @@ impl BlockCache {
         let b = &self.slots[s];
         if b.phys == phys && b.eip == eip && b.mode == mode {
             let p = phys as usize;
-            if ram.get(p..p + b.bytes.len()) == Some(&b.bytes[..]) {
-                return Some(s);
+            if let Some(r) = ram.get(p..p + b.bytes.len()) {
+                if same(r, &b.bytes) {
+                    return Some(s);
+                }
             }
         }
         self.build(s, ram, phys, eip, mode)
@@ -181,6 +183,19 @@ impl BlockCache {
         b.mode = mode;
         Some(s)
     }
+}
+
+/// `a == b` for slices of equal length, 8 bytes at a time (blocks are a few dozen bytes: a
+/// call to `memcmp` cost more than the comparison).
+#[inline(always)]
+fn same(a: &[u8], b: &[u8]) -> bool {
+    let mut diff = 0u64;
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        diff |= u64::from_le_bytes(x.try_into().unwrap()) ^ u64::from_le_bytes(y.try_into().unwrap());
+    }
+    diff == 0 && ra == rb
 }
 
 /// Whether a block may continue after `i` (see the module documentation).

@@ -7,7 +7,11 @@
 //! generic handler does for that form, in the same order, with the same flag helpers
 //! (`add_flags`, `sub_flags`, `szp`): it only skips the mnemonic dispatch and the operand-kind
 //! matches of `read_op`/`rmw_op`/`write_op`. Anything else is [`Fast::Generic`] and goes
-//! through `exec`. The differential test checks `run` (which uses these) against `step`
+//! through `exec`.
+//!
+//! Invariant: a fast path changes no general register and no flag before its last fallible
+//! step (the memory access, the Jcc limit check). So the block loop takes no register
+//! snapshot for it: if it fails, the current registers *are* the ones before it. The differential test checks `run` (which uses these) against `step`
 //! (which never does) on every case.
 
 use iced_x86::{ConditionCode, Instruction, Mnemonic as M, OpKind, Register};

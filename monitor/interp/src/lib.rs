@@ -304,12 +304,21 @@ impl<B: Bus> Cpu<B> {
         let mut k = 0;
         let result = loop {
             let insn = &insns[k];
-            self.cur_eip = self.state.eip;
-            self.snapshot_gpr();
-            self.saved_eflags = self.state.eflags;
+            let f = fast[k];
             self.next_eip = self.state.eip.wrapping_add(insn.len() as u32) & mask;
             *left -= 1;
-            match self.exec_fast(fast[k], insn) {
+            // A fast path changes no register or flag before its last fallible step (see
+            // `fast.rs`): its snapshot is taken only if it fails.
+            let generic = f == fast::Fast::Generic;
+            let r = if generic {
+                self.cur_eip = self.state.eip;
+                self.snapshot_gpr();
+                self.saved_eflags = self.state.eflags;
+                self.exec(insn)
+            } else {
+                self.exec_fast(f, insn)
+            };
+            match r {
                 Ok(()) => {
                     self.state.eip = self.next_eip;
                     self.icount += 1;
@@ -321,8 +330,13 @@ impl<B: Bus> Cpu<B> {
                         break BlockRun::Done;
                     }
                 }
-                Err(f) => {
-                    break match self.fault(f, Some(insn)) {
+                Err(e) => {
+                    if !generic {
+                        self.cur_eip = self.state.eip;
+                        self.saved_gpr = self.state.gpr;
+                        self.saved_eflags = self.state.eflags;
+                    }
+                    break match self.fault(e, Some(insn)) {
                         Some(exit) => BlockRun::Exit(exit),
                         None => BlockRun::Done,
                     }

@@ -128,7 +128,7 @@ impl Default for Tlb {
 impl<B: Bus> Cpu<B> {
     /// Translate a linear address to a physical one for an access of the given kind, walking
     /// the page tables on a TLB miss. Raises #PF (setting CR2) as the CPU would.
-    #[inline]
+    #[inline(always)]
     pub fn translate(&mut self, lin: u32, acc: Access) -> Res<u32> {
         if self.state.cr0 & cr::CR0_PG == 0 {
             return Ok(lin);
@@ -154,6 +154,7 @@ impl<B: Bus> Cpu<B> {
     }
 
     /// The page walk. On success sets Accessed (and Dirty on a write) and fills the TLB.
+    #[inline(never)]
     fn walk(&mut self, lin: u32, acc: Access) -> Res<u32> {
         let mut code = 0;
         if acc.write {
