@@ -267,9 +267,9 @@ impl<B: Bus> Cpu<B> {
     }
 
     /// Execute instructions from the block at CS:EIP, at most `*left` of them (decremented
-    /// per instruction). EFLAGS.TF and the interrupt shadow are clear. `NoBlock` (nothing done) where the
-    /// single-instruction path must handle CS:EIP: a fetch fault, a CS limit violation, code
-    /// outside RAM, an instruction crossing the page end, an invalid encoding.
+    /// per instruction). EFLAGS.TF and the interrupt shadow are clear. `NoBlock` (nothing
+    /// done) where the single-instruction path must handle CS:EIP: a fetch fault, a CS limit
+    /// violation, code outside RAM, an instruction crossing the page end, an invalid encoding.
     fn run_block(&mut self, left: &mut u64) -> BlockRun {
         let cs = self.state.seg[SegReg::Cs as usize];
         let eip = self.state.eip;
