@@ -13,6 +13,9 @@
 //! may legitimately differ) is counted as "undefined-dependent" and not compared; the test
 //! asserts that such cases stay rare.
 //!
+//! Every case also runs on a second interpreter through `run` (the block cache): it must end
+//! exactly where the single-instruction path (`step`) does (exit, state, memory, count).
+//!
 //! Case counts: `VMM_DIFF_CASES` (default 100,000 in all, split across the families); the
 //! long mode documented in docs/testing.md sets it to millions.
 
@@ -355,6 +358,20 @@ fn check_with(case: &Case, stats: &Stats, strict: bool, cmps_source_first: bool)
             exit
         ))
     };
+    // The block cache (`run`) must reproduce the single-instruction path (`step`) exactly.
+    let mut blk = interp_for(case, &code);
+    blk.quirks.cmps_source_first = cmps_source_first;
+    let bexit = blk.run(2_000_000);
+    if Some(&bexit).filter(|e| **e != Exit::Budget) != exit.as_ref()
+        || blk.state != cpu.state
+        || blk.icount != cpu.icount
+        || blk.bus.ram != cpu.bus.ram
+    {
+        return Err(report(&format!(
+            "run (block cache) and step disagree: run gpr {:08x?} eip {:#x} eflags {:#x} icount {} exit {bexit:?}, step icount {}",
+            blk.state.gpr, blk.state.eip, blk.state.eflags, blk.icount, cpu.icount
+        )));
+    }
     // The exits.
     let iexc = match &exit {
         Some(Exit::Exception {

@@ -21,7 +21,7 @@ pub(crate) struct Loc {
 impl<B: Bus> Cpu<B> {
     /// Segmentation: check an access of `size` bytes at `off` in segment `s` and return the
     /// linear address. Raises #GP(0) (#SS(0) for SS) as the CPU does.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn seg_linear(&mut self, s: SegReg, off: u32, size: u32, write: bool) -> Res<u32> {
         let seg = &self.state.seg[s as usize];
         let fail = || if s == SegReg::Ss { exc::ss(0) } else { exc::gp0() };
@@ -53,7 +53,7 @@ impl<B: Bus> Cpu<B> {
     }
 
     /// Translate a linear access of `size` bytes (1..=8), both pages if it crosses.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn lin_loc(&mut self, lin: u32, size: u8, acc: Access) -> Res<Loc> {
         let in_page = 0x1000 - (lin & 0xfff);
         let p0 = self.translate(lin, acc)?;
@@ -70,7 +70,7 @@ impl<B: Bus> Cpu<B> {
     /// comes before the page walk: a misaligned access to a page that is not present raises
     /// #AC, not #PF. That is what the host CPU does (found by the differential test), although
     /// the SDM's table of simultaneous exceptions lists #PF first.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn data_loc(&mut self, s: SegReg, off: u32, size: u8, write: bool) -> Res<Loc> {
         let lin = self.seg_linear(s, off, size as u32, write)?;
         let user = self.state.cpl == 3;
@@ -85,7 +85,7 @@ impl<B: Bus> Cpu<B> {
         self.lin_loc(lin, size, if write { Access::write(user) } else { Access::read(user) })
     }
 
-    #[inline]
+    #[inline(always)]
     pub(crate) fn loc_read(&mut self, l: Loc) -> u64 {
         if l.n0 == l.size {
             return match l.size {
@@ -103,7 +103,7 @@ impl<B: Bus> Cpu<B> {
         v
     }
 
-    #[inline]
+    #[inline(always)]
     pub(crate) fn loc_write(&mut self, l: Loc, v: u64) {
         if l.n0 == l.size {
             return match l.size {
@@ -124,12 +124,12 @@ impl<B: Bus> Cpu<B> {
 
     // ---- data accesses through a segment, at the current privilege level ----
 
-    #[inline]
+    #[inline(always)]
     pub(crate) fn read(&mut self, s: SegReg, off: u32, size: u8) -> Res<u32> {
         let l = self.data_loc(s, off, size, false)?;
         Ok(self.loc_read(l) as u32)
     }
-    #[inline]
+    #[inline(always)]
     pub(crate) fn write(&mut self, s: SegReg, off: u32, size: u8, v: u32) -> Res<()> {
         let l = self.data_loc(s, off, size, true)?;
         self.loc_write(l, v as u64);
