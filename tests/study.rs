@@ -12,6 +12,9 @@ const INSTRUCTIONS: &[&str] = &[
     "IN", "OUT", "RDMSR", "WRMSR", "CPUID", "RDTSC", "SYSENTER", "IRET",
 ];
 
+/// Entries beyond the list (a second probe of LAR, with a DPL 3 descriptor).
+const EXTRA: &[&str] = &["LAR (DPL 3)"];
+
 fn vmm(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_vmm")).args(args).output().expect("run vmm")
 }
@@ -47,7 +50,7 @@ fn json_report() {
             assert_eq!(r["engines"]["bt"]["verdict"], "not built", "{r}");
         }
     }
-    assert_eq!(results.len(), 2 * INSTRUCTIONS.len());
+    assert_eq!(results.len(), 2 * (INSTRUCTIONS.len() + EXTRA.len()));
 
     // The interpreter is exact everywhere (its expected values come from the SDM, not from it).
     for r in results {
@@ -62,6 +65,10 @@ fn json_report() {
     assert_eq!(cs["engines"]["direct"]["verdict"], "differs", "{cs}");
     let seen = cs["engines"]["direct"]["raw"]["values"][0].as_u64().unwrap();
     assert_eq!(seen & 3, 3, "the direct engine's CS shows RPL 3: {cs}");
+    // Direct-executed user code sees the host's descriptor tables: LAR of a guest DPL 3
+    // selector reads the host's GDT entry instead.
+    let lar = row(results, "LAR (DPL 3)", 3);
+    assert_eq!(lar["engines"]["direct"]["verdict"], "differs", "{lar}");
     // Privileged instructions trap and are emulated: exact.
     for name in ["CLI", "HLT", "LGDT", "MOV to CR3"] {
         for cpl in [0, 3] {

@@ -52,7 +52,8 @@ pub enum Src {
     Cr3,
 }
 
-/// One observed value: a label, where it comes from, and the bits compared.
+/// One observed value: a label, where it comes from, and the bits compared (the value is
+/// recorded and shown whole; bits outside `mask` are undefined or irrelevant).
 #[derive(Clone, Copy, Debug)]
 pub struct Obs {
     pub label: &'static str,
@@ -241,10 +242,27 @@ pub fn all() -> Vec<Case> {
                 if c.cpl == 0 {
                     Expect::Values(vec![guest::PROBE_AR, flags::ZF])
                 } else {
-                    Expect::Values(vec![0x1110_1111, 0])
+                    Expect::Values(vec![0x1111_1111, 0])
                 }
             },
             rule: "answers from the guest GDT (bits 19:16 undefined, not compared); a DPL 0 descriptor is invisible at CPL 3 (ZF = 0)",
+        },
+        Case {
+            name: "LAR (DPL 3)",
+            syntax: "lar eax, ecx  (ecx = 0x43, a DPL 3 data segment)",
+            privileged: Priv::No,
+            sensitive: true,
+            robin_irvine: true,
+            umip: false,
+            eflags: base,
+            code: |a, _| {
+                a.mov(eax, 0x1111_1111u32)?;
+                a.mov(ecx, guest::UPROBE_SEL as u32)?;
+                a.lar(eax, ecx)
+            },
+            obs: &[o!("eax", Src::Gpr(0), !0x000f_0000), ZF],
+            expect: |_| Expect::Values(vec![guest::UPROBE_AR, flags::ZF]),
+            rule: "answers from the guest GDT at any CPL (the descriptor is DPL 3; bits 19:16 not compared)",
         },
         Case {
             name: "LSL",

@@ -69,7 +69,7 @@ fn run_inner(case: &Case, ctx: &Ctx, kind: EngineKind) -> Result<Observed, Strin
         .obs
         .iter()
         .map(|o| {
-            let v = match o.src {
+            match o.src {
                 Src::Gpr(i) => rd(guest::RES + 4 * i as u32, 4),
                 Src::Mem(a, n) => rd(a, n),
                 Src::Stack(below) => rd(ctx.stack_top() - below, 4),
@@ -80,8 +80,7 @@ fn run_inner(case: &Case, ctx: &Ctx, kind: EngineKind) -> Result<Observed, Strin
                 Src::Ldtr => Some(s.ldtr.selector as u32),
                 Src::Tr => Some(s.tr.selector as u32),
                 Src::Cr3 => Some(s.cr3),
-            };
-            v.map(|v| v & o.mask)
+            }
         })
         .collect();
     Ok(Observed { end, values })

@@ -51,6 +51,8 @@ pub const PROBE_LIMIT: u32 = 0x12345;
 pub const PROBE_AR: u32 = 0x0040_9300;
 /// A DPL 3 data segment (RPL 3): base MEM, limit 0xabcd.
 pub const UPROBE_SEL: u16 = 0x43;
+/// LAR's answer for UPROBE_SEL: access byte 0xf3, D/B set.
+pub const UPROBE_AR: u32 = 0x0040_f300;
 /// An available TSS, for LTR.
 pub const TSS2_SEL: u16 = 0x48;
 pub const GDT_LIMIT: u16 = 10 * 8 - 1;

@@ -9,7 +9,7 @@ fn verdict(row: &Row, cell: &Cell) -> &'static str {
     match cell {
         Cell::NotBuilt => "not built",
         Cell::Missing(_) => "error",
-        Cell::Ran(o) if matches(&row.expect, o) => "exact",
+        Cell::Ran(o) if matches(&row.case, &row.expect, o) => "exact",
         Cell::Ran(_) => "differs",
     }
 }
@@ -117,7 +117,9 @@ pub fn table(rows: &[Row]) -> String {
     use std::fmt::Write as _;
     let mut s = String::new();
     let names: Vec<&str> = super::engines::ENGINES.iter().map(|(n, _)| *n).collect();
-    let _ = write!(s, "{:<14} {:<5} {:<5} {:<3} {:<44} {:<36}", "instruction", "priv", "sens", "cpl", "a real CPU shows", "host CPL 3 (native)");
+    let we = rows.iter().map(|r| describe_expect(&r.case, &r.expect).len()).max().unwrap_or(0).max(16);
+    let wn = rows.iter().map(|r| native_short(r).len()).max().unwrap_or(0).max(19);
+    let _ = write!(s, "{:<14} {:<5} {:<5} {:<3} {:<we$} {:<wn$}", "instruction", "priv", "sens", "cpl", "a real CPU shows", "host CPL 3 (native)");
     for n in &names {
         let _ = write!(s, " {n:<9}");
     }
@@ -125,7 +127,7 @@ pub fn table(rows: &[Row]) -> String {
     for r in rows {
         let _ = write!(
             s,
-            "{:<14} {:<5} {:<5} {:<3} {:<44} {:<36}",
+            "{:<14} {:<5} {:<5} {:<3} {:<we$} {:<wn$}",
             r.case.name,
             r.case.privileged.as_str(),
             if r.case.sensitive { "yes" } else { "no" },
@@ -142,7 +144,7 @@ pub fn table(rows: &[Row]) -> String {
     if !diffs.is_empty() {
         s.push_str("\nWhere the guest did not see what a real CPU shows (observed / expected):\n");
         for (what, col, got, want) in diffs {
-            let _ = writeln!(s, "  {what:<22} {col:<7} {got}  /  {want}");
+            let _ = writeln!(s, "  {what:<22} {col:<7} {got}\n  {:<22} {:<7} {want}  (expected)", "", "");
         }
     }
     s
