@@ -60,7 +60,7 @@ fn json_report() {
     // Trap-and-emulate of a deprivileged kernel: POPF and `mov ax, cs` fail at CPL 0.
     let popf = row(results, "POPF", 0);
     assert_eq!(popf["engines"]["direct"]["verdict"], "differs", "{popf}");
-    assert_eq!(popf["engines"]["direct"]["observed"], "if|iopl=0x200", "{popf}");
+    assert_eq!(popf["engines"]["direct"]["observed"], "if,iopl=0x200", "{popf}");
     let cs = row(results, "MOV from sreg", 0);
     assert_eq!(cs["engines"]["direct"]["verdict"], "differs", "{cs}");
     let seen = cs["engines"]["direct"]["raw"]["values"][0].as_u64().unwrap();

@@ -218,7 +218,7 @@ pub fn all() -> Vec<Case> {
                 a.push(0x3002u32)?;
                 a.popfd()
             },
-            obs: &[o!("if|iopl", Src::Eflags, flags::IF | flags::IOPL)],
+            obs: &[o!("if,iopl", Src::Eflags, flags::IF | flags::IOPL)],
             expect: |c| Expect::Values(vec![if c.cpl == 0 { 0x3000 } else { flags::IF }]),
             rule: "CPL 0 changes IF and IOPL; CPL 3 with IOPL 0 leaves both unchanged without faulting",
         },

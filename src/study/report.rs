@@ -150,6 +150,11 @@ pub fn table(rows: &[Row]) -> String {
     s
 }
 
+/// A Markdown table cell: pipes escaped.
+fn md(s: &str) -> String {
+    s.replace('|', "\\|")
+}
+
 pub fn markdown(rows: &[Row]) -> String {
     use std::fmt::Write as _;
     let mut s = String::new();
@@ -171,13 +176,13 @@ pub fn markdown(rows: &[Row]) -> String {
             r.case.privileged.as_str(),
             if r.case.sensitive { "yes" } else { "no" },
             r.cpl,
-            describe_expect(&r.case, &r.expect),
-            native_short(r)
+            md(&describe_expect(&r.case, &r.expect)),
+            md(&native_short(r))
         );
         for (_, c) in &r.engines {
             let v = verdict(r, c);
             if v == "differs" {
-                let _ = write!(s, " **differs**: {} |", observed_text(r, c));
+                let _ = write!(s, " **differs**: {} |", md(&observed_text(r, c)));
             } else {
                 let _ = write!(s, " {v} |");
             }
@@ -188,7 +193,7 @@ pub fn markdown(rows: &[Row]) -> String {
     if !diffs.is_empty() {
         s.push_str("\n| where | column | observed | a real CPU shows |\n|---|---|---|---|\n");
         for (what, col, got, want) in diffs {
-            let _ = writeln!(s, "| {what} | {col} | {got} | {want} |");
+            let _ = writeln!(s, "| {} | {col} | {} | {} |", md(&what), md(&got), md(&want));
         }
     }
     s
