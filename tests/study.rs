@@ -65,6 +65,25 @@ fn json_report() {
     assert_eq!(cs["engines"]["direct"]["verdict"], "differs", "{cs}");
     let seen = cs["engines"]["direct"]["raw"]["values"][0].as_u64().unwrap();
     assert_eq!(seen & 3, 3, "the direct engine's CS shows RPL 3: {cs}");
+    // How each came about: the failures ran on the CPU, the SGDT of an LDT code segment and
+    // the privileged instructions trapped and were emulated.
+    assert_eq!(popf["engines"]["direct"]["trapped"], false, "{popf}");
+    assert_eq!(cs["engines"]["direct"]["trapped"], false, "{cs}");
+    for name in ["SGDT", "CLI", "HLT"] {
+        for cpl in [0, 3] {
+            let r = row(results, name, cpl);
+            assert_eq!(r["engines"]["direct"]["trapped"], true, "{r}");
+        }
+    }
+    // Trap-and-emulate is exact exactly where the instruction traps (Popek and Goldberg):
+    // every direct cell that differs is one that ran on the CPU.
+    for r in results {
+        let d = &r["engines"]["direct"];
+        if d["verdict"] == "differs" {
+            assert_eq!(d["trapped"], false, "{r}");
+        }
+        assert!(r["engines"]["interp"].get("trapped").is_none(), "{r}");
+    }
     // Direct-executed user code sees the host's descriptor tables: LAR of a guest DPL 3
     // selector reads the host's GDT entry instead.
     let lar = row(results, "LAR (DPL 3)", 3);

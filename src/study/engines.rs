@@ -25,7 +25,7 @@ pub const ENGINES: &[(&str, Option<EngineKind>)] = &[
 pub fn run(case: &Case, ctx: &Ctx, kind: EngineKind) -> Observed {
     match run_inner(case, ctx, kind) {
         Ok(o) => o,
-        Err(e) => Observed { end: End::Failed(e), values: vec![] },
+        Err(e) => Observed { end: End::Failed(e), values: vec![], trapped: None },
     }
 }
 
@@ -83,5 +83,11 @@ fn run_inner(case: &Case, ctx: &Ctx, kind: EngineKind) -> Result<Observed, Strin
             }
         })
         .collect();
-    Ok(Observed { end, values })
+    // The exit through the debug-exit port (the epilogue's or the handler's OUT) is one
+    // emulated instruction; any other was the instruction under study (or its consequence).
+    let trapped = (kind != EngineKind::Interp).then(|| {
+        let exit_out = u64::from(matches!(r.outcome, Outcome::DebugExit { .. }));
+        r.stats.emulated > exit_out
+    });
+    Ok(Observed { end, values, trapped })
 }

@@ -40,6 +40,10 @@ pub enum End {
 pub struct Observed {
     pub end: End,
     pub values: Vec<Option<u32>>,
+    /// Engines that run guest code on the CPU: whether the instruction under study left guest
+    /// code (a trap) and was emulated by the interpreter. `None` where it has no meaning
+    /// (`interp`, the native runner).
+    pub trapped: Option<bool>,
 }
 
 fn event_name(vector: u8, error: u32, cs: Option<u16>) -> String {
@@ -72,12 +76,12 @@ impl Observed {
     pub fn to_json(&self) -> Value {
         let values: Vec<Value> = self.values.iter().map(|v| v.map_or(Value::Null, |v| json!(v))).collect();
         match &self.end {
-            End::Completed => json!({ "end": "completed", "values": values }),
+            End::Completed => json!({ "end": "completed", "values": values, "trapped": self.trapped }),
             End::Event { vector, error, cs } => {
-                json!({ "end": "event", "vector": vector, "error": error, "cs": cs, "values": values })
+                json!({ "end": "event", "vector": vector, "error": error, "cs": cs, "values": values, "trapped": self.trapped })
             }
-            End::Halted => json!({ "end": "halted", "values": values }),
-            End::Failed(m) => json!({ "end": "failed", "message": m, "values": values }),
+            End::Halted => json!({ "end": "halted", "values": values, "trapped": self.trapped }),
+            End::Failed(m) => json!({ "end": "failed", "message": m, "values": values, "trapped": self.trapped }),
         }
     }
 
@@ -99,7 +103,7 @@ impl Observed {
             Some("failed") => End::Failed(v["message"].as_str().unwrap_or("").to_string()),
             other => return Err(format!("unknown end {other:?}")),
         };
-        Ok(Observed { end, values })
+        Ok(Observed { end, values, trapped: v["trapped"].as_bool() })
     }
 }
 

@@ -19,11 +19,11 @@ use super::{End, Observed};
 pub fn run(case: &Case) -> Observed {
     let nc = match guest::native_case(case) {
         Ok(c) => c,
-        Err(e) => return Observed { end: End::Failed(e), values: vec![] },
+        Err(e) => return Observed { end: End::Failed(e), values: vec![], trapped: None },
     };
     let out = match native::run(&nc) {
         Ok(o) => o,
-        Err(e) => return Observed { end: End::Failed(e.to_string()), values: vec![] },
+        Err(e) => return Observed { end: End::Failed(e.to_string()), values: vec![], trapped: None },
     };
     let end = match out.exception {
         None => End::Completed,
@@ -54,7 +54,7 @@ pub fn run(case: &Case) -> Observed {
             }
         })
         .collect();
-    Observed { end, values }
+    Observed { end, values, trapped: None }
 }
 
 /// `vmm study --native-only --format json`: every case, one JSON object.

@@ -2,7 +2,7 @@
 
 use serde_json::{json, Value};
 
-use super::{describe_expect, matches, native_behaviour, Cell, Row};
+use super::{describe_expect, matches, native_behaviour, Cell, Observed, Row};
 
 /// A cell's verdict: "exact", "differs", "not built", "n/a" (native at CPL 0), "error".
 fn verdict(row: &Row, cell: &Cell) -> &'static str {
@@ -11,6 +11,18 @@ fn verdict(row: &Row, cell: &Cell) -> &'static str {
         Cell::Missing(_) => "error",
         Cell::Ran(o) if matches(&row.case, &row.expect, o) => "exact",
         Cell::Ran(_) => "differs",
+    }
+}
+
+/// The verdict with how it came about, for engines that run guest code on the CPU: "exact,
+/// trapped" (the instruction trapped and was emulated), "differs, ran" (it ran on the CPU
+/// and showed the host's view).
+fn verdict_long(row: &Row, cell: &Cell) -> String {
+    let v = verdict(row, cell);
+    match cell {
+        Cell::Ran(Observed { trapped: Some(true), .. }) => format!("{v}, trapped"),
+        Cell::Ran(Observed { trapped: Some(false), .. }) => format!("{v}, ran"),
+        _ => v.to_string(),
     }
 }
 
@@ -26,6 +38,9 @@ fn cell_json(row: &Row, cell: &Cell) -> Value {
     let mut v = json!({ "verdict": verdict(row, cell) });
     match cell {
         Cell::Ran(o) => {
+            if let Some(t) = o.trapped {
+                v["trapped"] = json!(t);
+            }
             v["observed"] = json!(o.describe(&row.case));
             v["raw"] = o.to_json();
         }
@@ -121,7 +136,7 @@ pub fn table(rows: &[Row]) -> String {
     let wn = rows.iter().map(|r| native_short(r).len()).max().unwrap_or(0).max(19);
     let _ = write!(s, "{:<14} {:<5} {:<5} {:<3} {:<we$} {:<wn$}", "instruction", "priv", "sens", "cpl", "a real CPU shows", "host CPL 3 (native)");
     for n in &names {
-        let _ = write!(s, " {n:<9}");
+        let _ = write!(s, " {n:<16}");
     }
     s.push('\n');
     for r in rows {
@@ -136,7 +151,7 @@ pub fn table(rows: &[Row]) -> String {
             native_short(r)
         );
         for (_, c) in &r.engines {
-            let _ = write!(s, " {:<9}", verdict(r, c));
+            let _ = write!(s, " {:<16}", verdict_long(r, c));
         }
         s.push('\n');
     }
@@ -180,9 +195,9 @@ pub fn markdown(rows: &[Row]) -> String {
             md(&native_short(r))
         );
         for (_, c) in &r.engines {
-            let v = verdict(r, c);
-            if v == "differs" {
-                let _ = write!(s, " **differs**: {} |", md(&observed_text(r, c)));
+            let v = verdict_long(r, c);
+            if verdict(r, c) == "differs" {
+                let _ = write!(s, " **{v}**: {} |", md(&observed_text(r, c)));
             } else {
                 let _ = write!(s, " {v} |");
             }
