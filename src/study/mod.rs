@@ -254,3 +254,45 @@ pub fn run(args: &StudyArgs) -> Result<String, String> {
         Format::Markdown => report::markdown(&rows),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_case_builds_at_both_cpls_and_natively() {
+        let cases = catalogue::all();
+        let mut names: Vec<&str> = cases.iter().map(|c| c.name).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), cases.len(), "names must be unique");
+        for c in &cases {
+            for cpl in [0, 3] {
+                let ctx = Ctx { cpl };
+                guest::build(c, &ctx).unwrap_or_else(|e| panic!("{}: {e}", c.name));
+                if let Expect::Values(v) = (c.expect)(&ctx) {
+                    assert_eq!(v.len(), c.obs.len(), "{} at CPL {cpl}: one expected value per observation", c.name);
+                }
+            }
+            guest::native_case(c).unwrap_or_else(|e| panic!("{}: {e}", c.name));
+        }
+    }
+
+    #[test]
+    fn comparison_masks_and_ends() {
+        let c = catalogue::all().into_iter().find(|c| c.name == "LAR").unwrap();
+        let e = (c.expect)(&Ctx { cpl: 0 });
+        // Bits 19:16 of LAR's result are undefined: not compared.
+        let o = Observed { end: End::Completed, values: vec![Some(0x0041_9300), Some(0x40)], trapped: None };
+        assert!(matches(&c, &e, &o));
+        let o = Observed { end: End::Completed, values: vec![Some(0x0040_9200), Some(0x40)], trapped: None };
+        assert!(!matches(&c, &e, &o));
+        let o = Observed { end: End::Event { vector: 13, error: 0, cs: None }, values: vec![], trapped: None };
+        assert!(!matches(&c, &e, &o));
+        assert!(matches(&c, &Expect::Fault(13, 0), &o));
+        assert!(!matches(&c, &Expect::Fault(13, 8), &o));
+        // JSON round trip.
+        let o = Observed { end: End::Event { vector: 0x21, error: 0, cs: Some(0x1b) }, values: vec![None, Some(3)], trapped: Some(true) };
+        assert_eq!(Observed::from_json(&o.to_json()).unwrap(), o);
+    }
+}
