@@ -6,23 +6,63 @@ use serde_json::Value;
 
 /// Robin and Irvine's seventeen, and the privileged ones, as named in the report.
 const INSTRUCTIONS: &[&str] = &[
-    "SGDT", "SIDT", "SLDT", "SMSW", "PUSHF", "POPF", "LAR", "LSL", "VERR", "VERW", "PUSH sreg",
-    "POP sreg", "far CALL", "far JMP", "INT n", "far RET", "STR", "MOV from sreg", "MOV to sreg",
-    "CLI", "STI", "HLT", "MOV from CR0", "MOV to CR3", "LGDT", "LIDT", "LLDT", "LTR", "INVLPG",
-    "IN", "OUT", "RDMSR", "WRMSR", "CPUID", "RDTSC", "SYSENTER", "IRET",
+    "SGDT",
+    "SIDT",
+    "SLDT",
+    "SMSW",
+    "PUSHF",
+    "POPF",
+    "LAR",
+    "LSL",
+    "VERR",
+    "VERW",
+    "PUSH sreg",
+    "POP sreg",
+    "far CALL",
+    "far JMP",
+    "INT n",
+    "far RET",
+    "STR",
+    "MOV from sreg",
+    "MOV to sreg",
+    "CLI",
+    "STI",
+    "HLT",
+    "MOV from CR0",
+    "MOV to CR3",
+    "LGDT",
+    "LIDT",
+    "LLDT",
+    "LTR",
+    "INVLPG",
+    "IN",
+    "OUT",
+    "RDMSR",
+    "WRMSR",
+    "CPUID",
+    "RDTSC",
+    "SYSENTER",
+    "IRET",
 ];
 
 /// Entries beyond the list (a second probe of LAR, with a DPL 3 descriptor).
 const EXTRA: &[&str] = &["LAR (DPL 3)"];
 
 fn vmm(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_vmm")).args(args).output().expect("run vmm")
+    Command::new(env!("CARGO_BIN_EXE_vmm"))
+        .args(args)
+        .output()
+        .expect("run vmm")
 }
 
 fn study_json() -> Value {
     let out = vmm(&["study", "--format", "json"]);
     let so = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{}\n{so}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}\n{so}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_str(&so).unwrap_or_else(|e| panic!("the JSON does not parse: {e}\n{so}"))
 }
 
@@ -43,7 +83,12 @@ fn json_report() {
     for name in INSTRUCTIONS {
         for cpl in [0, 3] {
             let r = row(results, name, cpl);
-            assert!(r["expected"].is_string() && r["privileged"].is_string() && r["sensitive"].is_boolean(), "{r}");
+            assert!(
+                r["expected"].is_string()
+                    && r["privileged"].is_string()
+                    && r["sensitive"].is_boolean(),
+                "{r}"
+            );
             // The native column exists at CPL 3 only.
             assert_eq!(r["native"].is_null(), cpl == 0, "{r}");
             // bt is not built yet: shown cleanly.
@@ -60,10 +105,15 @@ fn json_report() {
     // Trap-and-emulate of a deprivileged kernel: POPF and `mov ax, cs` fail at CPL 0.
     let popf = row(results, "POPF", 0);
     assert_eq!(popf["engines"]["direct"]["verdict"], "differs", "{popf}");
-    assert_eq!(popf["engines"]["direct"]["observed"], "if,iopl=0x200", "{popf}");
+    assert_eq!(
+        popf["engines"]["direct"]["observed"], "if,iopl=0x200",
+        "{popf}"
+    );
     let cs = row(results, "MOV from sreg", 0);
     assert_eq!(cs["engines"]["direct"]["verdict"], "differs", "{cs}");
-    let seen = cs["engines"]["direct"]["raw"]["values"][0].as_u64().unwrap();
+    let seen = cs["engines"]["direct"]["raw"]["values"][0]
+        .as_u64()
+        .unwrap();
     assert_eq!(seen & 3, 3, "the direct engine's CS shows RPL 3: {cs}");
     // How each came about: the failures ran on the CPU, the SGDT of an LDT code segment and
     // the privileged instructions trapped and were emulated.
@@ -106,9 +156,16 @@ fn json_report() {
     }
     let sgdt = &row(results, "SGDT", 3)["native"];
     assert_eq!(sgdt["verdict"], "differs", "{sgdt}");
-    assert_eq!(sgdt["behaviour"], "UMIP: host emulates with dummy values", "{sgdt}");
+    assert_eq!(
+        sgdt["behaviour"], "UMIP: host emulates with dummy values",
+        "{sgdt}"
+    );
     // Linux's UMIP_DUMMY_GDT_BASE, truncated to 32 bits, with limit 0.
-    assert_eq!(sgdt["raw"]["values"], serde_json::json!([0, 0xfffe_0000u32]), "{sgdt}");
+    assert_eq!(
+        sgdt["raw"]["values"],
+        serde_json::json!([0, 0xfffe_0000u32]),
+        "{sgdt}"
+    );
 }
 
 #[test]
@@ -116,9 +173,19 @@ fn table_and_markdown() {
     let out = vmm(&["study", "--only", "popf,cli"]);
     let so = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{so}");
-    assert!(so.contains("instruction") && so.contains("interp") && so.contains("not built"), "{so}");
-    assert!(so.contains("POPF at CPL 0") && so.contains("direct"), "{so}");
-    assert_eq!(so.lines().filter(|l| l.starts_with("CLI ")).count(), 2, "{so}");
+    assert!(
+        so.contains("instruction") && so.contains("interp") && so.contains("not built"),
+        "{so}"
+    );
+    assert!(
+        so.contains("POPF at CPL 0") && so.contains("direct"),
+        "{so}"
+    );
+    assert_eq!(
+        so.lines().filter(|l| l.starts_with("CLI ")).count(),
+        2,
+        "{so}"
+    );
 
     let out = vmm(&["study", "--only", "sgdt", "--format", "markdown"]);
     let so = String::from_utf8_lossy(&out.stdout);

@@ -10,7 +10,10 @@ use iced_x86::code_asm::*;
 use iced_x86::{Code, Instruction};
 use vmm_interp::state::flags;
 
-use super::guest::{self, Ctx, EPILOGUE, GDT, GDT2, GDT_LIMIT, IDT, IDT_LIMIT, LDT_SEL, MAGIC, MEM, MISC_ENABLE, SNIPPET, TSS2_SEL, TSS_SEL};
+use super::guest::{
+    self, Ctx, EPILOGUE, GDT, GDT2, GDT_LIMIT, IDT, IDT_LIMIT, LDT_SEL, MAGIC, MEM, MISC_ENABLE,
+    SNIPPET, TSS2_SEL, TSS_SEL,
+};
 
 /// Whether a real CPU refuses the instruction outside CPL 0.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -64,7 +67,11 @@ pub struct Obs {
 /// An [`Obs`] literal (a literal, so that `&[...]` of them is promoted to `'static`).
 macro_rules! o {
     ($label:expr, $src:expr, $mask:expr) => {
-        Obs { label: $label, src: $src, mask: $mask }
+        Obs {
+            label: $label,
+            src: $src,
+            mask: $mask,
+        }
     };
 }
 

@@ -25,7 +25,11 @@ pub const ENGINES: &[(&str, Option<EngineKind>)] = &[
 pub fn run(case: &Case, ctx: &Ctx, kind: EngineKind) -> Observed {
     match run_inner(case, ctx, kind) {
         Ok(o) => o,
-        Err(e) => Observed { end: End::Failed(e), values: vec![], trapped: None },
+        Err(e) => Observed {
+            end: End::Failed(e),
+            values: vec![],
+            trapped: None,
+        },
     }
 }
 
@@ -68,19 +72,17 @@ fn run_inner(case: &Case, ctx: &Ctx, kind: EngineKind) -> Result<Observed, Strin
     let values = case
         .obs
         .iter()
-        .map(|o| {
-            match o.src {
-                Src::Gpr(i) => rd(guest::RES + 4 * i as u32, 4),
-                Src::Mem(a, n) => rd(a, n),
-                Src::Stack(below) => rd(ctx.stack_top() - below, 4),
-                Src::Eflags => Some(s.eflags),
-                Src::GdtrBase => Some(s.gdtr.base),
-                Src::GdtrLimit => Some(s.gdtr.limit as u32),
-                Src::IdtrLimit => Some(s.idtr.limit as u32),
-                Src::Ldtr => Some(s.ldtr.selector as u32),
-                Src::Tr => Some(s.tr.selector as u32),
-                Src::Cr3 => Some(s.cr3),
-            }
+        .map(|o| match o.src {
+            Src::Gpr(i) => rd(guest::RES + 4 * i as u32, 4),
+            Src::Mem(a, n) => rd(a, n),
+            Src::Stack(below) => rd(ctx.stack_top() - below, 4),
+            Src::Eflags => Some(s.eflags),
+            Src::GdtrBase => Some(s.gdtr.base),
+            Src::GdtrLimit => Some(s.gdtr.limit as u32),
+            Src::IdtrLimit => Some(s.idtr.limit as u32),
+            Src::Ldtr => Some(s.ldtr.selector as u32),
+            Src::Tr => Some(s.tr.selector as u32),
+            Src::Cr3 => Some(s.cr3),
         })
         .collect();
     // The exit through the debug-exit port (the epilogue's or the handler's OUT) is one
@@ -89,5 +91,9 @@ fn run_inner(case: &Case, ctx: &Ctx, kind: EngineKind) -> Result<Observed, Strin
         let exit_out = u64::from(matches!(r.outcome, Outcome::DebugExit { .. }));
         r.stats.emulated > exit_out
     });
-    Ok(Observed { end, values, trapped })
+    Ok(Observed {
+        end,
+        values,
+        trapped,
+    })
 }

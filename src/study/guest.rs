@@ -76,13 +76,25 @@ pub struct Ctx {
 
 impl Ctx {
     pub fn cs(&self) -> u16 {
-        if self.cpl == 0 { 0x08 } else { 0x1b }
+        if self.cpl == 0 {
+            0x08
+        } else {
+            0x1b
+        }
     }
     pub fn ds(&self) -> u16 {
-        if self.cpl == 0 { 0x10 } else { 0x23 }
+        if self.cpl == 0 {
+            0x10
+        } else {
+            0x23
+        }
     }
     pub fn stack_top(&self) -> u32 {
-        if self.cpl == 0 { KSTACK } else { USTACK }
+        if self.cpl == 0 {
+            KSTACK
+        } else {
+            USTACK
+        }
     }
 }
 
@@ -103,20 +115,23 @@ fn desc(base: u32, limit: u32, access: u8, fl: u8) -> u64 {
 fn gdt() -> Vec<u8> {
     let d = [
         0u64,
-        desc(0, 0xfffff, 0x9b, 0xc),          // 0x08 kernel code
-        desc(0, 0xfffff, 0x93, 0xc),          // 0x10 kernel data
-        desc(0, 0xfffff, 0xfb, 0xc),          // 0x18 user code
-        desc(0, 0xfffff, 0xf3, 0xc),          // 0x20 user data
-        desc(TSS, TSS_LIMIT, 0x8b, 0),        // 0x28 TSS (busy)
-        desc(LDT, 0xf, 0x82, 0),              // 0x30 LDT
-        desc(MEM, PROBE_LIMIT, 0x93, 0x4),    // 0x38 probe, DPL 0
-        desc(MEM, 0xabcd, 0xf3, 0x4),         // 0x40 probe, DPL 3
-        desc(TSS2, 0x67, 0x89, 0),            // 0x48 TSS (available)
+        desc(0, 0xfffff, 0x9b, 0xc),       // 0x08 kernel code
+        desc(0, 0xfffff, 0x93, 0xc),       // 0x10 kernel data
+        desc(0, 0xfffff, 0xfb, 0xc),       // 0x18 user code
+        desc(0, 0xfffff, 0xf3, 0xc),       // 0x20 user data
+        desc(TSS, TSS_LIMIT, 0x8b, 0),     // 0x28 TSS (busy)
+        desc(LDT, 0xf, 0x82, 0),           // 0x30 LDT
+        desc(MEM, PROBE_LIMIT, 0x93, 0x4), // 0x38 probe, DPL 0
+        desc(MEM, 0xabcd, 0xf3, 0x4),      // 0x40 probe, DPL 3
+        desc(TSS2, 0x67, 0x89, 0),         // 0x48 TSS (available)
     ];
     d.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
 
-fn asm_at(at: u32, f: impl FnOnce(&mut CodeAssembler) -> Result<(), IcedError>) -> Result<Vec<u8>, String> {
+fn asm_at(
+    at: u32,
+    f: impl FnOnce(&mut CodeAssembler) -> Result<(), IcedError>,
+) -> Result<Vec<u8>, String> {
     let mut a = CodeAssembler::new(32).map_err(|e| e.to_string())?;
     f(&mut a).map_err(|e| e.to_string())?;
     a.assemble(at as u64).map_err(|e| e.to_string())
@@ -186,7 +201,10 @@ pub fn build(case: &Case, ctx: &Ctx) -> Result<Image, String> {
     chunks.push((
         EPILOGUE,
         asm_at(EPILOGUE, |a| {
-            for (i, r) in [eax, ecx, edx, ebx, esp, ebp, esi, edi].into_iter().enumerate() {
+            for (i, r) in [eax, ecx, edx, ebx, esp, ebp, esi, edi]
+                .into_iter()
+                .enumerate()
+            {
                 a.mov(dword_ptr(RES + 4 * i as u32).ss(), r)?;
             }
             a.mov(al, DONE as u32)?;
@@ -206,29 +224,51 @@ pub fn build(case: &Case, ctx: &Ctx) -> Result<Image, String> {
         }
         chunks.push((at, code));
     }
-    chunks.push((COMMON_ERR, asm_at(COMMON_ERR, |a| {
-        a.pop(dword_ptr(RES_ERR).ss())?;
-        a.jmp(COMMON as u64)
-    })?));
-    chunks.push((COMMON, asm_at(COMMON, |a| {
-        a.mov(eax, dword_ptr(esp))?;
-        a.mov(dword_ptr(RES_EIP).ss(), eax)?;
-        a.mov(eax, dword_ptr(esp + 4))?;
-        a.mov(dword_ptr(RES_CS).ss(), eax)?;
-        a.mov(al, EVENT as u32)?;
-        a.out(0xf4, al)?;
-        a.hlt()
-    })?));
+    chunks.push((
+        COMMON_ERR,
+        asm_at(COMMON_ERR, |a| {
+            a.pop(dword_ptr(RES_ERR).ss())?;
+            a.jmp(COMMON as u64)
+        })?,
+    ));
+    chunks.push((
+        COMMON,
+        asm_at(COMMON, |a| {
+            a.mov(eax, dword_ptr(esp))?;
+            a.mov(dword_ptr(RES_EIP).ss(), eax)?;
+            a.mov(eax, dword_ptr(esp + 4))?;
+            a.mov(dword_ptr(RES_CS).ss(), eax)?;
+            a.mov(al, EVENT as u32)?;
+            a.out(0xf4, al)?;
+            a.hlt()
+        })?,
+    ));
 
     let mut s = CpuState::flat_protected(ctx.cpl);
     s.cr0 = CR0;
     s.eip = SNIPPET;
     s.gpr[4] = ctx.stack_top();
     s.eflags = case.eflags;
-    s.gdtr = TableReg { base: GDT, limit: GDT_LIMIT };
-    s.idtr = TableReg { base: IDT, limit: IDT_LIMIT };
-    s.ldtr = Segment { selector: LDT_SEL, base: LDT, limit: 0xf, attr: attr::P | 2 };
-    s.tr = Segment { selector: TSS_SEL, base: TSS, limit: TSS_LIMIT, attr: attr::P | 11 };
+    s.gdtr = TableReg {
+        base: GDT,
+        limit: GDT_LIMIT,
+    };
+    s.idtr = TableReg {
+        base: IDT,
+        limit: IDT_LIMIT,
+    };
+    s.ldtr = Segment {
+        selector: LDT_SEL,
+        base: LDT,
+        limit: 0xf,
+        attr: attr::P | 2,
+    };
+    s.tr = Segment {
+        selector: TSS_SEL,
+        base: TSS,
+        limit: TSS_LIMIT,
+        attr: attr::P | 11,
+    };
     s.msr.misc_enable = MISC_ENABLE as u64;
     Ok(Image { chunks, state: s })
 }
@@ -245,9 +285,21 @@ pub fn native_case(case: &Case) -> Result<NativeCase, String> {
     gpr[4] = USTACK;
     Ok(NativeCase {
         regions: vec![
-            Region { addr: MEM, bytes: mem_page(), prot: Prot::ReadWrite },
-            Region { addr: USTACK - 0x1000, bytes: vec![0; 0x1000], prot: Prot::ReadWrite },
-            Region { addr: SNIPPET, bytes: code, prot: Prot::ReadExec },
+            Region {
+                addr: MEM,
+                bytes: mem_page(),
+                prot: Prot::ReadWrite,
+            },
+            Region {
+                addr: USTACK - 0x1000,
+                bytes: vec![0; 0x1000],
+                prot: Prot::ReadWrite,
+            },
+            Region {
+                addr: SNIPPET,
+                bytes: code,
+                prot: Prot::ReadExec,
+            },
         ],
         gpr,
         eflags: case.eflags,

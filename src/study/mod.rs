@@ -28,7 +28,11 @@ pub enum End {
     Completed,
     /// An exception or interrupt: vector, error code (0 if none), the CS the CPU pushed (the
     /// native runner cannot see it).
-    Event { vector: u8, error: u32, cs: Option<u16> },
+    Event {
+        vector: u8,
+        error: u32,
+        cs: Option<u16>,
+    },
     /// The CPU halted.
     Halted,
     /// The run could not be made or ended otherwise (message).
@@ -51,7 +55,11 @@ fn event_name(vector: u8, error: u32, cs: Option<u16>) -> String {
         "host system call (SIGSYS)".to_string()
     } else if vector < 32 {
         let n = exception::name(vector);
-        if matches!(vector, 8 | 10..=14 | 17) { format!("{n}({error:#x})") } else { n }
+        if matches!(vector, 8 | 10..=14 | 17) {
+            format!("{n}({error:#x})")
+        } else {
+            n
+        }
     } else {
         format!("int {vector:#x}")
     };
@@ -74,14 +82,22 @@ impl Observed {
     }
 
     pub fn to_json(&self) -> Value {
-        let values: Vec<Value> = self.values.iter().map(|v| v.map_or(Value::Null, |v| json!(v))).collect();
+        let values: Vec<Value> = self
+            .values
+            .iter()
+            .map(|v| v.map_or(Value::Null, |v| json!(v)))
+            .collect();
         match &self.end {
-            End::Completed => json!({ "end": "completed", "values": values, "trapped": self.trapped }),
+            End::Completed => {
+                json!({ "end": "completed", "values": values, "trapped": self.trapped })
+            }
             End::Event { vector, error, cs } => {
                 json!({ "end": "event", "vector": vector, "error": error, "cs": cs, "values": values, "trapped": self.trapped })
             }
             End::Halted => json!({ "end": "halted", "values": values, "trapped": self.trapped }),
-            End::Failed(m) => json!({ "end": "failed", "message": m, "values": values, "trapped": self.trapped }),
+            End::Failed(m) => {
+                json!({ "end": "failed", "message": m, "values": values, "trapped": self.trapped })
+            }
         }
     }
 
@@ -103,7 +119,11 @@ impl Observed {
             Some("failed") => End::Failed(v["message"].as_str().unwrap_or("").to_string()),
             other => return Err(format!("unknown end {other:?}")),
         };
-        Ok(Observed { end, values, trapped: v["trapped"].as_bool() })
+        Ok(Observed {
+            end,
+            values,
+            trapped: v["trapped"].as_bool(),
+        })
     }
 }
 
@@ -119,7 +139,11 @@ fn values_text(case: &Case, values: impl Iterator<Item = Option<u32>>) -> String
             None => format!("{}=?", o.label),
         })
         .collect();
-    if parts.is_empty() { "completes".into() } else { parts.join(" ") }
+    if parts.is_empty() {
+        "completes".into()
+    } else {
+        parts.join(" ")
+    }
 }
 
 pub fn describe_expect(case: &Case, e: &Expect) -> String {
@@ -138,10 +162,18 @@ pub fn matches(case: &Case, e: &Expect, o: &Observed) -> bool {
         (Expect::Values(v), End::Completed) => {
             v.len() == o.values.len()
                 && v.len() == case.obs.len()
-                && v.iter().zip(&o.values).zip(case.obs).all(|((a, b), ob)| b.is_some_and(|b| (a ^ b) & ob.mask == 0))
+                && v.iter()
+                    .zip(&o.values)
+                    .zip(case.obs)
+                    .all(|((a, b), ob)| b.is_some_and(|b| (a ^ b) & ob.mask == 0))
         }
         (Expect::Fault(v, err), End::Event { vector, error, .. }) => v == vector && err == error,
-        (Expect::Event(v, cs), End::Event { vector, cs: ocs, .. }) => v == vector && !matches!(ocs, Some(c) if c != cs),
+        (
+            Expect::Event(v, cs),
+            End::Event {
+                vector, cs: ocs, ..
+            },
+        ) => v == vector && !matches!(ocs, Some(c) if c != cs),
         (Expect::Halt, End::Halted) => true,
         _ => false,
     }
@@ -187,8 +219,13 @@ fn selected(only: Option<&str>) -> Vec<Case> {
     match only {
         None => all,
         Some(o) => {
-            let want: Vec<String> = o.split(',').map(|s| s.trim().to_ascii_lowercase()).collect();
-            all.into_iter().filter(|c| want.contains(&c.name.to_ascii_lowercase())).collect()
+            let want: Vec<String> = o
+                .split(',')
+                .map(|s| s.trim().to_ascii_lowercase())
+                .collect();
+            all.into_iter()
+                .filter(|c| want.contains(&c.name.to_ascii_lowercase()))
+                .collect()
         }
     }
 }
@@ -218,7 +255,10 @@ pub struct StudyArgs {
 pub fn run(args: &StudyArgs) -> Result<String, String> {
     let cases = selected(args.only.as_deref());
     if cases.is_empty() {
-        return Err(format!("no instruction matches --only {:?}", args.only.clone().unwrap_or_default()));
+        return Err(format!(
+            "no instruction matches --only {:?}",
+            args.only.clone().unwrap_or_default()
+        ));
     }
     if args.native_only {
         return Ok(native::child_main(&cases).to_string());
@@ -245,7 +285,13 @@ pub fn run(args: &StudyArgs) -> Result<String, String> {
                     None => (*name, Cell::NotBuilt),
                 })
                 .collect();
-            rows.push(Row { case, cpl, expect, native, engines });
+            rows.push(Row {
+                case,
+                cpl,
+                expect,
+                native,
+                engines,
+            });
         }
     }
     Ok(match args.format {
@@ -271,7 +317,12 @@ mod tests {
                 let ctx = Ctx { cpl };
                 guest::build(c, &ctx).unwrap_or_else(|e| panic!("{}: {e}", c.name));
                 if let Expect::Values(v) = (c.expect)(&ctx) {
-                    assert_eq!(v.len(), c.obs.len(), "{} at CPL {cpl}: one expected value per observation", c.name);
+                    assert_eq!(
+                        v.len(),
+                        c.obs.len(),
+                        "{} at CPL {cpl}: one expected value per observation",
+                        c.name
+                    );
                 }
             }
             guest::native_case(c).unwrap_or_else(|e| panic!("{}: {e}", c.name));
@@ -280,19 +331,46 @@ mod tests {
 
     #[test]
     fn comparison_masks_and_ends() {
-        let c = catalogue::all().into_iter().find(|c| c.name == "LAR").unwrap();
+        let c = catalogue::all()
+            .into_iter()
+            .find(|c| c.name == "LAR")
+            .unwrap();
         let e = (c.expect)(&Ctx { cpl: 0 });
         // Bits 19:16 of LAR's result are undefined: not compared.
-        let o = Observed { end: End::Completed, values: vec![Some(0x0041_9300), Some(0x40)], trapped: None };
+        let o = Observed {
+            end: End::Completed,
+            values: vec![Some(0x0041_9300), Some(0x40)],
+            trapped: None,
+        };
         assert!(matches(&c, &e, &o));
-        let o = Observed { end: End::Completed, values: vec![Some(0x0040_9200), Some(0x40)], trapped: None };
+        let o = Observed {
+            end: End::Completed,
+            values: vec![Some(0x0040_9200), Some(0x40)],
+            trapped: None,
+        };
         assert!(!matches(&c, &e, &o));
-        let o = Observed { end: End::Event { vector: 13, error: 0, cs: None }, values: vec![], trapped: None };
+        let o = Observed {
+            end: End::Event {
+                vector: 13,
+                error: 0,
+                cs: None,
+            },
+            values: vec![],
+            trapped: None,
+        };
         assert!(!matches(&c, &e, &o));
         assert!(matches(&c, &Expect::Fault(13, 0), &o));
         assert!(!matches(&c, &Expect::Fault(13, 8), &o));
         // JSON round trip.
-        let o = Observed { end: End::Event { vector: 0x21, error: 0, cs: Some(0x1b) }, values: vec![None, Some(3)], trapped: Some(true) };
+        let o = Observed {
+            end: End::Event {
+                vector: 0x21,
+                error: 0,
+                cs: Some(0x1b),
+            },
+            values: vec![None, Some(3)],
+            trapped: Some(true),
+        };
         assert_eq!(Observed::from_json(&o.to_json()).unwrap(), o);
     }
 }

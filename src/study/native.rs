@@ -19,15 +19,31 @@ use super::{End, Observed};
 pub fn run(case: &Case) -> Observed {
     let nc = match guest::native_case(case) {
         Ok(c) => c,
-        Err(e) => return Observed { end: End::Failed(e), values: vec![], trapped: None },
+        Err(e) => {
+            return Observed {
+                end: End::Failed(e),
+                values: vec![],
+                trapped: None,
+            }
+        }
     };
     let out = match native::run(&nc) {
         Ok(o) => o,
-        Err(e) => return Observed { end: End::Failed(e.to_string()), values: vec![], trapped: None },
+        Err(e) => {
+            return Observed {
+                end: End::Failed(e.to_string()),
+                values: vec![],
+                trapped: None,
+            }
+        }
     };
     let end = match out.exception {
         None => End::Completed,
-        Some(x) => End::Event { vector: x.vector, error: x.error_code, cs: None },
+        Some(x) => End::Event {
+            vector: x.vector,
+            error: x.error_code,
+            cs: None,
+        },
     };
     let rd = |addr: u32, size: u8| -> Option<u32> {
         for (r, bytes) in nc.regions.iter().zip(&out.memory) {
@@ -54,12 +70,19 @@ pub fn run(case: &Case) -> Observed {
             }
         })
         .collect();
-    Observed { end, values, trapped: None }
+    Observed {
+        end,
+        values,
+        trapped: None,
+    }
 }
 
 /// `vmm study --native-only --format json`: every case, one JSON object.
 pub fn child_main(cases: &[Case]) -> Value {
-    let rows: Vec<Value> = cases.iter().map(|c| json!({ "instruction": c.name, "observed": run(c).to_json() })).collect();
+    let rows: Vec<Value> = cases
+        .iter()
+        .map(|c| json!({ "instruction": c.name, "observed": run(c).to_json() }))
+        .collect();
     json!({ "native": rows })
 }
 
@@ -71,7 +94,9 @@ pub fn from_child(only: Option<&str>) -> Result<Vec<(String, Observed)>, String>
     if let Some(o) = only {
         cmd.args(["--only", o]);
     }
-    let out = cmd.output().map_err(|e| format!("cannot run the native child: {e}"))?;
+    let out = cmd
+        .output()
+        .map_err(|e| format!("cannot run the native child: {e}"))?;
     if !out.status.success() {
         return Err(format!(
             "the native child failed ({}): {}",
@@ -79,11 +104,17 @@ pub fn from_child(only: Option<&str>) -> Result<Vec<(String, Observed)>, String>
             String::from_utf8_lossy(&out.stderr).trim()
         ));
     }
-    let v: Value = serde_json::from_slice(&out.stdout).map_err(|e| format!("the native child's output: {e}"))?;
-    let rows = v["native"].as_array().ok_or("the native child's output has no \"native\" array")?;
+    let v: Value = serde_json::from_slice(&out.stdout)
+        .map_err(|e| format!("the native child's output: {e}"))?;
+    let rows = v["native"]
+        .as_array()
+        .ok_or("the native child's output has no \"native\" array")?;
     rows.iter()
         .map(|r| {
-            let name = r["instruction"].as_str().ok_or("a native row without a name")?.to_string();
+            let name = r["instruction"]
+                .as_str()
+                .ok_or("a native row without a name")?
+                .to_string();
             Ok((name, Observed::from_json(&r["observed"])?))
         })
         .collect()

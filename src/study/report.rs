@@ -20,8 +20,14 @@ fn verdict(row: &Row, cell: &Cell) -> &'static str {
 fn verdict_long(row: &Row, cell: &Cell) -> String {
     let v = verdict(row, cell);
     match cell {
-        Cell::Ran(Observed { trapped: Some(true), .. }) => format!("{v}, trapped"),
-        Cell::Ran(Observed { trapped: Some(false), .. }) => format!("{v}, ran"),
+        Cell::Ran(Observed {
+            trapped: Some(true),
+            ..
+        }) => format!("{v}, trapped"),
+        Cell::Ran(Observed {
+            trapped: Some(false),
+            ..
+        }) => format!("{v}, ran"),
         _ => v.to_string(),
     }
 }
@@ -93,7 +99,11 @@ pub fn json(rows: &[Row]) -> Value {
 fn host() -> String {
     std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
         .unwrap_or_else(|| "unknown".into())
 }
 
@@ -132,9 +142,23 @@ pub fn table(rows: &[Row]) -> String {
     use std::fmt::Write as _;
     let mut s = String::new();
     let names: Vec<&str> = super::engines::ENGINES.iter().map(|(n, _)| *n).collect();
-    let we = rows.iter().map(|r| describe_expect(&r.case, &r.expect).len()).max().unwrap_or(0).max(16);
-    let wn = rows.iter().map(|r| native_short(r).len()).max().unwrap_or(0).max(19);
-    let _ = write!(s, "{:<14} {:<5} {:<5} {:<3} {:<we$} {:<wn$}", "instruction", "priv", "sens", "cpl", "a real CPU shows", "host CPL 3 (native)");
+    let we = rows
+        .iter()
+        .map(|r| describe_expect(&r.case, &r.expect).len())
+        .max()
+        .unwrap_or(0)
+        .max(16);
+    let wn = rows
+        .iter()
+        .map(|r| native_short(r).len())
+        .max()
+        .unwrap_or(0)
+        .max(19);
+    let _ = write!(
+        s,
+        "{:<14} {:<5} {:<5} {:<3} {:<we$} {:<wn$}",
+        "instruction", "priv", "sens", "cpl", "a real CPU shows", "host CPL 3 (native)"
+    );
     for n in &names {
         let _ = write!(s, " {n:<16}");
     }
@@ -159,7 +183,11 @@ pub fn table(rows: &[Row]) -> String {
     if !diffs.is_empty() {
         s.push_str("\nWhere the guest did not see what a real CPU shows (observed / expected):\n");
         for (what, col, got, want) in diffs {
-            let _ = writeln!(s, "  {what:<22} {col:<7} {got}\n  {:<22} {:<7} {want}  (expected)", "", "");
+            let _ = writeln!(
+                s,
+                "  {what:<22} {col:<7} {got}\n  {:<22} {:<7} {want}  (expected)",
+                "", ""
+            );
         }
     }
     s
@@ -174,7 +202,10 @@ pub fn markdown(rows: &[Row]) -> String {
     use std::fmt::Write as _;
     let mut s = String::new();
     let names: Vec<&str> = super::engines::ENGINES.iter().map(|(n, _)| *n).collect();
-    let _ = write!(s, "| instruction | privileged | sensitive | CPL | a real CPU shows | host CPL 3 (native) |");
+    let _ = write!(
+        s,
+        "| instruction | privileged | sensitive | CPL | a real CPU shows | host CPL 3 (native) |"
+    );
     for n in &names {
         let _ = write!(s, " {n} |");
     }
@@ -208,7 +239,13 @@ pub fn markdown(rows: &[Row]) -> String {
     if !diffs.is_empty() {
         s.push_str("\n| where | column | observed | a real CPU shows |\n|---|---|---|---|\n");
         for (what, col, got, want) in diffs {
-            let _ = writeln!(s, "| {} | {col} | {} | {} |", md(&what), md(&got), md(&want));
+            let _ = writeln!(
+                s,
+                "| {} | {col} | {} | {} |",
+                md(&what),
+                md(&got),
+                md(&want)
+            );
         }
     }
     s
