@@ -8,6 +8,7 @@
 
 mod bench;
 mod guests;
+mod study;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -51,6 +52,9 @@ does not support, 8 for --timeout, 10 for a HLT nothing can wake."
         #[command(subcommand)]
         what: BenchWhat,
     },
+    /// The Popek-Goldberg laboratory: every sensitive or privileged instruction at guest CPL 0
+    /// and 3 under each engine and natively at host CPL 3, against what a real CPU shows.
+    Study(study::StudyArgs),
 }
 
 /// The engines of the built-in demo guest.
@@ -237,6 +241,16 @@ fn main() -> ExitCode {
             }
         }
         Some(Command::Demo(args)) => run_demo(args),
+        Some(Command::Study(args)) => match study::run(&args) {
+            Ok(out) => {
+                println!("{out}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("vmm: {e}");
+                ExitCode::FAILURE
+            }
+        },
         None => run_demo(DemoArgs::default()),
     }
 }
