@@ -147,6 +147,30 @@ enum BenchWhat {
         #[arg(long)]
         json: bool,
     },
+    /// Nanobenchmarks after Adams and Agesen (ASPLOS 2006): syscall, in, cr3 write, call/ret,
+    /// page fault, hidden fault, divide by zero, PTE write + INVLPG, sti/cli, pushf/popf, timed
+    /// with RDTSC inside Multiboot guests under each engine (and QEMU's TCG when installed),
+    /// against the host's native cost of the same operation, in one run.
+    Nano {
+        /// Fewer iterations and repetitions (a smoke test).
+        #[arg(long)]
+        quick: bool,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = NanoFormat::Table)]
+        format: NanoFormat,
+        /// Also write a bar chart (SVG) to this file.
+        #[arg(long)]
+        svg: Option<PathBuf>,
+        /// The columns to run, comma-separated: interp, direct, bt, qemu.
+        #[arg(long, value_delimiter = ',', default_value = "interp,direct,bt,qemu")]
+        engines: Vec<String>,
+    },
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+enum NanoFormat {
+    Table,
+    Json,
 }
 
 const MIN_MEM: u64 = 4 << 20;
@@ -233,6 +257,18 @@ fn main() -> ExitCode {
                 bench::interp::run(scale, json)
             };
             match r {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("vmm: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Some(Command::Bench {
+            what: BenchWhat::Nano { quick, format, svg, engines },
+        }) => {
+            let o = bench::nano::NanoOptions { quick, json: format == NanoFormat::Json, svg, engines };
+            match bench::nano::run(&o) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("vmm: {e}");
