@@ -116,9 +116,11 @@ fn run_vmm(image: &[u8], k: EngineKind, u: EngineKind) -> Result<String, String>
     let r = engine::run(machine, kernel.state, &opts).map_err(|e| e.to_string())?;
     match r.outcome {
         Outcome::DebugExit { value: 0 } => Ok(serial.text()),
-        Outcome::DebugExit { value } if value >= 0x40 => {
-            Err(format!("unexpected exception {} at eip {:#x}", value - 0x40, r.state.eip))
-        }
+        Outcome::DebugExit { value } if value >= 0x40 => Err(format!(
+            "unexpected exception {} at eip {:#x}",
+            value - 0x40,
+            r.state.eip
+        )),
         o => Err(o.message()),
     }
 }
@@ -277,7 +279,14 @@ fn native_fpe(n: u64) -> f64 {
 fn native_segv(n: u64) -> f64 {
     // SAFETY: a fresh PROT_NONE page, unmapped at the end.
     unsafe {
-        let p = libc::mmap(std::ptr::null_mut(), 4096, libc::PROT_NONE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0);
+        let p = libc::mmap(
+            std::ptr::null_mut(),
+            4096,
+            libc::PROT_NONE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        );
         assert_ne!(p, libc::MAP_FAILED);
         let r = with_skip_handler(libc::SIGSEGV, || {
             time_ns(n, || {
@@ -295,7 +304,14 @@ fn native_minor_fault(n: u64) -> f64 {
     let len = n as usize * 4096;
     // SAFETY: a fresh anonymous mapping, each page written once, then unmapped.
     unsafe {
-        let p = libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0);
+        let p = libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        );
         assert_ne!(p, libc::MAP_FAILED);
         let b = p as *mut u8;
         let t = time_ns(n, || {
@@ -320,7 +336,10 @@ struct Row {
 pub fn run(o: &NanoOptions) -> Result<(), String> {
     for e in &o.engines {
         if !COLUMNS.contains(&e.as_str()) {
-            return Err(format!("unknown engine {e:?} (expected some of {})", COLUMNS.join(",")));
+            return Err(format!(
+                "unknown engine {e:?} (expected some of {})",
+                COLUMNS.join(",")
+            ));
         }
     }
     let ghz = tsc_ghz();
@@ -328,7 +347,12 @@ pub fn run(o: &NanoOptions) -> Result<(), String> {
     // the process) would tax every host system call.
     let mut rows: Vec<Row> = Op::ALL
         .iter()
-        .map(|&op| Row { op, n: sizes(op, o.quick).0, native: native(op, o.quick), cols: Vec::new() })
+        .map(|&op| Row {
+            op,
+            n: sizes(op, o.quick).0,
+            native: native(op, o.quick),
+            cols: Vec::new(),
+        })
         .collect();
     let qemu = qemu_binary();
     let bt: Option<EngineKind> = "bt".parse().ok();
@@ -366,12 +390,16 @@ pub fn run(o: &NanoOptions) -> Result<(), String> {
         }
     }
     if o.json {
-        println!("{}", serde_json::to_string_pretty(&to_json(&rows, ghz)).unwrap());
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&to_json(&rows, ghz)).unwrap()
+        );
     } else {
         print!("{}", table(&rows, ghz));
     }
     if let Some(path) = &o.svg {
-        std::fs::write(path, svg(&rows)).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        std::fs::write(path, svg(&rows))
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     }
     Ok(())
 }
@@ -398,7 +426,10 @@ fn fmt_ratio(r: f64) -> String {
 
 fn table(rows: &[Row], ghz: f64) -> String {
     let mut s = String::new();
-    let cols: Vec<String> = rows.first().map(|r| r.cols.iter().map(|c| c.0.clone()).collect()).unwrap_or_default();
+    let cols: Vec<String> = rows
+        .first()
+        .map(|r| r.cols.iter().map(|c| c.0.clone()).collect())
+        .unwrap_or_default();
     s += &format!(
         "nanobenchmarks: ns per operation (median); (xN) = ratio to native in this run. Host TSC {ghz:.3} GHz.\n"
     );
@@ -408,10 +439,16 @@ fn table(rows: &[Row], ghz: f64) -> String {
     }
     s += "\n";
     for r in rows {
-        s += &format!("{:<11} {:>9}", r.op.name(), r.native.ns().map(fmt_ns).unwrap_or_else(|| "n/a".into()));
+        s += &format!(
+            "{:<11} {:>9}",
+            r.op.name(),
+            r.native.ns().map(fmt_ns).unwrap_or_else(|| "n/a".into())
+        );
         for (_, c) in &r.cols {
             let t = match (c.ns(), r.native.ns()) {
-                (Some(v), Some(nat)) if nat > 0.0 => format!("{} ({})", fmt_ns(v), fmt_ratio(v / nat)),
+                (Some(v), Some(nat)) if nat > 0.0 => {
+                    format!("{} ({})", fmt_ns(v), fmt_ratio(v / nat))
+                }
                 (Some(v), _) => fmt_ns(v),
                 (None, _) => match c {
                     Cell::None(w) if w == "not built" || w == "not installed" => w.clone(),
@@ -466,20 +503,31 @@ fn to_json(rows: &[Row], ghz: f64) -> Value {
 }
 
 fn xml_escape(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
 }
 
 /// A horizontal bar chart, log scale, one group of bars per benchmark.
 fn svg(rows: &[Row]) -> String {
-    let palette = ["#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#b07aa1"];
+    let palette = [
+        "#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#b07aa1",
+    ];
     let mut series: Vec<String> = vec!["native".into()];
     if let Some(r) = rows.first() {
         series.extend(r.cols.iter().map(|c| c.0.clone()));
     }
     let values = |r: &Row| -> Vec<Option<f64>> {
-        std::iter::once(r.native.ns()).chain(r.cols.iter().map(|c| c.1.ns())).collect()
+        std::iter::once(r.native.ns())
+            .chain(r.cols.iter().map(|c| c.1.ns()))
+            .collect()
     };
-    let all: Vec<f64> = rows.iter().flat_map(values).flatten().filter(|v| *v > 0.0).collect();
+    let all: Vec<f64> = rows
+        .iter()
+        .flat_map(values)
+        .flatten()
+        .filter(|v| *v > 0.0)
+        .collect();
     let lo = all.iter().cloned().fold(f64::INFINITY, f64::min).max(1e-3);
     let hi = all.iter().cloned().fold(0.0, f64::max).max(lo * 10.0);
     let (d0, d1) = (lo.log10().floor() as i32, hi.log10().ceil() as i32);
@@ -538,11 +586,25 @@ fn svg(rows: &[Row]) -> String {
                     );
                 }
                 _ => {
+                    let why = if i == 0 {
+                        "n/a".to_string()
+                    } else {
+                        match &r.cols[i - 1].1 {
+                            Cell::None(w) if w == "not built" || w == "not installed" => w.clone(),
+                            _ => "failed".to_string(),
+                        }
+                    };
+                    let name = if series[i] == "qemu" {
+                        "qemu-tcg"
+                    } else {
+                        series[i].as_str()
+                    };
                     s += &format!(
-                        "<text x=\"{:.1}\" y=\"{:.1}\" font-size=\"10\" fill=\"#888\">{} n/a</text>\n",
+                        "<text x=\"{:.1}\" y=\"{:.1}\" font-size=\"10\" fill=\"#888\">{}: {}</text>\n",
                         left + 3.0,
                         y + bar - 4.0,
-                        xml_escape(&series[i])
+                        xml_escape(name),
+                        xml_escape(&why)
                     );
                 }
             }
@@ -562,7 +624,10 @@ mod tests {
         assert_eq!(p, vec![(0x10, 0x110)]);
         assert!(nano_guest::parse("NANO 1").is_none());
         assert!(nano_guest::parse("nothing").is_none());
-        let q = nano_guest::parse("\x1bcSeaBIOS\r\nBooting from ROM..NANO 0000000000000001 0000000000000003\n").unwrap();
+        let q = nano_guest::parse(
+            "\x1bcSeaBIOS\r\nBooting from ROM..NANO 0000000000000001 0000000000000003\n",
+        )
+        .unwrap();
         assert_eq!(q, vec![(1, 3)]);
         match per_op(&p, 16, 1.0) {
             Cell::Ns(v, _) => assert_eq!(v, 16.0),

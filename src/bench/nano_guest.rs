@@ -133,7 +133,16 @@ pub fn elf32(entry: u32, segments: &[(u32, Vec<u8>, u32)]) -> Vec<u8> {
     let mut offsets = Vec::new();
     for (addr, bytes, memsz) in segments {
         offsets.push(off);
-        for v in [1, off, *addr, *addr, bytes.len() as u32, (*memsz).max(bytes.len() as u32), 7, 16] {
+        for v in [
+            1,
+            off,
+            *addr,
+            *addr,
+            bytes.len() as u32,
+            (*memsz).max(bytes.len() as u32),
+            7,
+            16,
+        ] {
             out.extend_from_slice(&v.to_le_bytes());
         }
         off = (off + bytes.len() as u32 + 15) & !15;
@@ -146,7 +155,12 @@ pub fn elf32(entry: u32, segments: &[(u32, Vec<u8>, u32)]) -> Vec<u8> {
 }
 
 /// `mov ecx, n; top: <op>; dec ecx; jnz top` (nothing when `n` is 0).
-fn op_loop(a: &mut CodeAssembler, op: Option<Op>, n: u32, fret: CodeLabel) -> Result<(), IcedError> {
+fn op_loop(
+    a: &mut CodeAssembler,
+    op: Option<Op>,
+    n: u32,
+    fret: CodeLabel,
+) -> Result<(), IcedError> {
     if n == 0 {
         return Ok(());
     }
@@ -192,7 +206,14 @@ fn op_loop(a: &mut CodeAssembler, op: Option<Op>, n: u32, fret: CodeLabel) -> Re
 }
 
 /// The timed part: set-up, warm-up, then `reps` x (empty loop, op loop), deltas at RESULTS.
-fn body(a: &mut CodeAssembler, op: Op, n: u32, reps: u32, warm: u32, fret: CodeLabel) -> Result<(), IcedError> {
+fn body(
+    a: &mut CodeAssembler,
+    op: Op,
+    n: u32,
+    reps: u32,
+    warm: u32,
+    fret: CodeLabel,
+) -> Result<(), IcedError> {
     match op {
         Op::PgFault => a.mov(ebx, NOT_PRESENT)?,
         Op::DivZero => a.xor(ebx, ebx)?,
@@ -225,7 +246,10 @@ fn body(a: &mut CodeAssembler, op: Op, n: u32, reps: u32, warm: u32, fret: CodeL
 pub fn image(op: Op, n: u32, reps: u32, warm: u32) -> Vec<u8> {
     assert!(n > 0 && (1..=64).contains(&reps));
     if op == Op::Hidden {
-        assert!(warm + reps * n <= HIDDEN_PAGES, "too many pages for the hidden-fault region");
+        assert!(
+            warm + reps * n <= HIDDEN_PAGES,
+            "too many pages for the hidden-fault region"
+        );
     }
     let mut k = CodeAssembler::new(32).unwrap();
     let mut u = CodeAssembler::new(32).unwrap();
@@ -366,12 +390,21 @@ pub fn image(op: Op, n: u32, reps: u32, warm: u32) -> Vec<u8> {
         p.dd(&[magic, flags, 0u32.wrapping_sub(magic).wrapping_sub(flags)])?;
         p.lgdt(ptr(GDTR))?;
         p.lidt(ptr(IDTR))?;
-        p.add_instruction(iced_x86::Instruction::with_far_branch(iced_x86::Code::Jmp_ptr1632, 0x08, KMAIN)?)
+        p.add_instruction(iced_x86::Instruction::with_far_branch(
+            iced_x86::Code::Jmp_ptr1632,
+            0x08,
+            KMAIN,
+        )?)
     })());
     let mut text = p.assemble(KBASE as u64).unwrap();
     assert!(text.len() <= (KMAIN - KBASE) as usize);
     text.resize((KMAIN - KBASE) as usize, 0x90);
-    let r = k.assemble_options(KMAIN as u64, BlockEncoderOptions::RETURN_NEW_INSTRUCTION_OFFSETS).unwrap();
+    let r = k
+        .assemble_options(
+            KMAIN as u64,
+            BlockEncoderOptions::RETURN_NEW_INSTRUCTION_OFFSETS,
+        )
+        .unwrap();
     text.extend_from_slice(&r.inner.code_buffer);
     assert!(text.len() < (DATA - KBASE) as usize);
     let at = |l: &CodeLabel| r.label_ip(l).unwrap() as u32;
@@ -456,9 +489,15 @@ pub fn image(op: Op, n: u32, reps: u32, warm: u32) -> Vec<u8> {
 /// The (empty, op) TSC deltas of a guest's `NANO` line.
 pub fn parse(serial: &str) -> Option<Vec<(u64, u64)>> {
     // QEMU's firmware prints its banner on the same line, before ours.
-    let line = serial.lines().find_map(|l| l.find("NANO").map(|i| &l[i + 4..]))?;
-    let v: Vec<u64> = line.split_whitespace().map(|w| u64::from_str_radix(w, 16)).collect::<Result<_, _>>().ok()?;
-    if v.is_empty() || v.len() % 2 != 0 {
+    let line = serial
+        .lines()
+        .find_map(|l| l.find("NANO").map(|i| &l[i + 4..]))?;
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .map(|w| u64::from_str_radix(w, 16))
+        .collect::<Result<_, _>>()
+        .ok()?;
+    if v.is_empty() || !v.len().is_multiple_of(2) {
         return None;
     }
     Some(v.chunks(2).map(|c| (c[0], c[1])).collect())
