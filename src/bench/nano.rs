@@ -181,7 +181,7 @@ fn run_qemu(bin: &str, image: &[u8], name: &str) -> Result<String, String> {
 
 /// Native cost of the nearest host equivalent (ns per operation), or why there is none.
 fn native(op: Op, quick: bool) -> Cell {
-    let reps = if quick { 3 } else { 5 };
+    let reps = if quick { 3 } else { 9 };
     let f: fn(u64) -> f64 = match op {
         Op::Syscall => native_getpid,
         Op::CallRet => native_call_ret,
