@@ -356,6 +356,7 @@ pub fn run(o: &NanoOptions) -> Result<(), String> {
         .collect();
     let qemu = qemu_binary();
     let bt: Option<EngineKind> = "bt".parse().ok();
+    let mut failures = 0;
     for col in COLUMNS.iter().filter(|c| o.engines.iter().any(|e| e == *c)) {
         for row in rows.iter_mut() {
             let (n, reps, warm) = sizes(row.op, o.quick);
@@ -379,11 +380,10 @@ pub fn run(o: &NanoOptions) -> Result<(), String> {
                 },
                 Err(e) => Cell::None(e),
             };
-            if !o.json {
-                if let Cell::None(why) = &cell {
-                    if why != "not built" && why != "not installed" {
-                        eprintln!("vmm bench nano: {} under {col}: {why}", row.op.name());
-                    }
+            if let Cell::None(why) = &cell {
+                if why != "not built" && why != "not installed" {
+                    eprintln!("vmm bench nano: {} under {col}: {why}", row.op.name());
+                    failures += 1;
                 }
             }
             row.cols.push((col.to_string(), cell));
@@ -400,6 +400,11 @@ pub fn run(o: &NanoOptions) -> Result<(), String> {
     if let Some(path) = &o.svg {
         std::fs::write(path, svg(&rows))
             .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    }
+    if failures > 0 {
+        return Err(format!(
+            "{failures} benchmark run(s) failed (above); their cells say \"failed\""
+        ));
     }
     Ok(())
 }
