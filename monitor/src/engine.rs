@@ -33,6 +33,8 @@ pub enum EngineKind {
     Direct,
     /// The interpreter: slow and exact.
     Interp,
+    /// Binary translation: guest code runs as translations in the translation cache.
+    Bt,
 }
 
 impl EngineKind {
@@ -40,6 +42,7 @@ impl EngineKind {
         match self {
             EngineKind::Direct => "direct",
             EngineKind::Interp => "interp",
+            EngineKind::Bt => "bt",
         }
     }
 }
@@ -56,7 +59,8 @@ impl std::str::FromStr for EngineKind {
         match s {
             "direct" => Ok(EngineKind::Direct),
             "interp" => Ok(EngineKind::Interp),
-            _ => Err(format!("unknown engine {s:?} (expected direct or interp)")),
+            "bt" => Ok(EngineKind::Bt),
+            _ => Err(format!("unknown engine {s:?} (expected bt, direct or interp)")),
         }
     }
 }
@@ -204,6 +208,8 @@ pub struct RunStats {
     pub shadow_flushes: u64,
     /// Host LDT entries written (`modify_ldt`).
     pub ldt_writes: u64,
+    /// `bt`: fragments translated.
+    pub translated: u64,
 }
 
 impl RunStats {
@@ -234,6 +240,9 @@ impl RunStats {
             let _ = writeln!(s, "page faults     {} hidden, {} guest", self.hidden_faults, self.guest_faults);
             let _ = writeln!(s, "shadow flushes  {}", self.shadow_flushes);
             let _ = writeln!(s, "ldt writes      {}", self.ldt_writes);
+            if self.translated > 0 {
+                let _ = writeln!(s, "translated      {} fragments", self.translated);
+            }
             let _ = writeln!(s, "time in guest   {guest:.3} s, in monitor {monitor:.3} s");
         }
         let m = &self.machine;
@@ -443,7 +452,8 @@ mod tests {
     fn engine_names_parse() {
         assert_eq!("interp".parse::<EngineKind>(), Ok(EngineKind::Interp));
         assert_eq!("direct".parse::<EngineKind>(), Ok(EngineKind::Direct));
-        assert!("bt".parse::<EngineKind>().is_err());
+        assert_eq!("bt".parse::<EngineKind>(), Ok(EngineKind::Bt));
+        assert!("jit".parse::<EngineKind>().is_err());
     }
 
     #[test]

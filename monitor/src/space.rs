@@ -146,6 +146,12 @@ impl Reservation {
         Ok(())
     }
 
+    /// Whether `[lin, lin + len)` lies inside the reservation (the monitor area included).
+    pub fn reserves(&self, lin: u64, len: u64) -> bool {
+        let end = lin + len;
+        self.ranges.iter().any(|&(a, b)| a <= lin && end <= b)
+    }
+
     /// Whether `[lin, lin + len)` lies inside the reservation and below the monitor area.
     pub fn covers(&self, lin: u64, len: u64) -> bool {
         let end = lin + len;

@@ -67,6 +67,13 @@ pub fn run(mut machine: Machine, state: CpuState, opts: &RunOptions) -> Result<R
         }
     }
     let Some(memfd) = machine.ram.memfd_ram() else { return Err(setup("guest RAM is not a memfd".into())) };
+    let bt = if opts.kernel_engine == EngineKind::Bt || opts.user_engine == EngineKind::Bt {
+        let bt = crate::bt::Bt::new(&reservation, monitor_base).map_err(setup)?;
+        bt.install(&lock);
+        Some(bt)
+    } else {
+        None
+    };
     let low = LowMap::new(reservation, memfd);
     let thread = entry::Thread::prepare().map_err(setup)?;
     thread.set_timer(TIMER_PERIOD_US).map_err(setup)?;
@@ -84,9 +91,15 @@ pub fn run(mut machine: Machine, state: CpuState, opts: &RunOptions) -> Result<R
         monitor_base,
         halted_ns: 0,
         fatal: None,
+        bt,
     };
     e.stats.engine = match (opts.kernel_engine, opts.user_engine) {
         (EngineKind::Direct, EngineKind::Direct) => "direct",
+        (EngineKind::Bt, EngineKind::Bt) => "bt",
+        (EngineKind::Bt, EngineKind::Direct) => "bt (kernel) + direct (user)",
+        (EngineKind::Bt, EngineKind::Interp) => "bt (kernel) + interp (user)",
+        (EngineKind::Interp, EngineKind::Bt) => "interp (kernel) + bt (user)",
+        (EngineKind::Direct, EngineKind::Bt) => "direct (kernel) + bt (user)",
         (EngineKind::Interp, _) => "interp (kernel) + direct (user)",
         (_, _) => "direct (kernel) + interp (user)",
     };
@@ -104,6 +117,11 @@ pub fn run(mut machine: Machine, state: CpuState, opts: &RunOptions) -> Result<R
     stats.guest_faults = s.guest_faults;
     stats.shadow_flushes = s.flushes;
     stats.ldt_writes = e.ldt.writes;
+    if let Some(bt) = e.bt.take() {
+        stats.translated = bt.translated;
+        crate::bt::Bt::uninstall(&lock);
+        drop(bt); // before the reservation it lives in
+    }
     drop(e.shadow); // unmaps the low 4 GiB
     let Cpu { state, bus, .. } = e.cpu;
     Ok(RunResult { outcome, stats, state, machine: bus })
@@ -116,12 +134,13 @@ enum Special {
     Cr3Write,
 }
 
-struct Direct<'a> {
-    cpu: Cpu<Machine>,
+/// The direct engine's run state (also the `bt` engine's: `crate::bt` extends it).
+pub(crate) struct Direct<'a> {
+    pub(crate) cpu: Cpu<Machine>,
     shadow: Shadow,
     ldt: HostLdt,
     opts: &'a RunOptions,
-    stats: RunStats,
+    pub(crate) stats: RunStats,
     synced_paging: Option<(u32, u32)>,
     /// (eip, cr2, repeats) of the last hidden fault.
     last_fault: (u32, u32, u32),
@@ -129,6 +148,8 @@ struct Direct<'a> {
     halted_ns: u64,
     /// A shadow-mapping failure found where it could not be returned.
     fatal: Option<Outcome>,
+    /// The `bt` engine's translation cache and monitor area, when it is one of the engines.
+    pub(crate) bt: Option<crate::bt::Bt>,
 }
 
 /// Continue, or end the run.
@@ -139,7 +160,7 @@ fn io(e: std::io::Error) -> Outcome {
 }
 
 impl Direct<'_> {
-    fn engine(&self) -> EngineKind {
+    pub(crate) fn engine(&self) -> EngineKind {
         if self.cpu.state.cpl == 3 {
             self.opts.user_engine
         } else {
@@ -148,9 +169,9 @@ impl Direct<'_> {
     }
 
     /// Whether the guest can run natively now.
-    fn can_direct(&self) -> bool {
+    pub(crate) fn can_direct(&self) -> bool {
         let s = &self.cpu.state;
-        self.engine() == EngineKind::Direct && s.protected_mode() && !s.v86() && s.cr4 & cr::CR4_PAE == 0
+        matches!(self.engine(), EngineKind::Direct | EngineKind::Bt) && s.protected_mode() && !s.v86() && s.cr4 & cr::CR4_PAE == 0
     }
 
     fn run_loop(&mut self, lock: &std::sync::MutexGuard<'_, ()>, start: u64) -> Outcome {
@@ -177,6 +198,8 @@ impl Direct<'_> {
                     }
                     None => Ok(()),
                 }
+            } else if self.engine() == EngineKind::Bt {
+                self.bt_native(lock, deadline)
             } else {
                 self.native(lock, deadline)
             };
@@ -206,7 +229,7 @@ impl Direct<'_> {
     }
 
     /// Execute one instruction with the interpreter (the guest's view, the guest's CPL).
-    fn emulate(&mut self, deadline: Option<u64>) -> Flow {
+    pub(crate) fn emulate(&mut self, deadline: Option<u64>) -> Flow {
         self.stats.emulated += 1;
         let special = self.peek_special();
         let n = self.cpu.icount;
@@ -265,16 +288,7 @@ impl Direct<'_> {
 
     /// Bytes of guest-linear memory (no side effects; stops at an unmapped page).
     fn read_linear(&mut self, lin: u32, buf: &mut [u8]) -> usize {
-        let mut n = 0;
-        while n < buf.len() {
-            let a = lin.wrapping_add(n as u32);
-            let Some(p) = self.cpu.probe_translation(a) else { break };
-            let ram = self.cpu.bus.ram.as_slice();
-            let Some(b) = ram.get(p as usize) else { break };
-            buf[n] = *b;
-            n += 1;
-        }
-        n
+        read_linear(&mut self.cpu, lin, buf)
     }
 
     /// The guest's descriptor for `sel` from its GDT or LDT.
@@ -331,7 +345,7 @@ impl Direct<'_> {
     }
 
     /// Shadows for the current CPL and paging mode, then the entry state.
-    fn entry_state(&mut self) -> Result<Option<entry::EntryState>, Outcome> {
+    pub(crate) fn entry_state(&mut self) -> Result<Option<entry::EntryState>, Outcome> {
         let user = self.cpu.state.cpl == 3;
         if self.shadow.user() != user {
             self.shadow.set_user(user).map_err(io)?;
@@ -420,7 +434,7 @@ impl Direct<'_> {
         (self.read_linear(lin, &mut b) == 1).then_some(b[0])
     }
 
-    fn classify(&mut self, ex: &entry::ExitRecord, deadline: Option<u64>) -> Flow {
+    pub(crate) fn classify(&mut self, ex: &entry::ExitRecord, deadline: Option<u64>) -> Flow {
         if ex.signal == sys::TIMER_SIGNAL {
             self.stats.exit("timer");
             return Ok(());
@@ -531,6 +545,20 @@ impl Direct<'_> {
             }
         }
     }
+}
+
+/// Bytes of guest-linear memory (no side effects; stops at an unmapped page).
+pub(crate) fn read_linear(cpu: &mut Cpu<Machine>, lin: u32, buf: &mut [u8]) -> usize {
+    let mut n = 0;
+    while n < buf.len() {
+        let a = lin.wrapping_add(n as u32);
+        let Some(p) = cpu.probe_translation(a) else { break };
+        let ram = cpu.bus.ram.as_slice();
+        let Some(b) = ram.get(p as usize) else { break };
+        buf[n] = *b;
+        n += 1;
+    }
+    n
 }
 
 /// Register values for iced's address computation (segment registers give their base).

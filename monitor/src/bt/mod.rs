@@ -1,0 +1,463 @@
+//! The `bt` engine (ARCHITECTURE.md section 5, docs/bt.md): guest kernel code runs only as
+//! translations made by `vmm-scanner`, placed in the translation cache (TC) in the monitor
+//! area and entered with the guest's registers, the shadow segments and GS = the vCPU region.
+//!
+//! The runtime is the direct engine's: the address space and shadow MMU, the entry stub
+//! (`direct::entry::enter`: an `iretq` into 32-bit code), the signal handler and its exit
+//! landing, the LDT shadows, the exit classification and the interpreter calls all come from
+//! `crate::direct`; a `Direct` whose engine for the current CPL is `bt` calls
+//! [`Direct::bt_native`] where it would run guest code natively. What this module adds:
+//!
+//! * [`area`]: the monitor area's memory (TC read + execute low, written through a high alias;
+//!   the vCPU region; the callout stack) and the GS descriptor of the vCPU region in the
+//!   monitor's own host LDT slot (`HOST_LDT_MONITOR`);
+//! * [`gate`]: the 64-bit callout gate, which leaves the TC through the direct engine's exit
+//!   landing without a signal;
+//! * the callout handling (this file): `Emulate`-like callouts run the interpreter on the
+//!   vCPU (`Cpu::step`, with the vCPU region's virtual state synced to and from `cpu.state`)
+//!   and return into the fragment when the guest continues at the next instruction; exits and
+//!   lookup misses find or translate the target's fragment; pending interrupts go to the run
+//!   loop;
+//! * signals from the TC (a hidden or guest page fault, #GP of a truncated segment, #DE...)
+//!   are mapped to the guest EIP and registers with the fragment's PC map and recovery rules
+//!   (`Cache::guest_state_at`), then classified as the direct engine does. The timer signal
+//!   in the TC only sets the vCPU's `irq` byte (the signal handler does it, no exit).
+//!
+//! Not yet: chaining (every direct branch leaves the TC through an `Exit` callout), coherence
+//! of translated code with guest writes (self-modifying code), adaptive retranslation.
+
+pub mod area;
+pub mod gate;
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use vmm_interp::state::{cr, flags, SegReg};
+use vmm_interp::{Cpu, CpuState};
+use vmm_scanner::abi::{HOST_FLAGS, VIRT_MASK};
+use vmm_scanner::cache::{Cache, FragId};
+use vmm_scanner::{Abi, CalloutOp, Config, GuestCode, Mode};
+
+use crate::direct::entry::{self, EntryState, ExitRecord};
+use crate::direct::Direct;
+use crate::engine::{EngineKind, Outcome};
+use crate::machine::Machine;
+use crate::native::sys;
+use crate::space::Reservation;
+use area::{MonitorArea, TC_RESERVED, TC_SIZE};
+
+/// Offset in the TC of the trampoline to the callout gate.
+pub const GATE_OFF: u32 = 0;
+/// Offset of the trampoline to the echo gate (tests, measurements).
+pub const ECHO_OFF: u32 = 0x10;
+/// End of the trampolines (64-bit code below 4 GiB).
+pub const TRAMP_END: u32 = 0x20;
+/// Offset of the shared lookup-miss routine.
+pub const MISS_OFF: u32 = 0x40;
+
+/// Host LDT index of the vCPU region's descriptor (GS).
+pub const VCPU_LDT_INDEX: u16 = vmm_shadow_mmu::desc::HOST_LDT_MONITOR;
+
+/// The `bt` engine's state: the monitor area, the TC bookkeeping, the translator's config.
+pub struct Bt {
+    pub area: MonitorArea,
+    pub cfg: Config,
+    pub abi: Abi,
+    pub cache: Cache,
+    /// The GS selector of the vCPU region.
+    pub vcpu_sel: u16,
+    /// Per fragment: the (linear page, guest frame) pairs it was translated from.
+    pages: HashMap<FragId, Vec<(u32, u32)>>,
+    /// What the lookup table was filled under: (mode, CS base, CR3).
+    ibl_key: Option<(Mode, u32, u32)>,
+    /// A lookup miss for this guest EIP: fill its table entry once its fragment is known.
+    pending_ibl: Option<u32>,
+    /// Fragments translated.
+    pub translated: u64,
+}
+
+fn ud_vcpu(base: u32, size: u32) -> sys::UserDesc {
+    sys::UserDesc {
+        entry_number: VCPU_LDT_INDEX as u32,
+        base_addr: base,
+        limit: size - 1,
+        flags: (sys::UD_CONTENTS_DATA << sys::UD_CONTENTS_SHIFT) | sys::UD_USEABLE | sys::UD_SEG_32BIT,
+    }
+}
+
+impl Bt {
+    /// Maps the monitor area at `base` (inside `reservation`), writes the vCPU region's GS
+    /// descriptor, the gate trampolines, the lookup-miss routine, the far pointers of the gate
+    /// and the callout stack, and an empty lookup table.
+    pub fn new(reservation: &Reservation, base: u32) -> Result<Bt, String> {
+        let cfg = Config::default();
+        let abi = cfg.abi.clone();
+        abi.check()?;
+        let mut area = MonitorArea::new(reservation, base, abi.vcpu_size).map_err(|e| format!("the monitor area: {e}"))?;
+        crate::direct::ldt::modify_ldt(&ud_vcpu(area.vcpu, abi.vcpu_size)).map_err(|e| format!("modify_ldt (vCPU region): {e}"))?;
+        area.write(base + GATE_OFF, &gate::trampoline(false));
+        area.write(base + ECHO_OFF, &gate::trampoline(true));
+        let miss = vmm_scanner::emit::ibl_miss_routine(&abi, base + MISS_OFF).map_err(|e| e.to_string())?;
+        if MISS_OFF as usize + miss.len() > TC_RESERVED as usize {
+            return Err("the lookup-miss routine does not fit in the TC's reserved bytes".into());
+        }
+        area.write(base + MISS_OFF, &miss);
+        let mut bt = Bt {
+            area,
+            cache: Cache::new(base, TC_SIZE, TC_RESERVED),
+            cfg,
+            abi,
+            vcpu_sel: vmm_shadow_mmu::desc::ldt_selector(VCPU_LDT_INDEX),
+            pages: HashMap::new(),
+            ibl_key: None,
+            pending_ibl: None,
+            translated: 0,
+        };
+        bt.set_gate(false);
+        let stack_top = bt.area.stack + area::STACK_SIZE;
+        bt.vw32(bt.abi.callout_stack, stack_top);
+        bt.vw16(bt.abi.callout_stack + 4, sys::USER_DS);
+        bt.reset_ibl();
+        Ok(bt)
+    }
+
+    /// Points the vCPU's gate far pointer at the real gate or at the echo gate.
+    pub fn set_gate(&mut self, echo: bool) {
+        let off = self.area.base + if echo { ECHO_OFF } else { GATE_OFF };
+        self.vw32(self.abi.gate, off);
+        self.vw16(self.abi.gate + 4, sys::USER64_CS);
+    }
+
+    fn vw(&mut self, off: u32, b: &[u8]) {
+        let a = self.area.vcpu + off;
+        self.area.write(a, b);
+    }
+    pub fn vw32(&mut self, off: u32, v: u32) {
+        self.vw(off, &v.to_le_bytes());
+    }
+    pub fn vw16(&mut self, off: u32, v: u16) {
+        self.vw(off, &v.to_le_bytes());
+    }
+    pub fn vw8(&mut self, off: u32, v: u8) {
+        self.vw(off, &[v]);
+    }
+    pub fn vr32(&mut self, off: u32) -> u32 {
+        let a = self.area.vcpu + off;
+        u32::from_le_bytes(self.area.read::<4>(a))
+    }
+    pub fn vr8(&mut self, off: u32) -> u8 {
+        let a = self.area.vcpu + off;
+        self.area.read::<1>(a)[0]
+    }
+
+    /// Every lookup-table entry empty (pointing at the miss routine).
+    fn reset_ibl(&mut self) {
+        let e = self.abi.ibl_empty_entry(self.area.base + MISS_OFF);
+        let n = 1usize << self.abi.ibl_bits;
+        let table: Vec<u8> = e.iter().copied().cycle().take(8 * n).collect();
+        self.vw(self.abi.ibl_table, &table);
+    }
+
+    fn reset_ibl_slot(&mut self, i: u32) {
+        let e = self.abi.ibl_empty_entry(self.area.base + MISS_OFF);
+        self.vw(self.abi.ibl_table + 8 * i, &e);
+    }
+
+    /// Drops every fragment.
+    fn flush(&mut self) {
+        self.cache.flush(TC_RESERVED);
+        self.pages.clear();
+        self.reset_ibl();
+    }
+
+    /// Tells the signal handler where the TC, the `irq` byte and the trampolines are.
+    pub(crate) fn install(&self, _lock: &std::sync::MutexGuard<'_, ()>) {
+        let sh = entry::shared();
+        // SAFETY: RUN_LOCK is held (borrowed guard) and no guest code runs now: nothing else
+        // reads or writes these fields of the shared area.
+        unsafe {
+            (*sh).bt_tc_lo = self.area.base as u64;
+            (*sh).bt_tc_hi = (self.area.base + TC_SIZE) as u64;
+            (*sh).bt_irq = (self.area.vcpu + self.abi.irq) as u64;
+            (*sh).bt_tramp_lo = self.area.base as u64;
+            (*sh).bt_tramp_hi = (self.area.base + TRAMP_END) as u64;
+        }
+    }
+
+    /// Undoes [`Bt::install`].
+    pub(crate) fn uninstall(_lock: &std::sync::MutexGuard<'_, ()>) {
+        let sh = entry::shared();
+        // SAFETY: as in `install`.
+        unsafe {
+            (*sh).bt_tc_lo = 0;
+            (*sh).bt_tc_hi = 0;
+            (*sh).bt_irq = 0;
+            (*sh).bt_tramp_lo = 0;
+            (*sh).bt_tramp_hi = 0;
+        }
+    }
+
+    /// The vCPU region from the guest state (everything inline sequences read).
+    fn sync_in(&mut self, s: &CpuState, ss_shadow: u16, irq: bool) {
+        let a = self.abi.clone();
+        self.vw8(a.vif, (s.eflags & flags::IF != 0) as u8);
+        self.vw8(a.irq, irq as u8);
+        self.vw32(a.vflags, s.eflags & VIRT_MASK & !flags::IF);
+        self.vw32(a.callout_esp, s.gpr[4]);
+        self.vw32(a.callout_ss, ss_shadow as u32);
+        for i in 0..6 {
+            self.vw32(a.vseg + 4 * i as u32, s.seg[i].selector as u32);
+        }
+        self.vw32(a.ldtr, s.ldtr.selector as u32);
+        self.vw32(a.tr, s.tr.selector as u32);
+        self.vw16(a.gdtr, s.gdtr.limit);
+        self.vw32(a.gdtr + 2, s.gdtr.base);
+        self.vw16(a.idtr, s.idtr.limit);
+        self.vw32(a.idtr + 2, s.idtr.base);
+        for (n, v) in [s.cr0, 0, s.cr2, s.cr3, s.cr4].into_iter().enumerate() {
+            self.vw32(a.cr_of(n as u32), v);
+        }
+        for n in 0..8 {
+            self.vw32(a.dr_of(n), s.dr[n as usize]);
+        }
+        self.vw32(a.cpuid_count, 0);
+    }
+
+    /// The guest's EFLAGS from the host's and the virtual bits.
+    fn eflags(&mut self, host: u32) -> u32 {
+        let vif = self.vr8(self.abi.vif) & 1;
+        let vflags = self.vr32(self.abi.vflags);
+        (host & HOST_FLAGS) | (vflags & VIRT_MASK & !flags::IF) | if vif != 0 { flags::IF } else { 0 } | flags::FIXED1
+    }
+}
+
+/// The translation mode of the current guest state.
+pub fn mode_of(s: &CpuState) -> Mode {
+    Mode {
+        cpl: s.cpl,
+        code32: s.seg(SegReg::Cs).big(),
+        stack32: s.seg(SegReg::Ss).big(),
+        paging: s.cr0 & cr::CR0_PG != 0,
+        fpu_trap: s.cr0 & (cr::CR0_TS | cr::CR0_EM) != 0,
+    }
+}
+
+/// Guest code through the guest's page tables (no side effects).
+struct Reader<'a>(&'a mut Cpu<Machine>);
+
+impl GuestCode for Reader<'_> {
+    fn read(&mut self, lin: u32, buf: &mut [u8]) -> usize {
+        let room = ((1u64 << 32) - lin as u64).min(buf.len() as u64) as usize;
+        crate::direct::read_linear(self.0, lin, &mut buf[..room])
+    }
+}
+
+fn outcome(e: impl std::fmt::Display) -> Outcome {
+    Outcome::Unexpected(format!("bt: {e}"))
+}
+
+/// Continue, or end the run.
+type Flow = Result<(), Outcome>;
+
+impl Direct<'_> {
+    /// The TC address of the fragment for the guest's CS:EIP in its current mode, translated
+    /// now if there is none (or the one there came from other guest frames).
+    fn bt_fragment(&mut self) -> Result<u32, Outcome> {
+        let Direct { bt, cpu, .. } = self;
+        let bt = bt.as_mut().ok_or_else(|| outcome("no translation cache"))?;
+        let s = &cpu.state;
+        let mode = mode_of(s);
+        let eip = s.eip;
+        let cs_base = s.seg(SegReg::Cs).base;
+        let lin = cs_base.wrapping_add(eip);
+        let key = (mode, cs_base, s.cr3);
+        if bt.ibl_key != Some(key) {
+            bt.reset_ibl();
+            bt.ibl_key = Some(key);
+        }
+        if let Some(id) = bt.cache.lookup(lin, mode) {
+            let ok = bt.pages.get(&id).is_some_and(|pp| pp.iter().all(|&(p, f)| cpu.probe_translation(p << 12).map(|x| x >> 12) == Some(f)));
+            if ok {
+                return Ok(bt.cache.get(id).map(|r| r.entry()).unwrap_or(0));
+            }
+        }
+        let unit = vmm_scanner::units::decode_unit(&mut Reader(cpu), cs_base, eip, mode, bt.cfg.limits);
+        let seq = vmm_scanner::mangle::mangle(&unit, &bt.cfg);
+        let len = vmm_scanner::emit::emit(&seq, bt.area.base + TC_RESERVED).map_err(outcome)?.code.len() as u32;
+        let addr = match bt.cache.alloc(len) {
+            Ok(a) => a,
+            Err(_) => {
+                bt.flush();
+                bt.cache.alloc(len).map_err(|_| outcome("a fragment larger than the translation cache"))?
+            }
+        };
+        let frag = vmm_scanner::emit::emit(&seq, addr).map_err(outcome)?;
+        if frag.code.len() as u32 != len {
+            return Err(outcome("a fragment's length depends on its address"));
+        }
+        bt.area.write(addr, &frag.code);
+        let pages: Vec<(u32, u32)> = unit.pages.iter().filter_map(|&p| cpu.probe_translation(p << 12).map(|f| (p, f >> 12))).collect();
+        let frames: Vec<u32> = pages.iter().map(|p| p.1).collect();
+        let (id, inv) = bt.cache.insert(&frag, lin, mode, &frames);
+        for p in inv.unchain {
+            bt.area.write(p.addr, &p.bytes);
+        }
+        for i in inv.ibl_slots {
+            bt.reset_ibl_slot(i);
+        }
+        for r in inv.removed {
+            bt.pages.remove(&r);
+        }
+        bt.pages.insert(id, pages);
+        bt.translated += 1;
+        self.stats.exit("bt-translate");
+        Ok(frag.tc_addr + frag.entry_off)
+    }
+
+    /// The entry state for translated code: shadows of ES, SS, DS, FS; CS = the host's flat
+    /// 32-bit code (the TC), GS = the vCPU region. Also syncs the vCPU region.
+    fn bt_entry_state(&mut self) -> Result<Option<EntryState>, Outcome> {
+        let Some(mut st) = self.entry_state()? else { return Ok(None) };
+        let irq = self.cpu.bus.interrupt_requested();
+        let bt = self.bt.as_mut().ok_or_else(|| outcome("no translation cache"))?;
+        bt.sync_in(&self.cpu.state, st.sel[SegReg::Ss as usize], irq);
+        st.sel[SegReg::Cs as usize] = sys::USER32_CS;
+        st.sel[SegReg::Gs as usize] = bt.vcpu_sel;
+        st.eflags = (self.cpu.state.eflags & HOST_FLAGS) | flags::IF | flags::FIXED1;
+        Ok(Some(st))
+    }
+
+    /// Runs translated code from the guest's CS:EIP until something needs the run loop.
+    pub(crate) fn bt_native(&mut self, lock: &std::sync::MutexGuard<'_, ()>, deadline: Option<u64>) -> Flow {
+        let tc = self.bt_fragment()?;
+        if let Some(bt) = self.bt.as_mut() {
+            if let Some(eip) = bt.pending_ibl.take() {
+                if eip == self.cpu.state.eip {
+                    let e = bt.abi.ibl_entry(eip, tc);
+                    let i = bt.abi.ibl_index(eip);
+                    bt.vw(bt.abi.ibl_table + 8 * i, &e);
+                }
+            }
+        }
+        let Some(mut st) = self.bt_entry_state()? else {
+            self.stats.exit("not-shadowable");
+            return self.emulate(deadline);
+        };
+        st.eip = tc;
+        loop {
+            let t0 = Instant::now();
+            let ex = entry::enter(lock, &st, &mut self.cpu.state.fpu.0);
+            self.stats.guest_time += t0.elapsed();
+            self.stats.native_exits += 1;
+            if ex.exited == 0 {
+                return Err(outcome("returned from translated code without an exit record"));
+            }
+            if ex.signal != 0 {
+                return self.bt_signal(&ex, deadline);
+            }
+            match self.bt_callout(&ex, deadline)? {
+                Some(next) => st = next,
+                None => return Ok(()),
+            }
+        }
+    }
+
+    /// A callout: the guest state is the one before the instruction at `callout_eip`.
+    /// Returns the entry state to continue in the TC, or None to go back to the run loop.
+    fn bt_callout(&mut self, ex: &ExitRecord, deadline: Option<u64>) -> Result<Option<EntryState>, Outcome> {
+        let bt = self.bt.as_mut().ok_or_else(|| outcome("no translation cache"))?;
+        let a = bt.abi.clone();
+        let op = bt.vr32(a.callout_op);
+        let eip = bt.vr32(a.callout_eip);
+        let next = bt.vr32(a.callout_next);
+        let esp = bt.vr32(a.callout_esp);
+        let eflags = bt.eflags(ex.eflags);
+        let s = &mut self.cpu.state;
+        s.gpr = ex.gpr;
+        s.gpr[4] = esp;
+        s.eip = eip;
+        s.eflags = eflags;
+        let before = (mode_of(s), s.seg(SegReg::Cs).base);
+        match CalloutOp::from_u32(op) {
+            Some(CalloutOp::Emulate | CalloutOp::Invalid | CalloutOp::FetchFault) => {
+                self.stats.exit("bt-emulate");
+                self.emulate(deadline)?;
+                let s = &self.cpu.state;
+                let same = next != 0
+                    && s.eip == next
+                    && (mode_of(s), s.seg(SegReg::Cs).base) == before
+                    && !s.halted
+                    && !s.int_shadow
+                    && self.engine() == EngineKind::Bt
+                    && self.can_direct();
+                if same {
+                    return self.bt_return(ex);
+                }
+                Ok(None)
+            }
+            Some(CalloutOp::Exit) => {
+                self.stats.exit("bt-exit");
+                Ok(None)
+            }
+            Some(CalloutOp::IndirectMiss) => {
+                self.stats.exit("bt-ibl-miss");
+                if let Some(bt) = self.bt.as_mut() {
+                    bt.pending_ibl = Some(eip);
+                }
+                Ok(None)
+            }
+            Some(CalloutOp::PendingIrq) => {
+                self.stats.exit("bt-pending-irq");
+                if self.cpu.state.interrupts_enabled() && self.cpu.bus.interrupt_requested() {
+                    return Ok(None);
+                }
+                if self.cpu.state.eflags & flags::TF != 0 {
+                    return Ok(None);
+                }
+                self.bt_return(ex)
+            }
+            None => Err(outcome(format!("unknown callout operation {op} at eip {eip:#010x}"))),
+        }
+    }
+
+    /// Continue after the far call of a callout: the guest state is `cpu.state` at
+    /// `callout_next`; the fragment reloads SS:ESP from the vCPU region.
+    fn bt_return(&mut self, ex: &ExitRecord) -> Result<Option<EntryState>, Outcome> {
+        let Some(mut st) = self.bt_entry_state()? else { return Ok(None) };
+        st.sel[SegReg::Ss as usize] = sys::USER_DS;
+        st.eip = ex.eip;
+        st.gpr[4] = ex.gpr[4].wrapping_add(8);
+        Ok(Some(st))
+    }
+
+    /// A signal from translated code: rebuild the guest state at the faulting guest
+    /// instruction (PC map, recovery) and classify the exit as the direct engine does.
+    fn bt_signal(&mut self, ex: &ExitRecord, deadline: Option<u64>) -> Flow {
+        let bt = self.bt.as_mut().ok_or_else(|| outcome("no translation cache"))?;
+        let base = bt.area.base;
+        let in_tc = ex.rip_high == 0 && ex.sel[SegReg::Cs as usize] == sys::USER32_CS && ex.eip >= base && ex.eip - base < TC_SIZE;
+        if !in_tc {
+            return Err(outcome(format!(
+                "signal {} (trapno {}) at {:#x}{:08x} cs {:#x}, outside the translation cache",
+                ex.signal, ex.trapno, ex.rip_high, ex.eip, ex.sel[1]
+            )));
+        }
+        let Some(pc) = bt.cache.guest_state_at(ex.eip) else {
+            return Err(outcome(format!("signal {} (trapno {}) at TC address {:#010x}, in no fragment", ex.signal, ex.trapno, ex.eip)));
+        };
+        let mut gpr = ex.gpr;
+        for (r, off) in pc.recovery.restore.iter().flatten() {
+            let i = (*r as usize).wrapping_sub(iced_x86::Register::EAX as usize);
+            if i < 8 {
+                gpr[i] = bt.vr32(*off);
+            }
+        }
+        gpr[4] = gpr[4].wrapping_add(pc.recovery.esp_adjust as u32);
+        let eflags = bt.eflags(ex.eflags);
+        let s = &mut self.cpu.state;
+        s.gpr = gpr;
+        s.eip = pc.guest_eip;
+        s.eflags = eflags;
+        self.classify(ex, deadline)
+    }
+}
