@@ -461,3 +461,138 @@ impl Direct<'_> {
         self.classify(ex, deadline)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::space::{Reservation, SpaceError, DEFAULT_MONITOR_BASE};
+
+    /// The process-wide resources of one guest run: RUN_LOCK, then the reservation.
+    fn reserve() -> (std::sync::MutexGuard<'static, ()>, Reservation) {
+        let lock = entry::RUN_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        for _ in 0..200 {
+            match Reservation::new(DEFAULT_MONITOR_BASE) {
+                Ok(r) => return (lock, r),
+                Err(SpaceError::Busy) => std::thread::sleep(std::time::Duration::from_millis(20)),
+                Err(e) => panic!("{e}"),
+            }
+        }
+        panic!("the reservation stayed busy");
+    }
+
+    fn place(bt: &mut Bt, code: &[u8]) -> u32 {
+        let a = bt.cache.alloc(code.len() as u32).unwrap();
+        bt.area.write(a, code);
+        a
+    }
+
+    /// `call far gs:[gate]`.
+    fn call_gate(abi: &Abi) -> Vec<u8> {
+        let mut v = vec![0x65, 0xff, 0x1d];
+        v.extend_from_slice(&abi.gate.to_le_bytes());
+        v
+    }
+
+    fn state(bt: &Bt, eip: u32) -> EntryState {
+        EntryState {
+            gpr: [0x1111_1111, 0x2222_2222, 0x3333_3333, 0x4444_4444, bt.area.stack + area::STACK_SIZE, 0x6666_6666, 0x7777_7777, 0x8888_8888],
+            eip,
+            eflags: flags::IF | flags::FIXED1 | flags::CF | flags::ZF,
+            sel: [sys::USER_DS, sys::USER32_CS, sys::USER_DS, sys::USER_DS, 0, bt.vcpu_sel],
+        }
+    }
+
+    /// The gate and the echo gate: what comes out, and what a round trip costs.
+    #[test]
+    fn callout_gate_round_trips() {
+        let (lock, res) = reserve();
+        let _thread = entry::Thread::prepare().unwrap();
+        let mut bt = Bt::new(&res, DEFAULT_MONITOR_BASE).unwrap();
+        bt.install(&lock);
+        let mut fpu = CpuState::reset().fpu.0;
+
+        // 1. The echo gate: `retf` in 64-bit mode pops the 4-byte EIP and CS slots.
+        bt.set_gate(true);
+        const N: u32 = 200_000;
+        let mut code = vec![0xb9];
+        code.extend_from_slice(&N.to_le_bytes()); // mov ecx, N
+        code.extend_from_slice(&call_gate(&bt.abi)); // L: call far gs:[gate]
+        code.extend_from_slice(&[0x49, 0x75, 0xf6, 0x0f, 0x0b]); // dec ecx; jnz L; ud2
+        let a = place(&mut bt, &code);
+        let st = state(&bt, a);
+        let t = Instant::now();
+        let ex = entry::enter(&lock, &st, &mut fpu);
+        let echo_ns = t.elapsed().as_nanos() as f64 / N as f64;
+        assert_eq!(ex.signal, libc::SIGILL, "{ex:?}");
+        assert_eq!(ex.eip, a + code.len() as u32 - 2);
+        assert_eq!(ex.gpr[1], 0, "the loop ran to the end");
+        assert_eq!(ex.gpr[4], st.gpr[4], "retf popped exactly 8 bytes each time");
+        assert_eq!(ex.gpr[0], st.gpr[0]);
+
+        // 2. The real gate: the guest state comes out through the exit landing.
+        bt.set_gate(false);
+        let mut code = call_gate(&bt.abi);
+        code.extend_from_slice(&[0x0f, 0x0b]);
+        let a = place(&mut bt, &code);
+        let st = state(&bt, a);
+        let ex = entry::enter(&lock, &st, &mut fpu);
+        assert_eq!((ex.exited, ex.signal), (1, 0), "{ex:?}");
+        assert_eq!(ex.eip, a + 7, "the return address");
+        let mut want = st.gpr;
+        want[4] -= 8;
+        assert_eq!(ex.gpr, want);
+        assert_eq!(ex.eflags & HOST_FLAGS, flags::CF | flags::ZF);
+        assert_eq!(ex.sel, [sys::USER_DS, sys::USER32_CS, sys::USER_DS, sys::USER_DS, 0, bt.vcpu_sel]);
+        // Continuing at the return address with the callout stack popped reaches the ud2.
+        let mut back = st;
+        back.eip = ex.eip;
+        let ex2 = entry::enter(&lock, &back, &mut fpu);
+        assert_eq!((ex2.signal, ex2.eip), (libc::SIGILL, a + 7), "{ex2:?}");
+        // The round trip as the engine makes it: entry (iretq), callout, exit landing.
+        const M: u32 = 100_000;
+        let t = Instant::now();
+        for _ in 0..M {
+            let ex = entry::enter(&lock, &st, &mut fpu);
+            assert_eq!(ex.signal, 0);
+        }
+        let gate_ns = t.elapsed().as_nanos() as f64 / M as f64;
+        eprintln!("bt gate: echo round trip (far call -> 64-bit retf) {echo_ns:.1} ns; entry + callout + landing {gate_ns:.1} ns");
+        Bt::uninstall(&lock);
+        drop(bt);
+        drop(res);
+    }
+
+    /// Timer signals in the TC set `irq` and resume; the gate trampoline is host code.
+    #[test]
+    fn guest_readable_vcpu_region_and_readonly_tc() {
+        let (lock, res) = reserve();
+        let _thread = entry::Thread::prepare().unwrap();
+        let mut bt = Bt::new(&res, DEFAULT_MONITOR_BASE).unwrap();
+        bt.install(&lock);
+        let mut fpu = CpuState::reset().fpu.0;
+        // mov eax, gs:[vcpu_size - 4]; mov dword gs:[scratch], eax; mov [tc], eax (must fault)
+        let last = bt.abi.vcpu_size - 4;
+        bt.vw32(last, 0xfeed_f00d);
+        let mut code = vec![0x65, 0xa1];
+        code.extend_from_slice(&last.to_le_bytes());
+        code.extend_from_slice(&[0x65, 0xa3]);
+        code.extend_from_slice(&bt.abi.scratch.to_le_bytes());
+        code.push(0xa3);
+        code.extend_from_slice(&bt.area.base.to_le_bytes());
+        let a = place(&mut bt, &code);
+        let ex = entry::enter(&lock, &state(&bt, a), &mut fpu);
+        assert_eq!(ex.signal, libc::SIGSEGV, "{ex:?}");
+        assert_eq!(ex.eip, a + 12, "the write to the TC faults");
+        assert_eq!(ex.gpr[0], 0xfeed_f00d);
+        assert_eq!(bt.vr32(bt.abi.scratch), 0xfeed_f00d);
+        // Beyond the GS limit: #GP.
+        let mut code = vec![0x65, 0xa1];
+        code.extend_from_slice(&bt.abi.vcpu_size.to_le_bytes());
+        let a = place(&mut bt, &code);
+        let ex = entry::enter(&lock, &state(&bt, a), &mut fpu);
+        assert_eq!((ex.signal, ex.trapno, ex.eip), (libc::SIGSEGV, 13, a), "{ex:?}");
+        Bt::uninstall(&lock);
+        drop(bt);
+        drop(res);
+    }
+}
