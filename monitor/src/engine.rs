@@ -208,8 +208,9 @@ pub struct RunStats {
     pub shadow_flushes: u64,
     /// Host LDT entries written (`modify_ldt`).
     pub ldt_writes: u64,
-    /// `bt`: fragments translated.
+    /// `bt`: fragments translated, exits chained.
     pub translated: u64,
+    pub chained: u64,
 }
 
 impl RunStats {
@@ -241,7 +242,7 @@ impl RunStats {
             let _ = writeln!(s, "shadow flushes  {}", self.shadow_flushes);
             let _ = writeln!(s, "ldt writes      {}", self.ldt_writes);
             if self.translated > 0 {
-                let _ = writeln!(s, "translated      {} fragments", self.translated);
+                let _ = writeln!(s, "translated      {} fragments, {} exits chained", self.translated, self.chained);
             }
             let _ = writeln!(s, "time in guest   {guest:.3} s, in monitor {monitor:.3} s");
         }

@@ -72,6 +72,10 @@ pub struct Bt {
     ibl_key: Option<(Mode, u32, u32)>,
     /// A lookup miss for this guest EIP: fill its table entry once its fragment is known.
     pending_ibl: Option<u32>,
+    /// An unchained exit was taken: (calling fragment, exit number, target EIP, flush count).
+    pending_chain: Option<(FragId, u32, u32, u64)>,
+    /// Exits chained.
+    pub chained: u64,
     /// Fragments translated.
     pub translated: u64,
 }
@@ -111,6 +115,8 @@ impl Bt {
             pages: HashMap::new(),
             ibl_key: None,
             pending_ibl: None,
+            pending_chain: None,
+            chained: 0,
             translated: 0,
         };
         bt.set_gate(false);
@@ -262,7 +268,7 @@ type Flow = Result<(), Outcome>;
 impl Direct<'_> {
     /// The TC address of the fragment for the guest's CS:EIP in its current mode, translated
     /// now if there is none (or the one there came from other guest frames).
-    fn bt_fragment(&mut self) -> Result<u32, Outcome> {
+    fn bt_fragment(&mut self) -> Result<(FragId, u32), Outcome> {
         let Direct { bt, cpu, .. } = self;
         let bt = bt.as_mut().ok_or_else(|| outcome("no translation cache"))?;
         let s = &cpu.state;
@@ -277,8 +283,8 @@ impl Direct<'_> {
         }
         if let Some(id) = bt.cache.lookup(lin, mode) {
             let ok = bt.pages.get(&id).is_some_and(|pp| pp.iter().all(|&(p, f)| cpu.probe_translation(p << 12).map(|x| x >> 12) == Some(f)));
-            if ok {
-                return Ok(bt.cache.get(id).map(|r| r.entry()).unwrap_or(0));
+            if let (true, Some(r)) = (ok, bt.cache.get(id)) {
+                return Ok((id, r.entry()));
             }
         }
         let unit = vmm_scanner::units::decode_unit(&mut Reader(cpu), cs_base, eip, mode, bt.cfg.limits);
@@ -311,7 +317,7 @@ impl Direct<'_> {
         bt.pages.insert(id, pages);
         bt.translated += 1;
         self.stats.exit("bt-translate");
-        Ok(frag.tc_addr + frag.entry_off)
+        Ok((id, frag.tc_addr + frag.entry_off))
     }
 
     /// The entry state for translated code: shadows of ES, SS, DS, FS; CS = the host's flat
@@ -329,8 +335,17 @@ impl Direct<'_> {
 
     /// Runs translated code from the guest's CS:EIP until something needs the run loop.
     pub(crate) fn bt_native(&mut self, lock: &std::sync::MutexGuard<'_, ()>, deadline: Option<u64>) -> Flow {
-        let tc = self.bt_fragment()?;
+        let (to, tc) = self.bt_fragment()?;
         if let Some(bt) = self.bt.as_mut() {
+            if let Some((from, n, target, flushes)) = bt.pending_chain.take() {
+                let same_mode = bt.cache.get(from).zip(bt.cache.get(to)).is_some_and(|(f, t)| f.mode == t.mode);
+                if target == self.cpu.state.eip && flushes == bt.cache.flushes() && same_mode {
+                    if let Some(p) = bt.cache.chain(from, n, to) {
+                        bt.area.write(p.addr, &p.bytes);
+                        bt.chained += 1;
+                    }
+                }
+            }
             if let Some(eip) = bt.pending_ibl.take() {
                 if eip == self.cpu.state.eip {
                     let e = bt.abi.ibl_entry(eip, tc);
@@ -397,6 +412,13 @@ impl Direct<'_> {
             }
             Some(CalloutOp::Exit) => {
                 self.stats.exit("bt-exit");
+                if let Some(bt) = self.bt.as_mut() {
+                    let arg = bt.vr32(a.callout_arg);
+                    // The return address lies in the calling fragment's exit stub.
+                    if let Some(from) = bt.cache.fragment_at(ex.eip) {
+                        bt.pending_chain = Some((from, arg, eip, bt.cache.flushes()));
+                    }
+                }
                 Ok(None)
             }
             Some(CalloutOp::IndirectMiss) => {

@@ -119,6 +119,7 @@ pub fn run(mut machine: Machine, state: CpuState, opts: &RunOptions) -> Result<R
     stats.ldt_writes = e.ldt.writes;
     if let Some(bt) = e.bt.take() {
         stats.translated = bt.translated;
+        stats.chained = bt.chained;
         crate::bt::Bt::uninstall(&lock);
         drop(bt); // before the reservation it lives in
     }
