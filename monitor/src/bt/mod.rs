@@ -335,6 +335,11 @@ impl Direct<'_> {
 
     /// Runs translated code from the guest's CS:EIP until something needs the run loop.
     pub(crate) fn bt_native(&mut self, lock: &std::sync::MutexGuard<'_, ()>, deadline: Option<u64>) -> Flow {
+        if self.cpu.state.eflags & flags::TF != 0 {
+            // Single-stepping (the virtual TF): the interpreter raises #DB after each instruction.
+            self.stats.exit("bt-single-step");
+            return self.emulate(deadline);
+        }
         let (to, tc) = self.bt_fragment()?;
         if let Some(bt) = self.bt.as_mut() {
             if let Some((from, n, target, flushes)) = bt.pending_chain.take() {
