@@ -365,6 +365,25 @@ impl Direct<'_> {
         };
         st.eip = tc;
         loop {
+            // Ticks the guest may leave untaken (virtual IF clear) before a forced exit: the
+            // time left to the deadline, in timer periods.
+            let limit = match deadline {
+                Some(d) => {
+                    let now = self.cpu.bus.now_ns();
+                    if now >= d {
+                        return Ok(()); // the run loop ends the run
+                    }
+                    (d - now) / (crate::direct::TIMER_PERIOD_US * 1000) + 2
+                }
+                None => u64::MAX,
+            };
+            let sh = entry::shared();
+            // SAFETY: RUN_LOCK is held (`lock`); no guest code runs, so the handler does not
+            // touch these fields now.
+            unsafe {
+                (*sh).bt_stale = 0;
+                (*sh).bt_stale_limit = limit;
+            }
             let t0 = Instant::now();
             let ex = entry::enter(lock, &st, &mut self.cpu.state.fpu.0);
             self.stats.guest_time += t0.elapsed();
@@ -468,6 +487,13 @@ impl Direct<'_> {
                 "signal {} (trapno {}) at {:#x}{:08x} cs {:#x}, outside the translation cache",
                 ex.signal, ex.trapno, ex.rip_high, ex.eip, ex.sel[1]
             )));
+        }
+        if ex.signal == sys::TIMER_SIGNAL {
+            // The forced exit of a guest that kept its virtual IF clear past the deadline: the
+            // state is not precise (any TC address), the run ends.
+            self.stats.exit("bt-forced-timer");
+            let eip = bt.cache.guest_state_at(ex.eip).map_or(self.cpu.state.eip, |p| p.guest_eip);
+            return Err(Outcome::Timeout { after: self.opts_timeout(), eip });
         }
         let Some(pc) = bt.cache.guest_state_at(ex.eip) else {
             return Err(outcome(format!("signal {} (trapno {}) at TC address {:#010x}, in no fragment", ex.signal, ex.trapno, ex.eip)));

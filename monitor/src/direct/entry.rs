@@ -62,6 +62,11 @@ pub(crate) struct Shared {
     /// signal there (CS = 0x33) is a host signal, not guest code that left compatibility mode.
     pub bt_tramp_lo: u64,
     pub bt_tramp_hi: u64,
+    /// Timer ticks in the TC that found `irq` still set (the guest did not take the previous
+    /// one: its virtual IF is clear). At `bt_stale_limit` the tick becomes a full exit
+    /// (imprecise: the runtime uses it only to end the run at its deadline).
+    pub bt_stale: u64,
+    pub bt_stale_limit: u64,
 }
 
 /// The raw facts of one exit.
@@ -122,6 +127,8 @@ pub(crate) static SHARED: SharedCell = SharedCell(UnsafeCell::new(Shared {
     bt_irq: 0,
     bt_tramp_lo: 0,
     bt_tramp_hi: 0,
+    bt_stale: 0,
+    bt_stale_limit: u64::MAX,
 }));
 
 /// The shared area (for the `bt` engine's gate, which exits through the same landing).
@@ -222,6 +229,14 @@ std::arch::global_asm!(
     "cmp rax, [rip + {shared} + {bt_tc_hi}]",
     "jae 5f",
     "mov rax, [rip + {shared} + {bt_irq}]",
+    "cmp byte ptr [rax], 0",
+    "je 6f",
+    "inc qword ptr [rip + {shared} + {bt_stale}]",
+    "mov rax, [rip + {shared} + {bt_stale}]",
+    "cmp rax, [rip + {shared} + {bt_stale_limit}]",
+    "jae 5f",
+    "mov rax, [rip + {shared} + {bt_irq}]",
+    "6:",
     "mov byte ptr [rax], 1",
     "ret",
     "5:",
@@ -302,6 +317,8 @@ std::arch::global_asm!(
     bt_irq = const offset_of!(Shared, bt_irq),
     bt_tramp_lo = const offset_of!(Shared, bt_tramp_lo),
     bt_tramp_hi = const offset_of!(Shared, bt_tramp_hi),
+    bt_stale = const offset_of!(Shared, bt_stale),
+    bt_stale_limit = const offset_of!(Shared, bt_stale_limit),
     exit_sel = const EXIT_SEL,
     uc_rip = const sys::UC_RIP_OFFSET,
     uc_cs = const sys::UC_CS_OFFSET,

@@ -161,6 +161,11 @@ fn io(e: std::io::Error) -> Outcome {
 }
 
 impl Direct<'_> {
+    /// The run's timeout (zero if none).
+    pub(crate) fn opts_timeout(&self) -> Duration {
+        self.opts.timeout.unwrap_or_default()
+    }
+
     pub(crate) fn engine(&self) -> EngineKind {
         if self.cpu.state.cpl == 3 {
             self.opts.user_engine
