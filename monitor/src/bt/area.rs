@@ -24,7 +24,7 @@ pub const TC_RESERVED: u32 = 0x400;
 /// Bytes of callout stack.
 pub const STACK_SIZE: u32 = 16 << 10;
 
-const PAGE: u32 = sys::PAGE as u32;
+const PAGE: u32 = sys::PAGE;
 
 fn round_page(n: u32) -> u32 {
     (n + PAGE - 1) & !(PAGE - 1)
