@@ -226,6 +226,47 @@ fn visible(r: &RunResult) -> String {
     )
 }
 
+/// Self-modifying kernel code: a subroutine's `mov eax, imm32` is patched between calls, once
+/// in the page of the code that patches it and once in another page; the translated code must
+/// see every new immediate (coherence), like the interpreter.
+#[test]
+fn self_modifying_kernel_code() {
+    for sub in [CODE + 0x800, CODE + 0x3000] {
+        let build = || {
+            let (mut m, s) = guest(&[]);
+            let mut a = CodeAssembler::new(32).unwrap();
+            let mut top = a.create_label();
+            a.mov(ecx, 5u32).unwrap();
+            a.xor(ebx, ebx).unwrap();
+            a.set_label(&mut top).unwrap();
+            a.call(sub as u64).unwrap();
+            a.add(ebx, eax).unwrap();
+            a.mov(dword_ptr(sub + 1), ecx).unwrap(); // the next call returns ECX
+            a.imul_2(ebx, ebx).unwrap();
+            a.dec(ecx).unwrap();
+            a.jnz(top).unwrap();
+            a.mov(al, 0u32).unwrap();
+            a.out(0xf4, al).unwrap();
+            m.ram.write(CODE as u64, &a.assemble(CODE as u64).unwrap()).unwrap();
+            let mut b = CodeAssembler::new(32).unwrap();
+            b.mov(eax, 100u32).unwrap();
+            b.ret().unwrap();
+            m.ram.write(sub as u64, &b.assemble(sub as u64).unwrap()).unwrap();
+            (m, s)
+        };
+        let go = |k: EngineKind| {
+            let (m, s) = build();
+            let opts = RunOptions { kernel_engine: k, user_engine: EngineKind::Interp, timeout: Some(Duration::from_secs(20)), ..RunOptions::default() };
+            engine::run(m, s, &opts).unwrap()
+        };
+        let i = go(EngineKind::Interp);
+        let b = go(EngineKind::Bt);
+        assert_eq!(i.outcome, vmm_monitor::engine::Outcome::DebugExit { value: 0 });
+        assert_eq!(visible(&b), visible(&i), "sub at {sub:#x}\n{}", b.stats.render());
+        assert!(b.stats.exits.get("bt-code-write").copied().unwrap_or(0) >= 4, "{}", b.stats.render());
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: std::env::var("VMM_BT_PROP_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(96), ..ProptestConfig::default() })]
 

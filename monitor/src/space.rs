@@ -275,20 +275,51 @@ pub struct LowMap {
     /// Counters.
     pub maps: u64,
     pub unmaps: u64,
+    /// Guest frames (physical page numbers) holding translated code (`bt`): always mapped
+    /// without write permission, so that a guest write to them faults.
+    pub code_frames: std::collections::HashSet<u32>,
 }
 
 impl LowMap {
     /// Map guest RAM (`fd`, `ram_len` bytes) into the low 4 GiB of `reservation`.
     pub fn new(reservation: Reservation, ram: &MemfdRam) -> LowMap {
-        LowMap { reservation, fd: ram.fd(), ram_len: ram.len() as u64, maps: 0, unmaps: 0 }
+        LowMap { reservation, fd: ram.fd(), ram_len: ram.len() as u64, maps: 0, unmaps: 0, code_frames: Default::default() }
     }
 
     pub fn monitor_base(&self) -> u32 {
         self.reservation.monitor_base
     }
 
-    /// Map `pages` pages at guest-linear `lin` to guest-physical `frame`.
+    /// Map `pages` pages at guest-linear `lin` to guest-physical `frame` (pages of code frames
+    /// without write permission).
     pub fn map_pages(&mut self, lin: u32, frame: u32, pages: u32, writable: bool) -> io::Result<()> {
+        if writable && !self.code_frames.is_empty() && (0..pages).any(|i| self.code_frames.contains(&((frame >> 12) + i))) {
+            for i in 0..pages {
+                let f = frame + (i << 12);
+                let w = !self.code_frames.contains(&(f >> 12));
+                self.map_run(lin + (i << 12), f, 1, w)?;
+            }
+            return Ok(());
+        }
+        self.map_run(lin, frame, pages, writable)
+    }
+
+    /// Removes write permission from the page at `lin`, which the caller knows is mapped to
+    /// guest RAM (a shadow mapping).
+    pub fn write_protect(&mut self, lin: u32) -> io::Result<()> {
+        let lin = lin & !(PAGE as u32 - 1);
+        if !self.reservation.covers(lin as u64, PAGE) {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("{lin:#x} is outside the guest's part of the low 4 GiB")));
+        }
+        // SAFETY: a page of our reservation below the monitor area that holds a shadow mapping
+        // (the caller checked); only its protection changes.
+        if unsafe { libc::mprotect(lin as usize as *mut libc::c_void, PAGE as usize, libc::PROT_READ | libc::PROT_EXEC) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    fn map_run(&mut self, lin: u32, frame: u32, pages: u32, writable: bool) -> io::Result<()> {
         let len = pages as u64 * PAGE;
         if (lin | frame) as u64 & (PAGE - 1) != 0 {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "unaligned shadow mapping"));

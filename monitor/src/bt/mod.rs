@@ -76,6 +76,8 @@ pub struct Bt {
     pending_chain: Option<(FragId, u32, u32, u64)>,
     /// Exits chained.
     pub chained: u64,
+    /// Guest writes that invalidated translated code.
+    pub invalidations: u64,
     /// Fragments translated.
     pub translated: u64,
 }
@@ -117,6 +119,7 @@ impl Bt {
             pending_ibl: None,
             pending_chain: None,
             chained: 0,
+            invalidations: 0,
             translated: 0,
         };
         bt.set_gate(false);
@@ -269,7 +272,7 @@ impl Direct<'_> {
     /// The TC address of the fragment for the guest's CS:EIP in its current mode, translated
     /// now if there is none (or the one there came from other guest frames).
     fn bt_fragment(&mut self) -> Result<(FragId, u32), Outcome> {
-        let Direct { bt, cpu, .. } = self;
+        let Direct { bt, cpu, shadow, .. } = self;
         let bt = bt.as_mut().ok_or_else(|| outcome("no translation cache"))?;
         let s = &cpu.state;
         let mode = mode_of(s);
@@ -294,6 +297,7 @@ impl Direct<'_> {
             Ok(a) => a,
             Err(_) => {
                 bt.flush();
+                shadow.map.code_frames.clear();
                 bt.cache.alloc(len).map_err(|_| outcome("a fragment larger than the translation cache"))?
             }
         };
@@ -303,6 +307,12 @@ impl Direct<'_> {
         }
         bt.area.write(addr, &frag.code);
         let pages: Vec<(u32, u32)> = unit.pages.iter().filter_map(|&p| cpu.probe_translation(p << 12).map(|f| (p, f >> 12))).collect();
+        // Coherence: the frames become code frames, mapped without write from now on.
+        for &(p, f) in &pages {
+            if shadow.map.code_frames.insert(f) && shadow.mapping(p << 12).is_some_and(|m| m.writable && m.frame >> 12 == f) {
+                shadow.map.write_protect(p << 12).map_err(outcome)?;
+            }
+        }
         let frames: Vec<u32> = pages.iter().map(|p| p.1).collect();
         let (id, inv) = bt.cache.insert(&frag, lin, mode, &frames);
         for p in inv.unchain {
@@ -318,6 +328,29 @@ impl Direct<'_> {
         bt.translated += 1;
         self.stats.exit("bt-translate");
         Ok((id, frag.tc_addr + frag.entry_off))
+    }
+
+    /// A guest write faulted at `lin`: if its frame holds translated code, drop the frame's
+    /// fragments (unchaining their callers, resetting lookup-table slots) and stop protecting
+    /// it. True if it did.
+    pub(crate) fn bt_code_write(&mut self, lin: u32) -> bool {
+        let Some(bt) = self.bt.as_mut() else { return false };
+        let Some(frame) = self.cpu.probe_translation(lin).map(|p| p >> 12) else { return false };
+        if !self.shadow.map.code_frames.remove(&frame) {
+            return false;
+        }
+        let inv = bt.cache.invalidate_frame(frame, &bt.abi);
+        for p in inv.unchain {
+            bt.area.write(p.addr, &p.bytes);
+        }
+        for i in inv.ibl_slots {
+            bt.reset_ibl_slot(i);
+        }
+        for r in inv.removed {
+            bt.pages.remove(&r);
+        }
+        bt.invalidations += 1;
+        true
     }
 
     /// The entry state for translated code: shadows of ES, SS, DS, FS; CS = the host's flat

@@ -138,7 +138,7 @@ enum Special {
 /// The direct engine's run state (also the `bt` engine's: `crate::bt` extends it).
 pub(crate) struct Direct<'a> {
     pub(crate) cpu: Cpu<Machine>,
-    shadow: Shadow,
+    pub(crate) shadow: Shadow,
     ldt: HostLdt,
     opts: &'a RunOptions,
     pub(crate) stats: RunStats,
@@ -509,6 +509,12 @@ impl Direct<'_> {
         let eip = self.cpu.state.eip;
         if lin >= self.monitor_base || lin < 0x1000 {
             self.stats.exit(if lin < 0x1000 { "page0" } else { "monitor-area" });
+            return self.emulate(deadline);
+        }
+        if ex.err & 2 != 0 && self.bt_code_write(lin) {
+            // A write to a frame holding translated code: its fragments are gone; the
+            // interpreter performs the write (and raises the guest's #PF if there is one).
+            self.stats.exit("bt-code-write");
             return self.emulate(deadline);
         }
         if self.last_fault.0 == eip && self.last_fault.1 == lin {
