@@ -21,6 +21,7 @@ const USER_DIRECT: &[&str] = &["--kernel-engine", "interp", "--user-engine", "di
 const ALL_DIRECT: &[&str] = &["--kernel-engine", "direct", "--user-engine", "direct"];
 const KERNEL_BT: &[&str] = &["--kernel-engine", "bt", "--user-engine", "direct"];
 const KERNEL_BT_USER_INTERP: &[&str] = &["--kernel-engine", "bt", "--user-engine", "interp"];
+const ALL_BT: &[&str] = &["--kernel-engine", "bt", "--user-engine", "bt"];
 
 /// The general registers and EIP of the `--final-state` report.
 fn final_registers(stderr: &str) -> Vec<String> {
@@ -48,7 +49,7 @@ fn run_with(image: &[u8], args: &[&str], engines: &[&str]) -> (Option<i32>, Stri
 
 /// Run under the interpreter and check the guest ended through the debug-exit port with
 /// [`OK`]; then run it with the user engine direct, with both engines direct, and with the
-/// kernel under `bt` (user direct, then user interp), and check the serial output, the exit
+/// kernel under `bt` (user direct, interp, then bt), and check the serial output, the exit
 /// status and the final registers are the interpreter's (the kernel-direct run's output may
 /// differ where the direct engine is known to be wrong; `bt` must never differ).
 fn run_ok(g: Guest, args: &[&str]) -> String {
@@ -71,7 +72,7 @@ fn run_ok_except(g: Guest, args: &[&str], kernel_direct: impl Fn(&str, &str)) ->
         assert_eq!(regs3, regs, "kernel direct: final registers");
     }
     kernel_direct(&so, &so3);
-    for engines in [KERNEL_BT, KERNEL_BT_USER_INTERP] {
+    for engines in [KERNEL_BT, KERNEL_BT_USER_INTERP, ALL_BT] {
         let (s4, so4, regs4) = run_with(&image, args, engines);
         assert_eq!((s4, &so4), (status, &so), "{engines:?}");
         assert_eq!(regs4, regs, "{engines:?}: final registers");
@@ -649,7 +650,7 @@ fn popek_goldberg_under_interp() {
 #[test]
 fn popek_goldberg_under_bt() {
     let image = popek_goldberg_guest().build();
-    for user in ["direct", "interp"] {
+    for user in ["direct", "interp", "bt"] {
         let (status, so, _) = run_with(&image, &["--timeout", "30"], &["--kernel-engine", "bt", "--user-engine", user]);
         assert_eq!(status, Some(OK_STATUS), "{so}");
         assert_eq!(
