@@ -2,8 +2,9 @@
 //!
 //! The design has three engines chosen per guest privilege level (`--kernel-engine`,
 //! `--user-engine`): `bt` (translation), `direct` (trap-and-emulate) and `interp` (the
-//! interpreter). Only `interp` exists yet; [`run`] refuses the others with
-//! [`EngineError::NotBuilt`]. A new engine adds a variant to [`EngineKind`], a run loop next to
+//! interpreter). `interp` has its own run loop ([`run_interp`]); `direct` and `bt` share the
+//! direct engine's (`crate::direct`, `crate::bt`). A new engine adds a variant to
+//! [`EngineKind`], a run loop next to
 //! [`run_interp`] with the same contract (consume a [`Machine`] and a [`CpuState`], honour
 //! [`RunOptions`], end with an [`Outcome`] and [`RunStats`]), and a dispatch arm in [`run`].
 //!
