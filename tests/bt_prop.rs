@@ -44,7 +44,7 @@ fn emit(a: &mut CodeAssembler, (k, x, y): Step) -> Result<(), IcedError> {
     let r = REGS[(x % 6) as usize];
     let r2 = REGS[(y % 6) as usize];
     let mem = DATA + (y % 64) * 4;
-    match k % 32 {
+    match k % 34 {
         0 => a.add(r, y as i32),
         1 => a.xor(r, r2),
         2 => a.imul_2(r, r2),
@@ -146,7 +146,18 @@ fn emit(a: &mut CodeAssembler, (k, x, y): Step) -> Result<(), IcedError> {
             a.div(r2)
         }
         30 => a.mov(r, cr3),
-        _ => a.lea(r, dword_ptr(r2 + (y & 0xff))),
+        31 => a.lea(r, dword_ptr(r2 + (y & 0xff))),
+        32 => {
+            // FS = a 4 KiB data segment: a read that may cross its limit (#GP inside the
+            // translated code: the host's shadow is truncated the same way).
+            a.mov(eax, 0x30u32)?;
+            a.mov(fs, ax)?;
+            a.mov(r2, dword_ptr(0xff8 + (y % 8)).fs())
+        }
+        _ => {
+            // Around the end of guest RAM (1 MiB): reads of memory that is not RAM.
+            a.mov(r, dword_ptr(RAM as u32 - 4 + (y % 8)))
+        }
     }
 }
 
@@ -271,7 +282,7 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: std::env::var("VMM_BT_PROP_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(96), ..ProptestConfig::default() })]
 
     #[test]
-    fn translated_kernel_code_matches_the_interpreter(steps in prop::collection::vec((0u8..32, any::<u32>(), any::<u32>()), 1..40)) {
+    fn translated_kernel_code_matches_the_interpreter(steps in prop::collection::vec((0u8..34, any::<u32>(), any::<u32>()), 1..40)) {
         let i = run(&steps, EngineKind::Interp);
         let b = run(&steps, EngineKind::Bt);
         prop_assert!(b.stats.translated > 0, "bt translated nothing: {}", b.stats.render());
