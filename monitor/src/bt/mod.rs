@@ -308,10 +308,8 @@ impl Direct<'_> {
         bt.area.write(addr, &frag.code);
         let pages: Vec<(u32, u32)> = unit.pages.iter().filter_map(|&p| cpu.probe_translation(p << 12).map(|f| (p, f >> 12))).collect();
         // Coherence: the frames become code frames, mapped without write from now on.
-        for &(p, f) in &pages {
-            if shadow.map.code_frames.insert(f) && shadow.mapping(p << 12).is_some_and(|m| m.writable && m.frame >> 12 == f) {
-                shadow.map.write_protect(p << 12).map_err(outcome)?;
-            }
+        for &(_, f) in &pages {
+            shadow.map.protect_code_frame(f).map_err(outcome)?;
         }
         let frames: Vec<u32> = pages.iter().map(|p| p.1).collect();
         let (id, inv) = bt.cache.insert(&frag, lin, mode, &frames);
