@@ -43,6 +43,8 @@ pub struct MonitorArea {
     pub vcpu_size: u32,
     /// Guest-linear address of the callout stack (its lowest byte).
     pub stack: u32,
+    /// The low mappings are accessible (translated code runs); otherwise PROT_NONE.
+    open: bool,
 }
 
 // SAFETY: the mappings are owned by this value and used by one thread at a time (RUN_LOCK).
@@ -82,7 +84,7 @@ impl MonitorArea {
         if alias == libc::MAP_FAILED {
             return Err(os("mmap of the monitor area's alias"));
         }
-        let area = MonitorArea { _fd: fd, alias: alias.cast(), len, base, vcpu: base + vcpu_off, vcpu_size, stack: base + stack_off };
+        let area = MonitorArea { _fd: fd, alias: alias.cast(), len, base, vcpu: base + vcpu_off, vcpu_size, stack: base + stack_off, open: true };
         if (alias as u64) < 1 << 32 {
             return Err(io::Error::other("the monitor area's alias landed below 4 GiB"));
         }
@@ -108,6 +110,28 @@ impl MonitorArea {
         low(0, TC_SIZE, libc::PROT_READ | libc::PROT_EXEC)?;
         low(vcpu_off, len as u32 - vcpu_off, libc::PROT_READ | libc::PROT_WRITE)?;
         Ok(area)
+    }
+
+    /// Opens (translated code is about to run) or closes (guest code is about to run directly:
+    /// user code can load the host's flat selectors and must not reach the vCPU region, the
+    /// lookup table or the TC) the low mappings. A guest access while closed faults like any
+    /// access into the monitor area (the interpreter executes it with the guest's view).
+    pub fn set_open(&mut self, open: bool) -> io::Result<()> {
+        if self.open == open {
+            return Ok(());
+        }
+        let vcpu_off = self.vcpu - self.base;
+        let open_ranges = [(0, vcpu_off, libc::PROT_READ | libc::PROT_EXEC), (vcpu_off, self.len as u32 - vcpu_off, libc::PROT_READ | libc::PROT_WRITE)];
+        let closed_range = [(0, self.len as u32, libc::PROT_NONE)];
+        let ranges: &[(u32, u32, i32)] = if open { &open_ranges } else { &closed_range };
+        for &(off, size, prot) in ranges {
+            // SAFETY: our own low mappings (created in `new`); only their protection changes.
+            if unsafe { libc::mprotect((self.base + off) as usize as *mut libc::c_void, size as usize, prot) } != 0 {
+                return Err(os("mprotect of the monitor area"));
+            }
+        }
+        self.open = open;
+        Ok(())
     }
 
     /// The whole area through the writable alias (offsets from [`MonitorArea::base`]).

@@ -395,6 +395,9 @@ impl Direct<'_> {
             return self.emulate(deadline);
         };
         st.eip = tc;
+        if let Some(bt) = self.bt.as_mut() {
+            bt.area.set_open(true).map_err(outcome)?;
+        }
         loop {
             // Ticks the guest may leave untaken (virtual IF clear) before a forced exit: the
             // time left to the deadline, in timer periods.
@@ -669,6 +672,23 @@ mod tests {
         assert_eq!(ex.eip, a + 12, "the write to the TC faults");
         assert_eq!(ex.gpr[0], 0xfeed_f00d);
         assert_eq!(bt.vr32(bt.abi.scratch), 0xfeed_f00d);
+        // Closed for direct execution: nothing of the area is accessible below 4 GiB.
+        let perms = |a: u32| {
+            let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+            let inside = |l: &&str| {
+                let (lo, hi) = l.split_whitespace().next().unwrap().split_once('-').unwrap();
+                let (lo, hi) = (u64::from_str_radix(lo, 16).unwrap(), u64::from_str_radix(hi, 16).unwrap());
+                lo <= a as u64 && (a as u64) < hi
+            };
+            maps.lines().find(inside).map(|l| l.split_whitespace().nth(1).unwrap().to_string()).unwrap_or_default()
+        };
+        assert_eq!(perms(bt.area.base), "r-xs");
+        assert_eq!(perms(bt.area.vcpu), "rw-s");
+        bt.area.set_open(false).unwrap();
+        assert_eq!(perms(bt.area.base), "---s");
+        assert_eq!(perms(bt.area.vcpu), "---s");
+        bt.area.set_open(true).unwrap();
+        assert_eq!(perms(bt.area.vcpu), "rw-s");
         // Beyond the GS limit: #GP.
         let mut code = vec![0x65, 0xa1];
         code.extend_from_slice(&bt.abi.vcpu_size.to_le_bytes());

@@ -388,6 +388,10 @@ impl Direct<'_> {
             self.stats.exit("not-shadowable");
             return self.emulate(deadline);
         };
+        if let Some(bt) = self.bt.as_mut() {
+            // Code run directly must not reach the bt engine's monitor area (see bt::area).
+            bt.area.set_open(false).map_err(|e| Outcome::Unexpected(format!("bt: {e}")))?;
+        }
         let t0 = Instant::now();
         let ex = entry::enter(lock, &st, &mut self.cpu.state.fpu.0);
         self.stats.guest_time += t0.elapsed();
