@@ -67,18 +67,27 @@ pub fn run(mut machine: Machine, state: CpuState, opts: &RunOptions) -> Result<R
         }
     }
     let Some(memfd) = machine.ram.memfd_ram() else { return Err(setup("guest RAM is not a memfd".into())) };
+    let low = LowMap::new(reservation, memfd);
+    let thread = entry::Thread::prepare().map_err(setup)?;
+    // Declared after `low`: dropped before the reservation it lives in, also on the error
+    // returns below. Before the lockdown (memfd_create and ftruncate are not allowed after).
     let bt = if opts.kernel_engine == EngineKind::Bt || opts.user_engine == EngineKind::Bt {
-        let bt = crate::bt::Bt::new(&reservation, monitor_base).map_err(setup)?;
-        bt.install(&lock);
-        Some(bt)
+        Some(crate::bt::Bt::new(&low.reservation, monitor_base).map_err(setup)?)
     } else {
         None
     };
-    let low = LowMap::new(reservation, memfd);
-    let thread = entry::Thread::prepare().map_err(setup)?;
-    thread.set_timer(TIMER_PERIOD_US).map_err(setup)?;
-    if opts.lockdown {
-        crate::seccomp::lock_down().map_err(|e| setup(format!("installing the seccomp allow-list: {e}")))?;
+    let ready = thread.set_timer(TIMER_PERIOD_US).map_err(setup).and_then(|()| {
+        if opts.lockdown {
+            crate::seccomp::lock_down().map_err(|e| setup(format!("installing the seccomp allow-list: {e}")))?;
+        }
+        Ok(())
+    });
+    if let Err(e) = ready {
+        let _ = thread.set_timer(0);
+        return Err(e);
+    }
+    if let Some(bt) = &bt {
+        bt.install(&lock);
     }
     let mut e = Direct {
         cpu: Cpu::with_state(state, machine),
