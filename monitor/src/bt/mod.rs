@@ -72,6 +72,8 @@ pub struct Bt {
     ibl_key: Option<(Mode, u32, u32)>,
     /// A lookup miss for this guest EIP: fill its table entry once its fragment is known.
     pending_ibl: Option<u32>,
+    /// Lookup-table indexes filled since the last reset (None: unknown, reset all).
+    ibl_filled: Option<Vec<u32>>,
     /// An unchained exit was taken: (calling fragment, exit number, target EIP, flush count).
     pending_chain: Option<(FragId, u32, u32, u64)>,
     /// Exits chained.
@@ -117,6 +119,7 @@ impl Bt {
             pages: HashMap::new(),
             ibl_key: None,
             pending_ibl: None,
+            ibl_filled: None,
             pending_chain: None,
             chained: 0,
             invalidations: 0,
@@ -159,12 +162,34 @@ impl Bt {
         self.area.read::<1>(a)[0]
     }
 
-    /// Every lookup-table entry empty (pointing at the miss routine).
+    /// Every lookup-table entry empty (pointing at the miss routine): the entries filled since
+    /// the last reset, or the whole table.
     fn reset_ibl(&mut self) {
-        let e = self.abi.ibl_empty_entry(self.area.base + MISS_OFF);
-        let n = 1usize << self.abi.ibl_bits;
-        let table: Vec<u8> = e.iter().copied().cycle().take(8 * n).collect();
-        self.vw(self.abi.ibl_table, &table);
+        match self.ibl_filled.take() {
+            Some(filled) => {
+                for i in filled {
+                    self.reset_ibl_slot(i);
+                }
+            }
+            None => {
+                let e = self.abi.ibl_empty_entry(self.area.base + MISS_OFF);
+                let n = 1usize << self.abi.ibl_bits;
+                let table: Vec<u8> = e.iter().copied().cycle().take(8 * n).collect();
+                self.vw(self.abi.ibl_table, &table);
+            }
+        }
+        self.ibl_filled = Some(Vec::new());
+    }
+
+    /// Fills the lookup-table entry of guest `eip` with TC address `tc`.
+    fn fill_ibl(&mut self, eip: u32, tc: u32) {
+        let e = self.abi.ibl_entry(eip, tc);
+        let i = self.abi.ibl_index(eip);
+        self.vw(self.abi.ibl_table + 8 * i, &e);
+        match &mut self.ibl_filled {
+            Some(v) if v.len() < 4096 => v.push(i),
+            _ => self.ibl_filled = None,
+        }
     }
 
     fn reset_ibl_slot(&mut self, i: u32) {
@@ -384,9 +409,7 @@ impl Direct<'_> {
             }
             if let Some(eip) = bt.pending_ibl.take() {
                 if eip == self.cpu.state.eip {
-                    let e = bt.abi.ibl_entry(eip, tc);
-                    let i = bt.abi.ibl_index(eip);
-                    bt.vw(bt.abi.ibl_table + 8 * i, &e);
+                    bt.fill_ibl(eip, tc);
                 }
             }
         }
