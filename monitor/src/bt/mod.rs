@@ -78,6 +78,11 @@ pub struct Bt {
     pending_chain: Option<(FragId, u32, u32, u64)>,
     /// Exits chained.
     pub chained: u64,
+    /// Chained exits from or into user-mode (CPL 3) fragments: undone at a CR3 change, since
+    /// user code at one linear address differs between address spaces.
+    user_chains: Vec<(FragId, u32)>,
+    /// CR3 of the last fragment lookup.
+    last_cr3: Option<u32>,
     /// Guest writes that invalidated translated code.
     pub invalidations: u64,
     /// Fragments translated.
@@ -122,6 +127,8 @@ impl Bt {
             ibl_filled: None,
             pending_chain: None,
             chained: 0,
+            user_chains: Vec::new(),
+            last_cr3: None,
             invalidations: 0,
             translated: 0,
         };
@@ -197,8 +204,20 @@ impl Bt {
         self.vw(self.abi.ibl_table + 8 * i, &e);
     }
 
+    /// Points every recorded user-mode chained exit back at its stub.
+    fn unchain_user(&mut self) {
+        for (from, n) in std::mem::take(&mut self.user_chains) {
+            let Some(site) = self.cache.get(from).and_then(|r| r.exits.get(n as usize).map(|e| (r.tc_addr, e.0))) else { continue };
+            let (base, site) = site;
+            let at = base + site.patch_off;
+            let rel = (base + site.stub_off).wrapping_sub(at + 4);
+            self.area.write(at, &rel.to_le_bytes());
+        }
+    }
+
     /// Drops every fragment.
     fn flush(&mut self) {
+        self.user_chains.clear();
         self.cache.flush(TC_RESERVED);
         self.pages.clear();
         self.reset_ibl();
@@ -305,6 +324,10 @@ impl Direct<'_> {
         let cs_base = s.seg(SegReg::Cs).base;
         let lin = cs_base.wrapping_add(eip);
         let key = (mode, cs_base, s.cr3);
+        if bt.last_cr3 != Some(s.cr3) {
+            bt.unchain_user();
+            bt.last_cr3 = Some(s.cr3);
+        }
         if bt.ibl_key != Some(key) {
             bt.reset_ibl();
             bt.ibl_key = Some(key);
@@ -404,6 +427,9 @@ impl Direct<'_> {
                     if let Some(p) = bt.cache.chain(from, n, to) {
                         bt.area.write(p.addr, &p.bytes);
                         bt.chained += 1;
+                        if bt.cache.get(from).is_some_and(|f| f.mode.cpl == 3) {
+                            bt.user_chains.push((from, n));
+                        }
                     }
                 }
             }
