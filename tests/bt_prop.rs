@@ -24,6 +24,11 @@ const CODE: u32 = 0x1_0000;
 const HANDLER: u32 = 0x1_8000;
 const DATA: u32 = 0x2_0000;
 const RAM: usize = 1 << 20;
+/// With paging on: the page directory and the one page table (identity, 4 MiB).
+const PD: u32 = 0x4000;
+const PT: u32 = 0x5000;
+/// A page that is not present with paging on.
+const HOLE: u32 = 0x7000;
 
 fn desc(base: u32, limit: u32, access: u8, flags: u8) -> u64 {
     (limit as u64 & 0xffff)
@@ -44,7 +49,7 @@ fn emit(a: &mut CodeAssembler, (k, x, y): Step) -> Result<(), IcedError> {
     let r = REGS[(x % 6) as usize];
     let r2 = REGS[(y % 6) as usize];
     let mem = DATA + (y % 64) * 4;
-    match k % 34 {
+    match k % 37 {
         0 => a.add(r, y as i32),
         1 => a.xor(r, r2),
         2 => a.imul_2(r, r2),
@@ -154,14 +159,31 @@ fn emit(a: &mut CodeAssembler, (k, x, y): Step) -> Result<(), IcedError> {
             a.mov(fs, ax)?;
             a.mov(r2, dword_ptr(0xff8 + (y % 8)).fs())
         }
-        _ => {
+        33 => {
             // Around the end of guest RAM (1 MiB): reads of memory that is not RAM.
             a.mov(r, dword_ptr(RAM as u32 - 4 + (y % 8)))
+        }
+        // The hole (a #PF with paging on, inside IDENT and inline sequences).
+        34 => a.mov(r, dword_ptr(HOLE + (y % 16) * 4)),
+        35 => match y % 3 {
+            0 => a.sgdt(ptr(HOLE + 0xffe - (x % 8))),
+            1 => a.mov(word_ptr(HOLE + (x % 64)), cs),
+            _ => a.str(word_ptr(HOLE - 1)),
+        },
+        _ => {
+            // PUSHF with the stack at the hole's edge (#PF, then #DF: the handler's own pushes
+            // fault too; a triple fault).
+            a.mov(esp, HOLE + 0x1000 + (y % 3) * 4)?;
+            a.pushfd()
         }
     }
 }
 
 fn guest(steps: &[Step]) -> (Machine, CpuState) {
+    guest_with(steps, false)
+}
+
+fn guest_with(steps: &[Step], paging: bool) -> (Machine, CpuState) {
     let mut ram = GuestRam::heap(RAM);
     let gdt = [
         0u64,
@@ -198,6 +220,15 @@ fn guest(steps: &[Step]) -> (Machine, CpuState) {
         ram.write_u32((DATA + 4 * i) as u64, i.wrapping_mul(0x9e37_79b9)).unwrap();
     }
     let mut s = CpuState::flat_protected(0);
+    if paging {
+        ram.write_u32(PD as u64, PT | 3).unwrap();
+        for i in 0..1024u32 {
+            let pte = if i == HOLE >> 12 { 0 } else { (i << 12) | 3 };
+            ram.write_u32((PT + 4 * i) as u64, pte).unwrap();
+        }
+        s.cr3 = PD;
+        s.cr0 |= vmm_interp::state::cr::CR0_PG;
+    }
     s.eip = CODE;
     s.gpr = [1, 2, 3, 4, KSTACK, 6, 7, 8];
     s.gdtr = TableReg { base: GDT, limit: (gdt.len() * 8 - 1) as u16 };
@@ -206,8 +237,8 @@ fn guest(steps: &[Step]) -> (Machine, CpuState) {
     (Machine::new(ram, Box::new(HostClock::new()), Box::new(std::io::sink())), s)
 }
 
-fn run(steps: &[Step], kernel: EngineKind) -> RunResult {
-    let (m, s) = guest(steps);
+fn run(steps: &[Step], kernel: EngineKind, paging: bool) -> RunResult {
+    let (m, s) = guest_with(steps, paging);
     let opts = RunOptions {
         kernel_engine: kernel,
         user_engine: EngineKind::Interp,
@@ -282,9 +313,9 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: std::env::var("VMM_BT_PROP_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(96), ..ProptestConfig::default() })]
 
     #[test]
-    fn translated_kernel_code_matches_the_interpreter(steps in prop::collection::vec((0u8..34, any::<u32>(), any::<u32>()), 1..40)) {
-        let i = run(&steps, EngineKind::Interp);
-        let b = run(&steps, EngineKind::Bt);
+    fn translated_kernel_code_matches_the_interpreter(steps in prop::collection::vec((0u8..37, any::<u32>(), any::<u32>()), 1..40), paging in any::<bool>()) {
+        let i = run(&steps, EngineKind::Interp, paging);
+        let b = run(&steps, EngineKind::Bt, paging);
         prop_assert!(b.stats.translated > 0, "bt translated nothing: {}", b.stats.render());
         prop_assert_eq!(visible(&b), visible(&i));
     }

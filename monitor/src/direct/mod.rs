@@ -553,6 +553,14 @@ impl Direct<'_> {
                 self.stats.exit("hidden-pf");
                 Ok(())
             }
+            Resolution::GuestFault { .. } if self.engine() == EngineKind::Bt => {
+                // Translated code: the host instruction that faulted may not be the guest's
+                // access (an inline sequence probes a store with a read first, or splits
+                // it): the interpreter re-executes the guest instruction and raises the
+                // exact #PF (error code, CR2).
+                self.stats.exit("guest-pf");
+                self.emulate(deadline)
+            }
             Resolution::GuestFault { cr2, error_code } => {
                 self.stats.exit("guest-pf");
                 self.cpu.state.cr2 = cr2;
