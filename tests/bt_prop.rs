@@ -49,7 +49,7 @@ fn emit(a: &mut CodeAssembler, (k, x, y): Step) -> Result<(), IcedError> {
     let r = REGS[(x % 6) as usize];
     let r2 = REGS[(y % 6) as usize];
     let mem = DATA + (y % 64) * 4;
-    match k % 37 {
+    match k % 43 {
         0 => a.add(r, y as i32),
         1 => a.xor(r, r2),
         2 => a.imul_2(r, r2),
@@ -170,11 +170,61 @@ fn emit(a: &mut CodeAssembler, (k, x, y): Step) -> Result<(), IcedError> {
             1 => a.mov(word_ptr(HOLE + (x % 64)), cs),
             _ => a.str(word_ptr(HOLE - 1)),
         },
-        _ => {
+        36 => {
             // PUSHF with the stack at the hole's edge (#PF, then #DF: the handler's own pushes
             // fault too; a triple fault).
             a.mov(esp, HOLE + 0x1000 + (y % 3) * 4)?;
             a.pushfd()
+        }
+        37 => {
+            // CALL (pushes the guest return address) or PUSH DS at the hole's edge.
+            let mut sub = a.create_label();
+            let mut over = a.create_label();
+            a.mov(esp, HOLE + 0x1000 + (y % 2) * 4)?;
+            if x % 2 == 0 {
+                a.push(ds)?;
+            } else {
+                a.call(sub)?;
+            }
+            a.jmp(over)?;
+            a.set_label(&mut sub)?;
+            a.ret()?;
+            a.set_label(&mut over)?;
+            a.nop()
+        }
+        38 => {
+            // An indirect jump (lookup table): `call n; n: pop r; lea r, [r+7]; jmp r; int3`.
+            let mut n = a.create_label();
+            a.call(n)?;
+            a.set_label(&mut n)?;
+            a.pop(r)?; // 1 byte
+            a.lea(r, dword_ptr(r + 7))?; // 3 bytes
+            a.jmp(r)?; // 2 bytes
+            a.int3()?; // 1 byte
+            a.nop()
+        }
+        39 => {
+            // POPF from the hole (read #PF).
+            a.mov(esp, HOLE + 0xffc + (y % 2) * 4)?;
+            a.popfd()
+        }
+        40 => {
+            // IRET to the next instruction at CPL 0 (emulated), with a random flags image.
+            let mut n = a.create_label();
+            a.push(((y & 0x0024_7ed5) | 2) as i32)?;
+            a.push(0x08)?;
+            a.call(n)?;
+            a.set_label(&mut n)?;
+            a.pop(r)?; // 1 byte
+            a.lea(r, dword_ptr(r + 6))?; // 3 bytes
+            a.push(r)?; // 1 byte
+            a.iretd()?; // 1 byte
+            a.nop()
+        }
+        41 => a.int3(),
+        _ => {
+            a.xchg(dword_ptr(mem), r)?;
+            a.cmpxchg(dword_ptr(mem), r2)
         }
     }
 }
@@ -309,11 +359,22 @@ fn self_modifying_kernel_code() {
     }
 }
 
+/// The generator's indirect-jump and IRET steps reach their targets (no INT3, no fault).
+#[test]
+fn generated_control_transfers_reach_their_targets() {
+    for step in [(38u8, 0u32, 0u32), (38, 5, 0), (40, 1, 0), (40, 4, 0x0000_0ad5)] {
+        for k in [EngineKind::Interp, EngineKind::Bt] {
+            let r = run(&[step], k, false);
+            assert_eq!(r.outcome, vmm_monitor::engine::Outcome::DebugExit { value: 0 }, "{step:?} {k:?}");
+        }
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: std::env::var("VMM_BT_PROP_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(96), ..ProptestConfig::default() })]
 
     #[test]
-    fn translated_kernel_code_matches_the_interpreter(steps in prop::collection::vec((0u8..37, any::<u32>(), any::<u32>()), 1..40), paging in any::<bool>()) {
+    fn translated_kernel_code_matches_the_interpreter(steps in prop::collection::vec((0u8..43, any::<u32>(), any::<u32>()), 1..40), paging in any::<bool>()) {
         let i = run(&steps, EngineKind::Interp, paging);
         let b = run(&steps, EngineKind::Bt, paging);
         prop_assert!(b.stats.translated > 0, "bt translated nothing: {}", b.stats.render());
