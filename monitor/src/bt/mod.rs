@@ -399,6 +399,76 @@ impl Direct<'_> {
         true
     }
 
+    /// The guest-linear ranges the instruction at CS:EIP writes (explicit operands and the
+    /// stack, REP strings by their count), decoded before the interpreter executes it.
+    pub(crate) fn bt_predict_writes(&mut self) -> Vec<(u32, u32)> {
+        use iced_x86::{Decoder, DecoderOptions, InstructionInfoFactory, OpAccess};
+        let s = &self.cpu.state;
+        if !s.protected_mode() || self.shadow.map.code_frames.is_empty() {
+            return Vec::new();
+        }
+        let eip = s.eip;
+        let lin = s.seg(SegReg::Cs).base.wrapping_add(eip);
+        let bits = if s.code32() { 32 } else { 16 };
+        let mut b = [0u8; 15];
+        let n = crate::direct::read_linear(&mut self.cpu, lin, &mut b);
+        let s = &self.cpu.state;
+        let insn = Decoder::with_ip(bits, &b[..n], eip as u64, DecoderOptions::NONE).decode();
+        if insn.is_invalid() {
+            return Vec::new();
+        }
+        let mut f = InstructionInfoFactory::new();
+        let info = f.info(&insn);
+        let mut out = Vec::new();
+        for m in info.used_memory() {
+            if !matches!(m.access(), OpAccess::Write | OpAccess::CondWrite | OpAccess::ReadWrite | OpAccess::ReadCondWrite) {
+                continue;
+            }
+            let Some(va) = m.virtual_address(0, |r, _, _| crate::direct::reg_value(s, r)) else { continue };
+            let size = m.memory_size().size().max(1) as u32;
+            let count = if insn.has_rep_prefix() || insn.has_repne_prefix() {
+                let c = if insn.memory_size().size() > 0 && bits == 16 { s.gpr[1] & 0xffff } else { s.gpr[1] };
+                c.clamp(1, 1 << 20)
+            } else {
+                1
+            };
+            let len = size.saturating_mul(count);
+            let start = if s.eflags & flags::DF != 0 { (va as u32).wrapping_sub(len - size) } else { va as u32 };
+            out.push((start, len));
+        }
+        out
+    }
+
+    /// After an emulated instruction: invalidate the code frames it wrote (the predicted
+    /// ranges, and the top of the stack it left, where an exception or interrupt frame goes).
+    pub(crate) fn bt_after_writes(&mut self, writes: &[(u32, u32)]) {
+        if self.shadow.map.code_frames.is_empty() {
+            return;
+        }
+        let s = &self.cpu.state;
+        let sp = s.seg(SegReg::Ss).base.wrapping_add(s.gpr[4]);
+        let mut pages: Vec<u32> = Vec::new();
+        for &(start, len) in writes.iter().chain(std::iter::once(&(sp, 24))) {
+            let first = start >> 12;
+            let last = start.wrapping_add(len.max(1) - 1) >> 12;
+            let mut p = first;
+            loop {
+                pages.push(p);
+                if p == last || pages.len() > 512 {
+                    break;
+                }
+                p = p.wrapping_add(1);
+            }
+        }
+        pages.sort_unstable();
+        pages.dedup();
+        for p in pages {
+            if self.bt_code_write(p << 12) {
+                self.stats.exit("bt-code-write-emulated");
+            }
+        }
+    }
+
     /// The entry state for translated code: shadows of ES, SS, DS, FS; CS = the host's flat
     /// 32-bit code (the TC), GS = the vCPU region. Also syncs the vCPU region.
     fn bt_entry_state(&mut self) -> Result<Option<EntryState>, Outcome> {

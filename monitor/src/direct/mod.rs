@@ -247,8 +247,12 @@ impl Direct<'_> {
     pub(crate) fn emulate(&mut self, deadline: Option<u64>) -> Flow {
         self.stats.emulated += 1;
         let special = self.peek_special();
+        let writes = if self.bt.is_some() { self.bt_predict_writes() } else { Vec::new() };
         let n = self.cpu.icount;
         let exit = self.cpu.step();
+        if self.bt.is_some() {
+            self.bt_after_writes(&writes);
+        }
         self.after_step(special, n)?;
         self.handle(exit, deadline)
     }
@@ -595,7 +599,7 @@ pub(crate) fn read_linear(cpu: &mut Cpu<Machine>, lin: u32, buf: &mut [u8]) -> u
 }
 
 /// Register values for iced's address computation (segment registers give their base).
-fn reg_value(s: &CpuState, r: iced_x86::Register) -> Option<u64> {
+pub(crate) fn reg_value(s: &CpuState, r: iced_x86::Register) -> Option<u64> {
     use iced_x86::Register as R;
     let seg = |sr: SegReg| Some(s.seg(sr).base as u64);
     match r {
