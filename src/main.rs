@@ -83,6 +83,8 @@ enum EngineArg {
     Direct,
     /// The interpreter.
     Interp,
+    /// Binary translation (guest code runs as translations in the translation cache).
+    Bt,
 }
 
 impl From<EngineArg> for EngineKind {
@@ -90,6 +92,7 @@ impl From<EngineArg> for EngineKind {
         match e {
             EngineArg::Direct => EngineKind::Direct,
             EngineArg::Interp => EngineKind::Interp,
+            EngineArg::Bt => EngineKind::Bt,
         }
     }
 }
@@ -317,7 +320,7 @@ fn run_kernel(args: RunArgs) -> ExitCode {
     let Ok(mem) = usize::try_from(args.mem) else {
         return fail(format!("--mem {} does not fit this host", args.mem));
     };
-    let direct = args.kernel_engine == EngineArg::Direct || args.user_engine == EngineArg::Direct;
+    let direct = args.kernel_engine != EngineArg::Interp || args.user_engine != EngineArg::Interp;
     let mut ram = if direct {
         match GuestRam::memfd(mem) {
             Ok(r) => r,
