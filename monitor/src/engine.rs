@@ -30,7 +30,7 @@ use crate::machine::{Machine, MachineStats};
 /// An execution engine.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum EngineKind {
-    /// Trap-and-emulate: guest code runs natively at host CPL 3 (not built yet).
+    /// Trap-and-emulate: guest code runs natively at host CPL 3.
     Direct,
     /// The interpreter: slow and exact.
     Interp,

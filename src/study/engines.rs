@@ -18,7 +18,7 @@ use super::{End, Observed};
 pub const ENGINES: &[(&str, Option<EngineKind>)] = &[
     ("interp", Some(EngineKind::Interp)),
     ("direct", Some(EngineKind::Direct)),
-    ("bt", None),
+    ("bt", Some(EngineKind::Bt)),
 ];
 
 /// Run `case` at `ctx.cpl` with `kind` for both guest privilege levels.
