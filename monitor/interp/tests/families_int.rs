@@ -973,3 +973,26 @@ fn sixteen_bit_addressing() {
     assert_eq!(cpu.state.eflags & CF, CF);
     assert_eq!(cpu.state.gpr[EDI], 0x5a);
 }
+
+/// `F3 0F BC` / `F3 0F BD` (TZCNT/LZCNT on BMI1/LZCNT CPUs) are BSF/BSR on the P6 model:
+/// the prefix is ignored, as on a CPU without those features (Debian's kernel relies on it).
+#[test]
+fn rep_bsf_and_rep_bsr_are_bsf_and_bsr_on_a_p6() {
+    let cpu = run_ok(
+        |s| {
+            s.gpr[0] = 0x0001_0100;
+            s.gpr[1] = 0xdead_beef;
+            s.gpr[2] = 0;
+            s.gpr[3] = 0x1234_5678;
+        },
+        |a| {
+            a.db(&[0xf3, 0x0f, 0xbc, 0xc8]).unwrap(); // tzcnt ecx, eax = rep bsf ecx, eax
+            a.db(&[0xf3, 0x0f, 0xbd, 0xf0]).unwrap(); // lzcnt esi, eax = rep bsr esi, eax
+            a.db(&[0xf3, 0x0f, 0xbc, 0xda]).unwrap(); // tzcnt ebx, edx: source 0
+        },
+    );
+    assert_eq!(cpu.state.gpr[1], 8, "BSF of 0x10100");
+    assert_eq!(cpu.state.gpr[6], 16, "BSR of 0x10100 (an LZCNT would give 15)");
+    assert_eq!(cpu.state.gpr[3], 0x1234_5678, "a zero source leaves the destination");
+    assert_ne!(cpu.state.eflags & vmm_interp::state::flags::ZF, 0, "and sets ZF");
+}

@@ -69,6 +69,10 @@ impl<B: Bus> Cpu<B> {
             M::Bt | M::Bts | M::Btr | M::Btc => self.bt(i),
             M::Bsf => self.bsf(i),
             M::Bsr => self.bsr(i),
+            // F3 0F BC / F3 0F BD decode as TZCNT/LZCNT; a CPU without BMI1/LZCNT (a P6)
+            // ignores the F3 prefix and executes BSF/BSR (Linux's `__ffs` is `rep; bsf`).
+            M::Tzcnt if !self.model_has(CpuidFeature::BMI1) => self.bsf(i),
+            M::Lzcnt if !self.model_has(CpuidFeature::LZCNT) => self.bsr(i),
             M::Bswap => self.bswap(i),
             M::Seto | M::Setno | M::Setb | M::Setae | M::Sete | M::Setne | M::Setbe | M::Seta | M::Sets
             | M::Setns | M::Setp | M::Setnp | M::Setl | M::Setge | M::Setle | M::Setg => self.setcc(i),
