@@ -24,7 +24,7 @@ use vmm_interp::state::{flags, reg, SegReg};
 use vmm_interp::{exception, Cpu, CpuState, Exit};
 
 use crate::devices::DebugExit;
-use crate::machine::{Machine, MachineStats};
+use crate::machine::{Machine, MachineStats, StopReason};
 
 /// An execution engine.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -102,6 +102,8 @@ pub enum Outcome {
     Timeout { after: Duration, eip: u32 },
     /// An engine exit the run loop does not expect (a bug of the monitor).
     Unexpected(String),
+    /// The platform ended the run: reset, power-off, kernel panic or the user's Ctrl-A x.
+    Stopped(StopReason),
 }
 
 /// Process exit codes for endings that are not the guest's own choice. All even, so they
@@ -114,6 +116,8 @@ pub mod exit_code {
     pub const TIMEOUT: u8 = 8;
     pub const DEAD_HALT: u8 = 10;
     pub const UNEXPECTED: u8 = 12;
+    /// The guest kernel panicked.
+    pub const GUEST_PANIC: u8 = 14;
 }
 
 impl Outcome {
@@ -126,6 +130,8 @@ impl Outcome {
             Outcome::Timeout { .. } => exit_code::TIMEOUT,
             Outcome::DeadHalt { .. } => exit_code::DEAD_HALT,
             Outcome::Unexpected(_) => exit_code::UNEXPECTED,
+            Outcome::Stopped(r) if r.is_clean() => 0,
+            Outcome::Stopped(_) => exit_code::GUEST_PANIC,
         }
     }
 
@@ -156,12 +162,18 @@ impl Outcome {
                 format!("timeout: the guest was still running after {:.1} s (eip {eip:#010x})", after.as_secs_f64())
             }
             Outcome::Unexpected(what) => format!("unexpected engine exit: {what}"),
+            Outcome::Stopped(StopReason::Reset) => "the guest reset the machine: exit status 0".into(),
+            Outcome::Stopped(StopReason::PowerOff) => "the guest powered off: exit status 0".into(),
+            Outcome::Stopped(StopReason::Panic) => {
+                format!("the guest kernel panicked: exit status {}", exit_code::GUEST_PANIC)
+            }
+            Outcome::Stopped(StopReason::Quit) => "quit (Ctrl-A x)".into(),
         }
     }
 
     /// Whether the CPU state report helps explain this ending.
     pub fn wants_report(&self) -> bool {
-        !matches!(self, Outcome::DebugExit { .. })
+        !matches!(self, Outcome::DebugExit { .. } | Outcome::Stopped(_))
     }
 }
 
@@ -240,9 +252,18 @@ pub fn run_interp(machine: Machine, state: CpuState, opts: &RunOptions) -> RunRe
                 break Outcome::Timeout { after: opts.timeout.unwrap_or_default(), eip: cpu.state.eip };
             }
         }
+        if let Some(r) = cpu.bus.stop_request() {
+            break Outcome::Stopped(r);
+        }
         cpu.bus.update();
         match cpu.run(slice) {
-            Exit::Budget => stats.exit("budget"),
+            Exit::Budget => {
+                stats.exit("budget");
+                // Console input, without waiting.
+                if cpu.bus.input_open() {
+                    cpu.bus.poll_input(Duration::ZERO);
+                }
+            }
             Exit::PortIo { port: DebugExit::PORT, .. } => {
                 stats.exit("debug-exit");
                 break Outcome::DebugExit { value: cpu.bus.debug_exit.value.unwrap_or(0) };
@@ -256,20 +277,26 @@ pub fn run_interp(machine: Machine, state: CpuState, opts: &RunOptions) -> RunRe
                     if iflag && cpu.bus.interrupt_requested() {
                         break;
                     }
+                    if let Some(r) = cpu.bus.stop_request() {
+                        break 'run Outcome::Stopped(r);
+                    }
+                    if !iflag {
+                        if let Some(r) = cpu.bus.halt_stop() {
+                            break 'run Outcome::Stopped(r);
+                        }
+                    }
                     let next = cpu.bus.next_deadline_ns();
-                    if !iflag || next.is_none() {
+                    if !iflag || (next.is_none() && !cpu.bus.input_open()) {
                         break 'run Outcome::DeadHalt { eip: cpu.state.eip, interrupts_enabled: iflag };
                     }
                     let now = cpu.bus.now_ns();
                     if deadline.is_some_and(|d| now >= d) {
                         break 'run Outcome::Timeout { after: opts.timeout.unwrap_or_default(), eip: cpu.state.eip };
                     }
-                    let wake = match (next, deadline) {
-                        (Some(n), Some(d)) => n.min(d),
-                        (Some(n), None) => n,
-                        (None, _) => now,
-                    };
-                    cpu.bus.clock().sleep_until(wake);
+                    // With only console input to wait for, look again at least every second.
+                    let next = next.unwrap_or(now + 1_000_000_000);
+                    let wake = deadline.map_or(next, |d| next.min(d));
+                    cpu.bus.wait_until(wake);
                     halted_ns += cpu.bus.now_ns().saturating_sub(now);
                 }
             }
