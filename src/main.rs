@@ -83,6 +83,10 @@ struct RunArgs {
     /// An initrd (initramfs) for a Linux kernel.
     #[arg(long)]
     initrd: Option<PathBuf>,
+    /// Linux: decompress the bzImage's kernel on the host and start it at vmlinux's
+    /// startup_32, skipping the guest-side decompressor (minutes under the interpreter).
+    #[arg(long)]
+    unpack_kernel: bool,
     /// Guest RAM: bytes, or a number with K, M or G (4M to 3G).
     #[arg(long, default_value = "128M", value_parser = parse_mem)]
     mem: u64,
@@ -216,7 +220,7 @@ fn run_kernel(args: RunArgs) -> ExitCode {
                 Err(e) => return fail(format!("cannot read the initrd {}: {e}", p.display())),
             },
         };
-        match linux::load(&mut ram, &image, initrd.as_deref(), &args.cmdline) {
+        match linux::load_with(&mut ram, &image, initrd.as_deref(), &args.cmdline, args.unpack_kernel) {
             Ok(k) => {
                 tracing::debug!(protocol = k.protocol, version = ?k.version, kernel = ?k.kernel, initrd = ?k.initrd, "Linux kernel loaded");
                 k.state

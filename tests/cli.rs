@@ -102,3 +102,94 @@ fn no_arguments_runs_the_demo() {
     assert!(so.contains("[kernel] timer interrupt (IRQ 0, vector 0x20), tick 0x00000003: it interrupted the user task at CPL 3"));
     assert!(so.contains("[kernel] powering off through the debug-exit port"));
 }
+
+/// A minimal bzImage: boot sector and setup header (protocol `version`), one setup sector,
+/// then `payload` as the protected-mode kernel (loaded at 1 MiB).
+fn bzimage(version: u16, payload: &[u8], init_size: u32) -> Vec<u8> {
+    let mut img = vec![0u8; 1024];
+    img[0x1f1] = 1;
+    img[0x1fe] = 0x55;
+    img[0x1ff] = 0xaa;
+    img[0x200] = 0xeb;
+    img[0x201] = 0x6a;
+    img[0x202..0x206].copy_from_slice(b"HdrS");
+    img[0x206..0x208].copy_from_slice(&version.to_le_bytes());
+    img[0x211] = 0x01; // LOADED_HIGH
+    img[0x214..0x218].copy_from_slice(&0x10_0000u32.to_le_bytes());
+    img[0x22c..0x230].copy_from_slice(&0x7fff_ffffu32.to_le_bytes());
+    img[0x238..0x23c].copy_from_slice(&2048u32.to_le_bytes());
+    img[0x258..0x260].copy_from_slice(&0x10_0000u64.to_le_bytes());
+    img[0x260..0x264].copy_from_slice(&init_size.to_le_bytes());
+    let sys = payload.len().div_ceil(16) as u32;
+    img[0x1f4..0x1f8].copy_from_slice(&sys.to_le_bytes());
+    img.extend_from_slice(payload);
+    img.resize(1024 + sys as usize * 16, 0);
+    img
+}
+
+fn run_linux(kernel: &[u8], initrd: Option<&[u8]>, args: &[&str]) -> std::process::Output {
+    let dir = tempfile::tempdir().unwrap();
+    let k = dir.path().join("bzImage");
+    std::fs::write(&k, kernel).unwrap();
+    let mut cmd = std::process::Command::new(vmm_bin());
+    cmd.arg("run").arg("--kernel").arg(&k);
+    if let Some(i) = initrd {
+        let p = dir.path().join("initrd");
+        std::fs::write(&p, i).unwrap();
+        cmd.arg("--initrd").arg(p);
+    }
+    cmd.args(args).output().unwrap()
+}
+
+#[test]
+fn linux_bad_input() {
+    // The 32-bit entry reaches a protected-mode kernel that writes to the debug-exit port;
+    // it checks the boot protocol's registers: ESI = the zero page (0x7000), CS = 0x10.
+    let mut a = iced_x86::code_asm::CodeAssembler::new(32).unwrap();
+    use iced_x86::code_asm::*;
+    let mut bad = a.create_label();
+    a.cmp(esi, 0x7000).unwrap();
+    a.jne(bad).unwrap();
+    a.mov(eax, cs).unwrap();
+    a.cmp(eax, 0x10).unwrap();
+    a.jne(bad).unwrap();
+    // The command line pointer (zero page + 0x228) points at "ok".
+    a.mov(ebx, dword_ptr(esi + 0x228)).unwrap();
+    a.cmp(word_ptr(ebx), 0x6b6f).unwrap();
+    a.jne(bad).unwrap();
+    a.mov(al, 0x10).unwrap();
+    a.out(0xf4, al).unwrap();
+    a.set_label(&mut bad).unwrap();
+    a.mov(al, 0x11).unwrap();
+    a.out(0xf4, al).unwrap();
+    let code = a.assemble(0x10_0000).unwrap();
+    let good = bzimage(0x020f, &code, 0x1000);
+    let out = run_linux(&good, Some(b"initrd"), &["--append", "ok", "--mem", "32M"]);
+    assert_eq!(out.status.code(), Some(0x21), "stderr: {}", stderr(&out));
+
+    // Not a kernel, truncated, old protocol, too little memory, an initrd that does not fit.
+    let out = run_linux(&[0u8; 4096], None, &[]);
+    assert_clean_failure(&out, 2, "not an ELF file");
+    let out = run_linux(&good[..0x204], None, &[]);
+    assert_clean_failure(&out, 2, "not an ELF");
+    let out = run_linux(&good[..1030], None, &[]);
+    assert_clean_failure(&out, 2, "truncated");
+    let out = run_linux(&bzimage(0x0204, &code, 0x1000), None, &[]);
+    assert_clean_failure(&out, 2, "too old");
+    let big = bzimage(0x020f, &code, 64 << 20);
+    let out = run_linux(&big, None, &["--mem", "64M"]);
+    assert_clean_failure(&out, 2, "--mem");
+    let out = run_linux(&good, Some(&vec![0u8; 40 << 20]), &["--mem", "32M"]);
+    assert_clean_failure(&out, 2, "initrd");
+    let out = run_linux(&good, Some(b""), &[]);
+    assert_clean_failure(&out, 2, "initrd is empty");
+    let out = run_linux(&good, None, &["--append", &"x".repeat(3000)]);
+    assert_clean_failure(&out, 2, "command line");
+    // --initrd with a Multiboot kernel.
+    let img = Guest::new().build();
+    let dir = tempfile::tempdir().unwrap();
+    let k = dir.path().join("k.elf");
+    std::fs::write(&k, &img).unwrap();
+    let out = std::process::Command::new(vmm_bin()).arg("run").arg(&k).args(["--initrd", "/dev/null"]).output().unwrap();
+    assert_clean_failure(&out, 2, "not a bzImage");
+}

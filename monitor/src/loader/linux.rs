@@ -74,6 +74,8 @@ pub enum LinuxError {
     CmdlineTooLong { len: usize, max: u32 },
     #[error("the command line contains a NUL byte")]
     CmdlineNul,
+    #[error("cannot unpack the kernel on the host: {0} (boot without --unpack-kernel)")]
+    Unpack(String),
 }
 
 /// A loaded kernel.
@@ -157,8 +159,88 @@ pub fn e820_map(ram: u64) -> Vec<(u64, u64, u32)> {
     ]
 }
 
+/// The compressed kernel inside a bzImage (`payload_offset`, `payload_length`), decompressed:
+/// the `vmlinux` ELF file. XZ (what Debian's x86 kernels use, with the x86 BCJ filter) is
+/// supported; other formats are an error.
+pub fn unpack_payload(image: &[u8], hdr: &setup_header) -> Result<Vec<u8>, LinuxError> {
+    use std::io::Read;
+    let start = setup_size(hdr) + hdr.payload_offset as usize;
+    let end = start + hdr.payload_length as usize;
+    let have = image.len() as u64;
+    if hdr.payload_length == 0 {
+        return Err(LinuxError::Unpack("the setup header names no payload".into()));
+    }
+    let payload = image.get(start..end).ok_or(LinuxError::Truncated { what: "the compressed kernel", need: end as u64, have })?;
+    let format = match payload {
+        [0xfd, b'7', b'z', b'X', b'Z', 0, ..] => "xz",
+        [0x1f, 0x8b, ..] => "gzip",
+        [0x28, 0xb5, 0x2f, 0xfd, ..] => "zstd",
+        [0x5d, 0, 0, ..] => "lzma",
+        [b'B', b'Z', b'h', ..] => "bzip2",
+        [0x89, b'L', b'Z', b'O', ..] => "lzo",
+        [0x02, 0x21, 0x4c, 0x18, ..] => "lz4",
+        _ => "unknown",
+    };
+    if format != "xz" {
+        return Err(LinuxError::Unpack(format!("the kernel is compressed with {format}; only xz is supported")));
+    }
+    let mut out = Vec::with_capacity(hdr.init_size as usize);
+    // The kernel's build appends the decompressed size after the stream: the reader stops at
+    // the end of the first stream.
+    let mut r = lzma_rust2::XzReader::new(payload, false);
+    r.read_to_end(&mut out).map_err(|e| LinuxError::Unpack(format!("xz: {e}")))?;
+    Ok(out)
+}
+
+/// Copy the `vmlinux` ELF's loadable segments to their physical addresses (`p_paddr`, as
+/// the decompressor does when it runs at the link address). Returns the physical entry
+/// point (`startup_32`).
+fn load_vmlinux(ram: &mut GuestRam, elf: &[u8], lowest: u64, highest: u64) -> Result<u32, LinuxError> {
+    use goblin::elf::program_header::PT_LOAD;
+    let bad = |s: String| LinuxError::Unpack(s);
+    let e = goblin::elf::Elf::parse(elf).map_err(|e| bad(format!("the payload is not an ELF file: {e}")))?;
+    if e.is_64 || e.header.e_machine != goblin::elf::header::EM_386 {
+        return Err(bad("the payload is not an i386 ELF file".into()));
+    }
+    let entry = e.entry;
+    let mut entry_loaded = false;
+    for ph in e.program_headers.iter().filter(|p| p.p_type == PT_LOAD) {
+        let (pa, filesz, memsz, off) = (ph.p_paddr, ph.p_filesz, ph.p_memsz, ph.p_offset);
+        if filesz > memsz || pa < lowest || pa.saturating_add(memsz) > highest {
+            return Err(bad(format!("segment at {pa:#x} ({memsz:#x} bytes) lies outside the kernel's area")));
+        }
+        let data = off
+            .checked_add(filesz)
+            .and_then(|end| elf.get(off as usize..end as usize))
+            .ok_or_else(|| bad(format!("segment at {pa:#x} lies outside the file")))?;
+        let fail = |_| bad(format!("segment at {pa:#x} does not fit in RAM"));
+        ram.write(pa, data).map_err(fail)?;
+        ram.zero(pa + filesz, (memsz - filesz) as usize).map_err(fail)?;
+        entry_loaded |= (pa..pa + memsz).contains(&entry);
+    }
+    if !entry_loaded {
+        return Err(bad(format!("the entry point {entry:#x} is not in a loaded segment")));
+    }
+    u32::try_from(entry).map_err(|_| bad(format!("entry point {entry:#x}")))
+}
+
 /// Load `image` (a bzImage), `initrd` and `cmdline` into `ram`; return the entry state.
 pub fn load(ram: &mut GuestRam, image: &[u8], initrd: Option<&[u8]>, cmdline: &str) -> Result<LinuxKernel, LinuxError> {
+    load_with(ram, image, initrd, cmdline, false)
+}
+
+/// [`load`], and with `unpack` the loader decompresses the kernel itself and starts it at
+/// `vmlinux`'s `startup_32` (loaded at its link address, as the bzImage's decompressor would
+/// put it with KASLR off), with the same registers and zero page. The kernel is the same;
+/// what is skipped is the guest-side decompressor, which costs billions of interpreted
+/// instructions.
+pub fn load_with(
+    ram: &mut GuestRam,
+    image: &[u8],
+    initrd: Option<&[u8]>,
+    cmdline: &str,
+    unpack: bool,
+) -> Result<LinuxKernel, LinuxError> {
     let hdr = parse_header(image)?;
     let have = image.len() as u64;
     let setup = setup_size(&hdr);
@@ -210,7 +292,13 @@ pub fn load(ram: &mut GuestRam, image: &[u8], initrd: Option<&[u8]>, cmdline: &s
 
     // Everything fits: write.
     let oops = |_| LinuxError::RamTooSmall { need_mib: need_ram >> 20, end: kernel_end, ram_mib: ram_len >> 20 };
-    ram.write(code32, kernel).map_err(oops)?;
+    let mut entry = KERNEL_ADDR;
+    if unpack {
+        let vmlinux = unpack_payload(image, &hdr)?;
+        entry = load_vmlinux(ram, &vmlinux, pref, kernel_end)?;
+    } else {
+        ram.write(code32, kernel).map_err(oops)?;
+    }
     if let Some((addr, bytes)) = initrd_place {
         ram.write(addr, bytes).map_err(oops)?;
     }
@@ -247,7 +335,11 @@ pub fn load(ram: &mut GuestRam, image: &[u8], initrd: Option<&[u8]>, cmdline: &s
         kernel: (KERNEL_ADDR, kernel.len() as u32),
         initrd: initrd_place.map(|(a, b)| (a as u32, b.len() as u32)),
         e820,
-        state: entry_state(),
+        state: {
+            let mut s = entry_state();
+            s.eip = entry;
+            s
+        },
     })
 }
 
