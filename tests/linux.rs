@@ -24,7 +24,9 @@ use std::time::{Duration, Instant};
 use common::guest::vmm_bin;
 
 /// The kernel command line the guest boots with (docs/linux-guest.md explains each word).
-pub const CMDLINE: &str = "console=ttyS0 earlyprintk=serial,ttyS0,115200 acpi=off noapic nolapic tsc=reliable";
+/// Keep in step with scripts/run-linux.
+pub const CMDLINE: &str = "console=ttyS0 earlyprintk=serial,ttyS0,115200 acpi=off noapic nolapic tsc=reliable \
+    tsc_early_khz=1000000 GLIBC_TUNABLES=glibc.cpu.hwcaps=-SSE2";
 const PROMPT: &str = "~ # ";
 /// What the console must never show.
 const BAD: &[&str] = &["Oops", "BUG:", "WARNING:", "Kernel panic", "Call Trace"];
@@ -90,7 +92,7 @@ fn debian_kernel_boots_to_a_busybox_shell_under_interp() {
         .arg(&kernel)
         .arg("--initrd")
         .arg(&initrd)
-        .args(["--append", CMDLINE, "--mem", "256M"])
+        .args(["--unpack-kernel", "--append", CMDLINE, "--mem", "256M"])
         .args(["--kernel-engine", "interp", "--user-engine", "interp"])
         .args(["--timeout", &secs.to_string(), "--stats"])
         .stdin(Stdio::piped())
