@@ -39,14 +39,18 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Boot a Linux bzImage or a Multiboot 1 ELF kernel on a virtual PC (serial console on the terminal).
-    #[command(after_help = "Exit status: the guest's debug-exit status (port 0xf4: (value << 1) | 1, always odd); \
+    #[command(
+        after_help = "Exit status: the guest's debug-exit status (port 0xf4: (value << 1) | 1, always odd); \
 2 for a bad command line or kernel image, 4 for a triple fault, 6 for an instruction the engine \
 does not support, 8 for --timeout, 10 for a HLT nothing can wake, 14 for a guest kernel panic; \
 0 when the guest powers off or resets (Linux's poweroff and reboot) or on Ctrl-A x.\n\n\
 The terminal is the serial console (COM1): raw mode while the guest runs; Ctrl-A x quits, \
 Ctrl-A Ctrl-A sends Ctrl-A.\n\n\
-Linux: vmm run --kernel bzImage --initrd initrd.gz --append \"console=ttyS0\" --mem 256M")]
+Linux: vmm run --kernel bzImage --initrd initrd.gz --append \"console=ttyS0\" --mem 256M"
+    )]
     Run(RunArgs),
+    /// Run the built-in demo guest (what `vmm` with no command does).
+    Demo(DemoArgs),
     /// Measure the engines; reports ratios against a baseline measured in the same run.
     Bench {
         #[command(subcommand)]
@@ -54,9 +58,29 @@ Linux: vmm run --kernel bzImage --initrd initrd.gz --append \"console=ttyS0\" --
     },
 }
 
+/// The engines of the built-in demo guest.
+#[derive(clap::Args, Clone, Debug)]
+struct DemoArgs {
+    /// The engine for the demo's kernel (CPL 0).
+    #[arg(long, value_enum, default_value_t = EngineArg::Interp)]
+    kernel_engine: EngineArg,
+    /// The engine for the demo's user task (CPL 3).
+    #[arg(long, value_enum, default_value_t = EngineArg::Direct)]
+    user_engine: EngineArg,
+    /// Print exits by reason, instructions and time on stderr at the end.
+    #[arg(long)]
+    stats: bool,
+}
+
+impl Default for DemoArgs {
+    fn default() -> Self {
+        DemoArgs { kernel_engine: EngineArg::Interp, user_engine: EngineArg::Direct, stats: false }
+    }
+}
+
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
 enum EngineArg {
-    /// Trap-and-emulate (not built yet).
+    /// Trap-and-emulate: guest code runs natively at host CPL 3.
     Direct,
     /// The interpreter.
     Interp,
@@ -97,21 +121,35 @@ struct RunArgs {
     #[arg(long, value_enum, default_value_t = EngineArg::Interp)]
     kernel_engine: EngineArg,
     /// The engine for guest user code (CPL 3).
-    #[arg(long, value_enum, default_value_t = EngineArg::Interp)]
+    #[arg(long, value_enum, default_value_t = EngineArg::Direct)]
     user_engine: EngineArg,
     /// Print exits by reason, instructions and time on stderr at the end.
     #[arg(long)]
     stats: bool,
+    /// Print the final CPU state on stderr at the end (however the run ended).
+    #[arg(long)]
+    final_state: bool,
     /// Trace the monitor on stderr (-v: debug, -vv: trace).
     #[arg(short, long, action = clap::ArgAction::Count)]
     verbose: u8,
     /// Stop the guest after this many seconds.
     #[arg(long, value_parser = parse_timeout)]
     timeout: Option<Duration>,
+    /// Base of the monitor area at the top of the guest-linear space (direct engine): 4 MiB
+    /// aligned, 0x10000000 to 0xffc00000. Every guest segment is truncated below it.
+    #[arg(long, default_value = "0xffc00000", value_parser = parse_monitor_area)]
+    monitor_area: u32,
 }
 
 #[derive(Subcommand)]
 enum BenchWhat {
+    /// The direct engine's exits (trap-and-emulate, hidden page fault, system call) against
+    /// the interpreter, on small guests, in one run.
+    Direct {
+        /// Multiply the work.
+        #[arg(long, default_value_t = 1.0)]
+        scale: f64,
+    },
     /// Interpreted instructions per second on a CPU-bound guest loop, against the same loop
     /// run natively on the host CPU.
     Interp {
@@ -136,10 +174,16 @@ fn parse_mem(s: &str) -> Result<u64, String> {
         Some((i, c)) if c.eq_ignore_ascii_case(&'g') => (&t[..i], 1 << 30),
         _ => (t, 1),
     };
-    let n: u64 = digits.parse().map_err(|_| format!("{s:?} is not a size (examples: 64M, 1G, 4194304)"))?;
-    let bytes = n.checked_mul(mult).ok_or_else(|| format!("{s} is too large"))?;
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size (examples: 64M, 1G, 4194304)"))?;
+    let bytes = n
+        .checked_mul(mult)
+        .ok_or_else(|| format!("{s} is too large"))?;
     if bytes < MIN_MEM {
-        return Err(format!("{s} is too small: guest memory must be at least 4M"));
+        return Err(format!(
+            "{s} is too small: guest memory must be at least 4M"
+        ));
     }
     if bytes > MAX_MEM {
         return Err(format!(
@@ -152,10 +196,25 @@ fn parse_mem(s: &str) -> Result<u64, String> {
     Ok(bytes)
 }
 
+fn parse_monitor_area(s: &str) -> Result<u32, String> {
+    let t = s.trim();
+    let v = match t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")) {
+        Some(h) => u64::from_str_radix(&h.replace('_', ""), 16),
+        None => t.replace('_', "").parse(),
+    }
+    .map_err(|_| format!("{s:?} is not an address (example: 0xffc00000)"))?;
+    vmm_monitor::space::check_monitor_base(v).map_err(|e| e.to_string())
+}
+
 fn parse_timeout(s: &str) -> Result<Duration, String> {
-    let secs: f64 = s.trim().parse().map_err(|_| format!("{s:?} is not a number of seconds"))?;
+    let secs: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of seconds"))?;
     if !(secs > 0.0 && secs <= 1e6) {
-        return Err(format!("{s} seconds is not a usable timeout (0 < t <= 1000000)"));
+        return Err(format!(
+            "{s} seconds is not a usable timeout (0 < t <= 1000000)"
+        ));
     }
     Ok(Duration::from_secs_f64(secs))
 }
@@ -164,7 +223,23 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Run(args)) => run_kernel(args),
-        Some(Command::Bench { what: BenchWhat::Interp { scale, json } }) => {
+        Some(Command::Bench { what: BenchWhat::Direct { scale } }) => {
+            let r = if !(scale > 0.0 && scale <= 100.0) {
+                Err(format!("--scale must be in (0, 100], got {scale}"))
+            } else {
+                bench::direct::run(scale)
+            };
+            match r {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("vmm: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Some(Command::Bench {
+            what: BenchWhat::Interp { scale, json },
+        }) => {
             let r = if !(scale > 0.0 && scale <= 100.0) {
                 Err(format!("--scale must be in (0, 100], got {scale}"))
             } else {
@@ -178,7 +253,8 @@ fn main() -> ExitCode {
                 }
             }
         }
-        None => run_demo(),
+        Some(Command::Demo(args)) => run_demo(args),
+        None => run_demo(DemoArgs::default()),
     }
 }
 
@@ -211,7 +287,15 @@ fn run_kernel(args: RunArgs) -> ExitCode {
     let Ok(mem) = usize::try_from(args.mem) else {
         return fail(format!("--mem {} does not fit this host", args.mem));
     };
-    let mut ram = GuestRam::heap(mem);
+    let direct = args.kernel_engine == EngineArg::Direct || args.user_engine == EngineArg::Direct;
+    let mut ram = if direct {
+        match GuestRam::memfd(mem) {
+            Ok(r) => r,
+            Err(e) => return fail(format!("cannot allocate {mem:#x} bytes of guest RAM: {e}")),
+        }
+    } else {
+        GuestRam::heap(mem)
+    };
     let state = if linux::is_bzimage(&image) {
         let initrd = match &args.initrd {
             None => None,
@@ -251,6 +335,8 @@ fn run_kernel(args: RunArgs) -> ExitCode {
         kernel_engine: args.kernel_engine.into(),
         user_engine: args.user_engine.into(),
         timeout: args.timeout,
+        monitor_base: args.monitor_area,
+        lockdown: true,
         ..RunOptions::default()
     };
     let result = engine::run(machine, state, &opts);
@@ -259,6 +345,12 @@ fn run_kernel(args: RunArgs) -> ExitCode {
         Ok(r) => r,
         Err(e) => return fail(e.to_string()),
     };
+    if args.final_state && !result.outcome.wants_report() {
+        eprintln!(
+            "vmm: final CPU state:\n{}",
+            engine::cpu_report(&result.state)
+        );
+    }
     finish(&result, args.stats, args.verbose > 0)
 }
 
@@ -278,7 +370,7 @@ fn finish(result: &engine::RunResult, stats: bool, verbose: bool) -> ExitCode {
 }
 
 /// `vmm` with no arguments: the built-in demo guest under the interpreter.
-fn run_demo() -> ExitCode {
+fn run_demo(args: DemoArgs) -> ExitCode {
     let image = match guests::demo::image() {
         Ok(i) => i,
         Err(e) => {
@@ -294,7 +386,12 @@ fn run_demo() -> ExitCode {
         }
     }
     let machine = Machine::new(ram, Box::new(HostClock::new()), Box::new(std::io::stdout()));
-    let opts = RunOptions { timeout: Some(Duration::from_secs(60)), ..RunOptions::default() };
+    let opts = RunOptions {
+        timeout: Some(Duration::from_secs(60)),
+        kernel_engine: args.kernel_engine.into(),
+        user_engine: args.user_engine.into(),
+        ..RunOptions::default()
+    };
     let result = match engine::run(machine, image.state, &opts) {
         Ok(r) => r,
         Err(e) => {
@@ -304,9 +401,12 @@ fn run_demo() -> ExitCode {
     };
     match result.outcome {
         Outcome::DebugExit { value } if value == guests::demo::SUCCESS => {
+            if args.stats {
+                finish(&result, true, false);
+            }
             println!(
-                "vmm: the demo guest powered off after {} instructions and {} timer interrupts (interp engine)",
-                result.stats.instructions, result.machine.stats.interrupts
+                "vmm: the demo guest powered off after {} timer interrupts (engines: {})",
+                result.machine.stats.interrupts, result.stats.engine
             );
             ExitCode::SUCCESS
         }

@@ -41,7 +41,10 @@ fn missing_kernel_file() {
 
 #[test]
 fn kernel_larger_than_guest_memory() {
-    let mut text: Vec<u8> = multiboot_header().iter().flat_map(|d| d.to_le_bytes()).collect();
+    let mut text: Vec<u8> = multiboot_header()
+        .iter()
+        .flat_map(|d| d.to_le_bytes())
+        .collect();
     text.push(0xf4);
     // 64 MiB of BSS in a 16 MiB guest.
     let img = elf32(0x10_000c, &[(0x10_0000, text, 64 << 20)]);
@@ -72,7 +75,10 @@ fn guest_that_never_halts_times_out() {
     let took = t0.elapsed();
     assert_eq!(stdout(&out), "spinning\r\n");
     assert_clean_failure(&out, 8, "timeout");
-    assert!(took >= Duration::from_secs(2) && took < Duration::from_secs(20), "{took:?}");
+    assert!(
+        took >= Duration::from_secs(2) && took < Duration::from_secs(20),
+        "{took:?}"
+    );
 }
 
 #[test]
@@ -85,12 +91,50 @@ fn halt_with_interrupts_disabled_ends_the_run() {
 }
 
 #[test]
-fn direct_engine_is_refused_clearly() {
+fn direct_engine_bad_input() {
     let img = Guest::new().build();
-    let out = run_vmm(&img, &["--user-engine", "direct"]);
-    assert_clean_failure(&out, 2, "the direct engine is not built yet");
+    for bad in ["0x12345", "0x100000000", "0x400000", "high"] {
+        let out = run_vmm(&img, &["--user-engine", "direct", "--monitor-area", bad]);
+        assert_clean_failure(&out, 2, "--monitor-area");
+    }
+    // With paging off the guest sees its RAM identity-mapped: it must fit below the hole.
+    let out = run_vmm(
+        &img,
+        &[
+            "--kernel-engine",
+            "direct",
+            "--mem",
+            "1G",
+            "--monitor-area",
+            "0x20000000",
+        ],
+    );
+    assert_clean_failure(&out, 2, "does not fit below the monitor area");
     let out = run_vmm(&img, &["--kernel-engine", "bt"]);
     assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn direct_kernel_that_never_halts_times_out() {
+    let mut g = Guest::new();
+    g.print("spinning\r\n");
+    let mut top = g.k.create_label();
+    g.k.set_label(&mut top).unwrap();
+    g.k.jmp(top).unwrap();
+    let t0 = Instant::now();
+    let out = run_vmm(
+        &g.build(),
+        &["--timeout", "1", "--kernel-engine", "direct", "--stats"],
+    );
+    let took = t0.elapsed();
+    assert_eq!(stdout(&out), "spinning\r\n");
+    assert_clean_failure(&out, 8, "timeout");
+    // The host timer forced exits while the guest spun natively.
+    assert!(stderr(&out).contains("timer"), "{}", stderr(&out));
+    assert!(
+        took >= Duration::from_secs(1) && took < Duration::from_secs(20),
+        "{took:?}"
+    );
 }
 
 #[test]

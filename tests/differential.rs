@@ -13,6 +13,9 @@
 //! may legitimately differ) is counted as "undefined-dependent" and not compared; the test
 //! asserts that such cases stay rare.
 //!
+//! Every case also runs on a second interpreter through `run` (the block cache): it must end
+//! exactly where the single-instruction path (`step`) does (exit, state, memory, count).
+//!
 //! Case counts: `VMM_DIFF_CASES` (default 100,000 in all, split across the families); the
 //! long mode documented in docs/testing.md sets it to millions.
 
@@ -50,7 +53,10 @@ fn strict_env() -> bool {
 }
 
 fn total_cases() -> u64 {
-    std::env::var("VMM_DIFF_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(100_000)
+    std::env::var("VMM_DIFF_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000)
 }
 
 /// The host's GDT as user code sees it (Linux x86-64): the user segments are probed with LAR and
@@ -70,7 +76,11 @@ fn host_gdt() -> &'static Vec<(u16, u64)> {
             let (ar, limit) = probe_lar_lsl(sel);
             // LAR gives bits 8..23 of the descriptor's high dword (type..G); LSL the byte limit.
             let hi = (ar & 0x00f0_ff00) as u64;
-            let raw_limit = if ar & (1 << 23) != 0 { limit >> 12 } else { limit };
+            let raw_limit = if ar & (1 << 23) != 0 {
+                limit >> 12
+            } else {
+                limit
+            };
             let d = (raw_limit as u64 & 0xffff) | ((raw_limit as u64 >> 16) & 0xf) << 48 | hi << 32;
             v.push((sel, d));
         }
@@ -90,7 +100,11 @@ fn probe_lar_lsl(sel: u16) -> (u32, u32) {
     page[..code.len()].copy_from_slice(&code);
     let stop = CODE + code.len() as u32 - 1;
     let out = native::run(&NativeCase {
-        regions: vec![Region { addr: CODE, bytes: page, prot: Prot::ReadExec }],
+        regions: vec![Region {
+            addr: CODE,
+            bytes: page,
+            prot: Prot::ReadExec,
+        }],
         gpr: [0; 8],
         eflags: 0x202,
         eip: CODE,
@@ -98,7 +112,10 @@ fn probe_lar_lsl(sel: u16) -> (u32, u32) {
         timeout_ms: 1000,
     })
     .expect("native LAR/LSL probe");
-    assert!(out.exception.is_none() && out.eflags & flags::ZF != 0, "LAR {sel:#x} failed on the host");
+    assert!(
+        out.exception.is_none() && out.eflags & flags::ZF != 0,
+        "LAR {sel:#x} failed on the host"
+    );
     (out.gpr[0], out.gpr[2])
 }
 
@@ -106,7 +123,9 @@ fn probe_lar_lsl(sel: u16) -> (u32, u32) {
 fn interp_for(case: &Case, code: &[u8]) -> Cpu<RamBus> {
     let mut bus = RamBus::new(RAM);
     let ram = &mut bus.ram;
-    let w32 = |ram: &mut Vec<u8>, a: u32, v: u32| ram[a as usize..a as usize + 4].copy_from_slice(&v.to_le_bytes());
+    let w32 = |ram: &mut Vec<u8>, a: u32, v: u32| {
+        ram[a as usize..a as usize + 4].copy_from_slice(&v.to_le_bytes())
+    };
     // Page tables: the 4 MiB region holding the case, user pages with the runner's protections.
     w32(ram, PD + 4 * (CODE >> 22), PT | pte::P | pte::RW | pte::US);
     let map = |ram: &mut Vec<u8>, lin: u32, phys: u32, rw: bool| {
@@ -122,7 +141,11 @@ fn interp_for(case: &Case, code: &[u8]) -> Cpu<RamBus> {
     }
     map(ram, RO, PHYS_RO, false);
     // GDT and IDT: supervisor pages.
-    w32(ram, PD + 4 * (TABLES_LIN >> 22), PT_TABLES | pte::P | pte::RW);
+    w32(
+        ram,
+        PD + 4 * (TABLES_LIN >> 22),
+        PT_TABLES | pte::P | pte::RW,
+    );
     for (k, phys) in [GDT, IDT].iter().enumerate() {
         let e = PT_TABLES + 4 * (((TABLES_LIN >> 12) + k as u32) & 0x3ff);
         w32(ram, e, phys | pte::P | pte::RW);
@@ -137,9 +160,13 @@ fn interp_for(case: &Case, code: &[u8]) -> Cpu<RamBus> {
         let a = GDT + (*sel as u32 & !7);
         ram[a as usize..a as usize + 8].copy_from_slice(&d.to_le_bytes());
     }
-    assert!(IDT + 0x800 <= PT_TABLES);
+    const { assert!(IDT + 0x800 <= PT_TABLES) };
     for v in 0..256u32 {
-        let dpl = if v == 3 || v == 4 || v == 0x80 { 3u64 } else { 0 };
+        let dpl = if v == 3 || v == 4 || v == 0x80 {
+            3u64
+        } else {
+            0
+        };
         let gate: u64 = 0x10 << 16 | (0x8e | dpl << 5) << 40;
         let a = IDT + 8 * v;
         ram[a as usize..a as usize + 8].copy_from_slice(&gate.to_le_bytes());
@@ -147,15 +174,25 @@ fn interp_for(case: &Case, code: &[u8]) -> Cpu<RamBus> {
 
     let mut st = CpuState::flat_protected(3);
     let seg = |sel: u16| -> Segment {
-        let d = host_gdt().iter().find(|(s, _)| *s & !7 == sel & !7).unwrap().1;
+        let d = host_gdt()
+            .iter()
+            .find(|(s, _)| *s & !7 == sel & !7)
+            .unwrap()
+            .1;
         let mut s = Descriptor(d).to_segment(sel);
         s.attr |= attr::ACCESSED;
         s
     };
     let ds = seg(0x2b);
     st.seg = [ds, seg(0x23), ds, ds, ds, ds];
-    st.gdtr = TableReg { base: TABLES_LIN, limit: 0x7f };
-    st.idtr = TableReg { base: TABLES_LIN + 0x1000, limit: 0x7ff };
+    st.gdtr = TableReg {
+        base: TABLES_LIN,
+        limit: 0x7f,
+    };
+    st.idtr = TableReg {
+        base: TABLES_LIN + 0x1000,
+        limit: 0x7ff,
+    };
     st.cr0 = cr::CR0_PE | cr::CR0_PG | cr::CR0_WP | cr::CR0_AM | cr::CR0_ET | cr::CR0_NE;
     st.cr3 = PD;
     st.cr4 = cr::CR4_PSE | cr::CR4_PGE | cr::CR4_OSFXSR;
@@ -181,7 +218,9 @@ fn eflags_of(r: u32) -> u32 {
         (R::IF, flags::IF),
         (R::AC, flags::AC),
     ];
-    map.iter().filter(|(i, _)| r & i != 0).fold(0, |a, (_, e)| a | e)
+    map.iter()
+        .filter(|(i, _)| r & i != 0)
+        .fold(0, |a, (_, e)| a | e)
 }
 
 #[derive(Default)]
@@ -237,10 +276,26 @@ fn check_with(case: &Case, stats: &Stats, strict: bool, cmps_source_first: bool)
     code_page[..code.len()].copy_from_slice(&code);
     let ncase = NativeCase {
         regions: vec![
-            Region { addr: CODE, bytes: code_page, prot: Prot::ReadExec },
-            Region { addr: DATA, bytes: case.data(), prot: Prot::ReadWrite },
-            Region { addr: RO, bytes: case.ro_data(), prot: Prot::Read },
-            Region { addr: NONE, bytes: vec![0; 0x1000], prot: Prot::None },
+            Region {
+                addr: CODE,
+                bytes: code_page,
+                prot: Prot::ReadExec,
+            },
+            Region {
+                addr: DATA,
+                bytes: case.data(),
+                prot: Prot::ReadWrite,
+            },
+            Region {
+                addr: RO,
+                bytes: case.ro_data(),
+                prot: Prot::Read,
+            },
+            Region {
+                addr: NONE,
+                bytes: vec![0; 0x1000],
+                prot: Prot::None,
+            },
         ],
         gpr: case.gpr,
         eflags: case.eflags,
@@ -249,7 +304,12 @@ fn check_with(case: &Case, stats: &Stats, strict: bool, cmps_source_first: bool)
         timeout_ms: 2000,
     };
     if std::env::var("VMM_DIFF_TRACE").is_ok() {
-        eprintln!("case:\n{}start: gpr {:08x?} eflags {:#x}", disasm(&code), case.gpr, case.eflags);
+        eprintln!(
+            "case:\n{}start: gpr {:08x?} eflags {:#x}",
+            disasm(&code),
+            case.gpr,
+            case.eflags
+        );
     }
     if std::env::var("VMM_DIFF_DEBUG_SKIP_NATIVE").is_ok() {
         let mut cpu = interp_for(case, &code);
@@ -267,9 +327,9 @@ fn check_with(case: &Case, stats: &Stats, strict: bool, cmps_source_first: bool)
     for _ in 0..2_000_000 {
         let mut bytes = [0u8; 15];
         let eip = cpu.state.eip;
-        let insn = cpu.peek_linear(eip, &mut bytes).map(|_| {
-            Decoder::with_ip(32, &bytes, eip as u64, DecoderOptions::NONE).decode()
-        });
+        let insn = cpu
+            .peek_linear(eip, &mut bytes)
+            .map(|_| Decoder::with_ip(32, &bytes, eip as u64, DecoderOptions::NONE).decode());
         if let Some(e) = cpu.step() {
             exit = Some(e);
             break;
@@ -278,7 +338,8 @@ fn check_with(case: &Case, stats: &Stats, strict: bool, cmps_source_first: bool)
             if eflags_of(i.rflags_read()) & undefined != 0 {
                 dependent = true;
             }
-            undefined = (undefined & !eflags_of(i.rflags_modified())) | eflags_of(i.rflags_undefined());
+            undefined =
+                (undefined & !eflags_of(i.rflags_modified())) | eflags_of(i.rflags_undefined());
         }
     }
     let report = |what: &str| {
@@ -297,16 +358,37 @@ fn check_with(case: &Case, stats: &Stats, strict: bool, cmps_source_first: bool)
             exit
         ))
     };
+    // The block cache (`run`) must reproduce the single-instruction path (`step`) exactly.
+    let mut blk = interp_for(case, &code);
+    blk.quirks.cmps_source_first = cmps_source_first;
+    let bexit = blk.run(2_000_000);
+    if Some(&bexit).filter(|e| **e != Exit::Budget) != exit.as_ref()
+        || blk.state != cpu.state
+        || blk.icount != cpu.icount
+        || blk.bus.ram != cpu.bus.ram
+    {
+        return Err(report(&format!(
+            "run (block cache) and step disagree: run gpr {:08x?} eip {:#x} eflags {:#x} icount {} exit {bexit:?}, step icount {}",
+            blk.state.gpr, blk.state.eip, blk.state.eflags, blk.icount, cpu.icount
+        )));
+    }
     // The exits.
     let iexc = match &exit {
-        Some(Exit::Exception { vector, error_code, cr2, eip }) => {
+        Some(Exit::Exception {
+            vector,
+            error_code,
+            cr2,
+            eip,
+        }) => {
             if *eip == stop && *vector == 13 {
                 None
             } else {
                 Some((*vector, *error_code, *cr2))
             }
         }
-        Some(Exit::Unsupported { .. }) => return Err(report("the interpreter stopped: unsupported")),
+        Some(Exit::Unsupported { .. }) => {
+            return Err(report("the interpreter stopped: unsupported"))
+        }
         other => return Err(report(&format!("unexpected interpreter exit {other:?}"))),
     };
     match (&hw.exception, iexc) {
@@ -352,7 +434,11 @@ fn check_with(case: &Case, stats: &Stats, strict: bool, cmps_source_first: bool)
     }
     let data = &cpu.bus.ram[PHYS_DATA as usize..(PHYS_DATA + DATA_PAGES * 0x1000) as usize];
     if hw.memory[1] != data {
-        let at = hw.memory[1].iter().zip(data).position(|(a, b)| a != b).unwrap();
+        let at = hw.memory[1]
+            .iter()
+            .zip(data)
+            .position(|(a, b)| a != b)
+            .unwrap();
         return diverged(&format!(
             "different memory at {:#x}: host {:02x} interp {:02x}",
             DATA + at as u32,
@@ -377,12 +463,21 @@ fn run_families_mode(name: &str, fams: &'static [Family], share: u64, max_len: u
         Some("random") => rand::random::<u64>(),
         Some(v) => v.parse().expect("VMM_DIFF_SEED: a number or \"random\""),
         None => 0x766d_6d00,
-    } ^ name.bytes().fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(b as u64));
+    } ^ name
+        .bytes()
+        .fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(b as u64));
     eprintln!("{name}: seed {seed:#x} (VMM_DIFF_SEED to change)");
     let mut seed_bytes = [0u8; 32];
     seed_bytes[..8].copy_from_slice(&seed.to_le_bytes());
-    let rng = proptest::test_runner::TestRng::from_seed(proptest::test_runner::RngAlgorithm::ChaCha, &seed_bytes);
-    let config = Config { cases, failure_persistence: None, ..Config::default() };
+    let rng = proptest::test_runner::TestRng::from_seed(
+        proptest::test_runner::RngAlgorithm::ChaCha,
+        &seed_bytes,
+    );
+    let config = Config {
+        cases,
+        failure_persistence: None,
+        ..Config::default()
+    };
     let mut runner = TestRunner::new_with_rng(config, rng);
     let stats = Stats::default();
     let r = runner.run(&cases_strategy(fams, max_len), |c| check(&c, &stats, strict));
@@ -396,10 +491,16 @@ fn run_families_mode(name: &str, fams: &'static [Family], share: u64, max_len: u
     if let Err(e) = r {
         panic!("{name}: {e}");
     }
-    assert!(cmp >= cases as u64 * 8 / 10, "{name}: too few cases were compared in full ({cmp} of {cases})");
+    assert!(
+        cmp >= cases as u64 * 8 / 10,
+        "{name}: too few cases were compared in full ({cmp} of {cases})"
+    );
 }
 
-fn cases_strategy(fams: &'static [Family], max_len: usize) -> impl proptest::strategy::Strategy<Value = Case> {
+fn cases_strategy(
+    fams: &'static [Family],
+    max_len: usize,
+) -> impl proptest::strategy::Strategy<Value = Case> {
     cases(fams, max_len)
 }
 
@@ -432,12 +533,22 @@ fn string() {
 
 #[test]
 fn control() {
-    run_families("control", &[Family::Control, Family::Arith, Family::Logic], 10, 8);
+    run_families(
+        "control",
+        &[Family::Control, Family::Arith, Family::Logic],
+        10,
+        8,
+    );
 }
 
 #[test]
 fn segment() {
-    run_families("segment", &[Family::Segment, Family::Data, Family::String], 8, 6);
+    run_families(
+        "segment",
+        &[Family::Segment, Family::Data, Family::String],
+        8,
+        6,
+    );
 }
 
 #[test]

@@ -72,11 +72,24 @@ pub struct RunOptions {
     pub timeout: Option<Duration>,
     /// Instructions per slice of the interpreter between checks of the timeout.
     pub slice: u64,
+    /// Base of the monitor area (the `direct` engine truncates every guest segment below it).
+    pub monitor_base: u32,
+    /// Once set up, run the `direct` engine under the allow-list seccomp filter
+    /// (`crate::seccomp`). It stays for the life of the process: `vmm run` sets it; a process
+    /// that runs several guests (benchmarks, tests) does not.
+    pub lockdown: bool,
 }
 
 impl Default for RunOptions {
     fn default() -> Self {
-        RunOptions { kernel_engine: EngineKind::Interp, user_engine: EngineKind::Interp, timeout: None, slice: 100_000 }
+        RunOptions {
+            kernel_engine: EngineKind::Interp,
+            user_engine: EngineKind::Interp,
+            timeout: None,
+            slice: 100_000,
+            monitor_base: crate::space::DEFAULT_MONITOR_BASE,
+            lockdown: false,
+        }
     }
 }
 
@@ -85,6 +98,9 @@ impl Default for RunOptions {
 pub enum EngineError {
     #[error("the {0} engine is not built yet: use --kernel-engine interp --user-engine interp")]
     NotBuilt(EngineKind),
+    /// The host could not be set up for the engine (address space, signals, guest RAM).
+    #[error("cannot set up the direct engine: {0}")]
+    Setup(String),
 }
 
 /// How a run ended.
@@ -189,10 +205,21 @@ pub struct RunStats {
     /// Engine exits by reason.
     pub exits: BTreeMap<&'static str, u64>,
     pub machine: MachineStats,
+    /// The direct engine: time spent in guest code (between entry and exit).
+    pub guest_time: Duration,
+    /// The direct engine: native exits (signals) and instructions emulated by the interpreter.
+    pub native_exits: u64,
+    pub emulated: u64,
+    /// Shadow MMU: hidden faults (filled by the monitor), true guest page faults, flushes.
+    pub hidden_faults: u64,
+    pub guest_faults: u64,
+    pub shadow_flushes: u64,
+    /// Host LDT entries written (`modify_ldt`).
+    pub ldt_writes: u64,
 }
 
 impl RunStats {
-    fn exit(&mut self, why: &'static str) {
+    pub(crate) fn exit(&mut self, why: &'static str) {
         *self.exits.entry(why).or_default() += 1;
     }
 
@@ -210,6 +237,16 @@ impl RunStats {
         let _ = writeln!(s, "exits:");
         for (why, n) in &self.exits {
             let _ = writeln!(s, "  {why:<14}{n}");
+        }
+        if self.engine != "interp" {
+            let guest = self.guest_time.as_secs_f64();
+            let monitor = (running - guest).max(0.0);
+            let _ = writeln!(s, "native exits    {}", self.native_exits);
+            let _ = writeln!(s, "emulated insns  {}", self.emulated);
+            let _ = writeln!(s, "page faults     {} hidden, {} guest", self.hidden_faults, self.guest_faults);
+            let _ = writeln!(s, "shadow flushes  {}", self.shadow_flushes);
+            let _ = writeln!(s, "ldt writes      {}", self.ldt_writes);
+            let _ = writeln!(s, "time in guest   {guest:.3} s, in monitor {monitor:.3} s");
         }
         let m = &self.machine;
         let _ = writeln!(s, "port reads      {}", m.port_reads);
@@ -230,12 +267,45 @@ pub struct RunResult {
 
 /// Run `state` on `machine` with the engines `opts` selects.
 pub fn run(machine: Machine, state: CpuState, opts: &RunOptions) -> Result<RunResult, EngineError> {
-    for e in [opts.kernel_engine, opts.user_engine] {
-        if e != EngineKind::Interp {
-            return Err(EngineError::NotBuilt(e));
-        }
+    if opts.kernel_engine == EngineKind::Interp && opts.user_engine == EngineKind::Interp {
+        return Ok(run_interp(machine, state, opts));
     }
-    Ok(run_interp(machine, state, opts))
+    crate::direct::run(machine, state, opts)
+}
+
+/// HLT: sleep on the machine's clock until an interrupt can be taken. Returns the time slept
+/// (clock nanoseconds), or how the run ends (a HLT nothing can wake, the timeout).
+pub(crate) fn halt_sleep(cpu: &mut Cpu<Machine>, deadline: Option<u64>, opts: &RunOptions) -> Result<u64, Outcome> {
+    let mut halted_ns = 0;
+    loop {
+        let iflag = cpu.state.eflags & flags::IF != 0;
+        if iflag && cpu.bus.interrupt_requested() {
+            return Ok(halted_ns);
+        }
+        if let Some(r) = cpu.bus.stop_request() {
+            return Err(Outcome::Stopped(r));
+        }
+        if !iflag {
+            // Linux's poweroff without ACPI, or its halt after a panic.
+            if let Some(r) = cpu.bus.halt_stop() {
+                return Err(Outcome::Stopped(r));
+            }
+        }
+        let next = cpu.bus.next_deadline_ns();
+        if !iflag || (next.is_none() && !cpu.bus.input_open()) {
+            return Err(Outcome::DeadHalt { eip: cpu.state.eip, interrupts_enabled: iflag });
+        }
+        let now = cpu.bus.now_ns();
+        if deadline.is_some_and(|d| now >= d) {
+            return Err(Outcome::Timeout { after: opts.timeout.unwrap_or_default(), eip: cpu.state.eip });
+        }
+        // With only console input to wait for, look again at least every second.
+        let next = next.unwrap_or(now + 1_000_000_000);
+        let wake = deadline.map_or(next, |d| next.min(d));
+        // Sleeps on the clock, or polls the console's input until then.
+        cpu.bus.wait_until(wake);
+        halted_ns += cpu.bus.now_ns().saturating_sub(now);
+    }
 }
 
 /// The `interp` engine's run loop.
@@ -271,33 +341,9 @@ pub fn run_interp(machine: Machine, state: CpuState, opts: &RunOptions) -> RunRe
             Exit::PortIo { .. } => stats.exit("port-io"),
             Exit::Halt => {
                 stats.exit("hlt");
-                // Sleep until an interrupt can be taken.
-                loop {
-                    let iflag = cpu.state.eflags & flags::IF != 0;
-                    if iflag && cpu.bus.interrupt_requested() {
-                        break;
-                    }
-                    if let Some(r) = cpu.bus.stop_request() {
-                        break 'run Outcome::Stopped(r);
-                    }
-                    if !iflag {
-                        if let Some(r) = cpu.bus.halt_stop() {
-                            break 'run Outcome::Stopped(r);
-                        }
-                    }
-                    let next = cpu.bus.next_deadline_ns();
-                    if !iflag || (next.is_none() && !cpu.bus.input_open()) {
-                        break 'run Outcome::DeadHalt { eip: cpu.state.eip, interrupts_enabled: iflag };
-                    }
-                    let now = cpu.bus.now_ns();
-                    if deadline.is_some_and(|d| now >= d) {
-                        break 'run Outcome::Timeout { after: opts.timeout.unwrap_or_default(), eip: cpu.state.eip };
-                    }
-                    // With only console input to wait for, look again at least every second.
-                    let next = next.unwrap_or(now + 1_000_000_000);
-                    let wake = deadline.map_or(next, |d| next.min(d));
-                    cpu.bus.wait_until(wake);
-                    halted_ns += cpu.bus.now_ns().saturating_sub(now);
+                match halt_sleep(&mut cpu, deadline, opts) {
+                    Ok(ns) => halted_ns += ns,
+                    Err(o) => break 'run o,
                 }
             }
             Exit::TripleFault { first, second } => {
@@ -423,11 +469,9 @@ mod tests {
     }
 
     #[test]
-    fn other_engines_are_refused() {
-        let (m, _, _) = machine(&[0xf4]);
-        let opts = RunOptions { user_engine: EngineKind::Direct, ..RunOptions::default() };
-        assert_eq!(run(m, state(), &opts).err(), Some(EngineError::NotBuilt(EngineKind::Direct)));
+    fn engine_names_parse() {
         assert_eq!("interp".parse::<EngineKind>(), Ok(EngineKind::Interp));
+        assert_eq!("direct".parse::<EngineKind>(), Ok(EngineKind::Direct));
         assert!("bt".parse::<EngineKind>().is_err());
     }
 

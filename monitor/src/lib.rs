@@ -4,6 +4,11 @@
 //!
 //! * [`native`]: the hardware oracle. Runs a user-level 32-bit snippet on the host CPU in
 //!   compatibility mode inside this process and reports the final state or the exception.
+//! * [`space`]: the address space of the direct engine: the reservation of the low 4 GiB, guest
+//!   RAM as a memfd (physmap), the shadow mappings (mmap of memfd pages).
+//! * [`direct`] (`direct::entry`: entry/exit stubs, signal handlers, timer, seccomp, CPUID
+//!   faulting; `direct::ldt`: `modify_ldt`): the trap-and-emulate engine.
+//! * [`seccomp`]: the allow-list filter the `direct` engine runs under once set up.
 //!
 //! Everything else is safe Rust:
 //!
@@ -14,8 +19,11 @@
 
 pub mod console;
 pub mod devices;
+pub mod direct;
 pub mod engine;
 pub mod loader;
 pub mod machine;
 pub mod memory;
 pub mod native;
+pub mod seccomp;
+pub mod space;

@@ -4,11 +4,16 @@
 //! shared with the `direct` and `bt` engines' shadow mappings) can be added as variants
 //! without touching the devices, the loaders or the engines.
 
+use crate::space::MemfdRam;
+
 /// Guest-physical RAM, starting at physical address 0.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub enum GuestRam {
     /// Plain process memory: enough for the `interp` engine.
     Heap(Vec<u8>),
+    /// A `memfd` mapped whole above 4 GiB (the physmap); the `direct` engine maps its pages
+    /// into the low 4 GiB as the shadow page tables.
+    Memfd(MemfdRam),
 }
 
 impl GuestRam {
@@ -17,9 +22,30 @@ impl GuestRam {
         GuestRam::Heap(vec![0; bytes])
     }
 
+    /// `bytes` of zeroed RAM in a memfd (for the `direct` engine).
+    pub fn memfd(bytes: usize) -> std::io::Result<GuestRam> {
+        MemfdRam::new(bytes).map(GuestRam::Memfd)
+    }
+
+    /// Move the contents into a memfd (no-op if they are in one already).
+    pub fn into_memfd(self) -> std::io::Result<GuestRam> {
+        match self {
+            GuestRam::Heap(v) => MemfdRam::from_slice(&v).map(GuestRam::Memfd),
+            m @ GuestRam::Memfd(_) => Ok(m),
+        }
+    }
+
+    pub fn memfd_ram(&self) -> Option<&MemfdRam> {
+        match self {
+            GuestRam::Memfd(m) => Some(m),
+            GuestRam::Heap(_) => None,
+        }
+    }
+
     pub fn len(&self) -> usize {
         match self {
             GuestRam::Heap(v) => v.len(),
+            GuestRam::Memfd(m) => m.len(),
         }
     }
 
@@ -30,12 +56,14 @@ impl GuestRam {
     pub fn as_slice(&self) -> &[u8] {
         match self {
             GuestRam::Heap(v) => v,
+            GuestRam::Memfd(m) => m.as_slice(),
         }
     }
 
     pub fn as_mut_slice(&mut self) -> &mut [u8] {
         match self {
             GuestRam::Heap(v) => v,
+            GuestRam::Memfd(m) => m.as_mut_slice(),
         }
     }
 

@@ -40,7 +40,12 @@ fn guest(iterations: u32) -> (Vec<u8>, u32) {
     a.jne(top).unwrap();
     let stop = a.instructions().len();
     a.hlt().unwrap();
-    let r = a.assemble_options(CODE as u64, BlockEncoderOptions::RETURN_NEW_INSTRUCTION_OFFSETS).unwrap();
+    let r = a
+        .assemble_options(
+            CODE as u64,
+            BlockEncoderOptions::RETURN_NEW_INSTRUCTION_OFFSETS,
+        )
+        .unwrap();
     let bytes = r.inner.code_buffer.clone();
     let stop_eip = CODE + r.inner.new_instruction_offsets[stop];
     (bytes, stop_eip)
@@ -51,10 +56,20 @@ fn interp_run(code: &[u8], stop: u32) -> (f64, u64, [u32; 8]) {
     // Identity-free mapping: CODE and DATA pages to physical 0x10000 and 0x11000.
     let pd = 0x1000u32;
     let pt = 0x2000u32;
-    let w = |ram: &mut Vec<u8>, a: u32, v: u32| ram[a as usize..a as usize + 4].copy_from_slice(&v.to_le_bytes());
+    let w = |ram: &mut Vec<u8>, a: u32, v: u32| {
+        ram[a as usize..a as usize + 4].copy_from_slice(&v.to_le_bytes())
+    };
     w(&mut bus.ram, pd + 4 * (CODE >> 22), pt | pte::P | pte::RW);
-    w(&mut bus.ram, pt + 4 * ((CODE >> 12) & 0x3ff), 0x10000 | pte::P);
-    w(&mut bus.ram, pt + 4 * ((DATA >> 12) & 0x3ff), 0x11000 | pte::P | pte::RW);
+    w(
+        &mut bus.ram,
+        pt + 4 * ((CODE >> 12) & 0x3ff),
+        0x10000 | pte::P,
+    );
+    w(
+        &mut bus.ram,
+        pt + 4 * ((DATA >> 12) & 0x3ff),
+        0x11000 | pte::P | pte::RW,
+    );
     bus.ram[0x10000..0x10000 + code.len()].copy_from_slice(code);
     let mut st = CpuState::flat_protected(0);
     st.cr0 |= cr::CR0_PG;
@@ -77,8 +92,16 @@ fn native_run(code: &[u8], stop: u32) -> Result<(f64, [u32; 8]), String> {
     page[..code.len()].copy_from_slice(code);
     let case = NativeCase {
         regions: vec![
-            Region { addr: CODE, bytes: page, prot: Prot::ReadExec },
-            Region { addr: DATA, bytes: vec![0; 0x1000], prot: Prot::ReadWrite },
+            Region {
+                addr: CODE,
+                bytes: page,
+                prot: Prot::ReadExec,
+            },
+            Region {
+                addr: DATA,
+                bytes: vec![0; 0x1000],
+                prot: Prot::ReadWrite,
+            },
         ],
         gpr: [0; 8],
         eflags: 0x202,
@@ -126,11 +149,23 @@ pub fn run(scale: f64, json: bool) -> Result<(), String> {
             ti / tn
         );
     } else {
-        println!("interpreter benchmark: CPU-bound guest loop, {icount} instructions (median of 3)");
+        println!(
+            "interpreter benchmark: CPU-bound guest loop, {icount} instructions (median of 3)"
+        );
         println!("  {:<28} {:>10} {:>12}", "", "seconds", "MIPS");
-        println!("  {:<28} {:>10.4} {:>12.1}", "interpreter (CPL 0, paging)", ti, mips);
-        println!("  {:<28} {:>10.5} {:>12.1}", "host CPU (native)", tn, native_mips);
-        println!("  slowdown vs native: {:.1}x; goal: >= 50 MIPS ({})", ti / tn, if mips >= 50.0 { "met" } else { "NOT met" });
+        println!(
+            "  {:<28} {:>10.4} {:>12.1}",
+            "interpreter (CPL 0, paging)", ti, mips
+        );
+        println!(
+            "  {:<28} {:>10.5} {:>12.1}",
+            "host CPU (native)", tn, native_mips
+        );
+        println!(
+            "  slowdown vs native: {:.1}x; goal: >= 50 MIPS ({})",
+            ti / tn,
+            if mips >= 50.0 { "met" } else { "NOT met" }
+        );
     }
     Ok(())
 }

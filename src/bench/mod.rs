@@ -1,6 +1,7 @@
 //! `vmm bench`: measurements reported as ratios against a baseline measured in the same run.
 //! These machines are shared and noisy: absolute numbers drift, ratios much less.
 
+pub mod direct;
 pub mod interp;
 
 /// Median of a few samples (seconds).

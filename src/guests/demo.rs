@@ -62,7 +62,10 @@ struct Strings {
 
 impl Strings {
     fn new(base: u32) -> Strings {
-        Strings { base, bytes: Vec::new() }
+        Strings {
+            base,
+            bytes: Vec::new(),
+        }
     }
     /// Add a NUL-terminated string; returns its address.
     fn add(&mut self, s: &str) -> u32 {
@@ -96,7 +99,8 @@ pub fn image() -> Result<Image, String> {
     let s_real = ks.add("[real mode] vmm demo guest: hello from 16-bit real mode at 0000:7c00\r\n");
     let s_enter_pm = ks.add("[real mode] LGDT, set CR0.PE, far jump to a 32-bit code segment\r\n");
     let s_pm = ks.add("[kernel] protected mode, CPL 0, flat 4 GiB segments\r\n");
-    let s_paging = ks.add("[kernel] paging on: 4 KiB pages below 4 MiB, one 4 MiB page (CR4.PSE), CR0.WP\r\n");
+    let s_paging =
+        ks.add("[kernel] paging on: 4 KiB pages below 4 MiB, one 4 MiB page (CR4.PSE), CR0.WP\r\n");
     let s_big = ks.add("[kernel] wrote and read back through the 4 MiB page at 0x00400000\r\n");
     let s_user = ks.add("[kernel] IDT and TSS loaded; IRET to the user task at CPL 3\r\n");
     let s_pf1 = ks.add("[kernel] page fault at ");
@@ -136,7 +140,11 @@ pub fn image() -> Result<Image, String> {
         r.mov(eax, cr0)?;
         r.or(eax, 1)?;
         r.mov(cr0, eax)?;
-        r.add_instruction(Instruction::with_far_branch(Code::Jmp_ptr1632, 0x08, KERNEL)?)?;
+        r.add_instruction(Instruction::with_far_branch(
+            Code::Jmp_ptr1632,
+            0x08,
+            KERNEL,
+        )?)?;
         r.set_label(&mut puts)?;
         r.lodsb()?;
         r.test(al, al)?;
@@ -175,7 +183,10 @@ pub fn image() -> Result<Image, String> {
         // User pages: code and strings read-only, stack read-write; the demand page absent.
         k.mov(dword_ptr(PT + 4 * (USER >> 12)), USER | 5)?;
         k.mov(dword_ptr(PT + 4 * (USTRINGS >> 12)), USTRINGS | 5)?;
-        k.mov(dword_ptr(PT + 4 * ((USTACK - 0x1000) >> 12)), (USTACK - 0x1000) | 7)?;
+        k.mov(
+            dword_ptr(PT + 4 * ((USTACK - 0x1000) >> 12)),
+            (USTACK - 0x1000) | 7,
+        )?;
         k.mov(dword_ptr(PT + 4 * (DEMAND >> 12)), 0u32)?;
         k.mov(dword_ptr(PD), PT | 7)?;
         k.mov(dword_ptr(PD + 4), BIG_PAGE | 0x83)?;
@@ -426,7 +437,9 @@ pub fn image() -> Result<Image, String> {
         ("puthex", PUTHEX, puthex.len(), 0x100),
     ] {
         if len > room {
-            return Err(format!("demo guest: the {what} at {at:#x} is {len} bytes, more than its {room}"));
+            return Err(format!(
+                "demo guest: the {what} at {at:#x} is {len} bytes, more than its {room}"
+            ));
         }
     }
 
@@ -496,7 +509,10 @@ pub fn image() -> Result<Image, String> {
     let mut state = CpuState::reset();
     state.seg[SegReg::Cs as usize] = Segment::real_mode(0, true);
     state.eip = REAL_ENTRY;
-    state.idtr = TableReg { base: 0, limit: 0x3ff };
+    state.idtr = TableReg {
+        base: 0,
+        limit: 0x3ff,
+    };
     Ok(Image {
         chunks: vec![
             (GDT, gdt),

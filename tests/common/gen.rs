@@ -11,8 +11,8 @@ use std::collections::HashMap;
 use std::sync::OnceLock;
 
 use iced_x86::{
-    BlockEncoder, BlockEncoderOptions, Code, EncodingKind, Instruction, InstructionBlock, MemoryOperand, Mnemonic,
-    OpCodeOperandKind as K, Register, RepPrefixKind,
+    BlockEncoder, BlockEncoderOptions, Code, EncodingKind, Instruction, InstructionBlock,
+    MemoryOperand, Mnemonic, OpCodeOperandKind as K, Register, RepPrefixKind,
 };
 use proptest::prelude::*;
 use proptest::test_runner::TestRng;
@@ -32,8 +32,9 @@ pub const FARPTRS: u32 = DATA + 0x100;
 
 /// Selectors the generator loads into segment registers: usable ones, null ones, DPL-0 ones,
 /// system ones, beyond the GDT limit, in the (empty) LDT.
-pub const SELECTORS: [u16; 16] =
-    [0x2b, 0x2b, 0x23, 0x28, 0x2a, 0x0, 0x3, 0x33, 0x08, 0x10, 0x1b, 0x40, 0x63, 0x07, 0x80, 0xfffc];
+pub const SELECTORS: [u16; 16] = [
+    0x2b, 0x2b, 0x23, 0x28, 0x2a, 0x0, 0x3, 0x33, 0x08, 0x10, 0x1b, 0x40, 0x63, 0x07, 0x80, 0xfffc,
+];
 
 /// Instruction families of the generator; a case draws from the families it is given.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -68,30 +69,179 @@ pub const ALL_FAMILIES: [Family; 11] = [
 fn family_of(m: Mnemonic) -> Option<Family> {
     use Mnemonic as M;
     Some(match m {
-        M::Add | M::Adc | M::Sub | M::Sbb | M::Cmp | M::Inc | M::Dec | M::Neg | M::Mul | M::Imul | M::Div | M::Idiv => {
-            Family::Arith
-        }
+        M::Add
+        | M::Adc
+        | M::Sub
+        | M::Sbb
+        | M::Cmp
+        | M::Inc
+        | M::Dec
+        | M::Neg
+        | M::Mul
+        | M::Imul
+        | M::Div
+        | M::Idiv => Family::Arith,
         M::And | M::Or | M::Xor | M::Not | M::Test => Family::Logic,
-        M::Shl | M::Sal | M::Shr | M::Sar | M::Rol | M::Ror | M::Rcl | M::Rcr | M::Shld | M::Shrd => Family::Shift,
-        M::Bt | M::Bts | M::Btr | M::Btc | M::Bsf | M::Bsr | M::Bswap | M::Seto | M::Setno | M::Setb | M::Setae
-        | M::Sete | M::Setne | M::Setbe | M::Seta | M::Sets | M::Setns | M::Setp | M::Setnp | M::Setl | M::Setge
-        | M::Setle | M::Setg => Family::Bit,
+        M::Shl
+        | M::Sal
+        | M::Shr
+        | M::Sar
+        | M::Rol
+        | M::Ror
+        | M::Rcl
+        | M::Rcr
+        | M::Shld
+        | M::Shrd => Family::Shift,
+        M::Bt
+        | M::Bts
+        | M::Btr
+        | M::Btc
+        | M::Bsf
+        | M::Bsr
+        | M::Bswap
+        | M::Seto
+        | M::Setno
+        | M::Setb
+        | M::Setae
+        | M::Sete
+        | M::Setne
+        | M::Setbe
+        | M::Seta
+        | M::Sets
+        | M::Setns
+        | M::Setp
+        | M::Setnp
+        | M::Setl
+        | M::Setge
+        | M::Setle
+        | M::Setg => Family::Bit,
         M::Daa | M::Das | M::Aaa | M::Aas | M::Aam | M::Aad => Family::Bcd,
-        M::Mov | M::Movzx | M::Movsx | M::Xchg | M::Cmovo | M::Cmovno | M::Cmovb | M::Cmovae | M::Cmove | M::Cmovne
-        | M::Cmovbe | M::Cmova | M::Cmovs | M::Cmovns | M::Cmovp | M::Cmovnp | M::Cmovl | M::Cmovge | M::Cmovle
-        | M::Cmovg | M::Lea | M::Cbw | M::Cwde | M::Cwd | M::Cdq | M::Xlatb | M::Cmpxchg | M::Cmpxchg8b | M::Xadd
-        | M::Lahf | M::Sahf | M::Clc | M::Stc | M::Cmc | M::Cld | M::Std | M::Nop | M::Salc => Family::Data,
-        M::Push | M::Pop | M::Pusha | M::Pushad | M::Popa | M::Popad | M::Pushf | M::Pushfd | M::Popf | M::Popfd
-        | M::Enter | M::Leave => Family::Stack,
-        M::Movsb | M::Movsw | M::Movsd | M::Cmpsb | M::Cmpsw | M::Cmpsd | M::Scasb | M::Scasw | M::Scasd | M::Lodsb
-        | M::Lodsw | M::Lodsd | M::Stosb | M::Stosw | M::Stosd | M::Insb | M::Insw | M::Insd | M::Outsb | M::Outsw
+        M::Mov
+        | M::Movzx
+        | M::Movsx
+        | M::Xchg
+        | M::Cmovo
+        | M::Cmovno
+        | M::Cmovb
+        | M::Cmovae
+        | M::Cmove
+        | M::Cmovne
+        | M::Cmovbe
+        | M::Cmova
+        | M::Cmovs
+        | M::Cmovns
+        | M::Cmovp
+        | M::Cmovnp
+        | M::Cmovl
+        | M::Cmovge
+        | M::Cmovle
+        | M::Cmovg
+        | M::Lea
+        | M::Cbw
+        | M::Cwde
+        | M::Cwd
+        | M::Cdq
+        | M::Xlatb
+        | M::Cmpxchg
+        | M::Cmpxchg8b
+        | M::Xadd
+        | M::Lahf
+        | M::Sahf
+        | M::Clc
+        | M::Stc
+        | M::Cmc
+        | M::Cld
+        | M::Std
+        | M::Nop
+        | M::Salc => Family::Data,
+        M::Push
+        | M::Pop
+        | M::Pusha
+        | M::Pushad
+        | M::Popa
+        | M::Popad
+        | M::Pushf
+        | M::Pushfd
+        | M::Popf
+        | M::Popfd
+        | M::Enter
+        | M::Leave => Family::Stack,
+        M::Movsb
+        | M::Movsw
+        | M::Movsd
+        | M::Cmpsb
+        | M::Cmpsw
+        | M::Cmpsd
+        | M::Scasb
+        | M::Scasw
+        | M::Scasd
+        | M::Lodsb
+        | M::Lodsw
+        | M::Lodsd
+        | M::Stosb
+        | M::Stosw
+        | M::Stosd
+        | M::Insb
+        | M::Insw
+        | M::Insd
+        | M::Outsb
+        | M::Outsw
         | M::Outsd => Family::String,
-        M::Jo | M::Jno | M::Jb | M::Jae | M::Je | M::Jne | M::Jbe | M::Ja | M::Js | M::Jns | M::Jp | M::Jnp | M::Jl
-        | M::Jge | M::Jle | M::Jg | M::Jmp | M::Call | M::Loop | M::Loope | M::Loopne | M::Jcxz | M::Jecxz | M::Int3
-        | M::Into | M::Int | M::Bound | M::Ud2 | M::Ret => Family::Control,
-        M::Lds | M::Les | M::Lfs | M::Lgs | M::Lss | M::Lar | M::Lsl | M::Verr | M::Verw | M::Arpl => Family::Segment,
-        M::Cli | M::Sti | M::Hlt | M::In | M::Out | M::Lgdt | M::Lidt | M::Lldt | M::Ltr | M::Lmsw | M::Clts
-        | M::Invlpg | M::Wbinvd | M::Invd | M::Rdmsr | M::Wrmsr => Family::Privileged,
+        M::Jo
+        | M::Jno
+        | M::Jb
+        | M::Jae
+        | M::Je
+        | M::Jne
+        | M::Jbe
+        | M::Ja
+        | M::Js
+        | M::Jns
+        | M::Jp
+        | M::Jnp
+        | M::Jl
+        | M::Jge
+        | M::Jle
+        | M::Jg
+        | M::Jmp
+        | M::Call
+        | M::Loop
+        | M::Loope
+        | M::Loopne
+        | M::Jcxz
+        | M::Jecxz
+        | M::Int3
+        | M::Into
+        | M::Int
+        | M::Bound
+        | M::Ud2
+        | M::Ret => Family::Control,
+        M::Lds
+        | M::Les
+        | M::Lfs
+        | M::Lgs
+        | M::Lss
+        | M::Lar
+        | M::Lsl
+        | M::Verr
+        | M::Verw
+        | M::Arpl => Family::Segment,
+        M::Cli
+        | M::Sti
+        | M::Hlt
+        | M::In
+        | M::Out
+        | M::Lgdt
+        | M::Lidt
+        | M::Lldt
+        | M::Ltr
+        | M::Lmsw
+        | M::Clts
+        | M::Invlpg
+        | M::Wbinvd
+        | M::Invd
+        | M::Rdmsr
+        | M::Wrmsr => Family::Privileged,
         _ => return None,
     })
 }
@@ -151,13 +301,20 @@ pub fn codes() -> &'static HashMap<Family, Vec<Code>> {
         let mut map: HashMap<Family, Vec<Code>> = HashMap::new();
         for code in Code::values() {
             let oc = code.op_code();
-            if !oc.is_instruction() || oc.encoding() != EncodingKind::Legacy || !oc.is_available_in_mode(32) {
+            if !oc.is_instruction()
+                || oc.encoding() != EncodingKind::Legacy
+                || !oc.is_available_in_mode(32)
+            {
                 continue;
             }
             let m = code.mnemonic();
             let Some(fam) = family_of(m) else { continue };
             // 8086/286/386-only encodings (POP CS, ...) mean something else on a P6.
-            if code.cpuid_features().iter().any(|f| format!("{f:?}").ends_with("_ONLY")) {
+            if code
+                .cpuid_features()
+                .iter()
+                .any(|f| format!("{f:?}").ends_with("_ONLY"))
+            {
                 continue;
             }
             if !oc.op_kinds().iter().all(|k| fillable(*k)) {
@@ -166,14 +323,23 @@ pub fn codes() -> &'static HashMap<Family, Vec<Code>> {
             // Far forms, 64-bit forms and forms that change the code size are not generated:
             // far transfers to host selectors would leave the runner's control.
             let name = format!("{code:?}");
-            if matches!(m, Mnemonic::Jmp | Mnemonic::Call) && (name.contains("_m1616") || name.contains("_m1632")) {
+            if matches!(m, Mnemonic::Jmp | Mnemonic::Call)
+                && (name.contains("_m1616") || name.contains("_m1632"))
+            {
                 continue;
             }
             // Return forms are generated only as part of the CALL/RET patterns below.
-            if m == Mnemonic::Ret || m == Mnemonic::Call && !oc.op_kinds().iter().any(|k| matches!(k, K::br32_4)) {
+            if m == Mnemonic::Ret
+                || m == Mnemonic::Call && !oc.op_kinds().iter().any(|k| matches!(k, K::br32_4))
+            {
                 continue;
             }
-            if m == Mnemonic::Jmp && !oc.op_kinds().iter().any(|k| matches!(k, K::br32_1 | K::br32_4 | K::br16_1 | K::br16_2)) {
+            if m == Mnemonic::Jmp
+                && !oc
+                    .op_kinds()
+                    .iter()
+                    .any(|k| matches!(k, K::br32_1 | K::br32_4 | K::br16_1 | K::br16_2))
+            {
                 continue;
             }
             // MOVSD/CMPSD with XMM operands were filtered by `fillable`.
@@ -217,8 +383,8 @@ impl Case {
                 let mut i = g.insn;
                 i.set_ip(0x7000_0000 + 16 * k as u64);
                 if let Some(t) = g.target {
-                    i.set_near_branch32(if pass == 0 { 0x7000_0000 + 16 * t as u32 } else { 0x7000_0000 + 16 * t as u32 });
-                    i.set_near_branch64(0x7000_0000 + 16 * t as u64);
+                    // Targets name instructions by their provisional IPs; BlockEncoder relocates them.
+                    i.set_near_branch32(0x7000_0000 + 16 * t as u32);
                 }
                 if let Some(t) = g.addr_of {
                     let v = if pass == 0 { CODE } else { addrs[t] as u32 };
@@ -230,7 +396,12 @@ impl Case {
             hlt.set_ip(0x7000_0000 + 16 * n as u64);
             list.push(hlt);
             let block = InstructionBlock::new(&list, CODE as u64);
-            let r = BlockEncoder::encode(32, block, BlockEncoderOptions::RETURN_NEW_INSTRUCTION_OFFSETS).ok()?;
+            let r = BlockEncoder::encode(
+                32,
+                block,
+                BlockEncoderOptions::RETURN_NEW_INSTRUCTION_OFFSETS,
+            )
+            .ok()?;
             if pass == 1 {
                 let stop = CODE + *r.new_instruction_offsets.last()?;
                 if r.code_buffer.len() > (CODE_PAGES * 0x1000) as usize {
@@ -267,13 +438,27 @@ impl Case {
 
     /// The read-only page's contents.
     pub fn ro_data(&self) -> Vec<u8> {
-        (0..0x1000u32).map(|k| (k.wrapping_mul(0x9e37_79b1) >> 24) as u8 ^ self.seed as u8).collect()
+        (0..0x1000u32)
+            .map(|k| (k.wrapping_mul(0x9e37_79b1) >> 24) as u8 ^ self.seed as u8)
+            .collect()
     }
 }
 
 fn edge32(rng: &mut TestRng) -> u32 {
-    const E: [u32; 12] =
-        [0, 1, 2, 0x7f, 0x80, 0xff, 0x7fff, 0x8000, 0xffff, 0x7fff_ffff, 0x8000_0000, 0xffff_ffff];
+    const E: [u32; 12] = [
+        0,
+        1,
+        2,
+        0x7f,
+        0x80,
+        0xff,
+        0x7fff,
+        0x8000,
+        0xffff,
+        0x7fff_ffff,
+        0x8000_0000,
+        0xffff_ffff,
+    ];
     match rng.random_range(0..4) {
         0 => E[rng.random_range(0..E.len())],
         1 => rng.random_range(0..64),
@@ -313,8 +498,16 @@ fn gpr16(rng: &mut TestRng) -> Register {
 
 fn to16(r: Register) -> Register {
     let n = r as u32 - Register::EAX as u32;
-    [Register::AX, Register::CX, Register::DX, Register::BX, Register::SP, Register::BP, Register::SI, Register::DI]
-        [n as usize]
+    [
+        Register::AX,
+        Register::CX,
+        Register::DX,
+        Register::BX,
+        Register::SP,
+        Register::BP,
+        Register::SI,
+        Register::DI,
+    ][n as usize]
 }
 
 fn gpr8(rng: &mut TestRng) -> Register {
@@ -375,7 +568,15 @@ fn mem(rng: &mut TestRng) -> MemoryOperand {
         }
         17 | 18 => {
             let d: i64 = rng.random_range(-64..0x800);
-            MemoryOperand::new(Register::ESP, Register::None, 1, d, if d == 0 { 0 } else { 4 }, false, seg)
+            MemoryOperand::new(
+                Register::ESP,
+                Register::None,
+                1,
+                d,
+                if d == 0 { 0 } else { 4 },
+                false,
+                seg,
+            )
         }
         _ => {
             // 16-bit addressing: the address is below 64 KiB, where nothing is mapped.
@@ -438,7 +639,11 @@ fn build(code: Code, rng: &mut TestRng) -> Option<Instruction> {
         M::Outsw => Some(Instruction::with_outsw(asz, seg, rep)),
         M::Outsd => Some(Instruction::with_outsd(asz, seg, rep)),
         M::Xlatb => {
-            let base = if asz == 16 { Register::BX } else { Register::EBX };
+            let base = if asz == 16 {
+                Register::BX
+            } else {
+                Register::EBX
+            };
             let mo = MemoryOperand::new(base, Register::AL, 1, 0, 0, false, seg);
             return Instruction::with1(code, mo).ok();
         }
@@ -491,11 +696,24 @@ fn build(code: Code, rng: &mut TestRng) -> Option<Instruction> {
             K::r16_reg | K::r16_opcode | K::r16_rm | K::r16_reg_mem => Op::R(gpr16(rng)),
             K::r32_reg | K::r32_opcode | K::r32_rm | K::r32_reg_mem => Op::R(gpr32(rng, n > 0)),
             K::seg_reg => {
-                let all = [Register::ES, Register::CS, Register::SS, Register::DS, Register::FS, Register::GS];
+                let all = [
+                    Register::ES,
+                    Register::CS,
+                    Register::SS,
+                    Register::DS,
+                    Register::FS,
+                    Register::GS,
+                ];
                 Op::R(all[rng.random_range(0..6)])
             }
-            K::cr_reg => Op::R([Register::CR0, Register::CR2, Register::CR3, Register::CR4][rng.random_range(0..4)]),
-            K::dr_reg => Op::R([Register::DR0, Register::DR3, Register::DR6, Register::DR7][rng.random_range(0..4)]),
+            K::cr_reg => Op::R(
+                [Register::CR0, Register::CR2, Register::CR3, Register::CR4]
+                    [rng.random_range(0..4)],
+            ),
+            K::dr_reg => Op::R(
+                [Register::DR0, Register::DR3, Register::DR6, Register::DR7]
+                    [rng.random_range(0..4)],
+            ),
             K::imm8 => {
                 let v: u32 = match m {
                     M::Int => [3u32, 4, 1, 0x21, 0x40, 0xff, 0x0d, 0x0e][rng.random_range(0..8)],
@@ -506,7 +724,11 @@ fn build(code: Code, rng: &mut TestRng) -> Option<Instruction> {
             }
             K::imm8_const_1 => Op::I(1),
             K::imm8sex16 | K::imm8sex32 => Op::I((edge32(rng) & 0xff) as i8 as i32 as u32),
-            K::imm16 => Op::I(if m == M::Enter { rng.random_range(0..64) } else { edge32(rng) & 0xffff }),
+            K::imm16 => Op::I(if m == M::Enter {
+                rng.random_range(0..64)
+            } else {
+                edge32(rng) & 0xffff
+            }),
             K::imm32 => Op::I(edge32(rng)),
             K::al => Op::R(Register::AL),
             K::cl => Op::R(Register::CL),
@@ -560,7 +782,7 @@ impl Op {
             (Op::M(a), Op::I(b)) => Instruction::with2(code, a, b).ok(),
             (Op::I(a), Op::I(b)) => Instruction::with2(code, a, b).ok(),
             (Op::I(a), Op::R(b)) => Instruction::with2(code, a, b).ok(),
-            _ => return None,
+            _ => None,
         }
     }
     fn with3(&self, code: Code, b: &Op, c: &Op) -> Option<Instruction> {
@@ -570,7 +792,7 @@ impl Op {
             (Op::M(a), Op::R(b), Op::I(c)) => Instruction::with3(code, a, b, c).ok(),
             (Op::R(a), Op::R(b), Op::R(c)) => Instruction::with3(code, a, b, c).ok(),
             (Op::M(a), Op::R(b), Op::R(c)) => Instruction::with3(code, a, b, c).ok(),
-            _ => return None,
+            _ => None,
         }
     }
 }
@@ -583,7 +805,9 @@ pub fn generate(rng: &mut TestRng, fams: &[Family], len: usize) -> Case {
     let mut inside: Vec<usize> = Vec::new();
     while insns.len() < len {
         let fam = fams[rng.random_range(0..fams.len())];
-        let Some(list) = table.get(&fam) else { continue };
+        let Some(list) = table.get(&fam) else {
+            continue;
+        };
         // Patterns: CALL/RET and indirect transfers need addresses of the case's own code.
         if fam == Family::Control && rng.random_range(0..6) == 0 {
             let start = insns.len();
@@ -592,9 +816,15 @@ pub fn generate(rng: &mut TestRng, fams: &[Family], len: usize) -> Case {
             continue;
         }
         let code = list[rng.random_range(0..list.len())];
-        let Some(insn) = build(code, rng) else { continue };
+        let Some(insn) = build(code, rng) else {
+            continue;
+        };
         if let Some(setup) = selector_setup(&insn, rng) {
-            insns.push(GenInsn { insn: setup, target: None, addr_of: None });
+            insns.push(GenInsn {
+                insn: setup,
+                target: None,
+                addr_of: None,
+            });
             inside.push(insns.len());
         }
         let is_branch = insn.op0_kind() == iced_x86::OpKind::NearBranch32;
@@ -605,7 +835,11 @@ pub fn generate(rng: &mut TestRng, fams: &[Family], len: usize) -> Case {
         } else {
             None
         };
-        insns.push(GenInsn { insn, target, addr_of: None });
+        insns.push(GenInsn {
+            insn,
+            target,
+            addr_of: None,
+        });
     }
     // Targets past the end go to the HLT; targets inside a pattern move to its end.
     let n = insns.len();
@@ -628,7 +862,11 @@ pub fn generate(rng: &mut TestRng, fams: &[Family], len: usize) -> Case {
     for (k, r) in gpr.iter_mut().enumerate() {
         *r = match k {
             3 => DATA + rng.random_range(0..0x200),
-            4 => STACK + 4 * rng.random_range(0..64) + if rng.random_range(0..16) == 0 { 2 } else { 0 },
+            4 => {
+                STACK
+                    + 4 * rng.random_range(0..64)
+                    + if rng.random_range(0..16) == 0 { 2 } else { 0 }
+            }
             5 => DATA + 0x1000 + rng.random_range(0..0x100),
             6 | 7 => {
                 if rng.random_range(0..4) == 0 {
@@ -654,7 +892,12 @@ pub fn generate(rng: &mut TestRng, fams: &[Family], len: usize) -> Case {
     if rng.random_range(0..10) == 0 {
         eflags |= 0x4_0000; // AC: alignment checking (Linux sets CR0.AM)
     }
-    Case { gpr, eflags, seed: rng.random(), insns }
+    Case {
+        gpr,
+        eflags,
+        seed: rng.random(),
+        insns,
+    }
 }
 
 /// Segment loads and selector inspections get a selector from [`SELECTORS`] in their source
@@ -664,17 +907,49 @@ fn selector_setup(i: &Instruction, rng: &mut TestRng) -> Option<Instruction> {
     let sel = SELECTORS[rng.random_range(0..SELECTORS.len())] as u32;
     let src = |n: u32| (i.op_kind(n) == iced_x86::OpKind::Register).then(|| i.op_register(n));
     match i.mnemonic() {
-        M::Mov if i.op0_kind() == iced_x86::OpKind::Register && i.op0_register().is_segment_register() => {
+        M::Mov
+            if i.op0_kind() == iced_x86::OpKind::Register
+                && i.op0_register().is_segment_register() =>
+        {
             let r = src(1)?;
-            Instruction::with2(if r.size() == 4 { Code::Mov_r32_imm32 } else { Code::Mov_r16_imm16 }, r, sel).ok()
+            Instruction::with2(
+                if r.size() == 4 {
+                    Code::Mov_r32_imm32
+                } else {
+                    Code::Mov_r16_imm16
+                },
+                r,
+                sel,
+            )
+            .ok()
         }
         M::Lar | M::Lsl | M::Verr | M::Verw | M::Arpl => {
-            let n = if matches!(i.mnemonic(), M::Verr | M::Verw) { 0 } else { 1 };
+            let n = if matches!(i.mnemonic(), M::Verr | M::Verw) {
+                0
+            } else {
+                1
+            };
             let r = src(n)?;
-            Instruction::with2(if r.size() == 4 { Code::Mov_r32_imm32 } else { Code::Mov_r16_imm16 }, r, sel).ok()
+            Instruction::with2(
+                if r.size() == 4 {
+                    Code::Mov_r32_imm32
+                } else {
+                    Code::Mov_r16_imm16
+                },
+                r,
+                sel,
+            )
+            .ok()
         }
-        M::Pop if i.op0_kind() == iced_x86::OpKind::Register && i.op0_register().is_segment_register() => {
-            let c = if format!("{:?}", i.code()).ends_with("16") { Code::Push_imm16 } else { Code::Pushd_imm32 };
+        M::Pop
+            if i.op0_kind() == iced_x86::OpKind::Register
+                && i.op0_register().is_segment_register() =>
+        {
+            let c = if format!("{:?}", i.code()).ends_with("16") {
+                Code::Push_imm16
+            } else {
+                Code::Pushd_imm32
+            };
             Instruction::with1(c, sel).ok()
         }
         _ => None,
@@ -688,32 +963,68 @@ fn pattern(rng: &mut TestRng, insns: &mut Vec<GenInsn>, len: usize) {
     match rng.random_range(0..4) {
         0 => {
             // call L; ... L: (the return address stays on the stack)
-            insns.push(GenInsn { insn: Instruction::with_branch(Code::Call_rel32_32, 0).unwrap(), target: Some(t + 1), addr_of: None });
+            insns.push(GenInsn {
+                insn: Instruction::with_branch(Code::Call_rel32_32, 0).unwrap(),
+                target: Some(t + 1),
+                addr_of: None,
+            });
         }
         1 => {
             // push <addr>; ret  (or ret imm16)
-            insns.push(GenInsn { insn: Instruction::with1(Code::Pushd_imm32, 0u32).unwrap(), target: None, addr_of: Some(t + 2) });
+            insns.push(GenInsn {
+                insn: Instruction::with1(Code::Pushd_imm32, 0u32).unwrap(),
+                target: None,
+                addr_of: Some(t + 2),
+            });
             let ret = if rng.random_range(0..2) == 0 {
                 Instruction::with(Code::Retnd)
             } else {
                 Instruction::with1(Code::Retnd_imm16, rng.random_range(0..16u32) * 2).unwrap()
             };
-            insns.push(GenInsn { insn: ret, target: None, addr_of: None });
+            insns.push(GenInsn {
+                insn: ret,
+                target: None,
+                addr_of: None,
+            });
         }
         2 => {
             // mov reg, <addr>; jmp reg   or  call reg
             let r = [Register::EAX, Register::EDX, Register::ESI][rng.random_range(0..3)];
-            insns.push(GenInsn { insn: Instruction::with2(Code::Mov_r32_imm32, r, 0u32).unwrap(), target: None, addr_of: Some(t + 2) });
-            let c = if rng.random_range(0..2) == 0 { Code::Jmp_rm32 } else { Code::Call_rm32 };
-            insns.push(GenInsn { insn: Instruction::with1(c, r).unwrap(), target: None, addr_of: None });
+            insns.push(GenInsn {
+                insn: Instruction::with2(Code::Mov_r32_imm32, r, 0u32).unwrap(),
+                target: None,
+                addr_of: Some(t + 2),
+            });
+            let c = if rng.random_range(0..2) == 0 {
+                Code::Jmp_rm32
+            } else {
+                Code::Call_rm32
+            };
+            insns.push(GenInsn {
+                insn: Instruction::with1(c, r).unwrap(),
+                target: None,
+                addr_of: None,
+            });
         }
         _ => {
             // jmp [mem] through a pointer written just before
             let r = Register::EAX;
-            insns.push(GenInsn { insn: Instruction::with2(Code::Mov_r32_imm32, r, 0u32).unwrap(), target: None, addr_of: Some(t + 3) });
+            insns.push(GenInsn {
+                insn: Instruction::with2(Code::Mov_r32_imm32, r, 0u32).unwrap(),
+                target: None,
+                addr_of: Some(t + 3),
+            });
             let slot = MemoryOperand::with_base_displ(Register::EBX, 0x40);
-            insns.push(GenInsn { insn: Instruction::with2(Code::Mov_rm32_r32, slot, r).unwrap(), target: None, addr_of: None });
-            insns.push(GenInsn { insn: Instruction::with1(Code::Jmp_rm32, slot).unwrap(), target: None, addr_of: None });
+            insns.push(GenInsn {
+                insn: Instruction::with2(Code::Mov_rm32_r32, slot, r).unwrap(),
+                target: None,
+                addr_of: None,
+            });
+            insns.push(GenInsn {
+                insn: Instruction::with1(Code::Jmp_rm32, slot).unwrap(),
+                target: None,
+                addr_of: None,
+            });
         }
     }
 }

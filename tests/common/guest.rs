@@ -82,7 +82,16 @@ pub fn elf32(entry: u32, segments: &[(u32, Vec<u8>, u32)]) -> Vec<u8> {
     for (addr, bytes, memsz) in segments {
         offsets.push(data_off);
         // PT_LOAD, offset, vaddr, paddr, filesz, memsz, flags RWX, align.
-        for v in [1, data_off, *addr, *addr, bytes.len() as u32, (*memsz).max(bytes.len() as u32), 7, 16] {
+        for v in [
+            1,
+            data_off,
+            *addr,
+            *addr,
+            bytes.len() as u32,
+            (*memsz).max(bytes.len() as u32),
+            7,
+            16,
+        ] {
             out.extend_from_slice(&v.to_le_bytes());
         }
         data_off = (data_off + bytes.len() as u32 + 15) & !15;
@@ -127,7 +136,10 @@ impl Default for Paging {
 
 impl Paging {
     pub fn new() -> Paging {
-        Paging { pd: vec![0; 1024], tables: Vec::new() }
+        Paging {
+            pd: vec![0; 1024],
+            tables: Vec::new(),
+        }
     }
 
     /// The page table covering `lin` (created empty, all not present, if needed). Returns its
@@ -149,7 +161,12 @@ impl Paging {
     pub fn map_4k(&mut self, lin: u32, phys: u32, flags: u32) {
         self.table(lin);
         let pdi = (lin >> 22) as usize;
-        let t = self.tables.iter_mut().find(|(d, _)| *d == pdi).map(|(_, t)| t).unwrap();
+        let t = self
+            .tables
+            .iter_mut()
+            .find(|(d, _)| *d == pdi)
+            .map(|(_, t)| t)
+            .unwrap();
         t[((lin >> 12) & 0x3ff) as usize] = (phys & !0xfff) | flags;
     }
 
@@ -168,7 +185,11 @@ impl Paging {
     /// The physical address of the PTE for `lin` (its table must exist).
     pub fn pte_addr(&self, lin: u32) -> u32 {
         let pdi = (lin >> 22) as usize;
-        let i = self.tables.iter().position(|(d, _)| *d == pdi).expect("no page table for this address");
+        let i = self
+            .tables
+            .iter()
+            .position(|(d, _)| *d == pdi)
+            .expect("no page table for this address");
         PAGE_TABLES + 0x1000 * i as u32 + 4 * ((lin >> 12) & 0x3ff)
     }
 
@@ -187,7 +208,11 @@ pub fn standard_paging() -> Paging {
     let mut p = Paging::new();
     p.identity_4k(0, 0x40_0000, PTE_P | PTE_W);
     p.identity_4k(USER_BASE, USER_DATA + 0x1000, PTE_P | PTE_U);
-    p.identity_4k(USER_STACK_TOP - 0x4000, USER_STACK_TOP, PTE_P | PTE_W | PTE_U);
+    p.identity_4k(
+        USER_STACK_TOP - 0x4000,
+        USER_STACK_TOP,
+        PTE_P | PTE_W | PTE_U,
+    );
     p
 }
 
@@ -302,7 +327,12 @@ impl Guest {
     pub fn interrupt_handler(&mut self, vector: u8, dpl: u8) {
         let mut l = self.k.create_label();
         check(self.k.set_label(&mut l));
-        self.gates.push(Gate { vector, handler: l, dpl, trap: false });
+        self.gates.push(Gate {
+            vector,
+            handler: l,
+            dpl,
+            trap: false,
+        });
     }
 
     /// The kernel code that follows is the handler of `vector`, through a trap gate (IF
@@ -310,7 +340,12 @@ impl Guest {
     pub fn trap_handler(&mut self, vector: u8, dpl: u8) {
         let mut l = self.k.create_label();
         check(self.k.set_label(&mut l));
-        self.gates.push(Gate { vector, handler: l, dpl, trap: true });
+        self.gates.push(Gate {
+            vector,
+            handler: l,
+            dpl,
+            trap: true,
+        });
     }
 
     /// `int 0x80` system calls for the user task: EAX = 1: write(EBX = buffer, ECX = length);
@@ -350,7 +385,14 @@ impl Guest {
                 self.k.mov(cr4, eax)?;
             }
             self.k.mov(eax, cr0)?;
-            self.k.or(eax, if wp { 0x8001_0000u32 as i32 } else { 0x8000_0000u32 as i32 })?;
+            self.k.or(
+                eax,
+                if wp {
+                    0x8001_0000u32 as i32
+                } else {
+                    0x8000_0000u32 as i32
+                },
+            )?;
             self.k.mov(cr0, eax)
         })());
     }
@@ -376,7 +418,8 @@ impl Guest {
         let (mut puts, mut puthex) = (self.puts, self.puthex);
         let unexpected_msg = {
             let a = STRINGS + self.strings.len() as u32;
-            self.strings.extend_from_slice(b"[kernel] unexpected exception, vector \0");
+            self.strings
+                .extend_from_slice(b"[kernel] unexpected exception, vector \0");
             a
         };
         let at_msg = {
@@ -506,7 +549,12 @@ impl Guest {
             Ok(())
         })());
         if let Some(l) = syscall_gate {
-            self.gates.push(Gate { vector: 0x80, handler: l, dpl: 3, trap: false });
+            self.gates.push(Gate {
+                vector: 0x80,
+                handler: l,
+                dpl: 3,
+                trap: false,
+            });
         }
         defaults
     }
@@ -533,7 +581,13 @@ impl Guest {
         let mut prologue = p.assemble(KERNEL_BASE as u64).unwrap();
         assert!(prologue.len() <= (KERNEL_MAIN - KERNEL_BASE) as usize);
         prologue.resize((KERNEL_MAIN - KERNEL_BASE) as usize, 0x90);
-        let r = self.k.assemble_options(KERNEL_MAIN as u64, BlockEncoderOptions::RETURN_NEW_INSTRUCTION_OFFSETS).unwrap();
+        let r = self
+            .k
+            .assemble_options(
+                KERNEL_MAIN as u64,
+                BlockEncoderOptions::RETURN_NEW_INSTRUCTION_OFFSETS,
+            )
+            .unwrap();
         let kcode = r.inner.code_buffer.clone();
         assert!(kcode.len() < 0xffc0, "kernel code too large");
         let mut text = prologue;
@@ -546,13 +600,19 @@ impl Guest {
             let lo = ((KCODE as u32) << 16) | (addr & 0xffff);
             let hi = (addr & 0xffff_0000) | ty;
             idt[vector as usize * 8..vector as usize * 8 + 4].copy_from_slice(&lo.to_le_bytes());
-            idt[vector as usize * 8 + 4..vector as usize * 8 + 8].copy_from_slice(&hi.to_le_bytes());
+            idt[vector as usize * 8 + 4..vector as usize * 8 + 8]
+                .copy_from_slice(&hi.to_le_bytes());
         };
         for (v, l) in &defaults {
             put(*v, r.label_ip(l).unwrap() as u32, 0, false);
         }
         for g in &self.gates {
-            put(g.vector, r.label_ip(&g.handler).unwrap() as u32, g.dpl, g.trap);
+            put(
+                g.vector,
+                r.label_ip(&g.handler).unwrap() as u32,
+                g.dpl,
+                g.trap,
+            );
         }
 
         // GDT, pseudo-descriptors, TSS, IDT, strings.
@@ -590,7 +650,11 @@ impl Guest {
             (DATA, data, DATA_END - DATA),
             (KSTACK_BOTTOM, Vec::new(), KSTACK_TOP - KSTACK_BOTTOM),
             (USER_BASE, user, 0),
-            (USER_DATA, self.ustrings.clone(), (USER_STACK_TOP - USER_DATA)),
+            (
+                USER_DATA,
+                self.ustrings.clone(),
+                (USER_STACK_TOP - USER_DATA),
+            ),
         ];
         if let Some(p) = &self.paging {
             segments.push((PAGE_DIR, p.blob(), 0));
@@ -610,6 +674,10 @@ pub fn run_vmm(image: &[u8], args: &[&str]) -> Output {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("kernel.elf");
     std::fs::write(&path, image).unwrap();
+    // Debugging aid: VMM_KEEP_GUEST=<file> keeps a copy of the last image run.
+    if let Some(keep) = std::env::var_os("VMM_KEEP_GUEST") {
+        let _ = std::fs::write(keep, image);
+    }
     run_vmm_path(&path, args)
 }
 

@@ -113,7 +113,7 @@ impl CpuModel {
     fn find(&self, leaf: u32, subleaf: u32) -> Option<[u32; 4]> {
         self.leaves
             .iter()
-            .find(|l| l.leaf == leaf && l.subleaf.map_or(true, |s| s == subleaf))
+            .find(|l| l.leaf == leaf && l.subleaf.is_none_or(|s| s == subleaf))
             .map(|l| l.regs)
     }
 

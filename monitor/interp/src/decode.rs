@@ -7,6 +7,11 @@
 //! monitor) writes code: self-modifying code just misses.
 //!
 //! Instructions that cross a page boundary, or that lie outside RAM, are never cached.
+//!
+//! This is the single-instruction path: `step`, and `run` where it cannot use a block (with
+//! EFLAGS.TF set, in an interrupt shadow, at a page-crossing or invalid instruction, at the
+//! CS limit, outside RAM). `run` otherwise executes from the block cache (`block.rs`), which
+//! applies the same validation once per block instead of once per instruction.
 
 use iced_x86::{Code, Decoder, DecoderError, DecoderOptions, Instruction};
 
@@ -116,8 +121,8 @@ impl<B: Bus> Cpu<B> {
         if insn.is_none() && n < 15 {
             // Truncated by the page end: the instruction continues on the next page.
             let p1 = self.translate(lin.wrapping_add(n as u32), acc)?;
-            for i in n..15 {
-                buf[i] = self.phys_read_u8(p1 + (i - n) as u32);
+            for (k, b) in buf.iter_mut().enumerate().skip(n) {
+                *b = self.phys_read_u8(p1 + (k - n) as u32);
             }
             n = 15;
             crossed = true;

@@ -14,16 +14,19 @@
 //! [`exec`](crate::exec) (arithmetic, logic, shift, bit, BCD, data transfer, stack, string,
 //! control transfer, far transfers, protection, system, x87/SSE state); the machinery is in
 //! [`seg`] (segmentation and descriptors), [`mmu`] (paging and the TLB), `mem` (memory
-//! operands), `decode` (the decoded-instruction cache) and [`exception`] (event delivery).
+//! operands), `decode` (the decoded-instruction cache), `block` (the block cache `run` executes
+//! from) and [`exception`] (event delivery).
 //!
 //! There is no `unsafe` code in this crate.
 #![forbid(unsafe_code)]
 
+mod block;
 pub mod bus;
 pub mod cpuid;
 mod decode;
 pub mod exception;
 mod exec;
+mod fast;
 mod mem;
 pub mod mmu;
 pub mod seg;
@@ -144,6 +147,7 @@ pub struct Cpu<B: Bus> {
     pub quirks: Quirks,
     pub(crate) tlb: mmu::Tlb,
     pub(crate) icache: decode::DecodeCache,
+    pub(crate) blocks: block::BlockCache,
     /// Where execution continues after the current instruction (handlers of control
     /// transfers overwrite it).
     pub(crate) next_eip: u32,
@@ -173,6 +177,7 @@ impl<B: Bus> Cpu<B> {
             quirks: Quirks::default(),
             tlb: mmu::Tlb::new(),
             icache: decode::DecodeCache::new(),
+            blocks: block::BlockCache::new(),
             next_eip: 0,
             pending_exit: None,
             saved_gpr: [0; 8],
@@ -189,9 +194,28 @@ impl<B: Bus> Cpu<B> {
     }
 
     /// Execute at most `budget` instructions, stopping early at any [`Exit`].
+    ///
+    /// Runs of instructions execute from the block cache (see `block.rs`): pending interrupts
+    /// are recognised between blocks, a few instructions later at most than `step` would.
+    /// Each instruction attempted (completed or faulted) counts against the budget.
     pub fn run(&mut self, budget: u64) -> Exit {
-        for _ in 0..budget {
-            if let Some(exit) = self.step() {
+        let mut left = budget;
+        while left > 0 {
+            if let Some(exit) = self.poll_interrupt() {
+                return exit;
+            }
+            // Single-step traps and the interrupt shadow (the one instruction after STI, MOV SS
+            // or POP SS, after which a pending interrupt is taken) stay instruction-exact:
+            // those instructions take the single-instruction path.
+            if self.state.eflags & state::flags::TF == 0 && !self.state.int_shadow {
+                match self.run_block(&mut left) {
+                    BlockRun::Done => continue,
+                    BlockRun::Exit(exit) => return exit,
+                    BlockRun::NoBlock => {}
+                }
+            }
+            left -= 1;
+            if let Some(exit) = self.step_insn() {
                 return exit;
             }
         }
@@ -201,6 +225,16 @@ impl<B: Bus> Cpu<B> {
     /// Take a pending external interrupt if EFLAGS.IF allows it, then execute one
     /// instruction. Returns the exit it caused, if any.
     pub fn step(&mut self) -> Option<Exit> {
+        if let Some(exit) = self.poll_interrupt() {
+            return Some(exit);
+        }
+        self.step_insn()
+    }
+
+    /// What happens at an instruction boundary before the instruction: a pending external
+    /// interrupt is taken if EFLAGS.IF allows it; a halted CPU stays halted.
+    #[inline]
+    fn poll_interrupt(&mut self) -> Option<Exit> {
         if self.state.eflags & state::flags::IF != 0 && !self.state.int_shadow && self.bus.interrupt_pending() {
             if let Some(vector) = self.bus.acknowledge_interrupt() {
                 self.state.halted = false;
@@ -215,6 +249,11 @@ impl<B: Bus> Cpu<B> {
         if self.state.halted {
             return Some(Exit::Halt);
         }
+        None
+    }
+
+    /// Fetch, decode and execute the one instruction at CS:EIP.
+    fn step_insn(&mut self) -> Option<Exit> {
         self.state.int_shadow = false;
         self.cur_eip = self.state.eip;
         self.saved_gpr = self.state.gpr;
@@ -225,6 +264,89 @@ impl<B: Bus> Cpu<B> {
         };
         let insn = *self.cached_insn(slot);
         self.execute_decoded(&insn)
+    }
+
+    /// Execute instructions from the block at CS:EIP, at most `*left` of them (decremented
+    /// per instruction). EFLAGS.TF and the interrupt shadow are clear. `NoBlock` (nothing
+    /// done) where the single-instruction path must handle CS:EIP: a fetch fault, a CS limit
+    /// violation, code outside RAM, an instruction crossing the page end, an invalid encoding.
+    fn run_block(&mut self, left: &mut u64) -> BlockRun {
+        let cs = self.state.seg[SegReg::Cs as usize];
+        let eip = self.state.eip;
+        if eip > cs.limit {
+            return BlockRun::NoBlock;
+        }
+        let code32 = self.state.code32();
+        let p0 = match self.translate(cs.base.wrapping_add(eip), mmu::Access::fetch(self.state.cpl == 3)) {
+            Ok(p) => p,
+            Err(_) => return BlockRun::NoBlock,
+        };
+        let ram = self.bus.ram();
+        let Some(slot) = self.blocks.lookup(ram, p0, eip, if code32 { 32 } else { 16 }) else {
+            return BlockRun::NoBlock;
+        };
+        let insns = std::mem::take(&mut self.blocks.slots[slot].insns);
+        let fast = std::mem::take(&mut self.blocks.slots[slot].fast);
+        let blen = self.blocks.slots[slot].bytes.len() as u32;
+        let mut n = insns.len();
+        if eip as u64 + blen as u64 - 1 > cs.limit as u64 {
+            // Only the instructions entirely within the limit.
+            n = insns.iter().take_while(|i| i.ip32() as u64 + i.len() as u64 - 1 <= cs.limit as u64).count();
+        }
+        let n = (n as u64).min(*left) as usize;
+        if n == 0 {
+            self.blocks.slots[slot].insns = insns;
+            self.blocks.slots[slot].fast = fast;
+            return BlockRun::NoBlock;
+        }
+        let mask = if code32 { !0u32 } else { 0xffff };
+        self.blocks.guard.arm(p0, blen);
+        let mut k = 0;
+        let result = loop {
+            let insn = &insns[k];
+            let f = fast[k];
+            self.next_eip = self.state.eip.wrapping_add(insn.len() as u32) & mask;
+            *left -= 1;
+            // A fast path changes no register or flag before its last fallible step (see
+            // `fast.rs`): its snapshot is taken only if it fails.
+            let generic = f == fast::Fast::Generic;
+            let r = if generic {
+                self.cur_eip = self.state.eip;
+                self.snapshot_gpr();
+                self.saved_eflags = self.state.eflags;
+                self.exec(insn)
+            } else {
+                self.exec_fast(f, insn)
+            };
+            match r {
+                Ok(()) => {
+                    self.state.eip = self.next_eip;
+                    self.icount += 1;
+                    if let Some(exit) = self.pending_exit.take() {
+                        break BlockRun::Exit(exit);
+                    }
+                    k += 1;
+                    if k == n || self.blocks.guard.hit || self.state.eip != insns[k].ip32() {
+                        break BlockRun::Done;
+                    }
+                }
+                Err(e) => {
+                    if !generic {
+                        self.cur_eip = self.state.eip;
+                        self.saved_gpr = self.state.gpr;
+                        self.saved_eflags = self.state.eflags;
+                    }
+                    break match self.fault(e, Some(insn)) {
+                        Some(exit) => BlockRun::Exit(exit),
+                        None => BlockRun::Done,
+                    }
+                }
+            }
+        };
+        self.blocks.guard.disarm();
+        self.blocks.slots[slot].insns = insns;
+        self.blocks.slots[slot].fast = fast;
+        result
     }
 
     /// Execute one already-decoded instruction at the current EIP (the monitor's
@@ -260,6 +382,20 @@ impl<B: Bus> Cpu<B> {
                 None
             }
             Err(f) => self.fault(f, Some(insn)),
+        }
+    }
+
+    /// `saved_gpr = state.gpr`, one register at a time. The previous instruction has just
+    /// stored some registers with 4-byte stores; a wider (vectorised) load of the array
+    /// cannot be forwarded from them and stalls until they retire, which cost a third of the
+    /// time per instruction. The compiler fences (no machine instruction) keep the copies
+    /// 4 bytes wide.
+    #[inline(always)]
+    fn snapshot_gpr(&mut self) {
+        use std::sync::atomic::{compiler_fence, Ordering};
+        for r in 0..8 {
+            self.saved_gpr[r] = self.state.gpr[r];
+            compiler_fence(Ordering::SeqCst);
         }
     }
 
@@ -320,6 +456,16 @@ impl<B: Bus> Cpu<B> {
     pub fn inject_exception(&mut self, vector: u8, error: Option<u32>) -> Option<Exit> {
         self.deliver_event(vector, error, exception::EventKind::Exception)
     }
+}
+
+/// What [`Cpu::run_block`] did.
+enum BlockRun {
+    /// Instructions ran (possibly ending in a delivered exception); go on.
+    Done,
+    /// Stop the run.
+    Exit(Exit),
+    /// No block here: take the single-instruction path.
+    NoBlock,
 }
 
 /// Shorthand constructors for exceptions.

@@ -21,7 +21,7 @@ pub(crate) struct Loc {
 impl<B: Bus> Cpu<B> {
     /// Segmentation: check an access of `size` bytes at `off` in segment `s` and return the
     /// linear address. Raises #GP(0) (#SS(0) for SS) as the CPU does.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn seg_linear(&mut self, s: SegReg, off: u32, size: u32, write: bool) -> Res<u32> {
         let seg = &self.state.seg[s as usize];
         let fail = || if s == SegReg::Ss { exc::ss(0) } else { exc::gp0() };
@@ -53,7 +53,7 @@ impl<B: Bus> Cpu<B> {
     }
 
     /// Translate a linear access of `size` bytes (1..=8), both pages if it crosses.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn lin_loc(&mut self, lin: u32, size: u8, acc: Access) -> Res<Loc> {
         let in_page = 0x1000 - (lin & 0xfff);
         let p0 = self.translate(lin, acc)?;
@@ -70,7 +70,7 @@ impl<B: Bus> Cpu<B> {
     /// comes before the page walk: a misaligned access to a page that is not present raises
     /// #AC, not #PF. That is what the host CPU does (found by the differential test), although
     /// the SDM's table of simultaneous exceptions lists #PF first.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn data_loc(&mut self, s: SegReg, off: u32, size: u8, write: bool) -> Res<Loc> {
         let lin = self.seg_linear(s, off, size as u32, write)?;
         let user = self.state.cpl == 3;
@@ -85,7 +85,7 @@ impl<B: Bus> Cpu<B> {
         self.lin_loc(lin, size, if write { Access::write(user) } else { Access::read(user) })
     }
 
-    #[inline]
+    #[inline(always)]
     pub(crate) fn loc_read(&mut self, l: Loc) -> u64 {
         if l.n0 == l.size {
             return match l.size {
@@ -103,7 +103,7 @@ impl<B: Bus> Cpu<B> {
         v
     }
 
-    #[inline]
+    #[inline(always)]
     pub(crate) fn loc_write(&mut self, l: Loc, v: u64) {
         if l.n0 == l.size {
             return match l.size {
@@ -124,12 +124,12 @@ impl<B: Bus> Cpu<B> {
 
     // ---- data accesses through a segment, at the current privilege level ----
 
-    #[inline]
+    #[inline(always)]
     pub(crate) fn read(&mut self, s: SegReg, off: u32, size: u8) -> Res<u32> {
         let l = self.data_loc(s, off, size, false)?;
         Ok(self.loc_read(l) as u32)
     }
-    #[inline]
+    #[inline(always)]
     pub(crate) fn write(&mut self, s: SegReg, off: u32, size: u8, v: u32) -> Res<()> {
         let l = self.data_loc(s, off, size, true)?;
         self.loc_write(l, v as u64);
@@ -148,27 +148,12 @@ impl<B: Bus> Cpu<B> {
         self.read(s, off, 4)
     }
     #[inline]
-    pub(crate) fn read_u64(&mut self, s: SegReg, off: u32) -> Res<u64> {
-        let l = self.data_loc(s, off, 8, false)?;
-        Ok(self.loc_read(l))
-    }
-    #[inline]
-    pub(crate) fn write_u8(&mut self, s: SegReg, off: u32, v: u8) -> Res<()> {
-        self.write(s, off, 1, v as u32)
-    }
-    #[inline]
     pub(crate) fn write_u16(&mut self, s: SegReg, off: u32, v: u16) -> Res<()> {
         self.write(s, off, 2, v as u32)
     }
     #[inline]
     pub(crate) fn write_u32(&mut self, s: SegReg, off: u32, v: u32) -> Res<()> {
         self.write(s, off, 4, v)
-    }
-    #[inline]
-    pub(crate) fn write_u64(&mut self, s: SegReg, off: u32, v: u64) -> Res<()> {
-        let l = self.data_loc(s, off, 8, true)?;
-        self.loc_write(l, v);
-        Ok(())
     }
 
     /// Read `dst.len()` bytes (FXSAVE images, descriptor-table operands) as one access:
@@ -225,11 +210,6 @@ impl<B: Bus> Cpu<B> {
     pub(crate) fn sys_read_u64(&mut self, lin: u32) -> Res<u64> {
         let l = self.lin_loc(lin, 8, Access::read(false))?;
         Ok(self.loc_read(l))
-    }
-    pub(crate) fn sys_write_u32(&mut self, lin: u32, v: u32) -> Res<()> {
-        let l = self.lin_loc(lin, 4, Access::write(false))?;
-        self.loc_write(l, v as u64);
-        Ok(())
     }
     pub(crate) fn sys_write_u8(&mut self, lin: u32, v: u8) -> Res<()> {
         let l = self.lin_loc(lin, 1, Access::write(false))?;

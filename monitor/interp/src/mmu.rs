@@ -128,7 +128,7 @@ impl Default for Tlb {
 impl<B: Bus> Cpu<B> {
     /// Translate a linear address to a physical one for an access of the given kind, walking
     /// the page tables on a TLB miss. Raises #PF (setting CR2) as the CPU would.
-    #[inline]
+    #[inline(always)]
     pub fn translate(&mut self, lin: u32, acc: Access) -> Res<u32> {
         if self.state.cr0 & cr::CR0_PG == 0 {
             return Ok(lin);
@@ -154,6 +154,7 @@ impl<B: Bus> Cpu<B> {
     }
 
     /// The page walk. On success sets Accessed (and Dirty on a write) and fills the TLB.
+    #[inline(never)]
     fn walk(&mut self, lin: u32, acc: Access) -> Res<u32> {
         let mut code = 0;
         if acc.write {
@@ -251,7 +252,7 @@ impl<B: Bus> Cpu<B> {
         let ram = self.bus.ram();
         match ram.get(p as usize) {
             Some(&b) => b,
-            None => self.bus.mmio_read(p, 1) as u8,
+            None => self.mmio_read(p, 1) as u8,
         }
     }
 
@@ -262,7 +263,7 @@ impl<B: Bus> Cpu<B> {
         if i + 2 <= ram.len() {
             u16::from_le_bytes([ram[i], ram[i + 1]])
         } else {
-            self.bus.mmio_read(p, 2) as u16
+            self.mmio_read(p, 2) as u16
         }
     }
 
@@ -273,43 +274,55 @@ impl<B: Bus> Cpu<B> {
         if i + 4 <= ram.len() {
             u32::from_le_bytes(ram[i..i + 4].try_into().unwrap())
         } else {
-            self.bus.mmio_read(p, 4)
+            self.mmio_read(p, 4)
         }
     }
 
     #[inline]
     pub fn phys_write_u8(&mut self, p: u32, v: u8) {
+        self.blocks.guard.write(p);
         let ram = self.bus.ram();
         match ram.get_mut(p as usize) {
             Some(b) => *b = v,
-            None => self.bus.mmio_write(p, 1, v as u32),
+            None => self.mmio_write(p, 1, v as u32),
         }
     }
 
     #[inline]
     pub fn phys_write_u16(&mut self, p: u32, v: u16) {
+        self.blocks.guard.write(p);
         let ram = self.bus.ram();
         let i = p as usize;
         if i + 2 <= ram.len() {
             ram[i..i + 2].copy_from_slice(&v.to_le_bytes());
         } else {
-            self.bus.mmio_write(p, 2, v as u32)
+            self.mmio_write(p, 2, v as u32)
         }
     }
 
     #[inline]
     pub fn phys_write_u32(&mut self, p: u32, v: u32) {
+        self.blocks.guard.write(p);
         let ram = self.bus.ram();
         let i = p as usize;
         if i + 4 <= ram.len() {
             ram[i..i + 4].copy_from_slice(&v.to_le_bytes());
         } else {
-            self.bus.mmio_write(p, 4, v)
+            self.mmio_write(p, 4, v)
         }
     }
 
-    /// Invalidate cached translations after a guest change to paging control state.
-    pub(crate) fn paging_changed(&mut self) {
-        self.tlb.flush_all();
+    /// MMIO goes to the bus; a device may write RAM on any access, so a running block ends
+    /// after this instruction (see `block.rs`).
+    #[cold]
+    fn mmio_read(&mut self, p: u32, size: u8) -> u32 {
+        self.blocks.guard.hit = true;
+        self.bus.mmio_read(p, size)
+    }
+
+    #[cold]
+    fn mmio_write(&mut self, p: u32, size: u8, v: u32) {
+        self.blocks.guard.hit = true;
+        self.bus.mmio_write(p, size, v)
     }
 }

@@ -138,7 +138,7 @@ impl<B: Bus> Cpu<B> {
     /// Set the Accessed bit of a code or data descriptor, as loading it does.
     pub(crate) fn set_accessed(&mut self, sel: u16, d: Descriptor) -> Res<()> {
         if d.is_segment() && !d.accessed() {
-            let addr = self.descriptor_addr(sel, |c| exc::gp(c))?;
+            let addr = self.descriptor_addr(sel, exc::gp)?;
             let byte = ((d.0 >> 40) as u8) | 1;
             self.sys_write_u8(addr + 5, byte)?;
         }

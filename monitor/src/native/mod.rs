@@ -314,7 +314,7 @@ thread_local! {
 /// call and every system call made from code below 4 GiB (guest code that switched itself to
 /// 64-bit mode). Only guest code does either (the host is a position-independent executable
 /// mapped above 4 GiB), so the host is not affected.
-fn install_seccomp() -> Result<(), NativeError> {
+pub(crate) fn install_seccomp() -> Result<(), NativeError> {
     let f = |code: u16, jt: u8, jf: u8, k: u32| libc::sock_filter { code, jt, jf, k };
     let mut prog = [
         /* 0 */ f(sys::BPF_LD_W_ABS, 0, 0, sys::SECCOMP_DATA_ARCH),

@@ -56,3 +56,44 @@ pub const EFL_NT: u32 = 1 << 14;
 pub const EFL_RF: u32 = 1 << 16;
 pub const EFL_AC: u32 = 1 << 18;
 pub const EFL_ID: u32 = 1 << 21;
+
+// ---- the direct engine's additions (kept here: one module of host constants) ----
+
+/// `arch_prctl` codes for CPUID faulting (`asm/prctl.h`).
+pub const ARCH_GET_CPUID: i32 = 0x1011;
+pub const ARCH_SET_CPUID: i32 = 0x1012;
+
+/// `modify_ldt` function 0x11: write one LDT entry ("new mode").
+pub const MODIFY_LDT_WRITE: i32 = 0x11;
+/// Entries in the host LDT.
+pub const LDT_ENTRIES: u32 = 8192;
+
+/// `struct user_desc` of `asm/ldt.h` (16 bytes; the bit fields packed into `flags`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct UserDesc {
+    pub entry_number: u32,
+    pub base_addr: u32,
+    pub limit: u32,
+    /// bit 0 seg_32bit, bits 1-2 contents, bit 3 read_exec_only, bit 4 limit_in_pages,
+    /// bit 5 seg_not_present, bit 6 useable, bit 7 lm.
+    pub flags: u32,
+}
+
+pub const UD_SEG_32BIT: u32 = 1 << 0;
+pub const UD_CONTENTS_SHIFT: u32 = 1;
+/// `contents` values: data, expand-down data, code (conforming code must be not present).
+pub const UD_CONTENTS_DATA: u32 = 0;
+pub const UD_CONTENTS_STACK: u32 = 1;
+pub const UD_CONTENTS_CODE: u32 = 2;
+pub const UD_READ_EXEC_ONLY: u32 = 1 << 3;
+pub const UD_LIMIT_IN_PAGES: u32 = 1 << 4;
+pub const UD_SEG_NOT_PRESENT: u32 = 1 << 5;
+pub const UD_USEABLE: u32 = 1 << 6;
+
+/// Byte offsets of `gregs[REG_TRAPNO]` etc. are taken through `libc::REG_*`; the SS selector
+/// sits in the top 16 bits of `REG_CSGSFS` (Linux saves it there since 4.6).
+pub const CSGSFS_SS_SHIFT: u32 = 48;
+
+/// `MFD_CLOEXEC` for `memfd_create`.
+pub const MFD_CLOEXEC: u32 = 1;

@@ -16,7 +16,7 @@
 //! | [`system`] | MOV CRn/DRn, RDMSR WRMSR CPUID RDTSC RDPMC HLT CLI STI INVLPG INVD WBINVD IN OUT SYSENTER SYSEXIT |
 //! | [`fpu`] | x87/MMX/SSE state management: FXSAVE FXRSTOR FNINIT FNSTSW FNSTCW FLDCW FNSTENV FLDENV FNCLEX FWAIT EMMS LDMXCSR STMXCSR |
 
-mod arith;
+pub(crate) mod arith;
 mod bcd;
 mod bit;
 mod control;

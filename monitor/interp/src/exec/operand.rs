@@ -78,7 +78,7 @@ pub(crate) fn sext(v: u32, size: u8) -> u32 {
 
 impl<B: Bus> Cpu<B> {
     /// Read a general register of any size (AL..BH, AX..DI, EAX..EDI).
-    #[inline]
+    #[inline(always)]
     pub(crate) fn reg(&self, r: Register) -> u32 {
         let n = r as u32;
         if (EAX..=EDI).contains(&n) {
@@ -97,7 +97,7 @@ impl<B: Bus> Cpu<B> {
     }
 
     /// Write a general register of any size; 8- and 16-bit writes keep the other bits.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn set_reg(&mut self, r: Register, v: u32) {
         let n = r as u32;
         if (EAX..=EDI).contains(&n) {
@@ -117,7 +117,7 @@ impl<B: Bus> Cpu<B> {
     }
 
     /// The effective address (offset) and segment of the instruction's memory operand.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn ea(&self, i: &Instruction) -> (SegReg, u32) {
         let base = i.memory_base();
         let index = i.memory_index();
@@ -173,7 +173,7 @@ impl<B: Bus> Cpu<B> {
     }
 
     /// Read operand `n` (register, memory or immediate), zero-extended.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn read_op(&mut self, i: &Instruction, n: u32) -> Res<u32> {
         match i.op_kind(n) {
             OpKind::Register => Ok(self.reg(i.op_register(n))),
@@ -189,7 +189,7 @@ impl<B: Bus> Cpu<B> {
     }
 
     /// Write operand `n` (register or memory).
-    #[inline]
+    #[inline(always)]
     pub(crate) fn write_op(&mut self, i: &Instruction, n: u32, v: u32) -> Res<()> {
         match i.op_kind(n) {
             OpKind::Register => {
@@ -205,7 +205,7 @@ impl<B: Bus> Cpu<B> {
 
     /// Begin a read-modify-write of operand `n`: a memory operand is translated for writing
     /// (so a read-only page faults with W set, as on the CPU) and read.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn rmw_op(&mut self, i: &Instruction, n: u32) -> Res<(u32, Place)> {
         match i.op_kind(n) {
             OpKind::Register => {
@@ -221,7 +221,7 @@ impl<B: Bus> Cpu<B> {
     }
 
     /// Finish a read-modify-write.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn put(&mut self, p: Place, v: u32) {
         match p {
             Place::Reg(r) => self.set_reg(r, v),

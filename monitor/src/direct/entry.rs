@@ -1,0 +1,594 @@
+//! Entering guest code in compatibility mode with the guest's registers and shadow selectors,
+//! and leaving it through a host signal. This module and `ldt.rs` hold the direct engine's
+//! `unsafe` code (assembly stubs, signal handlers, sigaltstack, timer, seccomp, CPUID faulting).
+//!
+//! * `vmm_direct_enter` (64-bit, called from Rust): saves the callee-saved registers, the host
+//!   RSP, FS/GS bases, DS/ES/FS/GS selectors and the host's x87/SSE state (`fxsave64`), loads
+//!   the guest's x87/SSE image (`fxrstor`, 32-bit format: the vCPU's `FpuState`), builds an
+//!   IRETQ frame (guest SS:ESP, EFLAGS, CS:EIP, all shadow selectors in the host LDT), loads
+//!   ES/DS/GS/FS with the guest's shadow selectors, the eight GPRs, and `iretq`s.
+//! * `vmm_direct_signal` (handler of SIGSEGV, SIGILL, SIGTRAP, SIGFPE, SIGBUS, SIGSYS and the
+//!   timer signal; SA_ONSTACK): guest code is recognised by the interrupted CS (anything but
+//!   the host's 64-bit 0x33) or, while the guest runs, by RIP < 4 GiB (guest code that jumped to
+//!   0x33). For guest code it stores DS/ES/FS/GS (not in the signal frame), clears AC and NT,
+//!   restores the host FS and GS bases with `wrfsbase`/`wrgsbase` before any Rust runs, and
+//!   tail-calls [`guest_exit`], which copies the state out and rewrites the frame to resume at
+//!   `vmm_direct_landing`. Host signals: the timer is ignored (`ret`, no Rust: it may arrive in
+//!   the entry stub after FS was loaded); a CPUID fault in the monitor's own code is answered
+//!   from the table captured before CPUID faulting was turned on; anything else re-raises with
+//!   the previous action.
+//! * `vmm_direct_landing` (64-bit, reached by sigreturn on the host stack): restores the host
+//!   selectors and bases, saves the guest x87/SSE state and restores the host's, clears
+//!   EFLAGS (0x202), pops the callee-saved registers and returns to the caller of the entry.
+
+use std::cell::{RefCell, UnsafeCell};
+use std::ffi::c_void;
+use std::mem::offset_of;
+use std::sync::atomic::{compiler_fence, AtomicBool, Ordering};
+use std::sync::OnceLock;
+
+use crate::native::sys;
+
+/// State shared between Rust, the stubs and the handler. One thread at a time runs a guest
+/// (the engine holds [`RUN_LOCK`]); the handler writes it only for signals from guest code on
+/// that thread.
+#[repr(C, align(64))]
+pub(crate) struct Shared {
+    pub host_fx: [u8; 512],
+    pub guest_fx: [u8; 512],
+    pub in_gpr: [u32; 8],
+    pub in_eip: u32,
+    pub in_eflags: u32,
+    /// ES CS SS DS FS GS: host selectors to load.
+    pub in_sel: [u16; 6],
+    pub _pad0: u32,
+    pub host_rsp: u64,
+    pub host_fsbase: u64,
+    pub host_gsbase: u64,
+    pub host_ds: u16,
+    pub host_es: u16,
+    pub host_fs: u16,
+    pub host_gs: u16,
+    pub running: u32,
+    pub _pad1: u32,
+    pub exit: ExitRecord,
+}
+
+/// The raw facts of one exit.
+#[derive(Clone, Copy, Debug, Default)]
+#[repr(C)]
+pub struct ExitRecord {
+    pub exited: u32,
+    pub signal: i32,
+    pub si_code: i32,
+    /// EAX ECX EDX EBX ESP EBP ESI EDI.
+    pub gpr: [u32; 8],
+    pub eip: u32,
+    pub eflags: u32,
+    /// ES CS SS DS FS GS as found at the exit (hardware selectors).
+    pub sel: [u16; 6],
+    pub trapno: u32,
+    pub err: u32,
+    pub cr2: u64,
+    pub rip_high: u32,
+}
+
+struct SharedCell(UnsafeCell<Shared>);
+// SAFETY: serialised by RUN_LOCK (see `Shared`).
+unsafe impl Sync for SharedCell {}
+
+static SHARED: SharedCell = SharedCell(UnsafeCell::new(Shared {
+    host_fx: [0; 512],
+    guest_fx: [0; 512],
+    in_gpr: [0; 8],
+    in_eip: 0,
+    in_eflags: 0,
+    in_sel: [0; 6],
+    _pad0: 0,
+    host_rsp: 0,
+    host_fsbase: 0,
+    host_gsbase: 0,
+    host_ds: 0,
+    host_es: 0,
+    host_fs: 0,
+    host_gs: 0,
+    running: 0,
+    _pad1: 0,
+    exit: ExitRecord {
+        exited: 0,
+        signal: 0,
+        si_code: 0,
+        gpr: [0; 8],
+        eip: 0,
+        eflags: 0,
+        sel: [0; 6],
+        trapno: 0,
+        err: 0,
+        cr2: 0,
+        rip_high: 0,
+    },
+}));
+
+/// One guest at a time per process (the shared area, the signal handlers, the low 4 GiB).
+pub(crate) static RUN_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+const EXIT_SEL: usize = offset_of!(Shared, exit) + offset_of!(ExitRecord, sel);
+
+std::arch::global_asm!(
+    ".pushsection .text.vmm_direct,\"ax\",@progbits",
+    // ------------------------------------------------------------------ enter
+    ".globl vmm_direct_enter",
+    ".hidden vmm_direct_enter",
+    ".type vmm_direct_enter,@function",
+    ".p2align 4",
+    "vmm_direct_enter:",
+    "push rbp",
+    "push rbx",
+    "push r12",
+    "push r13",
+    "push r14",
+    "push r15",
+    "lea r11, [rip + {shared}]",
+    "mov [r11 + {host_rsp}], rsp",
+    "rdfsbase rax",
+    "mov [r11 + {host_fsbase}], rax",
+    "rdgsbase rax",
+    "mov [r11 + {host_gsbase}], rax",
+    "mov ax, ds",
+    "mov [r11 + {host_ds}], ax",
+    "mov ax, es",
+    "mov [r11 + {host_es}], ax",
+    "mov ax, fs",
+    "mov [r11 + {host_fs}], ax",
+    "mov ax, gs",
+    "mov [r11 + {host_gs}], ax",
+    "fxsave64 [r11 + {host_fx}]",
+    "fxrstor [r11 + {guest_fx}]",
+    // IRETQ frame: SS, RSP, RFLAGS, CS, RIP
+    "movzx eax, word ptr [r11 + {in_sel} + 4]",
+    "push rax",
+    "mov eax, [r11 + {in_gpr} + 16]",
+    "push rax",
+    "mov eax, [r11 + {in_eflags}]",
+    "push rax",
+    "movzx eax, word ptr [r11 + {in_sel} + 2]",
+    "push rax",
+    "mov eax, [r11 + {in_eip}]",
+    "push rax",
+    "movzx eax, word ptr [r11 + {in_sel} + 0]",
+    "mov es, eax",
+    "movzx eax, word ptr [r11 + {in_sel} + 6]",
+    "mov ds, eax",
+    "movzx eax, word ptr [r11 + {in_sel} + 10]",
+    "mov gs, eax",
+    "movzx eax, word ptr [r11 + {in_sel} + 8]",
+    "mov fs, eax",
+    "mov ecx, [r11 + {in_gpr} + 4]",
+    "mov edx, [r11 + {in_gpr} + 8]",
+    "mov ebx, [r11 + {in_gpr} + 12]",
+    "mov ebp, [r11 + {in_gpr} + 20]",
+    "mov esi, [r11 + {in_gpr} + 24]",
+    "mov edi, [r11 + {in_gpr} + 28]",
+    "mov eax, [r11 + {in_gpr} + 0]",
+    "iretq",
+    ".size vmm_direct_enter, . - vmm_direct_enter",
+    // ------------------------------------------------------------------ signal handler
+    ".globl vmm_direct_signal",
+    ".hidden vmm_direct_signal",
+    ".type vmm_direct_signal,@function",
+    ".p2align 4",
+    "vmm_direct_signal:",
+    // rdi = signo, rsi = siginfo *, rdx = ucontext *; RSP on the sigaltstack.
+    "cmp word ptr [rdx + {uc_cs}], {cs64}",
+    "jne 1f",
+    "cmp dword ptr [rip + {shared} + {running}], 0",
+    "je 2f",
+    "mov rax, [rdx + {uc_rip}]",
+    "shr rax, 32",
+    "jnz 2f",
+    "1:",
+    "mov ax, es",
+    "mov [rip + {shared} + {exit_sel} + 0], ax",
+    "mov ax, ds",
+    "mov [rip + {shared} + {exit_sel} + 6], ax",
+    "mov ax, fs",
+    "mov [rip + {shared} + {exit_sel} + 8], ax",
+    "mov ax, gs",
+    "mov [rip + {shared} + {exit_sel} + 10], ax",
+    "pushfq",
+    "and dword ptr [rsp], {not_ac_nt}",
+    "popfq",
+    "mov rax, [rip + {shared} + {host_fsbase}]",
+    "wrfsbase rax",
+    "mov rax, [rip + {shared} + {host_gsbase}]",
+    "wrgsbase rax",
+    "jmp {guest_exit}",
+    "2:",
+    "cmp edi, {timer_sig}",
+    "je 3f",
+    "jmp {host_signal}",
+    "3:",
+    "ret",
+    ".size vmm_direct_signal, . - vmm_direct_signal",
+    // ------------------------------------------------------------------ exit landing
+    ".globl vmm_direct_landing",
+    ".hidden vmm_direct_landing",
+    ".type vmm_direct_landing,@function",
+    ".p2align 4",
+    "vmm_direct_landing:",
+    "lea r11, [rip + {shared}]",
+    "movzx eax, word ptr [r11 + {host_ds}]",
+    "mov ds, eax",
+    "movzx eax, word ptr [r11 + {host_es}]",
+    "mov es, eax",
+    "movzx eax, word ptr [r11 + {host_fs}]",
+    "mov fs, eax",
+    "movzx eax, word ptr [r11 + {host_gs}]",
+    "mov gs, eax",
+    "mov rax, [r11 + {host_fsbase}]",
+    "wrfsbase rax",
+    "mov rax, [r11 + {host_gsbase}]",
+    "wrgsbase rax",
+    "fxsave [r11 + {guest_fx}]",
+    "fxrstor64 [r11 + {host_fx}]",
+    "push 0x202",
+    "popfq",
+    "pop r15",
+    "pop r14",
+    "pop r13",
+    "pop r12",
+    "pop rbx",
+    "pop rbp",
+    "ret",
+    ".size vmm_direct_landing, . - vmm_direct_landing",
+    ".popsection",
+    shared = sym SHARED,
+    guest_exit = sym guest_exit,
+    host_signal = sym host_signal,
+    host_fx = const offset_of!(Shared, host_fx),
+    guest_fx = const offset_of!(Shared, guest_fx),
+    host_rsp = const offset_of!(Shared, host_rsp),
+    host_fsbase = const offset_of!(Shared, host_fsbase),
+    host_gsbase = const offset_of!(Shared, host_gsbase),
+    host_ds = const offset_of!(Shared, host_ds),
+    host_es = const offset_of!(Shared, host_es),
+    host_fs = const offset_of!(Shared, host_fs),
+    host_gs = const offset_of!(Shared, host_gs),
+    in_gpr = const offset_of!(Shared, in_gpr),
+    in_eip = const offset_of!(Shared, in_eip),
+    in_eflags = const offset_of!(Shared, in_eflags),
+    in_sel = const offset_of!(Shared, in_sel),
+    running = const offset_of!(Shared, running),
+    exit_sel = const EXIT_SEL,
+    uc_rip = const sys::UC_RIP_OFFSET,
+    uc_cs = const sys::UC_CS_OFFSET,
+    cs64 = const sys::USER64_CS,
+    not_ac_nt = const !(sys::EFL_AC | sys::EFL_NT),
+    timer_sig = const sys::TIMER_SIGNAL,
+);
+
+extern "C" {
+    fn vmm_direct_enter();
+    fn vmm_direct_signal();
+    fn vmm_direct_landing();
+}
+
+/// What to load for one entry.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct EntryState {
+    pub gpr: [u32; 8],
+    pub eip: u32,
+    pub eflags: u32,
+    /// ES CS SS DS FS GS host selectors.
+    pub sel: [u16; 6],
+}
+
+/// Runs guest code until it raises a signal; returns what the handler recorded.
+/// `fpu` is the guest's FXSAVE image, loaded before and saved after.
+pub(crate) fn enter(_lock: &std::sync::MutexGuard<'_, ()>, st: &EntryState, fpu: &mut [u8; 512]) -> ExitRecord {
+    let sh = SHARED.0.get();
+    // SAFETY: RUN_LOCK is held (the guard is borrowed), so nothing else uses SHARED; the
+    // handlers, this thread's sigaltstack and the guest mappings were set up by `Thread::prepare`
+    // before (the caller obtained `Prepared`). The stub returns through the landing, which
+    // restores everything the C ABI requires (callee-saved registers, RSP, DF=0, MXCSR and
+    // x87 control word through fxrstor64, FS/GS).
+    unsafe {
+        (*sh).in_gpr = st.gpr;
+        (*sh).in_eip = st.eip;
+        (*sh).in_eflags = st.eflags;
+        (*sh).in_sel = st.sel;
+        (*sh).guest_fx = *fpu;
+        (*sh).exit = ExitRecord::default();
+        std::ptr::write_volatile(std::ptr::addr_of_mut!((*sh).running), 1);
+        compiler_fence(Ordering::SeqCst);
+        vmm_direct_enter();
+        compiler_fence(Ordering::SeqCst);
+        std::ptr::write_volatile(std::ptr::addr_of_mut!((*sh).running), 0);
+        *fpu = (*sh).guest_fx;
+        (*sh).exit
+    }
+}
+
+/// Guest-code signal: record, redirect to the landing. Signal context, host FS/GS restored,
+/// AC clear; only loads and stores.
+unsafe extern "C" fn guest_exit(sig: i32, info: *mut libc::siginfo_t, uc: *mut c_void) {
+    let uc = uc.cast::<libc::ucontext_t>();
+    // SAFETY: valid siginfo/ucontext from the kernel (SA_SIGINFO); SHARED is ours (the
+    // interrupted thread holds RUN_LOCK and is in guest code).
+    unsafe {
+        let g = &mut (*uc).uc_mcontext.gregs;
+        let sh = SHARED.0.get();
+        let saved = *g;
+        let r = |i: i32| saved[i as usize] as u64;
+        let e = &mut (*sh).exit;
+        e.signal = sig;
+        e.si_code = (*info).si_code;
+        e.gpr = [
+            r(libc::REG_RAX) as u32,
+            r(libc::REG_RCX) as u32,
+            r(libc::REG_RDX) as u32,
+            r(libc::REG_RBX) as u32,
+            r(libc::REG_RSP) as u32,
+            r(libc::REG_RBP) as u32,
+            r(libc::REG_RSI) as u32,
+            r(libc::REG_RDI) as u32,
+        ];
+        e.eip = r(libc::REG_RIP) as u32;
+        e.rip_high = (r(libc::REG_RIP) >> 32) as u32;
+        e.eflags = r(libc::REG_EFL) as u32;
+        let csgsfs = r(libc::REG_CSGSFS);
+        e.sel[1] = csgsfs as u16;
+        e.sel[2] = (csgsfs >> sys::CSGSFS_SS_SHIFT) as u16;
+        e.trapno = r(libc::REG_TRAPNO) as u32;
+        e.err = r(libc::REG_ERR) as u32;
+        e.cr2 = r(libc::REG_CR2);
+        e.exited = 1;
+        g[libc::REG_RIP as usize] = vmm_direct_landing as *const () as usize as i64;
+        g[libc::REG_RSP as usize] = (*sh).host_rsp as i64;
+        g[libc::REG_EFL as usize] = (sys::EFL_FIXED1 | sys::EFL_IF) as i64;
+        let keep = csgsfs & 0x0000_ffff_ffff_0000;
+        g[libc::REG_CSGSFS as usize] =
+            (keep | sys::USER64_CS as u64 | (sys::USER_DS as u64) << sys::CSGSFS_SS_SHIFT) as i64;
+    }
+}
+
+// ---------------------------------------------------------------- CPUID faulting
+
+/// Whether CPUID faulting is on for the thread that runs guests.
+static CPUID_FAULTING: AtomicBool = AtomicBool::new(false);
+
+const CPUID_SLOTS: usize = 512;
+
+/// The host's CPUID answers, captured before CPUID faulting is turned on.
+struct CpuidTable {
+    n: usize,
+    /// (leaf, subleaf, eax, ebx, ecx, edx)
+    e: [(u32, u32, [u32; 4]); CPUID_SLOTS],
+}
+
+static CPUID_TABLE: OnceLock<CpuidTable> = OnceLock::new();
+
+fn capture_cpuid() -> CpuidTable {
+    use std::arch::x86_64::__cpuid_count;
+    let mut t = CpuidTable { n: 0, e: [(0, 0, [0; 4]); CPUID_SLOTS] };
+    let mut put = |leaf: u32, sub: u32| {
+        if t.n < CPUID_SLOTS {
+            // CPUID faulting is not on yet.
+            let r = __cpuid_count(leaf, sub);
+            t.e[t.n] = (leaf, sub, [r.eax, r.ebx, r.ecx, r.edx]);
+            t.n += 1;
+        }
+    };
+    let max = __cpuid_count(0, 0).eax.min(0x20);
+    for leaf in 0..=max {
+        let subs = match leaf {
+            0xd => 64,
+            4 | 7 | 0xb | 0xf | 0x10 | 0x12 | 0x14 | 0x17 | 0x18 | 0x1f => 8,
+            _ => 1,
+        };
+        for sub in 0..subs {
+            put(leaf, sub);
+        }
+    }
+    let emax = __cpuid_count(0x8000_0000, 0).eax.clamp(0x8000_0000, 0x8000_0028);
+    for leaf in 0x8000_0000..=emax {
+        let subs = if leaf == 0x8000_001d { 8 } else { 1 };
+        for sub in 0..subs {
+            put(leaf, sub);
+        }
+    }
+    t
+}
+
+fn cpuid_lookup(leaf: u32, sub: u32) -> [u32; 4] {
+    let Some(t) = CPUID_TABLE.get() else { return [0; 4] };
+    let entries = &t.e[..t.n];
+    if let Some(e) = entries.iter().find(|e| e.0 == leaf && e.1 == sub) {
+        return e.2;
+    }
+    // Leaves without subleaves ignore ECX.
+    match entries.iter().filter(|e| e.0 == leaf).count() {
+        1 => entries.iter().find(|e| e.0 == leaf).map(|e| e.2).unwrap_or([0; 4]),
+        _ => [0; 4],
+    }
+}
+
+/// The host's CPUID answer (from the captured table once faulting is on).
+pub fn host_cpuid(leaf: u32, sub: u32) -> [u32; 4] {
+    cpuid_lookup(leaf, sub)
+}
+
+/// Previous actions, for signals that are not ours.
+struct Prev(UnsafeCell<[Option<libc::sigaction>; 65]>);
+// SAFETY: written once (under `OnceLock` init) before the handlers are installed; read-only after.
+unsafe impl Sync for Prev {}
+static PREV: Prev = Prev(UnsafeCell::new([None; 65]));
+
+/// A signal that did not interrupt guest code (host FS is the host's).
+unsafe extern "C" fn host_signal(sig: i32, info: *mut libc::siginfo_t, uc: *mut c_void) {
+    // SAFETY: valid pointers from the kernel; PREV is read-only now; the bytes at RIP are
+    // mapped (the CPU just fetched them); sigaction/raise are async-signal-safe.
+    unsafe {
+        let uc = uc.cast::<libc::ucontext_t>();
+        let g = &mut (*uc).uc_mcontext.gregs;
+        if sig == libc::SIGSEGV && CPUID_FAULTING.load(Ordering::Relaxed) {
+            let rip = g[libc::REG_RIP as usize] as usize as *const u8;
+            if !rip.is_null() && *rip == 0x0f && *rip.add(1) == 0xa2 {
+                let r = cpuid_lookup(g[libc::REG_RAX as usize] as u32, g[libc::REG_RCX as usize] as u32);
+                g[libc::REG_RAX as usize] = r[0] as i64;
+                g[libc::REG_RBX as usize] = r[1] as i64;
+                g[libc::REG_RCX as usize] = r[2] as i64;
+                g[libc::REG_RDX as usize] = r[3] as i64;
+                g[libc::REG_RIP as usize] += 2;
+                return;
+            }
+        }
+        let prev = (*PREV.0.get()).get(sig as usize).copied().flatten();
+        let mut dfl: libc::sigaction = std::mem::zeroed();
+        dfl.sa_sigaction = libc::SIG_DFL;
+        libc::sigaction(sig, &prev.unwrap_or(dfl), std::ptr::null_mut());
+        if (*info).si_code <= 0 || sig == libc::SIGTRAP {
+            libc::raise(sig);
+        }
+    }
+}
+
+/// The signals the direct engine catches.
+pub const SIGNALS: [i32; 7] =
+    [libc::SIGSEGV, libc::SIGILL, libc::SIGTRAP, libc::SIGFPE, libc::SIGBUS, libc::SIGSYS, sys::TIMER_SIGNAL];
+
+fn os_err(what: &str) -> String {
+    format!("{what}: {}", std::io::Error::last_os_error())
+}
+
+/// Once per process: check the host, capture CPUID, install the handlers.
+fn init_process() -> Result<(), String> {
+    static INIT: OnceLock<Result<(), String>> = OnceLock::new();
+    INIT.get_or_init(|| {
+        // SAFETY: getauxval has no preconditions.
+        if unsafe { libc::getauxval(libc::AT_HWCAP2) } & sys::HWCAP2_FSGSBASE == 0 {
+            return Err("FSGSBASE is not enabled for user space".into());
+        }
+        let _ = CPUID_TABLE.set(capture_cpuid());
+        for sig in SIGNALS {
+            // SAFETY: plain sigaction calls; the handler is our assembly entry; PREV[sig] is
+            // written before the handler for `sig` is installed.
+            unsafe {
+                let mut old: libc::sigaction = std::mem::zeroed();
+                if libc::sigaction(sig, std::ptr::null(), &mut old) != 0 {
+                    return Err(os_err("sigaction"));
+                }
+                (*PREV.0.get())[sig as usize] = Some(old);
+                let mut act: libc::sigaction = std::mem::zeroed();
+                act.sa_sigaction = vmm_direct_signal as *const () as usize;
+                act.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK | libc::SA_RESTART;
+                libc::sigfillset(&mut act.sa_mask);
+                if libc::sigaction(sig, &act, std::ptr::null_mut()) != 0 {
+                    return Err(os_err("sigaction"));
+                }
+            }
+        }
+        Ok(())
+    })
+    .clone()
+}
+
+const ALTSTACK: usize = 64 * 1024;
+
+/// Per-thread resources: sigaltstack, the interval timer; seccomp and CPUID faulting (which
+/// stay for the thread's life).
+pub(crate) struct Thread {
+    stack: *mut c_void,
+    timer: libc::timer_t,
+}
+
+thread_local! {
+    static THREAD: RefCell<Option<std::rc::Rc<Thread>>> = const { RefCell::new(None) };
+}
+
+impl Thread {
+    /// Everything the calling thread needs before the first guest instruction.
+    pub(crate) fn prepare() -> Result<std::rc::Rc<Thread>, String> {
+        init_process()?;
+        THREAD.with(|t| {
+            if let Some(th) = t.borrow().as_ref() {
+                return Ok(th.clone());
+            }
+            let th = std::rc::Rc::new(Thread::new()?);
+            *t.borrow_mut() = Some(th.clone());
+            Ok(th)
+        })
+    }
+
+    fn new() -> Result<Thread, String> {
+        crate::native::install_seccomp().map_err(|e| e.to_string())?;
+        // SAFETY: a fresh anonymous mapping.
+        let stack = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                ALTSTACK,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if stack == libc::MAP_FAILED {
+            return Err(os_err("mmap sigaltstack"));
+        }
+        let ss = libc::stack_t { ss_sp: stack, ss_flags: 0, ss_size: ALTSTACK };
+        // SAFETY: `ss` describes the mapping above, which lives as long as the thread.
+        if unsafe { libc::sigaltstack(&ss, std::ptr::null_mut()) } != 0 {
+            return Err(os_err("sigaltstack"));
+        }
+        // SAFETY: sigevent is plain data.
+        let mut sev: libc::sigevent = unsafe { std::mem::zeroed() };
+        sev.sigev_notify = libc::SIGEV_THREAD_ID;
+        sev.sigev_signo = sys::TIMER_SIGNAL;
+        // SAFETY: no preconditions.
+        sev.sigev_notify_thread_id = unsafe { libc::gettid() };
+        let mut timer: libc::timer_t = std::ptr::null_mut();
+        // SAFETY: valid pointers.
+        if unsafe { libc::timer_create(libc::CLOCK_MONOTONIC, &mut sev, &mut timer) } != 0 {
+            return Err(os_err("timer_create"));
+        }
+        // CPUID faulting: the table was captured in init_process.
+        // SAFETY: plain arch_prctl.
+        let cpuid_faulting = unsafe { libc::syscall(libc::SYS_arch_prctl, sys::ARCH_SET_CPUID, 0) } == 0;
+        if cpuid_faulting {
+            CPUID_FAULTING.store(true, Ordering::SeqCst);
+        } else {
+            static ONCE: std::sync::Once = std::sync::Once::new();
+            ONCE.call_once(|| {
+                eprintln!(
+                    "vmm: CPUID faulting is not available ({}): guest CPUID runs unvirtualized under the direct engine",
+                    std::io::Error::last_os_error()
+                )
+            });
+        }
+        Ok(Thread { stack, timer })
+    }
+
+    /// Arms the periodic exit timer (`period_us` > 0) or disarms it (0).
+    pub(crate) fn set_timer(&self, period_us: u64) -> Result<(), String> {
+        let ts = |us: u64| libc::timespec { tv_sec: (us / 1_000_000) as libc::time_t, tv_nsec: ((us % 1_000_000) * 1000) as libc::c_long };
+        let spec = libc::itimerspec { it_interval: ts(period_us), it_value: ts(period_us) };
+        // SAFETY: our timer, a valid itimerspec.
+        if unsafe { libc::timer_settime(self.timer, 0, &spec, std::ptr::null_mut()) } != 0 {
+            return Err(os_err("timer_settime"));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Thread {
+    fn drop(&mut self) {
+        // SAFETY: our timer and stack; the stack is disabled before it is freed.
+        unsafe {
+            libc::timer_delete(self.timer);
+            let off = libc::stack_t { ss_sp: std::ptr::null_mut(), ss_flags: libc::SS_DISABLE, ss_size: 0 };
+            libc::sigaltstack(&off, std::ptr::null_mut());
+            libc::munmap(self.stack, ALTSTACK);
+        }
+    }
+}

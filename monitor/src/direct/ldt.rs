@@ -1,0 +1,166 @@
+//! Shadow descriptor tables (ARCHITECTURE.md section 6): the guest's segments as host LDT
+//! entries, written with `modify_ldt` (the only `unsafe` here).
+//!
+//! For each segment register at each entry the engine asks [`HostLdt::selector_for`]:
+//!
+//! * the guest's *descriptor cache* is what the guest sees, so it is what gets shadowed
+//!   (DPL 3, limit truncated below `top`: the monitor area's base, or the shadow MMU's user
+//!   limit while the guest runs at CPL 3);
+//! * if the table shadow of the guest's selector (`host_selector_for_guest`: guest LDT `i` ->
+//!   host `i`, guest GDT `i` -> host `4096 + i`) already holds that shadow, or can be made to
+//!   because the guest's table entry still matches the cache, that selector is used: guest
+//!   code that copies it (`mov ax, ds; mov es, ax`, `push cs; ... retf`) then keeps working;
+//! * otherwise (the table entry changed since the load, or the segment was loaded in another
+//!   mode) the register's "cached" slot (`8000 + sreg`) receives the cache.
+//!
+//! [`HostLdt::guest_segment_for`] maps a hardware selector found at an exit back to the guest's
+//! selector and descriptor cache.
+
+use std::collections::HashMap;
+
+use vmm_interp::state::{attr, Segment};
+
+use super::shadow::{self, HostDesc};
+use crate::native::sys::{self, UserDesc};
+
+/// The host LDT as this process has written it.
+#[derive(Default)]
+pub struct HostLdt {
+    /// index -> (what was written, the guest descriptor cache it shadows).
+    written: HashMap<u16, (UserDesc, Segment)>,
+    pub writes: u64,
+}
+
+/// The raw 8-byte descriptor a descriptor cache was loaded from (accessed bit set).
+pub fn encode(seg: &Segment) -> u64 {
+    let g = seg.attr & attr::G != 0;
+    let raw_limit = if g { seg.limit >> 12 } else { seg.limit.min(0xf_ffff) } as u64;
+    let a = (seg.attr | attr::ACCESSED) as u64;
+    (raw_limit & 0xffff)
+        | ((seg.base as u64 & 0xff_ffff) << 16)
+        | ((a & 0xff) << 40)
+        | (((raw_limit >> 16) & 0xf) << 48)
+        | (((a >> 12) & 0xf) << 52)
+        | (((seg.base as u64) >> 24) << 56)
+}
+
+fn user_desc(index: u16, d: &HostDesc) -> UserDesc {
+    let contents = if d.code { sys::UD_CONTENTS_CODE } else if d.conforming_or_expand_down { sys::UD_CONTENTS_STACK } else { sys::UD_CONTENTS_DATA };
+    // Conforming code cannot be written present by modify_ldt: shadow it as non-conforming.
+    let mut flags = contents << sys::UD_CONTENTS_SHIFT | sys::UD_USEABLE;
+    if d.big {
+        flags |= sys::UD_SEG_32BIT;
+    }
+    if !d.writable_or_readable {
+        flags |= sys::UD_READ_EXEC_ONLY;
+    }
+    if d.limit_pages {
+        flags |= sys::UD_LIMIT_IN_PAGES;
+    }
+    if !d.present {
+        flags |= sys::UD_SEG_NOT_PRESENT;
+    }
+    UserDesc { entry_number: index as u32, base_addr: d.base, limit: d.limit, flags }
+}
+
+fn modify_ldt(d: &UserDesc) -> std::io::Result<()> {
+    // SAFETY: modify_ldt reads `size_of::<UserDesc>()` bytes from a valid pointer; writing an
+    // LDT entry affects only segment loads that name it (the monitor's 64-bit code uses none).
+    let r = unsafe {
+        libc::syscall(libc::SYS_modify_ldt, sys::MODIFY_LDT_WRITE, d as *const UserDesc, std::mem::size_of::<UserDesc>())
+    };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Why a segment cannot be run directly.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NotShadowable;
+
+impl HostLdt {
+    fn ensure(&mut self, index: u16, ud: UserDesc, seg: &Segment) -> std::io::Result<()> {
+        if self.written.get(&index).map(|(w, _)| *w) != Some(ud) {
+            modify_ldt(&ud)?;
+            self.writes += 1;
+        }
+        self.written.insert(index, (ud, *seg));
+        Ok(())
+    }
+
+    /// The host selector to load for segment register `sreg` holding `seg`, with segments
+    /// truncated below `top`. `table_entry` reads the guest's GDT/LDT entry for a selector
+    /// (None if outside the table or unreadable).
+    pub fn selector_for(
+        &mut self,
+        sreg: usize,
+        seg: &Segment,
+        top: u32,
+        table_entry: &mut dyn FnMut(u16) -> Option<u64>,
+    ) -> Result<u16, NotShadowable> {
+        if seg.attr == 0 || !seg.present() {
+            return Ok(0);
+        }
+        let raw = encode(seg);
+        let desc = shadow::shadow_descriptor(raw, top).ok_or(NotShadowable)?;
+        if let Some(hs) = shadow::host_selector_for_guest(seg.selector).filter(|h| h & !3 != 0) {
+            let index = hs >> 3;
+            let ud = user_desc(index, &desc);
+            let ok = match self.written.get(&index) {
+                Some((w, s)) if *w == ud && s == seg => true,
+                _ => table_entry(seg.selector).is_some_and(|t| t | (1 << 40) == raw),
+            };
+            if ok && self.ensure(index, ud, seg).is_ok() {
+                return Ok(hs);
+            }
+        }
+        let hs = shadow::cached_slot_selector(sreg);
+        let ud = user_desc(hs >> 3, &desc);
+        self.ensure(hs >> 3, ud, seg).map_err(|_| NotShadowable)?;
+        Ok(hs)
+    }
+
+    /// The guest's segment for a hardware selector `hw` found in a segment register at an exit.
+    /// `None`: a selector of the host's GDT (the guest loaded one of its own GDT selectors by
+    /// value, reaching the host's entry) or an entry this process never wrote.
+    pub fn guest_segment_for(&self, hw: u16) -> Option<Segment> {
+        if hw & 0xfffc == 0 {
+            return Some(Segment { selector: hw, ..Segment::default() });
+        }
+        if hw & 4 == 0 {
+            return None;
+        }
+        let index = hw >> 3;
+        // A cached slot or a table shadow: the guest segment it holds, with the guest's selector.
+        self.written.get(&index).map(|(_, seg)| *seg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encode_round_trips_through_the_interpreters_decoder() {
+        for seg in [Segment::flat(0x08, true, 0), Segment::flat(0x23, false, 3), Segment { selector: 0x30, base: 0x1234_5000, limit: 0xffff, attr: 0x93 }] {
+            let d = vmm_interp::seg::Descriptor(encode(&seg));
+            let mut want = seg;
+            want.attr |= attr::ACCESSED;
+            assert_eq!(d.to_segment(seg.selector), want);
+        }
+    }
+
+    #[test]
+    fn shadows_are_dpl3_and_truncated() {
+        let seg = Segment::flat(0x10, false, 0);
+        let d = shadow::shadow_descriptor(encode(&seg), 0xffc0_0000).unwrap();
+        assert!(d.limit_pages);
+        assert_eq!(d.limit, 0xffbff);
+        let d = shadow::shadow_descriptor(encode(&Segment::flat(0x23, false, 3)), 0xc000_0000).unwrap();
+        assert_eq!(d.limit, 0xbffff);
+        let ud = user_desc(4098, &d);
+        assert_eq!(ud.entry_number, 4098);
+        assert_eq!(ud.flags & sys::UD_READ_EXEC_ONLY, 0);
+    }
+}

@@ -1,0 +1,556 @@
+//! The `direct` engine: trap-and-emulate. Guest code runs unchanged at host CPL 3 in
+//! compatibility mode, on shadow segments (host LDT) and shadow page tables (the host page
+//! tables of the low 4 GiB); whatever it cannot do there comes back as a host signal and is
+//! classified:
+//!
+//! | exit | what the monitor does |
+//! |---|---|
+//! | timer signal | nothing: the run loop takes a pending interrupt if the virtual IF allows it |
+//! | #PF, page mapped by the guest | hidden fault: the shadow MMU maps it, the instruction restarts |
+//! | #PF, not mapped or not allowed | true guest fault: `inject_exception(14)` with CR2 |
+//! | #PF into the monitor area, page 0, or MMIO | the interpreter executes the instruction |
+//! | #GP (CLI, STI, HLT, IN, OUT, MOV CRn, LGDT, INT n, CPUID with faulting on, a segment truncated below the monitor area, a guest GDT selector that reached the host's GDT, ...) | the interpreter executes the instruction at the guest's CPL with the guest's view (`Cpu::step`) |
+//! | SIGSYS (`int 0x80`, seccomp), #BP, #OF (traps: EIP after) | back up to the instruction and let the interpreter execute it (gate DPL checks included) |
+//! | #DB single step | `inject_exception(1)` |
+//! | #DE, #UD, #NM, #MF, #AC, #XM, #NP, #SS | the interpreter re-executes the instruction and raises what the CPU would |
+//!
+//! After an emulated instruction the engine looks at what changed: CR0.PG/WP/PE and
+//! CR4.PSE/PGE/PAE drop every shadow mapping, a CR3 write (seen by peeking at the instruction:
+//! the value may not change) drops the non-global ones, INVLPG one page, a CPL change moves the
+//! ring compression (`set_user`); segment and descriptor-table changes are picked up at the next
+//! entry ([`ldt`]). The virtual CPU keeps IF and IOPL; the host's IF is always 1.
+//!
+//! What guest kernel code run this way sees wrongly (the Popek-Goldberg failures this engine
+//! exists to show, removed by the translator): POPF keeps the host's IF silently, PUSHF shows
+//! IF = 1 and IOPL 0, `mov ax, cs` shows the host's shadow selector (RPL 3), SGDT/SIDT/SLDT/
+//! STR/SMSW return the host kernel's UMIP dummies, LAR/LSL/VERR/VERW see the shadows.
+
+pub mod entry;
+pub mod ldt;
+pub mod shadow;
+
+use std::time::{Duration, Instant};
+
+use vmm_interp::state::{cr, flags, SegReg};
+use vmm_interp::{exception, Bus, Cpu, CpuState, Exit};
+
+use crate::devices::DebugExit;
+use crate::engine::{halt_sleep, EngineError, EngineKind, Outcome, RunOptions, RunResult, RunStats};
+use crate::machine::Machine;
+use crate::native::sys;
+use crate::space::{LowMap, Reservation};
+use ldt::HostLdt;
+use shadow::{Kind, Resolution, Shadow};
+
+/// Period of the host timer that forces exits while the guest runs.
+pub const TIMER_PERIOD_US: u64 = 1000;
+
+/// EFLAGS bits that guest code changes natively (the rest are virtual).
+const NATIVE_FLAGS: u32 = flags::STATUS | flags::TF | flags::DF | flags::NT | flags::AC | flags::ID;
+
+/// Run a guest with the direct engine for the privilege levels `opts` gives it (and the
+/// interpreter for the others).
+pub fn run(mut machine: Machine, state: CpuState, opts: &RunOptions) -> Result<RunResult, EngineError> {
+    let setup = |e: String| EngineError::Setup(e);
+    let monitor_base = crate::space::check_monitor_base(opts.monitor_base as u64).map_err(|e| setup(e.to_string()))?;
+    let ram = std::mem::replace(&mut machine.ram, crate::memory::GuestRam::Heap(Vec::new()));
+    machine.ram = ram.into_memfd().map_err(|e| setup(format!("guest RAM as a memfd: {e}")))?;
+    let ram_len = machine.ram.len() as u64;
+    if ram_len > monitor_base as u64 {
+        return Err(setup(crate::space::SpaceError::RamTooLarge { ram: ram_len, monitor_base }.to_string()));
+    }
+    let lock = entry::RUN_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let reservation = Reservation::new(monitor_base).map_err(|e| setup(e.to_string()))?;
+    if !reservation.host_low.is_empty() {
+        for (a, b, name) in &reservation.host_low {
+            tracing::warn!("host mapping below 4 GiB: {a:#x}-{b:#x} {name}: guest pages there cannot be mapped");
+        }
+    }
+    let Some(memfd) = machine.ram.memfd_ram() else { return Err(setup("guest RAM is not a memfd".into())) };
+    let low = LowMap::new(reservation, memfd);
+    let thread = entry::Thread::prepare().map_err(setup)?;
+    thread.set_timer(TIMER_PERIOD_US).map_err(setup)?;
+    if opts.lockdown {
+        crate::seccomp::lock_down().map_err(|e| setup(format!("installing the seccomp allow-list: {e}")))?;
+    }
+    let mut e = Direct {
+        cpu: Cpu::with_state(state, machine),
+        shadow: Shadow::new(low, ram_len as u32),
+        ldt: HostLdt::default(),
+        opts,
+        stats: RunStats { engine: "direct", ..RunStats::default() },
+        synced_paging: None,
+        last_fault: (0, 0, 0),
+        monitor_base,
+        halted_ns: 0,
+        fatal: None,
+    };
+    e.stats.engine = match (opts.kernel_engine, opts.user_engine) {
+        (EngineKind::Direct, EngineKind::Direct) => "direct",
+        (EngineKind::Interp, _) => "interp (kernel) + direct (user)",
+        (_, _) => "direct (kernel) + interp (user)",
+    };
+    let start = e.cpu.bus.now_ns();
+    let outcome = e.run_loop(&lock, start);
+    let _ = thread.set_timer(0);
+    e.cpu.bus.flush();
+    let mut stats = e.stats;
+    stats.instructions = e.cpu.icount;
+    stats.elapsed = Duration::from_nanos(e.cpu.bus.now_ns().saturating_sub(start));
+    stats.halted = Duration::from_nanos(e.halted_ns);
+    stats.machine = e.cpu.bus.stats.clone();
+    let s = e.shadow.stats();
+    stats.hidden_faults = s.hidden_faults;
+    stats.guest_faults = s.guest_faults;
+    stats.shadow_flushes = s.flushes;
+    stats.ldt_writes = e.ldt.writes;
+    drop(e.shadow); // unmaps the low 4 GiB
+    let Cpu { state, bus, .. } = e.cpu;
+    Ok(RunResult { outcome, stats, state, machine: bus })
+}
+
+/// An instruction that changes paging state without changing a register value.
+#[derive(Clone, Copy, Debug)]
+enum Special {
+    Invlpg(u32),
+    Cr3Write,
+}
+
+struct Direct<'a> {
+    cpu: Cpu<Machine>,
+    shadow: Shadow,
+    ldt: HostLdt,
+    opts: &'a RunOptions,
+    stats: RunStats,
+    synced_paging: Option<(u32, u32)>,
+    /// (eip, cr2, repeats) of the last hidden fault.
+    last_fault: (u32, u32, u32),
+    monitor_base: u32,
+    halted_ns: u64,
+    /// A shadow-mapping failure found where it could not be returned.
+    fatal: Option<Outcome>,
+}
+
+/// Continue, or end the run.
+type Flow = Result<(), Outcome>;
+
+fn io(e: std::io::Error) -> Outcome {
+    Outcome::Unexpected(format!("shadow mapping failed: {e}"))
+}
+
+impl Direct<'_> {
+    fn engine(&self) -> EngineKind {
+        if self.cpu.state.cpl == 3 {
+            self.opts.user_engine
+        } else {
+            self.opts.kernel_engine
+        }
+    }
+
+    /// Whether the guest can run natively now.
+    fn can_direct(&self) -> bool {
+        let s = &self.cpu.state;
+        self.engine() == EngineKind::Direct && s.protected_mode() && !s.v86() && s.cr4 & cr::CR4_PAE == 0
+    }
+
+    fn run_loop(&mut self, lock: &std::sync::MutexGuard<'_, ()>, start: u64) -> Outcome {
+        let deadline = self.opts.timeout.map(|t| start.saturating_add(u64::try_from(t.as_nanos()).unwrap_or(u64::MAX)));
+        let mut checks = 0u32;
+        loop {
+            checks = checks.wrapping_add(1);
+            if let Some(d) = deadline {
+                if checks & 63 == 0 && self.cpu.bus.now_ns() >= d {
+                    return Outcome::Timeout { after: self.opts.timeout.unwrap_or_default(), eip: self.cpu.state.eip };
+                }
+            }
+            let r = if !self.can_direct() {
+                self.interp_slice(deadline)
+            } else if self.cpu.state.halted || self.cpu.state.int_shadow {
+                self.emulate(deadline)
+            } else if self.cpu.state.interrupts_enabled() && self.cpu.bus.interrupt_requested() {
+                match self.cpu.bus.acknowledge_interrupt() {
+                    Some(v) => {
+                        self.stats.exit("interrupt");
+                        let exit = self.cpu.inject_interrupt(v);
+                        self.after_change();
+                        self.handle(exit, deadline)
+                    }
+                    None => Ok(()),
+                }
+            } else {
+                self.native(lock, deadline)
+            };
+            if let Err(o) = r {
+                return o;
+            }
+            if let Some(o) = self.fatal.take() {
+                return o;
+            }
+        }
+    }
+
+    /// The interpreter runs the guest while it is at a privilege level (or in a mode) the
+    /// direct engine does not take.
+    fn interp_slice(&mut self, deadline: Option<u64>) -> Flow {
+        for _ in 0..self.opts.slice.max(1) {
+            let special = self.peek_special();
+            let n = self.cpu.icount;
+            let exit = self.cpu.step();
+            self.after_step(special, n)?;
+            self.handle(exit, deadline)?;
+            if self.can_direct() {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Execute one instruction with the interpreter (the guest's view, the guest's CPL).
+    fn emulate(&mut self, deadline: Option<u64>) -> Flow {
+        self.stats.emulated += 1;
+        let special = self.peek_special();
+        let n = self.cpu.icount;
+        let exit = self.cpu.step();
+        self.after_step(special, n)?;
+        self.handle(exit, deadline)
+    }
+
+    fn after_step(&mut self, special: Option<Special>, icount_before: u64) -> Flow {
+        if let Some(o) = self.fatal.take() {
+            return Err(o);
+        }
+        if self.cpu.icount != icount_before {
+            match special {
+                Some(Special::Invlpg(lin)) => self.shadow.invlpg(lin).map_err(io)?,
+                Some(Special::Cr3Write) => self.shadow.cr3_written(&mut self.cpu).map_err(io)?,
+                None => {}
+            }
+        }
+        self.after_change();
+        Ok(())
+    }
+
+    /// Paging mode changes drop every shadow mapping.
+    fn after_change(&mut self) {
+        let bits = shadow::paging_bits(self.cpu.state.cr0, self.cpu.state.cr4);
+        if self.synced_paging != Some(bits) {
+            // The first time too: the user limit is computed from the guest's tables.
+            if let Err(e) = self.shadow.flush_all(&mut self.cpu) {
+                self.fatal = Some(io(e));
+            }
+            self.synced_paging = Some(bits);
+        }
+    }
+
+    /// What an interpreter exit means for the run.
+    fn handle(&mut self, exit: Option<Exit>, deadline: Option<u64>) -> Flow {
+        match exit {
+            None => Ok(()),
+            Some(Exit::PortIo { port: DebugExit::PORT, .. }) => {
+                self.stats.exit("debug-exit");
+                Err(Outcome::DebugExit { value: self.cpu.bus.debug_exit.value.unwrap_or(0) })
+            }
+            Some(Exit::PortIo { .. }) => Ok(()),
+            Some(Exit::Halt) => {
+                self.stats.exit("hlt");
+                let ns = halt_sleep(&mut self.cpu, deadline, self.opts)?;
+                self.halted_ns += ns;
+                Ok(())
+            }
+            Some(Exit::TripleFault { first, second }) => Err(Outcome::TripleFault { first, second }),
+            Some(Exit::Unsupported { eip, reason, instruction }) => Err(Outcome::Unsupported { eip, reason, instruction }),
+            Some(other) => Err(Outcome::Unexpected(other.to_string())),
+        }
+    }
+
+    /// Bytes of guest-linear memory (no side effects; stops at an unmapped page).
+    fn read_linear(&mut self, lin: u32, buf: &mut [u8]) -> usize {
+        let mut n = 0;
+        while n < buf.len() {
+            let a = lin.wrapping_add(n as u32);
+            let Some(p) = self.cpu.probe_translation(a) else { break };
+            let ram = self.cpu.bus.ram.as_slice();
+            let Some(b) = ram.get(p as usize) else { break };
+            buf[n] = *b;
+            n += 1;
+        }
+        n
+    }
+
+    /// The guest's descriptor for `sel` from its GDT or LDT.
+    fn table_entry(&mut self, sel: u16) -> Option<u64> {
+        let s = &self.cpu.state;
+        let (base, limit) = if sel & 4 != 0 {
+            if s.ldtr.attr == 0 {
+                return None;
+            }
+            (s.ldtr.base, s.ldtr.limit)
+        } else {
+            (s.gdtr.base, s.gdtr.limit as u32)
+        };
+        let off = (sel & !7) as u32;
+        if off + 7 > limit {
+            return None;
+        }
+        let mut b = [0u8; 8];
+        (self.read_linear(base.wrapping_add(off), &mut b) == 8).then(|| u64::from_le_bytes(b))
+    }
+
+    /// INVLPG and MOV CR3 at CS:EIP, decoded before the interpreter executes them.
+    fn peek_special(&mut self) -> Option<Special> {
+        if !self.cpu.state.protected_mode() {
+            return None;
+        }
+        let eip = self.cpu.state.eip;
+        let lin = self.cpu.state.seg(SegReg::Cs).base.wrapping_add(eip);
+        let mut b = [0u8; 15];
+        let n = self.read_linear(lin, &mut b);
+        let mut i = 0;
+        while i < n.min(5) && matches!(b[i], 0x26 | 0x2e | 0x36 | 0x3e | 0x64 | 0x65 | 0x66 | 0x67 | 0xf0 | 0xf2 | 0xf3) {
+            i += 1;
+        }
+        if i + 2 >= n || b[i] != 0x0f {
+            return None;
+        }
+        let modrm = b[i + 2];
+        match b[i + 1] {
+            0x22 if (modrm >> 3) & 7 == 3 => Some(Special::Cr3Write),
+            0x01 if (modrm >> 3) & 7 == 7 && modrm >> 6 != 3 => {
+                let bits = if self.cpu.state.code32() { 32 } else { 16 };
+                let mut d = iced_x86::Decoder::with_ip(bits, &b[..n], eip as u64, iced_x86::DecoderOptions::NONE);
+                let insn = d.decode();
+                if insn.code() != iced_x86::Code::Invlpg_m {
+                    return None;
+                }
+                let s = &self.cpu.state;
+                let va = insn.virtual_address(0, 0, |r, _, _| reg_value(s, r))?;
+                Some(Special::Invlpg(va as u32))
+            }
+            _ => None,
+        }
+    }
+
+    /// Shadows for the current CPL and paging mode, then the entry state.
+    fn entry_state(&mut self) -> Result<Option<entry::EntryState>, Outcome> {
+        let user = self.cpu.state.cpl == 3;
+        if self.shadow.user() != user {
+            self.shadow.set_user(user).map_err(io)?;
+        }
+        self.after_change();
+        let top = if user { self.shadow.user_limit().min(self.monitor_base) } else { self.monitor_base };
+        let mut sel = [0u16; 6];
+        for (i, out) in sel.iter_mut().enumerate() {
+            let seg = self.cpu.state.seg[i];
+            let Direct { ldt, .. } = self;
+            let mut ldt_taken = std::mem::take(ldt);
+            let r = ldt_taken.selector_for(i, &seg, top, &mut |s| self.table_entry(s));
+            self.ldt = ldt_taken;
+            match r {
+                Ok(h) => *out = h,
+                Err(_) => return Ok(None),
+            }
+        }
+        if sel[SegReg::Cs as usize] == 0 || sel[SegReg::Ss as usize] == 0 {
+            return Ok(None);
+        }
+        let s = &self.cpu.state;
+        Ok(Some(entry::EntryState {
+            gpr: s.gpr,
+            eip: s.eip,
+            eflags: (s.eflags & NATIVE_FLAGS) | flags::IF | flags::FIXED1,
+            sel,
+        }))
+    }
+
+    /// One native run of guest code and the handling of its exit.
+    fn native(&mut self, lock: &std::sync::MutexGuard<'_, ()>, deadline: Option<u64>) -> Flow {
+        let Some(st) = self.entry_state()? else {
+            self.stats.exit("not-shadowable");
+            return self.emulate(deadline);
+        };
+        let t0 = Instant::now();
+        let ex = entry::enter(lock, &st, &mut self.cpu.state.fpu.0);
+        self.stats.guest_time += t0.elapsed();
+        self.stats.native_exits += 1;
+        if ex.exited == 0 {
+            return Err(Outcome::Unexpected("returned from guest code without an exit record".into()));
+        }
+        if ex.rip_high != 0 || ex.sel[SegReg::Cs as usize] == sys::USER64_CS {
+            return Err(Outcome::Unexpected(format!(
+                "guest code switched to the host's 64-bit code segment (rip {:#x}{:08x})",
+                ex.rip_high, ex.eip
+            )));
+        }
+        self.copy_back(&ex, &st);
+        self.classify(&ex, deadline)
+    }
+
+    /// The guest state after an exit: registers, native EFLAGS bits, segment registers the
+    /// guest changed (mapped back to the guest's selectors and descriptor caches).
+    fn copy_back(&mut self, ex: &entry::ExitRecord, st: &entry::EntryState) {
+        let s = &mut self.cpu.state;
+        s.gpr = ex.gpr;
+        s.eip = ex.eip;
+        s.eflags = (s.eflags & !NATIVE_FLAGS) | (ex.eflags & NATIVE_FLAGS);
+        for i in 0..6 {
+            if ex.sel[i] == st.sel[i] {
+                continue;
+            }
+            match self.ldt.guest_segment_for(ex.sel[i]) {
+                Some(seg) => self.cpu.state.seg[i] = seg,
+                None => {
+                    // A GDT selector: the guest loaded one of its own GDT selectors by value and
+                    // got the host's entry. Give it what it meant: its own descriptor.
+                    self.stats.exit("gdt-selector-fixup");
+                    let sel = ex.sel[i];
+                    if let Some(raw) = self.table_entry(sel) {
+                        let d = vmm_interp::seg::Descriptor(raw | (1 << 40));
+                        if d.is_segment() && d.present() {
+                            self.cpu.state.seg[i] = d.to_segment(sel);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn byte_at(&mut self, eip: u32) -> Option<u8> {
+        let lin = self.cpu.state.seg(SegReg::Cs).base.wrapping_add(eip);
+        let mut b = [0u8; 1];
+        (self.read_linear(lin, &mut b) == 1).then_some(b[0])
+    }
+
+    fn classify(&mut self, ex: &entry::ExitRecord, deadline: Option<u64>) -> Flow {
+        if ex.signal == sys::TIMER_SIGNAL {
+            self.stats.exit("timer");
+            return Ok(());
+        }
+        let Some(vector) = crate::native::vector_of(ex.signal, ex.trapno) else {
+            return Err(Outcome::Unexpected(format!(
+                "signal {} (si_code {}, trapno {}) at eip {:#010x}",
+                ex.signal, ex.si_code, ex.trapno, ex.eip
+            )));
+        };
+        let eip = self.cpu.state.eip;
+        match vector {
+            0x80 => {
+                // A system call instruction (int 0x80, sysenter, syscall: all two bytes);
+                // EIP is after it. The interpreter executes it with the guest's IDT.
+                self.stats.exit("syscall");
+                self.cpu.state.eip = eip.wrapping_sub(2);
+                self.emulate(deadline)
+            }
+            vmm_interp::state::vector::BP | vmm_interp::state::vector::OF => {
+                // Traps: EIP after INT3 (CC) / INTO (CE) or INT 3 / INT 4 (CD nn).
+                self.stats.exit(if vector == 3 { "int3" } else { "into" });
+                let one = if vector == 3 { 0xcc } else { 0xce };
+                let back = if self.byte_at(eip.wrapping_sub(1)) == Some(one) { 1 } else { 2 };
+                self.cpu.state.eip = eip.wrapping_sub(back);
+                self.emulate(deadline)
+            }
+            vmm_interp::state::vector::DB if ex.si_code == 2 => {
+                // TF single step (TRAP_TRACE): a trap after the instruction.
+                self.stats.exit("single-step");
+                self.cpu.state.dr[6] |= 1 << 14;
+                let exit = self.cpu.inject_exception(1, None);
+                self.after_change();
+                self.handle(exit, deadline)
+            }
+            vmm_interp::state::vector::PF => self.page_fault(ex, deadline),
+            v => {
+                let why = match v {
+                    13 if self.cpu.state.seg(SegReg::Cs).base.wrapping_add(eip) < self.monitor_base
+                        && self.byte_at(eip) == Some(0x0f)
+                        && self.byte_at(eip.wrapping_add(1)) == Some(0xa2) =>
+                    {
+                        "cpuid"
+                    }
+                    13 if ex.err & 3 == 2 => "int-n",
+                    13 => "gp-emulate",
+                    0 => "de",
+                    6 => "ud",
+                    7 => "nm",
+                    10 => "ts",
+                    11 => "np",
+                    12 => "ss",
+                    16 => "mf",
+                    17 => "ac",
+                    19 => "xm",
+                    _ => "other-exception",
+                };
+                self.stats.exit(why);
+                self.emulate(deadline)
+            }
+        }
+    }
+
+    fn page_fault(&mut self, ex: &entry::ExitRecord, deadline: Option<u64>) -> Flow {
+        let lin = ex.cr2 as u32;
+        let eip = self.cpu.state.eip;
+        if lin >= self.monitor_base || lin < 0x1000 {
+            self.stats.exit(if lin < 0x1000 { "page0" } else { "monitor-area" });
+            return self.emulate(deadline);
+        }
+        if self.last_fault.0 == eip && self.last_fault.1 == lin {
+            self.last_fault.2 += 1;
+        } else {
+            self.last_fault = (eip, lin, 0);
+        }
+        if self.last_fault.2 >= 3 {
+            // The same fault again after it was resolved: let the interpreter do it.
+            self.stats.exit("refault");
+            self.last_fault = (0, 0, 0);
+            return self.emulate(deadline);
+        }
+        let kind = if ex.err & 0x10 != 0 {
+            Kind::Fetch
+        } else if ex.err & 2 != 0 {
+            Kind::Write
+        } else {
+            Kind::Read
+        };
+        match self.shadow.fault(&mut self.cpu, lin, kind).map_err(io)? {
+            Resolution::Mapped => {
+                self.stats.exit("hidden-pf");
+                Ok(())
+            }
+            Resolution::GuestFault { cr2, error_code } => {
+                self.stats.exit("guest-pf");
+                self.cpu.state.cr2 = cr2;
+                let exit = self.cpu.inject_exception(14, Some(error_code));
+                self.after_change();
+                self.handle(exit, deadline)
+            }
+            Resolution::NotRam { .. } => {
+                self.stats.exit("mmio");
+                self.emulate(deadline)
+            }
+            Resolution::MonitorArea => {
+                self.stats.exit("monitor-area");
+                self.emulate(deadline)
+            }
+        }
+    }
+}
+
+/// Register values for iced's address computation (segment registers give their base).
+fn reg_value(s: &CpuState, r: iced_x86::Register) -> Option<u64> {
+    use iced_x86::Register as R;
+    let seg = |sr: SegReg| Some(s.seg(sr).base as u64);
+    match r {
+        R::ES => seg(SegReg::Es),
+        R::CS => seg(SegReg::Cs),
+        R::SS => seg(SegReg::Ss),
+        R::DS => seg(SegReg::Ds),
+        R::FS => seg(SegReg::Fs),
+        R::GS => seg(SegReg::Gs),
+        r if r.is_gpr32() => Some(s.gpr[r as usize - R::EAX as usize] as u64),
+        r if r.is_gpr16() => Some((s.gpr[r as usize - R::AX as usize] & 0xffff) as u64),
+        _ => None,
+    }
+}
+
+/// The name of an exception vector (for messages).
+pub fn vector_name(v: u8) -> String {
+    exception::name(v)
+}

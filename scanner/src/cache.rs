@@ -1,0 +1,455 @@
+//! Translation-cache bookkeeping, without memory of its own.
+//!
+//! The runtime owns the TC bytes (executable at `base` in the monitor area, written through its
+//! high alias); this module allocates ranges in it (a bump allocator: a fragment is never
+//! freed alone, the whole cache is flushed when it fills), keeps a record per fragment (guest
+//! EIP and linear address, mode, guest frames, TC range, PC map, exits and their chaining
+//! state), the index by (guest linear address, mode) and by guest frame, and computes the bytes
+//! the runtime must write for chaining and unchaining.
+//!
+//! Protocol:
+//!
+//! 1. `alloc(len)`; on `Err(Full)` call `flush()` (drop every fragment; the runtime also resets
+//!    its lookup table) and retry.
+//! 2. Encode at the returned address, copy the bytes in, `insert`.
+//! 3. When exit `n` of fragment `f` is taken (`CalloutOp::Exit`), `chain(f, n, to)` gives the
+//!    patch to write.
+//! 4. A write to a guest frame that holds translated code: `invalidate_frame(frame)` removes
+//!    its fragments and returns the patches that unchain every exit that jumped into them
+//!    (restoring the jump to their stubs) and the lookup-table slots to reset.
+
+use std::collections::HashMap;
+
+use crate::abi::Abi;
+use crate::emit::{ExitSite, Fragment, PcEntry};
+use crate::Mode;
+
+/// A fragment's id (stable until the next flush).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FragId(pub u32);
+
+/// Bytes the runtime writes into the TC (through the writable alias).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Patch {
+    /// TC address of the first byte.
+    pub addr: u32,
+    /// The new rel32.
+    pub bytes: [u8; 4],
+}
+
+/// The cache is full: flush it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Full;
+
+/// The record of one fragment.
+#[derive(Clone, Debug)]
+pub struct FragRec {
+    /// Guest EIP of the unit.
+    pub guest_eip: u32,
+    /// Guest linear address of the unit (CS base + EIP).
+    pub lin: u32,
+    /// Mode it was translated under.
+    pub mode: Mode,
+    /// Guest frames (physical page numbers) the code came from.
+    pub frames: Vec<u32>,
+    /// TC address of its first byte.
+    pub tc_addr: u32,
+    /// Its size in bytes.
+    pub size: u32,
+    /// Entry point offset.
+    pub entry_off: u32,
+    /// PC map.
+    pub pc_map: Vec<PcEntry>,
+    /// Exits and what each is chained to.
+    pub exits: Vec<(ExitSite, Option<FragId>)>,
+}
+
+impl FragRec {
+    /// TC address of the entry point.
+    pub fn entry(&self) -> u32 {
+        self.tc_addr + self.entry_off
+    }
+}
+
+/// What an invalidation asks the runtime to do.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Invalidation {
+    /// Fragments removed (their code stays in the TC, dead, until the next flush).
+    pub removed: Vec<FragId>,
+    /// Patches that unchain exits of surviving fragments that jumped into removed ones.
+    pub unchain: Vec<Patch>,
+    /// Lookup-table indexes whose entries may name a removed fragment (reset them to empty).
+    pub ibl_slots: Vec<u32>,
+}
+
+/// The translation cache's bookkeeping.
+#[derive(Clone, Debug)]
+pub struct Cache {
+    base: u32,
+    size: u32,
+    top: u32,
+    frags: Vec<Option<FragRec>>,
+    by_key: HashMap<(u32, Mode), FragId>,
+    by_frame: HashMap<u32, Vec<FragId>>,
+    /// For each fragment, the (fragment, exit) pairs chained into it.
+    incoming: HashMap<FragId, Vec<(FragId, u32)>>,
+    /// Fragment ids in TC-address order (allocation order).
+    order: Vec<FragId>,
+    flushes: u64,
+}
+
+fn rel32(site: u32, target: u32) -> [u8; 4] {
+    target.wrapping_sub(site.wrapping_add(4)).to_le_bytes()
+}
+
+impl Cache {
+    /// A cache over the TC bytes `[base, base + size)`. `reserved` bytes at the start are kept
+    /// for the runtime (the lookup miss routine).
+    pub fn new(base: u32, size: u32, reserved: u32) -> Cache {
+        assert!(reserved <= size);
+        Cache {
+            base,
+            size,
+            top: reserved,
+            frags: Vec::new(),
+            by_key: HashMap::new(),
+            by_frame: HashMap::new(),
+            incoming: HashMap::new(),
+            order: Vec::new(),
+            flushes: 0,
+        }
+    }
+
+    /// Bytes in use.
+    pub fn used(&self) -> u32 {
+        self.top
+    }
+
+    /// Number of full flushes so far.
+    pub fn flushes(&self) -> u64 {
+        self.flushes
+    }
+
+    /// Number of live fragments.
+    pub fn len(&self) -> usize {
+        self.by_key.len()
+    }
+
+    /// No live fragments.
+    pub fn is_empty(&self) -> bool {
+        self.by_key.is_empty()
+    }
+
+    /// Reserves `len` bytes (16-byte aligned) and returns their TC address.
+    pub fn alloc(&mut self, len: u32) -> Result<u32, Full> {
+        let start = self.top.checked_add(15).ok_or(Full)? & !15;
+        let end = start.checked_add(len).ok_or(Full)?;
+        if end > self.size {
+            return Err(Full);
+        }
+        self.top = end;
+        Ok(self.base + start)
+    }
+
+    /// Drops every fragment (the runtime resets its lookup table too). Keeps the reserved
+    /// bytes given to [`Cache::new`]... which the caller re-passes here.
+    pub fn flush(&mut self, reserved: u32) {
+        self.top = reserved;
+        self.frags.clear();
+        self.by_key.clear();
+        self.by_frame.clear();
+        self.incoming.clear();
+        self.order.clear();
+        self.flushes += 1;
+    }
+
+    /// Records a fragment encoded at an address `alloc` returned. A live fragment with the same
+    /// key is replaced: the returned invalidation unchains the exits that jumped into it.
+    pub fn insert(
+        &mut self,
+        frag: &Fragment,
+        lin: u32,
+        mode: Mode,
+        frames: &[u32],
+    ) -> (FragId, Invalidation) {
+        let id = FragId(self.frags.len() as u32);
+        let mut inv = Invalidation::default();
+        if let Some(old) = self.by_key.get(&(lin, mode)).copied() {
+            self.remove(old, &mut inv);
+        }
+        let mut frames = frames.to_vec();
+        frames.sort_unstable();
+        frames.dedup();
+        for f in &frames {
+            self.by_frame.entry(*f).or_default().push(id);
+        }
+        self.frags.push(Some(FragRec {
+            guest_eip: frag.start_eip,
+            lin,
+            mode,
+            frames,
+            tc_addr: frag.tc_addr,
+            size: frag.code.len() as u32,
+            entry_off: frag.entry_off,
+            pc_map: frag.pc_map.clone(),
+            exits: frag.exits.iter().map(|e| (*e, None)).collect(),
+        }));
+        self.by_key.insert((lin, mode), id);
+        self.order.push(id);
+        (id, inv)
+    }
+
+    /// The live fragment for (linear address, mode).
+    pub fn lookup(&self, lin: u32, mode: Mode) -> Option<FragId> {
+        self.by_key.get(&(lin, mode)).copied()
+    }
+
+    /// The record of a live fragment.
+    pub fn get(&self, id: FragId) -> Option<&FragRec> {
+        self.frags.get(id.0 as usize).and_then(|f| f.as_ref())
+    }
+
+    /// The live fragment whose code contains TC address `addr`.
+    pub fn fragment_at(&self, addr: u32) -> Option<FragId> {
+        let i = self.order.partition_point(|id| {
+            self.frags[id.0 as usize].as_ref().map_or(0, |f| f.tc_addr) <= addr
+        });
+        // Removed fragments are skipped by looking backwards for a live one.
+        self.order[..i].iter().rev().find_map(|id| {
+            let f = self.frags[id.0 as usize].as_ref()?;
+            (addr >= f.tc_addr && addr < f.tc_addr + f.size).then_some(*id)
+        })
+    }
+
+    /// Precise exceptions: the guest EIP and recovery for a fault at TC address `addr`.
+    pub fn guest_state_at(&self, addr: u32) -> Option<PcEntry> {
+        let f = self.get(self.fragment_at(addr)?)?;
+        let off = addr - f.tc_addr;
+        let i = f.pc_map.partition_point(|e| e.off <= off);
+        i.checked_sub(1).map(|i| f.pc_map[i])
+    }
+
+    /// Chains exit `exit` of `from` to fragment `to`: the patch to write.
+    pub fn chain(&mut self, from: FragId, exit: u32, to: FragId) -> Option<Patch> {
+        let target = self.get(to)?.entry();
+        let f = self.frags.get_mut(from.0 as usize)?.as_mut()?;
+        let (site, chained) = f.exits.get_mut(exit as usize)?;
+        let addr = f.tc_addr + site.patch_off;
+        *chained = Some(to);
+        self.incoming.entry(to).or_default().push((from, exit));
+        Some(Patch {
+            addr,
+            bytes: rel32(addr, target),
+        })
+    }
+
+    fn remove(&mut self, id: FragId, inv: &mut Invalidation) {
+        let Some(rec) = self.frags.get_mut(id.0 as usize).and_then(|f| f.take()) else {
+            return;
+        };
+        inv.removed.push(id);
+        self.by_key.remove(&(rec.lin, rec.mode));
+        for fr in &rec.frames {
+            if let Some(v) = self.by_frame.get_mut(fr) {
+                v.retain(|x| *x != id);
+                if v.is_empty() {
+                    self.by_frame.remove(fr);
+                }
+            }
+        }
+        // Exits of other fragments that jump here go back to their stubs.
+        for (from, exit) in self.incoming.remove(&id).unwrap_or_default() {
+            if let Some(f) = self.frags.get_mut(from.0 as usize).and_then(|f| f.as_mut()) {
+                if let Some((site, chained)) = f.exits.get_mut(exit as usize) {
+                    if *chained == Some(id) {
+                        *chained = None;
+                        let addr = f.tc_addr + site.patch_off;
+                        inv.unchain.push(Patch {
+                            addr,
+                            bytes: rel32(addr, f.tc_addr + site.stub_off),
+                        });
+                    }
+                }
+            }
+        }
+        // Its own outgoing chains no longer count as incoming edges of their targets.
+        for (_, to) in &rec.exits {
+            if let Some(to) = to {
+                if let Some(v) = self.incoming.get_mut(to) {
+                    v.retain(|(f, _)| *f != id);
+                }
+            }
+        }
+        let _ = rec;
+    }
+
+    /// Removes every fragment decoded from guest frame `frame`.
+    pub fn invalidate_frame(&mut self, frame: u32, abi: &Abi) -> Invalidation {
+        let mut inv = Invalidation::default();
+        let ids = self.by_frame.get(&frame).cloned().unwrap_or_default();
+        for id in ids {
+            if let Some(r) = self.get(id) {
+                let slot = abi.ibl_index(r.guest_eip);
+                if !inv.ibl_slots.contains(&slot) {
+                    inv.ibl_slots.push(slot);
+                }
+            }
+            self.remove(id, &mut inv);
+        }
+        // Patches into removed fragments are useless: keep those of survivors only.
+        let removed = inv.removed.clone();
+        inv.unchain.retain(|p| {
+            self.fragment_at(p.addr)
+                .is_some_and(|f| !removed.contains(&f))
+        });
+        inv
+    }
+
+    /// Whether guest frame `frame` holds translated code (the shadow MMU keeps it read-only).
+    pub fn frame_has_code(&self, frame: u32) -> bool {
+        self.by_frame.contains_key(&frame)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::units::SliceCode;
+    use crate::{translate, Config};
+
+    fn frag(cache: &mut Cache, code: &[u8], eip: u32) -> Fragment {
+        let cfg = Config::default();
+        let mut probe = SliceCode {
+            base: eip,
+            bytes: code,
+        };
+        let (_, f) = translate(&mut probe, 0, eip, Mode::kernel32(), 0, &cfg).unwrap();
+        let at = cache.alloc(f.code.len() as u32).unwrap();
+        let mut probe = SliceCode {
+            base: eip,
+            bytes: code,
+        };
+        translate(&mut probe, 0, eip, Mode::kernel32(), at, &cfg)
+            .unwrap()
+            .1
+    }
+
+    #[test]
+    fn insert_lookup_chain_invalidate() {
+        let abi = Abi::default();
+        let mut c = Cache::new(0xffc0_0000, 0x10000, 64);
+        // A: jmp B (at 0x1000, frame 1); B: ret (at 0x2000, frame 2).
+        let fa = frag(&mut c, &[0xe9, 0xfb, 0x0f, 0, 0], 0x1000);
+        let (a, _) = c.insert(&fa, 0x1000, Mode::kernel32(), &[1]);
+        let fb = frag(&mut c, &[0xc3], 0x2000);
+        let (b, _) = c.insert(&fb, 0x2000, Mode::kernel32(), &[2]);
+        assert_eq!(c.lookup(0x1000, Mode::kernel32()), Some(a));
+        assert_eq!(
+            c.lookup(
+                0x1000,
+                Mode {
+                    cpl: 3,
+                    ..Mode::kernel32()
+                }
+            ),
+            None
+        );
+        assert_eq!(fa.exits.len(), 1);
+        assert_eq!(fa.exits[0].target_eip, 0x2000);
+        let p = c.chain(a, 0, b).unwrap();
+        let ra = c.get(a).unwrap();
+        assert_eq!(p.addr, ra.tc_addr + fa.exits[0].patch_off);
+        assert_eq!(
+            p.addr
+                .wrapping_add(4)
+                .wrapping_add(u32::from_le_bytes(p.bytes)),
+            c.get(b).unwrap().entry()
+        );
+        assert_eq!(c.fragment_at(c.get(b).unwrap().tc_addr + 1), Some(b));
+        assert!(c.frame_has_code(2));
+        // Writing frame 2 removes B and unchains A's exit back to its stub.
+        let inv = c.invalidate_frame(2, &abi);
+        assert_eq!(inv.removed, vec![b]);
+        assert_eq!(inv.unchain.len(), 1);
+        let stub = ra_stub(&c, a);
+        assert_eq!(
+            inv.unchain[0]
+                .addr
+                .wrapping_add(4)
+                .wrapping_add(u32::from_le_bytes(inv.unchain[0].bytes)),
+            stub
+        );
+        assert_eq!(inv.ibl_slots, vec![abi.ibl_index(0x2000)]);
+        assert!(c.lookup(0x2000, Mode::kernel32()).is_none());
+        assert!(!c.frame_has_code(2));
+        assert_eq!(c.len(), 1);
+        // Writing frame 1 removes A; nothing to unchain.
+        let inv = c.invalidate_frame(1, &abi);
+        assert_eq!(inv.removed, vec![a]);
+        assert!(inv.unchain.is_empty());
+        assert!(c.is_empty());
+    }
+
+    #[test]
+    fn replacing_a_fragment_unchains_its_callers() {
+        let mut c = Cache::new(0xffc0_0000, 0x10000, 0);
+        let fa = frag(&mut c, &[0xe9, 0xfb, 0x0f, 0, 0], 0x1000);
+        let (a, _) = c.insert(&fa, 0x1000, Mode::kernel32(), &[1]);
+        let fb = frag(&mut c, &[0xc3], 0x2000);
+        let (b, _) = c.insert(&fb, 0x2000, Mode::kernel32(), &[2]);
+        c.chain(a, 0, b).unwrap();
+        let fb2 = frag(&mut c, &[0xc3], 0x2000);
+        let (b2, inv) = c.insert(&fb2, 0x2000, Mode::kernel32(), &[2]);
+        assert_ne!(b, b2);
+        assert_eq!(inv.removed, vec![b]);
+        assert_eq!(inv.unchain.len(), 1);
+        assert_eq!(c.lookup(0x2000, Mode::kernel32()), Some(b2));
+        assert!(c.get(b).is_none());
+    }
+
+    fn ra_stub(c: &Cache, a: FragId) -> u32 {
+        let r = c.get(a).unwrap();
+        r.tc_addr + r.exits[0].0.stub_off
+    }
+
+    #[test]
+    fn fills_and_flushes() {
+        let mut c = Cache::new(0x1000_0000, 256, 16);
+        assert_eq!(c.alloc(100), Ok(0x1000_0010));
+        assert_eq!(c.alloc(100), Ok(0x1000_0080));
+        assert_eq!(c.alloc(100), Err(Full));
+        c.flush(16);
+        assert_eq!(c.flushes(), 1);
+        assert_eq!(c.alloc(100), Ok(0x1000_0010));
+    }
+
+    #[test]
+    fn precise_state_lookup() {
+        let mut c = Cache::new(0xffc0_0000, 0x10000, 0);
+        // mov eax, [ebx]; pushfd; ret
+        let code = [0x8b, 0x03, 0x9c, 0xc3];
+        let f = frag(&mut c, &code, 0x3000);
+        let (id, _) = c.insert(&f, 0x3000, Mode::kernel32(), &[3]);
+        let r = c.get(id).unwrap().clone();
+        let dec: Vec<_> = iced_x86::Decoder::with_ip(32, &f.code, r.tc_addr as u64, 0)
+            .into_iter()
+            .collect();
+        let mov = dec
+            .iter()
+            .find(|i| {
+                i.code() == iced_x86::Code::Mov_r32_rm32
+                    && i.memory_base() == iced_x86::Register::EBX
+            })
+            .unwrap();
+        assert_eq!(c.guest_state_at(mov.ip() as u32).unwrap().guest_eip, 0x3000);
+        let pushfd = dec
+            .iter()
+            .find(|i| i.code() == iced_x86::Code::Pushfd)
+            .unwrap();
+        assert_eq!(
+            c.guest_state_at(pushfd.ip() as u32).unwrap().guest_eip,
+            0x3002
+        );
+        assert!(c.guest_state_at(r.tc_addr + r.size).is_none());
+    }
+}

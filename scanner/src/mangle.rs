@@ -1,0 +1,1231 @@
+//! Every rewrite rule of the translator, in one place (DynamoRIO's "mangling").
+//!
+//! [`mangle`] turns a [`Unit`] into a [`Seq`]: iced-x86 `Instruction`s with symbolic labels,
+//! the guest EIP and the recovery rule of each (for precise exceptions), and the fragment's
+//! exits. `emit.rs` encodes it. The rules (docs/translator.md has the sequences):
+//!
+//! * **Fragment entry**: a pending-interrupt check (flag-free: `movzx ecx, word gs:[vif]`,
+//!   `lea ecx, [ecx-101h]`, `jecxz`), also after POPF and after the instruction that follows
+//!   STI.
+//! * **IDENT**: the instruction is copied (re-encoded as 32-bit code).
+//! * **Direct branches** (JMP, Jcc, CALL, LOOPcc, JCXZ): `jmp`/`jcc rel32` to an exit stub that
+//!   calls out with `Exit`; chaining patches the rel32 to the target's fragment. CALL first
+//!   pushes the *guest* return address.
+//! * **Returns and indirect branches**: the target is looked up in the table on the vCPU page;
+//!   a hit jumps to the fragment (`jmp gs:[slot]`), a miss calls out with `IndirectMiss`.
+//! * **Inline** CLI/STI, PUSHF/POPF, reads of segment selectors, CRn and DRn, SGDT/SIDT/SLDT/
+//!   STR/SMSW, RDTSC, CPUID (see [`InlineKind`]).
+//! * **Callouts** for everything heavy: `Emulate` at the guest EIP, then the fragment goes on.
+//!
+//! Invariants: emitted code never changes the guest's arithmetic flags except where the guest
+//! instruction does; scratch registers are saved in vCPU slots and every emitted instruction
+//! that can fault carries a [`Recovery`] that rebuilds the guest state of the guest instruction
+//! it belongs to; the only accesses through GS are the translator's own.
+
+use iced_x86::{
+    Code, ConditionCode, Encoder, Instruction, MemoryOperand, Mnemonic, OpKind, Register,
+};
+
+use crate::abi::{Abi, CalloutOp, VIRT_MASK};
+use crate::classify::{classify, CalloutKind, InlineKind, Translation};
+use crate::units::{GuestInsn, Unit, UnitEnd};
+use crate::Config;
+
+/// A symbolic position in a [`Seq`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Label(pub u32);
+
+/// How to rebuild the guest state when the emitted instruction faults: reload these registers
+/// from these vCPU offsets and add `esp_adjust` to ESP; the guest EIP is the item's
+/// `guest_eip` (the guest instruction did not complete).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Recovery {
+    /// Registers to reload from the vCPU region (32-bit registers, GS offsets).
+    pub restore: [Option<(Register, u32)>; 2],
+    /// Added to ESP.
+    pub esp_adjust: i32,
+}
+
+impl Recovery {
+    /// Nothing to undo.
+    pub const NONE: Recovery = Recovery {
+        restore: [None, None],
+        esp_adjust: 0,
+    };
+
+    fn reg(r: Register, slot: u32) -> Recovery {
+        Recovery {
+            restore: [Some((r, slot)), None],
+            esp_adjust: 0,
+        }
+    }
+}
+
+/// One emitted instruction.
+#[derive(Clone, Debug)]
+pub struct Item {
+    /// The instruction (branch targets are set by `emit` from `target`).
+    pub instr: Instruction,
+    /// Branch target inside the sequence.
+    pub target: Option<Label>,
+    /// The guest instruction it belongs to.
+    pub guest_eip: u32,
+    /// State recovery if it faults.
+    pub recovery: Recovery,
+    /// This is the patchable branch of exit number n.
+    pub exit: Option<u32>,
+}
+
+/// Why a fragment is left.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Exit {
+    /// Guest EIP of the target.
+    pub target_eip: u32,
+    /// The stub (its first instruction).
+    pub stub: Label,
+}
+
+/// A mangled unit, ready to encode.
+#[derive(Clone, Debug, Default)]
+pub struct Seq {
+    /// The instructions.
+    pub items: Vec<Item>,
+    /// Label id to the index of the item it is bound to.
+    pub labels: Vec<Option<usize>>,
+    /// Exits, by number.
+    pub exits: Vec<Exit>,
+    /// Where execution enters the fragment.
+    pub entry: Option<Label>,
+    /// Guest EIP of the unit.
+    pub start_eip: u32,
+}
+
+// Scratch slot numbers.
+const S0: u32 = 0;
+const S1: u32 = 1;
+const S2: u32 = 2;
+const S_CHK: u32 = 3;
+const S_A: u32 = 4;
+const S_C: u32 = 5;
+/// Scratch slot that holds the guest target of an indirect branch during the lookup (the
+/// shared miss routine reads it).
+pub const S_TARGET: u32 = 6;
+const S_E: u32 = 7;
+
+enum CoEip {
+    Imm(u32),
+    /// Already stored in `callout_eip`.
+    Preset,
+}
+
+/// Out-of-line code emitted after the body.
+type Deferred<'a> = Box<dyn FnOnce(&mut Builder<'a>) + 'a>;
+
+/// Builder of a [`Seq`]: the rules below use it.
+pub struct Builder<'a> {
+    abi: &'a Abi,
+    seq: Seq,
+    pending: Vec<Label>,
+    eip: u32,
+    rec: Recovery,
+    deferred: Vec<(Label, Deferred<'a>)>,
+}
+
+fn mk(r: Result<Instruction, iced_x86::IcedError>) -> Instruction {
+    r.expect("static instruction form")
+}
+
+fn gs(off: u32) -> MemoryOperand {
+    MemoryOperand::new(
+        Register::None,
+        Register::None,
+        1,
+        off as i64,
+        4,
+        false,
+        Register::GS,
+    )
+}
+
+fn gs_base(base: Register, off: u32) -> MemoryOperand {
+    MemoryOperand::new(base, Register::None, 1, off as i64, 4, false, Register::GS)
+}
+
+fn stack(disp: i32) -> MemoryOperand {
+    MemoryOperand::new(
+        Register::ESP,
+        Register::None,
+        1,
+        disp as i64,
+        if disp == 0 { 0 } else { 1 },
+        false,
+        Register::None,
+    )
+}
+
+fn reg16(r: Register) -> Register {
+    match r {
+        Register::EAX => Register::AX,
+        Register::ECX => Register::CX,
+        Register::EDX => Register::DX,
+        Register::EBX => Register::BX,
+        _ => unreachable!(),
+    }
+}
+
+fn reg8(r: Register) -> Register {
+    match r {
+        Register::EAX => Register::AL,
+        Register::ECX => Register::CL,
+        Register::EDX => Register::DL,
+        Register::EBX => Register::BL,
+        _ => unreachable!(),
+    }
+}
+
+/// A register among EAX ECX EDX EBX that the instruction's memory operand does not use.
+fn free_reg(i: &Instruction) -> Register {
+    let used = [
+        i.memory_base().full_register32(),
+        i.memory_index().full_register32(),
+    ];
+    [Register::EAX, Register::ECX, Register::EDX, Register::EBX]
+        .into_iter()
+        .find(|r| !used.contains(r))
+        .expect("a free register")
+}
+
+impl<'a> Builder<'a> {
+    fn new(abi: &'a Abi, start_eip: u32) -> Self {
+        Builder {
+            abi,
+            seq: Seq {
+                start_eip,
+                ..Seq::default()
+            },
+            pending: Vec::new(),
+            eip: start_eip,
+            rec: Recovery::NONE,
+            deferred: Vec::new(),
+        }
+    }
+
+    fn label(&mut self) -> Label {
+        self.seq.labels.push(None);
+        Label(self.seq.labels.len() as u32 - 1)
+    }
+
+    fn bind(&mut self, l: Label) {
+        self.pending.push(l);
+    }
+
+    fn push_item(&mut self, instr: Instruction, target: Option<Label>, exit: Option<u32>) {
+        let idx = self.seq.items.len();
+        for l in self.pending.drain(..) {
+            self.seq.labels[l.0 as usize] = Some(idx);
+        }
+        self.seq.items.push(Item {
+            instr,
+            target,
+            guest_eip: self.eip,
+            recovery: self.rec,
+            exit,
+        });
+    }
+
+    fn ins(&mut self, i: Instruction) {
+        self.push_item(i, None, None);
+    }
+
+    fn ins_rec(&mut self, i: Instruction, rec: Recovery) {
+        let saved = self.rec;
+        self.rec = rec;
+        self.ins(i);
+        self.rec = saved;
+    }
+
+    fn branch(&mut self, code: Code, l: Label) {
+        let i = mk(Instruction::with_branch(code, 0));
+        self.push_item(i, Some(l), None);
+    }
+
+    /// Out-of-line code placed after the body (stubs), emitted by `f` at `l`.
+    fn defer(&mut self, l: Label, f: impl FnOnce(&mut Builder<'a>) + 'a) {
+        self.deferred.push((l, Box::new(f)));
+    }
+
+    // --- small instruction helpers ---
+    fn st32(&mut self, off: u32, r: Register) {
+        self.ins(mk(Instruction::with2(Code::Mov_rm32_r32, gs(off), r)));
+    }
+    fn ld32(&mut self, r: Register, off: u32) {
+        self.ins(mk(Instruction::with2(Code::Mov_r32_rm32, r, gs(off))));
+    }
+    fn st_imm32(&mut self, off: u32, v: u32) {
+        self.ins(mk(Instruction::with2(Code::Mov_rm32_imm32, gs(off), v)));
+    }
+    fn slot(&self, n: u32) -> u32 {
+        self.abi.slot(n)
+    }
+
+    /// The callout sequence: switch to the callout stack, store the operation, far call the
+    /// gate, reload the guest's SS:ESP.
+    fn callout(&mut self, op: CalloutOp, eip: CoEip, next: u32, arg: u32) {
+        let a = self.abi;
+        self.st32(a.callout_esp, Register::ESP);
+        self.ins(mk(Instruction::with2(
+            Code::Mov_rm16_Sreg,
+            gs(a.callout_ss),
+            Register::SS,
+        )));
+        self.ins(mk(Instruction::with2(
+            Code::Lss_r32_m1632,
+            Register::ESP,
+            gs(a.callout_stack),
+        )));
+        self.st_imm32(a.callout_op, op as u32);
+        if let CoEip::Imm(e) = eip {
+            self.st_imm32(a.callout_eip, e);
+        }
+        self.st_imm32(a.callout_next, next);
+        self.st_imm32(a.callout_arg, arg);
+        self.ins(mk(Instruction::with1(Code::Call_m1632, gs(a.gate))));
+        self.ins(mk(Instruction::with2(
+            Code::Lss_r32_m1632,
+            Register::ESP,
+            gs(a.callout_esp),
+        )));
+    }
+
+    fn ud2(&mut self) {
+        self.ins(Instruction::with(Code::Ud2));
+    }
+
+    /// An exit to guest `target`: a patchable `jmp rel32` (or `jcc rel32`) to a stub.
+    fn exit(&mut self, code: Code, target: u32) {
+        let stub = self.label();
+        let n = self.seq.exits.len() as u32;
+        self.seq.exits.push(Exit {
+            target_eip: target,
+            stub,
+        });
+        let i = mk(Instruction::with_branch(code, 0));
+        self.push_item(i, Some(stub), Some(n));
+        self.defer(stub, move |b| {
+            b.eip = target;
+            b.callout(CalloutOp::Exit, CoEip::Imm(target), target, n);
+            b.ud2();
+        });
+    }
+
+    /// The pending-interrupt check at the fragment entry: a trampoline to the stub placed just
+    /// before the entry point, so that the common path has no taken branch.
+    fn entry_check(&mut self, eip: u32, entry: Label) {
+        let a = self.abi;
+        self.eip = eip;
+        let chk = self.slot(S_CHK);
+        let t = self.label();
+        let go = self.label();
+        let stub = self.label();
+        self.bind(t);
+        self.branch(Code::Jmp_rel32_32, stub);
+        self.bind(entry);
+        self.seq.entry = Some(entry);
+        self.st32(chk, Register::ECX);
+        self.ins(mk(Instruction::with2(
+            Code::Movzx_r32_rm16,
+            Register::ECX,
+            gs(a.vif),
+        )));
+        self.ins(mk(Instruction::with2(
+            Code::Lea_r32_m,
+            Register::ECX,
+            MemoryOperand::new(
+                Register::ECX,
+                Register::None,
+                1,
+                -0x101,
+                4,
+                false,
+                Register::None,
+            ),
+        )));
+        self.branch(Code::Jecxz_rel8_32, t);
+        self.ld32(Register::ECX, chk);
+        self.bind(go);
+        self.defer(stub, move |b| {
+            b.eip = eip;
+            b.ld32(Register::ECX, chk);
+            b.callout(CalloutOp::PendingIrq, CoEip::Imm(eip), eip, 0);
+            b.branch(Code::Jmp_rel32_32, go);
+        });
+    }
+
+    /// The pending-interrupt check at guest `eip` (guest state exact there).
+    fn irq_check(&mut self, eip: u32) {
+        let a = self.abi;
+        let saved = self.eip;
+        self.eip = eip;
+        let chk = self.slot(S_CHK);
+        let t = self.label();
+        let go = self.label();
+        let stub = self.label();
+        self.st32(chk, Register::ECX);
+        self.ins(mk(Instruction::with2(
+            Code::Movzx_r32_rm16,
+            Register::ECX,
+            gs(a.vif),
+        )));
+        self.ins(mk(Instruction::with2(
+            Code::Lea_r32_m,
+            Register::ECX,
+            MemoryOperand::new(
+                Register::ECX,
+                Register::None,
+                1,
+                -0x101,
+                4,
+                false,
+                Register::None,
+            ),
+        )));
+        self.branch(Code::Jecxz_rel8_32, t);
+        self.ld32(Register::ECX, chk);
+        self.branch(Code::Jmp_rel8_32, go);
+        self.bind(t);
+        self.branch(Code::Jmp_rel32_32, stub);
+        self.bind(go);
+        self.defer(stub, move |b| {
+            b.eip = eip;
+            b.ld32(Register::ECX, chk);
+            b.callout(CalloutOp::PendingIrq, CoEip::Imm(eip), eip, 0);
+            b.branch(Code::Jmp_rel32_32, go);
+        });
+        self.eip = saved;
+    }
+
+    /// Restores CF PF AF ZF SF OF and DF from the EFLAGS image in slot `s` (clobbers EAX).
+    fn flags_from_slot(&mut self, s: u32) {
+        let l_std = self.label();
+        let l_df = self.label();
+        self.ld32(Register::EAX, s);
+        self.ins(mk(Instruction::with2(
+            Code::Bt_rm32_imm8,
+            Register::EAX,
+            10u32,
+        )));
+        self.branch(Code::Jb_rel8_32, l_std);
+        self.ins(Instruction::with(Code::Cld));
+        self.branch(Code::Jmp_rel8_32, l_df);
+        self.bind(l_std);
+        self.ins(Instruction::with(Code::Std));
+        self.bind(l_df);
+        self.ins(mk(Instruction::with2(
+            Code::Shr_rm32_imm8,
+            Register::EAX,
+            11u32,
+        )));
+        self.ins(mk(Instruction::with2(
+            Code::And_rm32_imm8,
+            Register::EAX,
+            1u32,
+        )));
+        self.ins(mk(Instruction::with2(
+            Code::Mov_r8_rm8,
+            Register::AH,
+            gs(s),
+        )));
+        self.ins(mk(Instruction::with2(
+            Code::Add_rm8_imm8,
+            Register::AL,
+            0x7fu32,
+        )));
+        self.ins(Instruction::with(Code::Sahf));
+    }
+
+    /// Saves the arithmetic flags into slot `s` (LAHF/SETO; clobbers EAX).
+    fn save_flags_lahf(&mut self, s: u32) {
+        self.ins(Instruction::with(Code::Lahf));
+        self.ins(mk(Instruction::with1(Code::Seto_rm8, Register::AL)));
+        self.st32(s, Register::EAX);
+    }
+
+    /// Restores what [`Self::save_flags_lahf`] saved (clobbers EAX).
+    fn restore_flags_lahf(&mut self, s: u32) {
+        self.ld32(Register::EAX, s);
+        self.ins(mk(Instruction::with2(
+            Code::Add_rm8_imm8,
+            Register::AL,
+            0x7fu32,
+        )));
+        self.ins(Instruction::with(Code::Sahf));
+    }
+
+    /// The indirect-branch lookup; the guest target is in EAX, the guest's EAX and ECX are in
+    /// slots S_A and S_C. Never falls through.
+    fn ibl(&mut self) {
+        let a = self.abi;
+        let (sa, sc, st, se, sj) = (
+            self.slot(S_A),
+            self.slot(S_C),
+            self.slot(S_TARGET),
+            self.slot(S_E),
+            self.slot(S2),
+        );
+        self.st32(st, Register::EAX);
+        let idx = if a.ibl_bits == 8 {
+            (Code::Movzx_r32_rm8, Register::AL)
+        } else {
+            (Code::Movzx_r32_rm16, Register::AX)
+        };
+        self.ins(mk(Instruction::with2(idx.0, Register::ECX, idx.1)));
+        self.ins(mk(Instruction::with2(
+            Code::Lea_r32_m,
+            Register::ECX,
+            MemoryOperand::new(
+                Register::None,
+                Register::ECX,
+                8,
+                a.ibl_table as i64,
+                4,
+                false,
+                Register::None,
+            ),
+        )));
+        self.st32(se, Register::ECX);
+        self.ins(mk(Instruction::with2(
+            Code::Mov_r32_rm32,
+            Register::ECX,
+            gs_base(Register::ECX, 0),
+        )));
+        self.ins(mk(Instruction::with2(
+            Code::Lea_r32_m,
+            Register::ECX,
+            MemoryOperand::new(Register::ECX, Register::EAX, 1, 0, 0, false, Register::None),
+        )));
+        let hit = self.label();
+        self.branch(Code::Jecxz_rel8_32, hit);
+        // Miss.
+        self.ld32(Register::EAX, st);
+        self.st32(a.callout_eip, Register::EAX);
+        self.ld32(Register::EAX, sa);
+        self.ld32(Register::ECX, sc);
+        self.callout(CalloutOp::IndirectMiss, CoEip::Preset, 0, 0);
+        self.ud2();
+        // Hit.
+        self.bind(hit);
+        self.ld32(Register::ECX, se);
+        self.ins(mk(Instruction::with2(
+            Code::Mov_r32_rm32,
+            Register::ECX,
+            gs_base(Register::ECX, 4),
+        )));
+        self.st32(sj, Register::ECX);
+        self.ld32(Register::EAX, sa);
+        self.ld32(Register::ECX, sc);
+        self.ins(mk(Instruction::with1(Code::Jmp_rm32, gs(sj))));
+    }
+
+    /// The shared miss routine of the lookup table (see `emit::ibl_miss_routine`).
+    pub fn miss_routine(abi: &'a Abi) -> Seq {
+        let mut b = Builder::new(abi, 0);
+        let (sa, st) = (b.slot(S_A), b.slot(S_TARGET));
+        let entry = b.label();
+        b.bind(entry);
+        b.seq.entry = Some(entry);
+        b.st32(sa, Register::EAX);
+        b.ld32(Register::EAX, st);
+        b.st32(abi.callout_eip, Register::EAX);
+        b.ld32(Register::EAX, sa);
+        b.callout(CalloutOp::IndirectMiss, CoEip::Preset, 0, 0);
+        b.ud2();
+        b.finish()
+    }
+
+    fn finish(mut self) -> Seq {
+        while !self.deferred.is_empty() {
+            let d = std::mem::take(&mut self.deferred);
+            for (l, f) in d {
+                self.bind(l);
+                f(&mut self);
+            }
+        }
+        assert!(self.pending.is_empty(), "label bound past the end");
+        self.seq
+    }
+}
+
+/// Mangles a decoded unit.
+pub fn mangle(unit: &Unit, cfg: &Config) -> Seq {
+    let abi = &cfg.abi;
+    let mut b = Builder::new(abi, unit.start);
+    let entry = b.label();
+    b.entry_check(unit.start, entry);
+    let mut check_after: Option<usize> = None;
+    let mut falls_through = true;
+    let n = unit.insns.len();
+    for (k, gi) in unit.insns.iter().enumerate() {
+        b.eip = gi.eip;
+        b.rec = Recovery::NONE;
+        let is_last = k + 1 == n;
+        let r = mangle_insn(&mut b, gi, unit, cfg);
+        falls_through = r.falls_through;
+        if r.check_after_next {
+            check_after = Some(k + 1);
+        }
+        if r.check_after && falls_through && !is_last {
+            b.irq_check(gi.next_eip());
+        }
+        if check_after == Some(k) {
+            check_after = None;
+            if falls_through && !is_last {
+                b.irq_check(gi.next_eip());
+            }
+        }
+    }
+    b.rec = Recovery::NONE;
+    match unit.end {
+        UnitEnd::Invalid { eip } | UnitEnd::FetchFault { eip } => {
+            b.eip = eip;
+            let op = if matches!(unit.end, UnitEnd::Invalid { .. }) {
+                CalloutOp::Invalid
+            } else {
+                CalloutOp::FetchFault
+            };
+            b.callout(op, CoEip::Imm(eip), 0, 0);
+            b.ud2();
+        }
+        UnitEnd::Limit { next } => {
+            b.eip = next;
+            b.exit(Code::Jmp_rel32_32, next);
+        }
+        UnitEnd::Branch => {
+            if falls_through {
+                let last = unit
+                    .insns
+                    .last()
+                    .expect("a branch-ended unit has instructions");
+                b.eip = last.next_eip();
+                b.exit(
+                    Code::Jmp_rel32_32,
+                    last.next_eip() & if unit.mode.code32 { u32::MAX } else { 0xffff },
+                );
+            }
+        }
+    }
+    b.finish()
+}
+
+struct Done {
+    falls_through: bool,
+    /// Pending-interrupt check right after this instruction (POPF).
+    check_after: bool,
+    /// Pending-interrupt check after the next instruction (STI).
+    check_after_next: bool,
+}
+
+const FALL: Done = Done {
+    falls_through: true,
+    check_after: false,
+    check_after_next: false,
+};
+const STOP: Done = Done {
+    falls_through: false,
+    check_after: false,
+    check_after_next: false,
+};
+
+fn encodable(i: &Instruction) -> bool {
+    Encoder::new(32).encode(i, 0).is_ok()
+}
+
+fn mangle_insn(b: &mut Builder<'_>, gi: &GuestInsn, unit: &Unit, cfg: &Config) -> Done {
+    let i = &gi.instr;
+    let c = classify(i, unit.mode, &cfg.model);
+    let next = gi.next_eip() & if unit.mode.code32 { u32::MAX } else { 0xffff };
+    let emulate = |b: &mut Builder<'_>, kind: CalloutKind| {
+        b.callout(CalloutOp::Emulate, CoEip::Imm(gi.eip), next, kind as u32);
+        FALL
+    };
+    let stack32 = unit.mode.stack32;
+    match c.translation {
+        Translation::Ident => {
+            let mut copy = *i;
+            copy.set_ip(0);
+            if !encodable(&copy) {
+                return emulate(b, CalloutKind::NotInModel);
+            }
+            b.ins(copy);
+            FALL
+        }
+        Translation::Callout(k) => emulate(b, k),
+        Translation::Relink => relink(b, gi, next),
+        Translation::Lookup => {
+            if i.mnemonic() == Mnemonic::Ret && !stack32 {
+                return emulate(b, CalloutKind::Stack16);
+            }
+            lookup(b, gi, next);
+            STOP
+        }
+        Translation::Inline(k) => {
+            let needs_stack32 = matches!(k, InlineKind::Pushf | InlineKind::Popf);
+            if needs_stack32 && !stack32 {
+                return emulate(b, CalloutKind::Stack16);
+            }
+            inline(b, gi, k, next)
+        }
+    }
+}
+
+fn cond_near(cc: ConditionCode) -> Code {
+    use ConditionCode as C;
+    match cc {
+        C::o => Code::Jo_rel32_32,
+        C::no => Code::Jno_rel32_32,
+        C::b => Code::Jb_rel32_32,
+        C::ae => Code::Jae_rel32_32,
+        C::e => Code::Je_rel32_32,
+        C::ne => Code::Jne_rel32_32,
+        C::be => Code::Jbe_rel32_32,
+        C::a => Code::Ja_rel32_32,
+        C::s => Code::Js_rel32_32,
+        C::ns => Code::Jns_rel32_32,
+        C::p => Code::Jp_rel32_32,
+        C::np => Code::Jnp_rel32_32,
+        C::l => Code::Jl_rel32_32,
+        C::ge => Code::Jge_rel32_32,
+        C::le => Code::Jle_rel32_32,
+        C::g => Code::Jg_rel32_32,
+        C::None => unreachable!(),
+    }
+}
+
+/// LOOPcc/JCXZ with the same counter register, 32-bit operand size (the target is a TC
+/// address).
+fn counter_branch(code: Code) -> Code {
+    use Code as C;
+    match code {
+        C::Loop_rel8_16_CX | C::Loop_rel8_32_CX => C::Loop_rel8_32_CX,
+        C::Loop_rel8_16_ECX | C::Loop_rel8_32_ECX => C::Loop_rel8_32_ECX,
+        C::Loope_rel8_16_CX | C::Loope_rel8_32_CX => C::Loope_rel8_32_CX,
+        C::Loope_rel8_16_ECX | C::Loope_rel8_32_ECX => C::Loope_rel8_32_ECX,
+        C::Loopne_rel8_16_CX | C::Loopne_rel8_32_CX => C::Loopne_rel8_32_CX,
+        C::Loopne_rel8_16_ECX | C::Loopne_rel8_32_ECX => C::Loopne_rel8_32_ECX,
+        C::Jcxz_rel8_16 | C::Jcxz_rel8_32 => C::Jcxz_rel8_32,
+        C::Jecxz_rel8_16 | C::Jecxz_rel8_32 => C::Jecxz_rel8_32,
+        other => unreachable!("not a counter branch: {other:?}"),
+    }
+}
+
+fn relink(b: &mut Builder<'_>, gi: &GuestInsn, next: u32) -> Done {
+    let i = &gi.instr;
+    let code = i.code();
+    let target = i.near_branch_target() as u32;
+    if code.is_call_near() {
+        // Push the guest return address, then leave for the callee.
+        if i.op_code().operand_size() == 16 {
+            b.ins(mk(Instruction::with1(Code::Push_imm16, next & 0xffff)));
+        } else {
+            b.ins(mk(Instruction::with1(Code::Pushd_imm32, next)));
+        }
+        b.exit(Code::Jmp_rel32_32, target);
+    } else if code.is_jmp_short_or_near() {
+        b.exit(Code::Jmp_rel32_32, target);
+    } else if code.is_jcc_short_or_near() {
+        b.exit(cond_near(i.condition_code()), target);
+        b.exit(Code::Jmp_rel32_32, next);
+    } else {
+        // LOOPcc / JCXZ: a short branch over the fall-through exit to the taken exit.
+        let taken = b.label();
+        b.branch(counter_branch(code), taken);
+        b.exit(Code::Jmp_rel32_32, next);
+        b.bind(taken);
+        b.exit(Code::Jmp_rel32_32, target);
+    }
+    STOP
+}
+
+fn lookup(b: &mut Builder<'_>, gi: &GuestInsn, next: u32) {
+    let i = &gi.instr;
+    let (sa, sc) = (b.slot(S_A), b.slot(S_C));
+    b.st32(sa, Register::EAX);
+    b.st32(sc, Register::ECX);
+    let size16 = i.op_code().operand_size() == 16;
+    if i.mnemonic() == Mnemonic::Ret {
+        if size16 {
+            b.ins(mk(Instruction::with2(
+                Code::Movzx_r32_rm16,
+                Register::EAX,
+                stack(0),
+            )));
+        } else {
+            b.ins(mk(Instruction::with2(
+                Code::Mov_r32_rm32,
+                Register::EAX,
+                stack(0),
+            )));
+        }
+        let pop = if size16 { 2 } else { 4 }
+            + if i.op_count() > 0 {
+                i.immediate16() as i32
+            } else {
+                0
+            };
+        b.ins(mk(Instruction::with2(
+            Code::Lea_r32_m,
+            Register::ESP,
+            stack(pop),
+        )));
+        b.ibl();
+        // The target is dynamic: the miss callout reads it from the slot.
+        return;
+    }
+    // JMP/CALL r/m: load the target into EAX (the operand may use EAX or ECX: unchanged yet).
+    let mut ld = *i;
+    ld.set_ip(0);
+    if i.op0_kind() == OpKind::Register {
+        let r = i.op0_register();
+        if size16 {
+            ld = mk(Instruction::with2(Code::Movzx_r32_rm16, Register::EAX, r));
+        } else {
+            ld = mk(Instruction::with2(Code::Mov_r32_rm32, Register::EAX, r));
+        }
+    } else {
+        ld.set_code(if size16 {
+            Code::Movzx_r32_rm16
+        } else {
+            Code::Mov_r32_rm32
+        });
+        ld.set_op0_kind(OpKind::Register);
+        ld.set_op0_register(Register::EAX);
+        ld.set_op1_kind(OpKind::Memory);
+    }
+    b.ins(ld);
+    if i.code().is_call_near_indirect() {
+        let rec = Recovery::reg(Register::EAX, sa);
+        if size16 {
+            b.ins_rec(mk(Instruction::with1(Code::Push_imm16, next & 0xffff)), rec);
+        } else {
+            b.ins_rec(mk(Instruction::with1(Code::Pushd_imm32, next)), rec);
+        }
+    }
+    b.ibl();
+}
+
+/// Stores the 16-bit value at gs:[off] to the guest's memory operand of `i` through a free
+/// register.
+fn store16_from_gs(b: &mut Builder<'_>, i: &Instruction, off: u32) {
+    let r = free_reg(i);
+    let s0 = b.slot(S0);
+    b.st32(s0, r);
+    b.ins(mk(Instruction::with2(
+        Code::Mov_r16_rm16,
+        reg16(r),
+        gs(off),
+    )));
+    let mut st = *i;
+    st.set_ip(0);
+    st.set_code(Code::Mov_rm16_r16);
+    st.set_op0_kind(OpKind::Memory);
+    st.set_op1_kind(OpKind::Register);
+    st.set_op1_register(reg16(r));
+    b.ins_rec(st, Recovery::reg(r, s0));
+    b.ld32(r, s0);
+}
+
+/// A register destination gets the u32 at gs:[off] (r32) or its low half (r16).
+fn load_reg_from_gs(b: &mut Builder<'_>, r: Register, off: u32) {
+    if r.size() == 2 {
+        b.ins(mk(Instruction::with2(Code::Mov_r16_rm16, r, gs(off))));
+    } else {
+        b.ins(mk(Instruction::with2(Code::Mov_r32_rm32, r, gs(off))));
+    }
+}
+
+fn inline(b: &mut Builder<'_>, gi: &GuestInsn, k: InlineKind, next: u32) -> Done {
+    let i = &gi.instr;
+    let a = b.abi;
+    let (s0, s1, s2) = (b.slot(S0), b.slot(S1), b.slot(S2));
+    match k {
+        InlineKind::SetIf => {
+            let v = (i.mnemonic() == Mnemonic::Sti) as u32;
+            b.ins(mk(Instruction::with2(
+                Code::Mov_rm8_imm8,
+                MemoryOperand::new(
+                    Register::None,
+                    Register::None,
+                    1,
+                    a.vif as i64,
+                    4,
+                    false,
+                    Register::GS,
+                ),
+                v,
+            )));
+            Done {
+                check_after_next: v == 1,
+                ..FALL
+            }
+        }
+        InlineKind::Pushf => {
+            let w = i.mnemonic() == Mnemonic::Pushf; // 16-bit
+            b.ins(Instruction::with(if w {
+                Code::Pushfw
+            } else {
+                Code::Pushfd
+            }));
+            b.st32(s0, Register::EAX);
+            if w {
+                b.ins(mk(Instruction::with2(
+                    Code::Movzx_r32_rm16,
+                    Register::EAX,
+                    stack(0),
+                )));
+            } else {
+                b.ins(mk(Instruction::with2(
+                    Code::Mov_r32_rm32,
+                    Register::EAX,
+                    stack(0),
+                )));
+            }
+            b.ins(mk(Instruction::with2(
+                Code::And_rm32_imm32,
+                Register::EAX,
+                !VIRT_MASK,
+            )));
+            b.ins(mk(Instruction::with2(
+                Code::Or_r32_rm32,
+                Register::EAX,
+                gs(a.vflags),
+            )));
+            b.st32(s1, Register::EAX);
+            b.ins(mk(Instruction::with2(
+                Code::Movzx_r32_rm8,
+                Register::EAX,
+                gs(a.vif),
+            )));
+            b.ins(mk(Instruction::with2(
+                Code::Shl_rm32_imm8,
+                Register::EAX,
+                9u32,
+            )));
+            b.ins(mk(Instruction::with2(
+                Code::Or_r32_rm32,
+                Register::EAX,
+                gs(s1),
+            )));
+            b.st32(s1, Register::EAX);
+            // Back to the guest's flags (the host image just pushed), then the merged image
+            // goes where PUSHF put it.
+            b.ins(Instruction::with(if w { Code::Popfw } else { Code::Popfd }));
+            b.ld32(Register::EAX, s1);
+            if w {
+                b.ins(mk(Instruction::with2(
+                    Code::Mov_rm16_r16,
+                    stack(-2),
+                    Register::AX,
+                )));
+                b.ins(mk(Instruction::with2(
+                    Code::Lea_r32_m,
+                    Register::ESP,
+                    stack(-2),
+                )));
+            } else {
+                b.ins(mk(Instruction::with2(
+                    Code::Mov_rm32_r32,
+                    stack(-4),
+                    Register::EAX,
+                )));
+                b.ins(mk(Instruction::with2(
+                    Code::Lea_r32_m,
+                    Register::ESP,
+                    stack(-4),
+                )));
+            }
+            b.ld32(Register::EAX, s0);
+            FALL
+        }
+        InlineKind::Popf => {
+            let w = i.mnemonic() == Mnemonic::Popf;
+            // At CPL 0: TF IOPL NT (and AC ID with 32 bits) from the image, IF separately,
+            // RF cleared (32 bits), VM VIF VIP unchanged.
+            let (settable, keep) = if w {
+                (0x7100u32, VIRT_MASK & 0xffff_0000)
+            } else {
+                (0x24_7100u32, 0x1a_0000u32)
+            };
+            b.st32(s0, Register::EAX);
+            if w {
+                b.ins(mk(Instruction::with2(
+                    Code::Movzx_r32_rm16,
+                    Register::EAX,
+                    stack(0),
+                )));
+            } else {
+                b.ins(mk(Instruction::with2(
+                    Code::Mov_r32_rm32,
+                    Register::EAX,
+                    stack(0),
+                )));
+            }
+            b.ins(mk(Instruction::with2(
+                Code::Lea_r32_m,
+                Register::ESP,
+                stack(if w { 2 } else { 4 }),
+            )));
+            b.st32(s1, Register::EAX);
+            b.ins(mk(Instruction::with2(
+                Code::And_rm32_imm32,
+                Register::EAX,
+                settable,
+            )));
+            b.st32(s2, Register::EAX);
+            b.ld32(Register::EAX, a.vflags);
+            b.ins(mk(Instruction::with2(
+                Code::And_rm32_imm32,
+                Register::EAX,
+                keep,
+            )));
+            b.ins(mk(Instruction::with2(
+                Code::Or_r32_rm32,
+                Register::EAX,
+                gs(s2),
+            )));
+            b.st32(a.vflags, Register::EAX);
+            b.ld32(Register::EAX, s1);
+            b.ins(mk(Instruction::with2(
+                Code::Shr_rm32_imm8,
+                Register::EAX,
+                9u32,
+            )));
+            b.ins(mk(Instruction::with2(
+                Code::And_rm32_imm8,
+                Register::EAX,
+                1u32,
+            )));
+            b.ins(mk(Instruction::with2(
+                Code::Mov_rm8_r8,
+                MemoryOperand::new(
+                    Register::None,
+                    Register::None,
+                    1,
+                    a.vif as i64,
+                    4,
+                    false,
+                    Register::GS,
+                ),
+                Register::AL,
+            )));
+            // A POPF that sets TF: the runtime single-steps (a callout at the next EIP).
+            let trap = b.label();
+            let after = b.label();
+            b.ins(mk(Instruction::with2(
+                Code::Test_rm32_imm32,
+                gs(s1),
+                0x100u32,
+            )));
+            b.branch(Code::Jne_rel32_32, trap);
+            b.flags_from_slot(s1);
+            b.ld32(Register::EAX, s0);
+            b.bind(after);
+            let eip = b.eip;
+            b.defer(trap, move |b| {
+                b.eip = next;
+                b.flags_from_slot(s1);
+                b.ld32(Register::EAX, s0);
+                b.callout(
+                    CalloutOp::PendingIrq,
+                    CoEip::Imm(next),
+                    next,
+                    CalloutKind::PopfTrap as u32,
+                );
+                b.branch(Code::Jmp_rel32_32, after);
+            });
+            b.eip = eip;
+            Done {
+                check_after: true,
+                ..FALL
+            }
+        }
+        InlineKind::ReadSreg => {
+            let off = a.vseg_of(i.op1_register());
+            if i.op0_kind() == OpKind::Register {
+                load_reg_from_gs(b, i.op0_register(), off);
+            } else {
+                store16_from_gs(b, i, off);
+            }
+            FALL
+        }
+        InlineKind::PushSreg => {
+            let off = a.vseg_of(i.op0_register());
+            let code = if i.op_code().operand_size() == 16 {
+                Code::Push_rm16
+            } else {
+                Code::Push_rm32
+            };
+            b.ins(mk(Instruction::with1(code, gs(off))));
+            FALL
+        }
+        InlineKind::ReadCr => {
+            let n = i.op1_register().number() as u32;
+            if n > 4 || n == 1 {
+                return emulate_here(b, gi, next, CalloutKind::CrWrite);
+            }
+            load_reg_from_gs(b, i.op0_register(), a.cr_of(n));
+            FALL
+        }
+        InlineKind::ReadDr => {
+            let n = i.op1_register().number() as u32;
+            if n == 4 || n == 5 || n > 7 {
+                // DR4/DR5 depend on CR4.DE: the interpreter decides.
+                return emulate_here(b, gi, next, CalloutKind::DrWrite);
+            }
+            load_reg_from_gs(b, i.op0_register(), a.dr_of(n));
+            FALL
+        }
+        InlineKind::StoreTable => {
+            let base = if i.mnemonic() == Mnemonic::Sgdt {
+                a.gdtr
+            } else {
+                a.idtr
+            };
+            let r = free_reg(i);
+            let rec = Recovery::reg(r, s0);
+            b.st32(s0, r);
+            let mut probe_ld = *i;
+            probe_ld.set_ip(0);
+            probe_ld.set_code(Code::Mov_r8_rm8);
+            probe_ld.set_op0_kind(OpKind::Register);
+            probe_ld.set_op0_register(reg8(r));
+            probe_ld.set_op1_kind(OpKind::Memory);
+            b.ins_rec(probe_ld, rec);
+            let mut probe_st = *i;
+            probe_st.set_ip(0);
+            probe_st.set_code(Code::Mov_rm8_r8);
+            probe_st.set_op0_kind(OpKind::Memory);
+            probe_st.set_op1_kind(OpKind::Register);
+            probe_st.set_op1_register(reg8(r));
+            b.ins_rec(probe_st, rec);
+            b.ld32(r, base + 2);
+            let mut hi = probe_st;
+            hi.set_code(Code::Mov_rm32_r32);
+            hi.set_op1_register(r);
+            let addr16 = i.memory_base().size() == 2
+                || i.memory_index().size() == 2
+                || (i.memory_base() == Register::None
+                    && i.memory_index() == Register::None
+                    && i.memory_displ_size() == 2);
+            if addr16 {
+                hi.set_memory_displacement32(i.memory_displacement32().wrapping_add(2) & 0xffff);
+                hi.set_memory_displ_size(2);
+            } else {
+                hi.set_memory_displacement32(i.memory_displacement32().wrapping_add(2));
+                hi.set_memory_displ_size(4);
+            }
+            b.ins_rec(hi, rec);
+            b.ins(mk(Instruction::with2(
+                Code::Mov_r16_rm16,
+                reg16(r),
+                gs(base),
+            )));
+            let mut lo = probe_st;
+            lo.set_code(Code::Mov_rm16_r16);
+            lo.set_op1_register(reg16(r));
+            b.ins_rec(lo, rec);
+            b.ld32(r, s0);
+            FALL
+        }
+        InlineKind::StoreSelector => {
+            let off = if i.mnemonic() == Mnemonic::Sldt {
+                a.ldtr
+            } else {
+                a.tr
+            };
+            if i.op0_kind() == OpKind::Register {
+                load_reg_from_gs(b, i.op0_register(), off);
+            } else {
+                store16_from_gs(b, i, off);
+            }
+            FALL
+        }
+        InlineKind::Smsw => {
+            if i.op0_kind() == OpKind::Register {
+                load_reg_from_gs(b, i.op0_register(), a.cr_of(0));
+            } else {
+                store16_from_gs(b, i, a.cr_of(0));
+            }
+            FALL
+        }
+        InlineKind::Rdtsc => {
+            b.save_flags_lahf(s0);
+            b.ins(Instruction::with(Code::Rdtsc));
+            b.ins(mk(Instruction::with2(
+                Code::Add_r32_rm32,
+                Register::EAX,
+                gs(a.tsc_offset),
+            )));
+            b.ins(mk(Instruction::with2(
+                Code::Adc_r32_rm32,
+                Register::EDX,
+                gs(a.tsc_offset + 4),
+            )));
+            b.st32(s1, Register::EAX);
+            b.restore_flags_lahf(s0);
+            b.ld32(Register::EAX, s1);
+            FALL
+        }
+        InlineKind::Cpuid => {
+            let slow = b.label();
+            let done = b.label();
+            b.st32(s0, Register::EAX);
+            b.save_flags_lahf(s1);
+            b.ld32(Register::EAX, s0);
+            b.ins(mk(Instruction::with2(
+                Code::Cmp_r32_rm32,
+                Register::EAX,
+                gs(a.cpuid_count),
+            )));
+            b.branch(Code::Jae_rel32_32, slow);
+            b.ins(mk(Instruction::with2(
+                Code::Shl_rm32_imm8,
+                Register::EAX,
+                4u32,
+            )));
+            for (r, o) in [
+                (Register::EBX, 4),
+                (Register::ECX, 8),
+                (Register::EDX, 12),
+                (Register::EAX, 0),
+            ] {
+                b.ins(mk(Instruction::with2(
+                    Code::Mov_r32_rm32,
+                    r,
+                    gs_base(Register::EAX, a.cpuid_table + o),
+                )));
+            }
+            b.st32(s0, Register::EAX);
+            b.restore_flags_lahf(s1);
+            b.ld32(Register::EAX, s0);
+            b.bind(done);
+            let eip = gi.eip;
+            b.defer(slow, move |b| {
+                b.eip = eip;
+                b.restore_flags_lahf(s1);
+                b.ld32(Register::EAX, s0);
+                b.callout(
+                    CalloutOp::Emulate,
+                    CoEip::Imm(eip),
+                    next,
+                    CalloutKind::CpuidLeaf as u32,
+                );
+                b.branch(Code::Jmp_rel32_32, done);
+            });
+            FALL
+        }
+    }
+}
+
+fn emulate_here(b: &mut Builder<'_>, gi: &GuestInsn, next: u32, kind: CalloutKind) -> Done {
+    b.callout(CalloutOp::Emulate, CoEip::Imm(gi.eip), next, kind as u32);
+    FALL
+}

@@ -1,0 +1,575 @@
+//! One test per rewrite rule: translate, validate, decode the fragment back and look at the
+//! emitted sequence.
+mod common;
+use common::*;
+use iced_x86::{Code, Mnemonic, Register};
+use vmm_scanner::classify::CalloutKind;
+use vmm_scanner::{Abi, CalloutOp, Mode};
+
+fn has(f: &vmm_scanner::Fragment, line: &str) -> bool {
+    listing(f).iter().any(|l| l == line)
+}
+
+fn assert_has(f: &vmm_scanner::Fragment, lines: &[&str]) {
+    let l = listing(f);
+    // The lines appear in this order.
+    let mut at = 0;
+    for want in lines {
+        match l[at..].iter().position(|x| x == want) {
+            Some(p) => at += p + 1,
+            None => panic!("`{want}` not found (in order) in:\n{}", l.join("\n")),
+        }
+    }
+}
+
+/// The callouts of a fragment as (op, eip, next, arg) from the stores before each far call.
+fn callouts(f: &vmm_scanner::Fragment) -> Vec<(u32, Option<u32>, u32, u32)> {
+    let a = Abi::default();
+    let is = decode(f);
+    let mut out = Vec::new();
+    for (k, i) in is.iter().enumerate() {
+        if i.code() == Code::Call_m1632 {
+            let mut op = 0;
+            let mut eip = None;
+            let mut next = 0;
+            let mut arg = 0;
+            for j in &is[k.saturating_sub(5)..k] {
+                if j.code() == Code::Mov_rm32_imm32 && j.memory_segment() == Register::GS {
+                    let d = j.memory_displacement32();
+                    let v = j.immediate32();
+                    if d == a.callout_op {
+                        op = v
+                    } else if d == a.callout_eip {
+                        eip = Some(v)
+                    } else if d == a.callout_next {
+                        next = v
+                    } else if d == a.callout_arg {
+                        arg = v
+                    }
+                }
+            }
+            out.push((op, eip, next, arg));
+        }
+    }
+    out
+}
+
+const EMU: u32 = CalloutOp::Emulate as u32;
+
+#[test]
+fn entry_has_a_flag_free_pending_interrupt_check() {
+    let (_, f) = tr(&[0x90, 0xc3]);
+    let is = decode(&f);
+    // A trampoline to the interrupt stub precedes the entry point.
+    assert_eq!(f.entry_off, 5);
+    assert_eq!(is[0].code(), Code::Jmp_rel32_32);
+    assert_has(
+        &f,
+        &[
+            "mov gs:[3Ch],ecx",
+            "movzx ecx,word ptr gs:[0]",
+            "lea ecx,[ecx-101h]",
+            "jecxz 0FFC00000h",
+            "mov ecx,gs:[3Ch]",
+            "nop",
+        ],
+    );
+    assert!(callouts(&f).contains(&(CalloutOp::PendingIrq as u32, Some(0x1000), 0x1000, 0)));
+    // Nothing between the entry and the first guest instruction writes flags.
+    for i in &is[1..6] {
+        assert_eq!(i.rflags_modified(), 0, "{:?}", i.code());
+    }
+}
+
+#[test]
+fn ident_copies() {
+    let (_, f) = tr(&[0x01, 0xd8, 0x64, 0x8b, 0x03, 0x0f, 0xaf, 0xc1, 0xc3]);
+    assert_has(&f, &["add eax,ebx", "mov eax,fs:[ebx]", "imul eax,ecx"]);
+    // The PC map names the guest instruction of each copied instruction.
+    let is = decode(&f);
+    let add = is.iter().find(|i| i.mnemonic() == Mnemonic::Add).unwrap();
+    assert_eq!(
+        f.guest_state_at(add.ip() as u32 - f.tc_addr)
+            .unwrap()
+            .guest_eip,
+        0x1000
+    );
+    let imul = is.iter().find(|i| i.mnemonic() == Mnemonic::Imul).unwrap();
+    assert_eq!(
+        f.guest_state_at(imul.ip() as u32 - f.tc_addr)
+            .unwrap()
+            .guest_eip,
+        0x1005
+    );
+}
+
+#[test]
+fn sixteen_bit_code_is_reencoded_as_32_bit() {
+    let m = Mode {
+        code32: false,
+        stack32: false,
+        ..Mode::kernel32()
+    };
+    // mov ax, [bx+si]; add ax, 1; ret
+    let (_, f) = tr_mode(&[0x8b, 0x00, 0x05, 0x01, 0x00, 0xc3], 0x100, m);
+    assert_has(&f, &["mov ax,[bx+si]", "add ax,1"]);
+    // RET with a 16-bit stack: a callout.
+    assert!(callouts(&f).contains(&(EMU, Some(0x105), 0x106, CalloutKind::Stack16 as u32)));
+}
+
+#[test]
+fn cli_sti() {
+    let (_, f) = tr(&[0xfa, 0xfb, 0x90, 0x90, 0xc3]);
+    assert_has(
+        &f,
+        &[
+            "mov byte ptr gs:[0],0",
+            "mov byte ptr gs:[0],1",
+            "nop",
+            "mov gs:[3Ch],ecx",
+            "movzx ecx,word ptr gs:[0]",
+            "nop",
+        ],
+    );
+    // The check after STI comes after the shadow instruction, reporting its successor.
+    assert!(callouts(&f).contains(&(CalloutOp::PendingIrq as u32, Some(0x1003), 0x1003, 0)));
+    assert!(!callouts(&f).iter().any(|c| c.1 == Some(0x1002)));
+}
+
+#[test]
+fn pushf() {
+    let (_, f) = tr(&[0x9c, 0xc3]);
+    assert_has(
+        &f,
+        &[
+            "pushfd",
+            "mov gs:[30h],eax",
+            "mov eax,[esp]",
+            "and eax,0FFC08CFFh",
+            "or eax,gs:[4]",
+            "mov gs:[34h],eax",
+            "movzx eax,byte ptr gs:[0]",
+            "shl eax,9",
+            "or eax,gs:[34h]",
+            "mov gs:[34h],eax",
+            "popfd",
+            "mov eax,gs:[34h]",
+            "mov [esp-4],eax",
+            "lea esp,[esp-4]",
+            "mov eax,gs:[30h]",
+        ],
+    );
+    // 16-bit PUSHF pushes a word.
+    let (_, f) = tr(&[0x66, 0x9c, 0xc3]);
+    assert_has(
+        &f,
+        &[
+            "pushf",
+            "movzx eax,word ptr [esp]",
+            "popf",
+            "mov [esp-2],ax",
+            "lea esp,[esp-2]",
+        ],
+    );
+}
+
+#[test]
+fn popf() {
+    let (_, f) = tr(&[0x9d, 0x90, 0xc3]);
+    assert_has(
+        &f,
+        &[
+            "mov gs:[30h],eax",
+            "mov eax,[esp]",
+            "lea esp,[esp+4]",
+            "mov gs:[34h],eax",
+            "and eax,247100h",
+            "mov gs:[38h],eax",
+            "mov eax,gs:[4]",
+            "and eax,1A0000h",
+            "or eax,gs:[38h]",
+            "mov gs:[4],eax",
+            "mov eax,gs:[34h]",
+            "shr eax,9",
+            "and eax,1",
+            "mov gs:[0],al",
+            "test dword ptr gs:[34h],100h",
+            "bt eax,0Ah",
+            "cld",
+            "std",
+            "shr eax,0Bh",
+            "and eax,1",
+            "mov ah,gs:[34h]",
+            "add al,7Fh",
+            "sahf",
+            "mov eax,gs:[30h]",
+            // The pending-interrupt check, then the next guest instruction.
+            "movzx ecx,word ptr gs:[0]",
+            "nop",
+        ],
+    );
+    let c = callouts(&f);
+    assert!(c.contains(&(CalloutOp::PendingIrq as u32, Some(0x1001), 0x1001, 0)));
+    assert!(c.contains(&(
+        CalloutOp::PendingIrq as u32,
+        Some(0x1001),
+        0x1001,
+        CalloutKind::PopfTrap as u32
+    )));
+    // The only stack access is the read of the image: no write below ESP.
+    assert!(!listing(&f).iter().any(|l| l.contains("[esp-")));
+}
+
+#[test]
+fn segment_selector_reads() {
+    let a = Abi::default();
+    // mov eax, ds; mov bx, ss; mov [eax], cs; push gs; push es (16-bit); ret
+    let (_, f) = tr(&[
+        0x8c, 0xd8, 0x66, 0x8c, 0xd3, 0x8c, 0x08, 0x0f, 0xa8, 0x66, 0x06, 0xc3,
+    ]);
+    assert_eq!(a.vseg_of(Register::DS), 0x5c);
+    assert_has(
+        &f,
+        &[
+            "mov eax,gs:[5Ch]",
+            "mov bx,gs:[58h]",
+            "mov gs:[30h],ecx",
+            "mov cx,gs:[54h]",
+            "mov [eax],cx",
+            "mov ecx,gs:[30h]",
+            "push dword ptr gs:[64h]",
+            "push word ptr gs:[50h]",
+        ],
+    );
+    // The store to guest memory restores ECX if it faults.
+    let is = decode(&f);
+    let st = is
+        .iter()
+        .find(|i| i.code() == Code::Mov_rm16_r16 && i.memory_base() == Register::EAX)
+        .unwrap();
+    let pc = f.guest_state_at(st.ip() as u32 - f.tc_addr).unwrap();
+    assert_eq!(pc.guest_eip, 0x1005);
+    assert_eq!(pc.recovery.restore[0], Some((Register::ECX, a.slot(0))));
+}
+
+#[test]
+fn control_register_and_debug_register_reads() {
+    // mov eax, cr0; mov ebx, cr3; mov ecx, cr2; mov edx, cr4; mov esi, dr7; mov eax, dr4; ret
+    let (_, f) = tr(&[
+        0x0f, 0x20, 0xc0, 0x0f, 0x20, 0xdb, 0x0f, 0x20, 0xd1, 0x0f, 0x20, 0xe2, 0x0f, 0x21, 0xfe,
+        0x0f, 0x21, 0xe0, 0xc3,
+    ]);
+    assert_has(
+        &f,
+        &[
+            "mov eax,gs:[80h]",
+            "mov ebx,gs:[8Ch]",
+            "mov ecx,gs:[88h]",
+            "mov edx,gs:[90h]",
+            "mov esi,gs:[0BCh]",
+        ],
+    );
+    assert!(callouts(&f).contains(&(EMU, Some(0x100f), 0x1012, CalloutKind::DrWrite as u32)));
+}
+
+#[test]
+fn descriptor_table_stores() {
+    // sgdt [eax]; sidt [ebx+8]; sldt ecx; str word [esi]; smsw eax; smsw [edx]; ret
+    let (_, f) = tr(&[
+        0x0f, 0x01, 0x00, 0x0f, 0x01, 0x4b, 0x08, 0x0f, 0x00, 0xc1, 0x0f, 0x00, 0x0e, 0x0f, 0x01,
+        0xe0, 0x0f, 0x01, 0x22, 0xc3,
+    ]);
+    assert_has(
+        &f,
+        &[
+            "mov gs:[30h],ecx",
+            "mov cl,[eax]",
+            "mov [eax],cl",
+            "mov ecx,gs:[72h]",
+            "mov [eax+2],ecx",
+            "mov cx,gs:[70h]",
+            "mov [eax],cx",
+            "mov ecx,gs:[30h]",
+            "mov gs:[30h],eax",
+            "mov al,[ebx+8]",
+            "mov [ebx+8],al",
+            "mov eax,gs:[7Ah]",
+            "mov [ebx+0Ah],eax",
+            "mov ax,gs:[78h]",
+            "mov [ebx+8],ax",
+            "mov eax,gs:[30h]",
+            "mov ecx,gs:[68h]",
+            "mov gs:[30h],eax",
+            "mov ax,gs:[6Ch]",
+            "mov [esi],ax",
+            "mov eax,gs:[80h]",
+            "mov ax,gs:[80h]",
+            "mov [edx],ax",
+        ],
+    );
+}
+
+#[test]
+fn rdtsc_adds_the_offset_and_keeps_flags() {
+    let (_, f) = tr(&[0x0f, 0x31, 0xc3]);
+    assert_has(
+        &f,
+        &[
+            "lahf",
+            "seto al",
+            "mov gs:[30h],eax",
+            "rdtsc",
+            "add eax,gs:[0C0h]",
+            "adc edx,gs:[0C4h]",
+            "mov gs:[34h],eax",
+            "mov eax,gs:[30h]",
+            "add al,7Fh",
+            "sahf",
+            "mov eax,gs:[34h]",
+        ],
+    );
+}
+
+#[test]
+fn cpuid_from_the_table() {
+    let (_, f) = tr(&[0x0f, 0xa2, 0xc3]);
+    assert_has(
+        &f,
+        &[
+            "mov gs:[30h],eax",
+            "lahf",
+            "seto al",
+            "mov gs:[34h],eax",
+            "mov eax,gs:[30h]",
+            "cmp eax,gs:[0C8h]",
+            "shl eax,4",
+            "mov ebx,gs:[eax+104h]",
+            "mov ecx,gs:[eax+108h]",
+            "mov edx,gs:[eax+10Ch]",
+            "mov eax,gs:[eax+100h]",
+            "sahf",
+        ],
+    );
+    assert!(callouts(&f).contains(&(EMU, Some(0x1000), 0x1002, CalloutKind::CpuidLeaf as u32)));
+}
+
+#[test]
+fn heavy_instructions_are_callouts() {
+    // out dx, al; mov ds, ax; in al, 60h; hlt; wrmsr; invlpg [eax]; lgdt [eax]; ret
+    let (u, f) = tr(&[0xee, 0x8e, 0xd8, 0x90]);
+    assert_eq!(u.insns.len(), 2, "MOV DS ends the unit");
+    let c = callouts(&f);
+    assert!(c.contains(&(EMU, Some(0x1000), 0x1001, CalloutKind::Io as u32)));
+    assert!(c.contains(&(EMU, Some(0x1001), 0x1003, CalloutKind::SegmentLoad as u32)));
+    // After the segment load, an exit to the next instruction.
+    assert_eq!(f.exits.len(), 1);
+    assert_eq!(f.exits[0].target_eip, 0x1003);
+    // The callout sequence itself.
+    assert_has(
+        &f,
+        &[
+            "mov gs:[8],esp",
+            "mov gs:[0Ch],ss",
+            "lss esp,gs:[10h]",
+            "mov dword ptr gs:[20h],1",
+            "mov dword ptr gs:[24h],1000h",
+            "mov dword ptr gs:[28h],1001h",
+            "mov dword ptr gs:[2Ch],0Dh",
+            "call far fword ptr gs:[18h]",
+            "lss esp,gs:[8]",
+        ],
+    );
+    for (code, kind) in [
+        (&[0xf4][..], CalloutKind::Hlt),
+        (&[0x0f, 0x30], CalloutKind::Msr),
+        (&[0x0f, 0x01, 0x38], CalloutKind::Invlpg),
+        (&[0x0f, 0x01, 0x10], CalloutKind::TableLoad),
+        (&[0xcd, 0x80], CalloutKind::Interrupt),
+        (&[0xcf], CalloutKind::Iret),
+        (&[0xea, 0, 0, 0, 0, 0x33, 0], CalloutKind::FarTransfer),
+        (&[0x0f, 0x34], CalloutKind::FastSystemCall),
+        (&[0x65, 0xa1, 0x14, 0, 0, 0], CalloutKind::ReservedSegment),
+        (&[0x2e, 0xa1, 0x14, 0, 0, 0], CalloutKind::CsData),
+    ] {
+        let (_, f) = tr(code);
+        assert!(
+            callouts(&f)
+                .iter()
+                .any(|c| c.0 == EMU && c.1 == Some(0x1000) && c.3 == kind as u32),
+            "{code:02x?}"
+        );
+    }
+}
+
+#[test]
+fn direct_branches_are_relinked() {
+    // jmp +0x10
+    let (_, f) = tr(&[0xeb, 0x10]);
+    assert_eq!(f.exits.len(), 1);
+    assert_eq!(f.exits[0].target_eip, 0x1012);
+    assert!(callouts(&f).contains(&(CalloutOp::Exit as u32, Some(0x1012), 0x1012, 0)));
+    // call +0 pushes the guest return address.
+    let (_, f) = tr(&[0xe8, 0, 0, 0, 0]);
+    assert_has(&f, &["push 1005h"]);
+    assert_eq!(f.exits[0].target_eip, 0x1005);
+    // jz: taken and fall-through exits.
+    let (_, f) = tr(&[0x74, 0x10]);
+    assert_eq!(
+        f.exits.iter().map(|e| e.target_eip).collect::<Vec<_>>(),
+        vec![0x1012, 0x1002]
+    );
+    let is = decode(&f);
+    assert!(is.iter().any(|i| i.code() == Code::Je_rel32_32));
+    // loop: a short loop to the taken exit, the fall-through exit in between.
+    let (_, f) = tr(&[0xe2, 0xfe]);
+    assert_eq!(
+        f.exits.iter().map(|e| e.target_eip).collect::<Vec<_>>(),
+        vec![0x1002, 0x1000]
+    );
+    assert!(decode(&f)
+        .iter()
+        .any(|i| i.code() == Code::Loop_rel8_32_ECX));
+    // 16-bit code: a 16-bit jcxz keeps CX as its counter.
+    let m = Mode {
+        code32: false,
+        stack32: false,
+        ..Mode::kernel32()
+    };
+    let (_, f) = tr_mode(&[0xe3, 0x10], 0x100, m);
+    assert!(decode(&f).iter().any(|i| i.code() == Code::Jcxz_rel8_32));
+    assert_eq!(
+        f.exits.iter().map(|e| e.target_eip).collect::<Vec<_>>(),
+        vec![0x102, 0x112]
+    );
+}
+
+#[test]
+fn returns_and_indirect_branches_look_up_the_table() {
+    let (_, f) = tr(&[0xc2, 8, 0]);
+    assert_has(
+        &f,
+        &[
+            "mov gs:[40h],eax",
+            "mov gs:[44h],ecx",
+            "mov eax,[esp]",
+            "lea esp,[esp+0Ch]",
+            "mov gs:[48h],eax",
+            "movzx ecx,ax",
+            "lea ecx,[ecx*8+1000h]",
+            "mov gs:[4Ch],ecx",
+            "mov ecx,gs:[ecx]",
+            "lea ecx,[ecx+eax]",
+            "mov eax,gs:[48h]",
+            "mov gs:[24h],eax",
+            "mov ecx,gs:[4Ch]",
+            "mov ecx,gs:[ecx+4]",
+            "mov gs:[38h],ecx",
+            "mov eax,gs:[40h]",
+            "mov ecx,gs:[44h]",
+            "jmp dword ptr gs:[38h]",
+        ],
+    );
+    assert!(callouts(&f)
+        .iter()
+        .any(|c| c.0 == CalloutOp::IndirectMiss as u32 && c.1.is_none()));
+    // call [eax+4]: target first, then the guest return address; the push restores EAX.
+    let (_, f) = tr(&[0xff, 0x50, 0x04]);
+    assert_has(&f, &["mov eax,[eax+4]", "push 1003h", "movzx ecx,ax"]);
+    let is = decode(&f);
+    let push = is.iter().find(|i| i.code() == Code::Pushd_imm32).unwrap();
+    let pc = f.guest_state_at(push.ip() as u32 - f.tc_addr).unwrap();
+    assert_eq!(pc.guest_eip, 0x1000);
+    assert_eq!(
+        pc.recovery.restore[0],
+        Some((Register::EAX, Abi::default().slot(4)))
+    );
+    // jmp ecx; 16-bit jmp word [ebx].
+    let (_, f) = tr(&[0xff, 0xe1]);
+    assert!(has(&f, "mov eax,ecx"));
+    let (_, f) = tr(&[0x66, 0xff, 0x23]);
+    assert!(has(&f, "movzx eax,word ptr [ebx]"));
+}
+
+#[test]
+fn unit_end_markers() {
+    let (_, f) = tr(&[0x90, 0x0f, 0x04]);
+    assert!(callouts(&f).contains(&(CalloutOp::Invalid as u32, Some(0x1001), 0, 0)));
+    let (_, f) = tr(&[0x90, 0xb8, 1]);
+    assert!(callouts(&f).contains(&(CalloutOp::FetchFault as u32, Some(0x1001), 0, 0)));
+    // Never-returning callouts are followed by a UD2 tripwire.
+    assert!(decode(&f).iter().any(|i| i.code() == Code::Ud2));
+}
+
+#[test]
+fn user_mode_makes_inline_rules_callouts() {
+    let m = Mode {
+        cpl: 3,
+        ..Mode::kernel32()
+    };
+    let (_, f) = tr_mode(&[0xfa, 0x9c, 0xc3], 0x1000, m);
+    let c = callouts(&f);
+    assert!(c.contains(&(EMU, Some(0x1000), 0x1001, CalloutKind::UserMode as u32)));
+    assert!(c.contains(&(EMU, Some(0x1001), 0x1002, CalloutKind::UserMode as u32)));
+}
+
+#[test]
+fn miss_routine_validates() {
+    let abi = Abi::default();
+    let code = vmm_scanner::emit::ibl_miss_routine(&abi, TC).unwrap();
+    let f = vmm_scanner::Fragment {
+        tc_addr: TC,
+        code,
+        entry_off: 0,
+        start_eip: 0,
+        exits: vec![],
+        pc_map: vec![],
+    };
+    vmm_scanner::validate::check_fragment(&f, &abi, &Default::default()).unwrap();
+    assert_has(
+        &f,
+        &[
+            "mov gs:[40h],eax",
+            "mov eax,gs:[48h]",
+            "mov gs:[24h],eax",
+            "mov eax,gs:[40h]",
+            "mov dword ptr gs:[20h],3",
+            "call far fword ptr gs:[18h]",
+        ],
+    );
+}
+
+#[test]
+fn validator_rejects_what_must_never_be_emitted() {
+    let abi = Abi::default();
+    let bad: &[&[u8]] = &[
+        &[0xcd, 0x80],                      // int 80h
+        &[0xcc],                            // int3
+        &[0x0f, 0x05],                      // syscall
+        &[0x0f, 0x34],                      // sysenter
+        &[0xea, 0, 0, 0, 0, 0x33, 0],       // jmp far 33h:0
+        &[0xff, 0x1d, 0, 0, 0, 0],          // call far [0]
+        &[0x65, 0xff, 0x1d, 0x20, 0, 0, 0], // call far gs:[20h] (not the gate)
+        &[0x8e, 0xe8],                      // mov gs, eax
+        &[0x0f, 0xa9],                      // pop gs
+        &[0x65, 0xa1, 0, 0, 0x10, 0],       // mov eax, gs:[100000h] (outside the region)
+        &[0x2e, 0xa1, 0, 0, 0, 0],          // mov eax, cs:[0]
+        &[0xfa],                            // cli
+        &[0xcf],                            // iretd
+        &[0xf4],                            // hlt
+        &[0x0f, 0x01, 0x00],                // sgdt [eax]
+    ];
+    for b in bad {
+        let f = vmm_scanner::Fragment {
+            tc_addr: TC,
+            code: b.to_vec(),
+            entry_off: 0,
+            start_eip: 0,
+            exits: vec![],
+            pc_map: vec![],
+        };
+        assert!(
+            vmm_scanner::validate::check_fragment(&f, &abi, &Default::default()).is_err(),
+            "{b:02x?} accepted"
+        );
+    }
+}
