@@ -252,6 +252,12 @@ impl RunStats {
         let _ = writeln!(s, "port reads      {}", m.port_reads);
         let _ = writeln!(s, "port writes     {}", m.port_writes);
         let _ = writeln!(s, "unclaimed ports {}", m.unclaimed_ports);
+        if !m.unclaimed_by_port.is_empty() {
+            let mut top: Vec<_> = m.unclaimed_by_port.iter().collect();
+            top.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+            let list: Vec<String> = top.iter().take(12).map(|(p, n)| format!("{p:#x}:{n}")).collect();
+            let _ = writeln!(s, "  by port       {}", list.join(" "));
+        }
         let _ = writeln!(s, "interrupts      {} ({} timer edges)", m.interrupts, m.timer_irqs);
         s
     }

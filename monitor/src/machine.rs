@@ -43,6 +43,8 @@ pub struct MachineStats {
     pub port_writes: u64,
     /// Accesses to ports no device claims.
     pub unclaimed_ports: u64,
+    /// Which unclaimed ports, and how often (what the guest probed that is not there).
+    pub unclaimed_by_port: std::collections::BTreeMap<u16, u64>,
     /// Interrupt acknowledge cycles (external interrupts taken).
     pub interrupts: u64,
     /// Timer interrupts raised on IRQ 0.
@@ -275,6 +277,7 @@ impl Machine {
     fn read_byte(&mut self, port: u16) -> u8 {
         let Some((dev, off)) = self.ports.lookup(port) else {
             self.stats.unclaimed_ports += 1;
+            *self.stats.unclaimed_by_port.entry(port).or_default() += 1;
             tracing::trace!(port, "read of an unclaimed port");
             return 0xff;
         };
@@ -319,6 +322,7 @@ impl Machine {
     fn write_byte(&mut self, port: u16, v: u8) -> bool {
         let Some((dev, off)) = self.ports.lookup(port) else {
             self.stats.unclaimed_ports += 1;
+            *self.stats.unclaimed_by_port.entry(port).or_default() += 1;
             tracing::trace!(port, value = v, "write to an unclaimed port");
             return false;
         };
@@ -522,6 +526,7 @@ mod tests {
         assert_eq!(m.io_in(0x20, 2), 0xab00);
         assert_eq!(m.io_in(0x3ff, 2), 0xff5a);
         assert!(m.stats.unclaimed_ports >= 3);
+        assert_eq!(m.stats.unclaimed_by_port.get(&0x1234), Some(&3));
     }
 
     #[test]
