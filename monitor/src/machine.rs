@@ -552,7 +552,7 @@ mod tests {
         assert!(due <= 1_000_000, "{due}");
         clock.sleep_until(due);
         assert!(m.interrupt_requested());
-        assert_eq!(m.acknowledge_interrupt(), Some(0x28 + 0));
+        assert_eq!(m.acknowledge_interrupt(), Some(0x28), "IRQ 8: the slave's first vector");
         // Reading C drops the line.
         m.io_out(0x70, 1, 0x0c);
         assert_eq!(m.io_in(0x71, 1), 0xc0);

@@ -309,8 +309,7 @@ pub fn load_with(
     let gdt_bytes: Vec<u8> = gdt.iter().flat_map(|d| d.to_le_bytes()).collect();
     ram.write(GDT_ADDR.into(), &gdt_bytes).map_err(oops)?;
 
-    let mut params = boot_params::default();
-    params.hdr = hdr;
+    let mut params = boot_params { hdr, ..boot_params::default() };
     params.hdr.type_of_loader = 0xff;
     params.hdr.vid_mode = 0xffff; // "normal"
     params.hdr.cmd_line_ptr = CMDLINE_ADDR;
