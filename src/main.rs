@@ -360,7 +360,9 @@ fn finish(result: &engine::RunResult, stats: bool, verbose: bool) -> ExitCode {
     if outcome.wants_report() {
         eprintln!("vmm: {}", outcome.message());
         eprintln!("vmm: CPU state:\n{}", engine::cpu_report(&result.state));
-    } else if verbose {
+    } else if verbose || matches!(outcome, Outcome::Stopped(_)) {
+        // A platform ending (power-off, reset, panic, Ctrl-A x) is worth one line: the
+        // console may not say it.
         eprintln!("vmm: {}", outcome.message());
     }
     if stats {

@@ -237,3 +237,96 @@ fn linux_bad_input() {
     let out = std::process::Command::new(vmm_bin()).arg("run").arg(&k).args(["--initrd", "/dev/null"]).output().unwrap();
     assert_clean_failure(&out, 2, "not a bzImage");
 }
+
+/// COM1 input when standard input is not a terminal: piped bytes reach the guest's UART
+/// (no raw mode, no escape key). The guest echoes what it reads until 'q'.
+#[test]
+fn piped_input_reaches_com1() {
+    use iced_x86::code_asm::*;
+    use std::io::Write;
+    let mut g = Guest::new();
+    g.print("ready\n");
+    let mut poll = g.k.create_label();
+    let mut done = g.k.create_label();
+    g.k.set_label(&mut poll).unwrap();
+    g.k.mov(dx, 0x3fd).unwrap();
+    g.k.in_(al, dx).unwrap();
+    g.k.test(al, 1).unwrap();
+    g.k.jz(poll).unwrap();
+    g.k.mov(dx, 0x3f8).unwrap();
+    g.k.in_(al, dx).unwrap();
+    g.k.cmp(al, b'q' as i32).unwrap();
+    g.k.je(done).unwrap();
+    g.k.out(dx, al).unwrap();
+    g.k.jmp(poll).unwrap();
+    g.k.set_label(&mut done).unwrap();
+    g.exit(0x10);
+    let dir = tempfile::tempdir().unwrap();
+    let k = dir.path().join("echo.elf");
+    std::fs::write(&k, g.build()).unwrap();
+    let mut child = std::process::Command::new(vmm_bin())
+        .arg("run")
+        .arg(&k)
+        .args(["--timeout", "60", "--kernel-engine", "interp", "--user-engine", "interp"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"hello, guest\x01x q").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0x21), "stderr: {}", stderr(&out));
+    // Ctrl-A x is only the escape on a terminal: here it is data.
+    assert_eq!(stdout(&out), "ready\nhello, guest\x01x ");
+}
+
+/// On a terminal: raw mode while the guest runs, Ctrl-A x quits with status 0 (also from a
+/// HLT that waits for input), and the terminal's settings are restored afterwards.
+#[test]
+fn ctrl_a_x_quits_and_restores_the_terminal() {
+    use nix::sys::termios::{tcgetattr, LocalFlags};
+    use std::io::{Read, Write};
+    use std::os::fd::AsFd;
+    let mut g = Guest::new();
+    g.print("ready\n");
+    // IF = 1, no timer, no interrupt sources: only console input (or the escape) can end it.
+    g.k.sti().unwrap();
+    let mut l = g.k.create_label();
+    g.k.set_label(&mut l).unwrap();
+    g.k.hlt().unwrap();
+    g.k.jmp(l).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let k = dir.path().join("wait.elf");
+    std::fs::write(&k, g.build()).unwrap();
+
+    let pty = nix::pty::openpty(None, None).expect("openpty");
+    let before = tcgetattr(pty.slave.as_fd()).unwrap();
+    assert!(before.local_flags.contains(LocalFlags::ICANON | LocalFlags::ECHO));
+    let mut child = std::process::Command::new(vmm_bin())
+        .arg("run")
+        .arg(&k)
+        .args(["--timeout", "60", "--kernel-engine", "interp", "--user-engine", "interp"])
+        .stdin(std::process::Stdio::from(pty.slave.try_clone().unwrap()))
+        .stdout(std::process::Stdio::from(pty.slave.try_clone().unwrap()))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut master = std::fs::File::from(pty.master);
+    // Wait for the guest's "ready" (vmm sets raw mode before the guest starts).
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 256];
+    while !String::from_utf8_lossy(&seen).contains("ready") {
+        let n = master.read(&mut buf).unwrap();
+        assert!(n > 0);
+        seen.extend_from_slice(&buf[..n]);
+    }
+    let during = tcgetattr(pty.slave.as_fd()).unwrap();
+    assert!(!during.local_flags.contains(LocalFlags::ICANON), "raw mode while the guest runs");
+    master.write_all(b"ab\x01x").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+    assert!(stderr(&out).contains("quit (Ctrl-A x)"), "{}", stderr(&out));
+    let after = tcgetattr(pty.slave.as_fd()).unwrap();
+    assert_eq!(after.local_flags, before.local_flags);
+    assert_eq!(after.input_flags, before.input_flags);
+}
