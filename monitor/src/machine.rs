@@ -224,6 +224,10 @@ impl Machine {
         }
         self.rtc.update(now);
         self.pic.set_irq(Rtc::IRQ, self.rtc.irq_level());
+        if self.kbc.irq_held() {
+            self.kbc.release_irq();
+            self.update_kbc_irqs();
+        }
         if !self.pending_input.is_empty() {
             self.feed_uart();
         }

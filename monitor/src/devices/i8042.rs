@@ -51,6 +51,11 @@ pub struct I8042 {
     output_port: u8,
     scan_set: u8,
     reset: bool,
+    /// The interrupt outputs are held low after a read of the output buffer until
+    /// [`release_irq`](I8042::release_irq): the real controller takes a moment to load the
+    /// next byte, and the 8259's edge-triggered inputs need the line to drop and rise again
+    /// for each byte (without this, a reply of several bytes raises one interrupt).
+    holdoff: bool,
 }
 
 impl Default for I8042 {
@@ -74,7 +79,18 @@ impl I8042 {
             output_port: 0x03,
             scan_set: 2,
             reset: false,
+            holdoff: false,
         }
+    }
+
+    /// Whether the outputs are held low after a read (see the field).
+    pub fn irq_held(&self) -> bool {
+        self.holdoff
+    }
+
+    /// Let the interrupt outputs follow the output buffer again.
+    pub fn release_irq(&mut self) {
+        self.holdoff = false;
     }
 
     /// Whether the guest asked for a CPU reset.
@@ -84,6 +100,9 @@ impl I8042 {
 
     /// The levels of IRQ 1 and IRQ 12.
     pub fn irq_levels(&self) -> (bool, bool) {
+        if self.holdoff {
+            return (false, false);
+        }
         match self.out.front() {
             Some((_, false)) => (self.ccb & CCB_KBD_INT != 0, false),
             Some((_, true)) => (false, self.ccb & CCB_AUX_INT != 0),
@@ -111,6 +130,7 @@ impl I8042 {
         match self.out.pop_front() {
             Some((v, _)) => {
                 self.status_extra &= !ST_TIMEOUT;
+                self.holdoff = true;
                 v
             }
             // An empty buffer reads what was last there; nothing better is known.
@@ -261,8 +281,11 @@ mod tests {
         assert_eq!(k.irq_levels(), (false, true));
         assert_eq!(k.read(0x60), 0x5a);
         assert_eq!(k.irq_levels(), (false, false));
+        k.release_irq();
+        assert_eq!(k.irq_levels(), (false, false));
         cmd(&mut k, 0xd2);
         k.write(0x60, 0x33);
+        k.release_irq();
         assert_eq!(k.irq_levels(), (true, false));
         assert_eq!(data(&mut k), Some(0x33));
         cmd(&mut k, 0xd4);
@@ -292,9 +315,32 @@ mod tests {
         assert_eq!(data(&mut k), Some(0xfa));
         // The keyboard interrupt follows the command byte.
         k.write(0x60, 0xf5);
+        k.release_irq();
         assert_eq!(k.irq_levels(), (true, false));
         cmd(&mut k, 0x60);
         k.write(0x60, 0x44);
+        assert_eq!(k.irq_levels(), (false, false));
+    }
+
+    /// A reply of several bytes: the line drops after each read and rises again when the
+    /// machine releases it, so an edge-triggered input sees one edge per byte.
+    #[test]
+    fn one_interrupt_edge_per_byte() {
+        let mut k = I8042::new();
+        k.write(0x60, 0xf2); // identify: fa ab 41
+        let mut edges = 0;
+        let mut level = false;
+        for _ in 0..3 {
+            let (kbd, _) = k.irq_levels();
+            if kbd && !level {
+                edges += 1;
+            }
+            level = kbd;
+            k.read(0x60);
+            level &= k.irq_levels().0;
+            k.release_irq();
+        }
+        assert_eq!(edges, 3);
         assert_eq!(k.irq_levels(), (false, false));
     }
 
