@@ -78,7 +78,7 @@ impl Console {
 }
 
 #[test]
-#[ignore = "boots Debian's kernel under the interpreter (1-8 minutes), and needs two interpreter fixes not on main yet (docs/linux-guest.md); run with scripts/test --linux"]
+#[ignore = "needs two interpreter fixes not on main yet (TZCNT as BSF, x87 arithmetic: docs/linux-guest.md); with them it passes in about a minute (scripts/test --linux)"]
 fn debian_kernel_boots_to_a_busybox_shell_under_interp() {
     let Some((kernel, initrd)) = fetch_guest() else {
         eprintln!("SKIPPED: Debian's mirror is unreachable, so the Linux guest cannot be fetched");
