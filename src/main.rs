@@ -8,6 +8,7 @@
 
 mod bench;
 mod guests;
+mod study;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -56,6 +57,9 @@ Linux: vmm run --kernel bzImage --initrd initrd.gz --append \"console=ttyS0\" --
         #[command(subcommand)]
         what: BenchWhat,
     },
+    /// The Popek-Goldberg laboratory: every sensitive or privileged instruction at guest CPL 0
+    /// and 3 under each engine and natively at host CPL 3, against what a real CPU shows.
+    Study(study::StudyArgs),
 }
 
 /// The engines of the built-in demo guest.
@@ -84,6 +88,8 @@ enum EngineArg {
     Direct,
     /// The interpreter.
     Interp,
+    /// Binary translation (guest code runs as translations in the translation cache).
+    Bt,
 }
 
 impl From<EngineArg> for EngineKind {
@@ -91,6 +97,7 @@ impl From<EngineArg> for EngineKind {
         match e {
             EngineArg::Direct => EngineKind::Direct,
             EngineArg::Interp => EngineKind::Interp,
+            EngineArg::Bt => EngineKind::Bt,
         }
     }
 }
@@ -160,6 +167,30 @@ enum BenchWhat {
         #[arg(long)]
         json: bool,
     },
+    /// Nanobenchmarks after Adams and Agesen (ASPLOS 2006): syscall, in, cr3 write, call/ret,
+    /// page fault, hidden fault, divide by zero, PTE write + INVLPG, sti/cli, pushf/popf, timed
+    /// with RDTSC inside Multiboot guests under each engine (and QEMU's TCG when installed),
+    /// against the host's native cost of the same operation, in one run.
+    Nano {
+        /// Fewer iterations and repetitions (a smoke test).
+        #[arg(long)]
+        quick: bool,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = NanoFormat::Table)]
+        format: NanoFormat,
+        /// Also write a bar chart (SVG) to this file.
+        #[arg(long)]
+        svg: Option<PathBuf>,
+        /// The columns to run, comma-separated: interp, direct, bt, qemu.
+        #[arg(long, value_delimiter = ',', default_value = "interp,direct,bt,qemu")]
+        engines: Vec<String>,
+    },
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+enum NanoFormat {
+    Table,
+    Json,
 }
 
 const MIN_MEM: u64 = 4 << 20;
@@ -253,7 +284,29 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Some(Command::Bench {
+            what: BenchWhat::Nano { quick, format, svg, engines },
+        }) => {
+            let o = bench::nano::NanoOptions { quick, json: format == NanoFormat::Json, svg, engines };
+            match bench::nano::run(&o) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("vmm: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Some(Command::Demo(args)) => run_demo(args),
+        Some(Command::Study(args)) => match study::run(&args) {
+            Ok(out) => {
+                println!("{out}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("vmm: {e}");
+                ExitCode::FAILURE
+            }
+        },
         None => run_demo(DemoArgs::default()),
     }
 }
@@ -287,7 +340,7 @@ fn run_kernel(args: RunArgs) -> ExitCode {
     let Ok(mem) = usize::try_from(args.mem) else {
         return fail(format!("--mem {} does not fit this host", args.mem));
     };
-    let direct = args.kernel_engine == EngineArg::Direct || args.user_engine == EngineArg::Direct;
+    let direct = args.kernel_engine != EngineArg::Interp || args.user_engine != EngineArg::Interp;
     let mut ram = if direct {
         match GuestRam::memfd(mem) {
             Ok(r) => r,

@@ -110,8 +110,26 @@ fn direct_engine_bad_input() {
         ],
     );
     assert_clean_failure(&out, 2, "does not fit below the monitor area");
-    let out = run_vmm(&img, &["--kernel-engine", "bt"]);
+    let out = run_vmm(&img, &["--kernel-engine", "jit"]);
     assert_eq!(out.status.code(), Some(2));
+}
+
+/// A kernel spinning with interrupts disabled in chained translated code still ends at the
+/// timeout (the timer forces an exit once the deadline has passed).
+#[test]
+fn bt_kernel_that_never_halts_times_out() {
+    let mut g = Guest::new();
+    g.print("spinning\r\n");
+    let mut top = g.k.create_label();
+    g.k.set_label(&mut top).unwrap();
+    g.k.jmp(top).unwrap();
+    let t0 = Instant::now();
+    let out = run_vmm(&g.build(), &["--timeout", "1", "--kernel-engine", "bt", "--stats"]);
+    let took = t0.elapsed();
+    assert_eq!(stdout(&out), "spinning\r\n");
+    assert_clean_failure(&out, 8, "timeout");
+    assert!(stderr(&out).contains("bt-forced-timer"), "{}", stderr(&out));
+    assert!(took < Duration::from_secs(10), "{took:?}");
 }
 
 #[test]

@@ -2,8 +2,9 @@
 //!
 //! The design has three engines chosen per guest privilege level (`--kernel-engine`,
 //! `--user-engine`): `bt` (translation), `direct` (trap-and-emulate) and `interp` (the
-//! interpreter). Only `interp` exists yet; [`run`] refuses the others with
-//! [`EngineError::NotBuilt`]. A new engine adds a variant to [`EngineKind`], a run loop next to
+//! interpreter). `interp` has its own run loop ([`run_interp`]); `direct` and `bt` share the
+//! direct engine's (`crate::direct`, `crate::bt`). A new engine adds a variant to
+//! [`EngineKind`], a run loop next to
 //! [`run_interp`] with the same contract (consume a [`Machine`] and a [`CpuState`], honour
 //! [`RunOptions`], end with an [`Outcome`] and [`RunStats`]), and a dispatch arm in [`run`].
 //!
@@ -33,6 +34,8 @@ pub enum EngineKind {
     Direct,
     /// The interpreter: slow and exact.
     Interp,
+    /// Binary translation: guest code runs as translations in the translation cache.
+    Bt,
 }
 
 impl EngineKind {
@@ -40,6 +43,7 @@ impl EngineKind {
         match self {
             EngineKind::Direct => "direct",
             EngineKind::Interp => "interp",
+            EngineKind::Bt => "bt",
         }
     }
 }
@@ -56,7 +60,8 @@ impl std::str::FromStr for EngineKind {
         match s {
             "direct" => Ok(EngineKind::Direct),
             "interp" => Ok(EngineKind::Interp),
-            _ => Err(format!("unknown engine {s:?} (expected direct or interp)")),
+            "bt" => Ok(EngineKind::Bt),
+            _ => Err(format!("unknown engine {s:?} (expected bt, direct or interp)")),
         }
     }
 }
@@ -216,6 +221,9 @@ pub struct RunStats {
     pub shadow_flushes: u64,
     /// Host LDT entries written (`modify_ldt`).
     pub ldt_writes: u64,
+    /// `bt`: fragments translated, exits chained.
+    pub translated: u64,
+    pub chained: u64,
 }
 
 impl RunStats {
@@ -246,6 +254,9 @@ impl RunStats {
             let _ = writeln!(s, "page faults     {} hidden, {} guest", self.hidden_faults, self.guest_faults);
             let _ = writeln!(s, "shadow flushes  {}", self.shadow_flushes);
             let _ = writeln!(s, "ldt writes      {}", self.ldt_writes);
+            if self.translated > 0 {
+                let _ = writeln!(s, "translated      {} fragments, {} exits chained", self.translated, self.chained);
+            }
             let _ = writeln!(s, "time in guest   {guest:.3} s, in monitor {monitor:.3} s");
         }
         let m = &self.machine;
@@ -478,7 +489,8 @@ mod tests {
     fn engine_names_parse() {
         assert_eq!("interp".parse::<EngineKind>(), Ok(EngineKind::Interp));
         assert_eq!("direct".parse::<EngineKind>(), Ok(EngineKind::Direct));
-        assert!("bt".parse::<EngineKind>().is_err());
+        assert_eq!("bt".parse::<EngineKind>(), Ok(EngineKind::Bt));
+        assert!("jit".parse::<EngineKind>().is_err());
     }
 
     #[test]

@@ -8,6 +8,9 @@
 //!   RAM as a memfd (physmap), the shadow mappings (mmap of memfd pages).
 //! * [`direct`] (`direct::entry`: entry/exit stubs, signal handlers, timer, seccomp, CPUID
 //!   faulting; `direct::ldt`: `modify_ldt`): the trap-and-emulate engine.
+//! * [`bt`] (`bt::area`: the monitor area's mmap/memfd; `bt::gate`: the 64-bit callout gate;
+//!   `bt`: the signal handler's TC fields): the binary-translation engine, on the direct
+//!   engine's runtime.
 //! * [`seccomp`]: the allow-list filter the `direct` engine runs under once set up.
 //!
 //! Everything else is safe Rust:
@@ -17,6 +20,7 @@
 //!   console as the terminal (raw mode, input, Ctrl-A x, watching for power-down); [`engine`]: choosing and
 //!   running an execution engine (the `interp` run loop).
 
+pub mod bt;
 pub mod console;
 pub mod devices;
 pub mod direct;

@@ -146,6 +146,12 @@ impl Reservation {
         Ok(())
     }
 
+    /// Whether `[lin, lin + len)` lies inside the reservation (the monitor area included).
+    pub fn reserves(&self, lin: u64, len: u64) -> bool {
+        let end = lin + len;
+        self.ranges.iter().any(|&(a, b)| a <= lin && end <= b)
+    }
+
     /// Whether `[lin, lin + len)` lies inside the reservation and below the monitor area.
     pub fn covers(&self, lin: u64, len: u64) -> bool {
         let end = lin + len;
@@ -269,20 +275,75 @@ pub struct LowMap {
     /// Counters.
     pub maps: u64,
     pub unmaps: u64,
+    /// Guest frames (physical page numbers) holding translated code (`bt`): always mapped
+    /// without write permission, so that a guest write to them faults.
+    pub code_frames: std::collections::HashSet<u32>,
+    /// Writable shadow mappings: linear page -> guest frame (page numbers), and the reverse,
+    /// so that a frame that becomes a code frame loses write permission at every alias.
+    writable_by_lin: std::collections::BTreeMap<u32, u32>,
+    writable_by_frame: std::collections::HashMap<u32, Vec<u32>>,
 }
 
 impl LowMap {
     /// Map guest RAM (`fd`, `ram_len` bytes) into the low 4 GiB of `reservation`.
     pub fn new(reservation: Reservation, ram: &MemfdRam) -> LowMap {
-        LowMap { reservation, fd: ram.fd(), ram_len: ram.len() as u64, maps: 0, unmaps: 0 }
+        LowMap { reservation, fd: ram.fd(), ram_len: ram.len() as u64, maps: 0, unmaps: 0, code_frames: Default::default(), writable_by_lin: Default::default(), writable_by_frame: Default::default() }
     }
 
     pub fn monitor_base(&self) -> u32 {
         self.reservation.monitor_base
     }
 
-    /// Map `pages` pages at guest-linear `lin` to guest-physical `frame`.
+    /// Map `pages` pages at guest-linear `lin` to guest-physical `frame` (pages of code frames
+    /// without write permission).
     pub fn map_pages(&mut self, lin: u32, frame: u32, pages: u32, writable: bool) -> io::Result<()> {
+        if writable && !self.code_frames.is_empty() && (0..pages).any(|i| self.code_frames.contains(&((frame >> 12) + i))) {
+            for i in 0..pages {
+                let f = frame + (i << 12);
+                let w = !self.code_frames.contains(&(f >> 12));
+                self.map_run(lin + (i << 12), f, 1, w)?;
+            }
+            return Ok(());
+        }
+        self.map_run(lin, frame, pages, writable)
+    }
+
+    /// Makes guest frame `frame` (a page number) a code frame: from now on it is mapped without
+    /// write permission, and every writable shadow mapping of it loses write permission now.
+    /// False if it already was one.
+    pub fn protect_code_frame(&mut self, frame: u32) -> io::Result<bool> {
+        if !self.code_frames.insert(frame) {
+            return Ok(false);
+        }
+        for lin_page in self.writable_by_frame.remove(&frame).unwrap_or_default() {
+            self.writable_by_lin.remove(&lin_page);
+            let lin = lin_page << 12;
+            // SAFETY: the page is a live shadow mapping of guest RAM that `map_run` created
+            // inside our reservation below the monitor area (tracked until unmapped or
+            // replaced); only its protection changes.
+            if unsafe { libc::mprotect(lin as usize as *mut libc::c_void, PAGE as usize, libc::PROT_READ | libc::PROT_EXEC) } != 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        Ok(true)
+    }
+
+    /// Forgets the writable mappings of linear pages `[first, first + pages)`.
+    fn forget_writable(&mut self, first: u32, pages: u32) {
+        let end = first as u64 + pages as u64;
+        let gone: Vec<(u32, u32)> = self.writable_by_lin.range(first..).take_while(|(l, _)| (**l as u64) < end).map(|(l, f)| (*l, *f)).collect();
+        for (l, f) in gone {
+            self.writable_by_lin.remove(&l);
+            if let Some(v) = self.writable_by_frame.get_mut(&f) {
+                v.retain(|x| *x != l);
+                if v.is_empty() {
+                    self.writable_by_frame.remove(&f);
+                }
+            }
+        }
+    }
+
+    fn map_run(&mut self, lin: u32, frame: u32, pages: u32, writable: bool) -> io::Result<()> {
         let len = pages as u64 * PAGE;
         if (lin | frame) as u64 & (PAGE - 1) != 0 {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "unaligned shadow mapping"));
@@ -310,6 +371,14 @@ impl LowMap {
             return Err(io::Error::last_os_error());
         }
         self.maps += 1;
+        self.forget_writable(lin >> 12, pages);
+        if writable {
+            for i in 0..pages {
+                let (l, f) = ((lin >> 12) + i, (frame >> 12) + i);
+                self.writable_by_lin.insert(l, f);
+                self.writable_by_frame.entry(f).or_default().push(l);
+            }
+        }
         Ok(())
     }
 
@@ -334,6 +403,7 @@ impl LowMap {
             return Err(io::Error::last_os_error());
         }
         self.unmaps += 1;
+        self.forget_writable(lin >> 12, pages);
         Ok(())
     }
 }
@@ -368,6 +438,18 @@ mod tests {
         // SAFETY (test): as above.
         unsafe { std::ptr::write_volatile(0x4000_0009 as *mut u8, 0xa5) };
         assert_eq!(ram.as_slice()[0x3009], 0xa5);
+        // A code frame loses write permission at every alias, now and later.
+        low.map_pages(0x5000_0000, 0x3000, 1, true).unwrap();
+        assert!(low.protect_code_frame(3).unwrap());
+        assert!(!low.protect_code_frame(3).unwrap());
+        let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+        assert!(maps.lines().any(|l| l.starts_with("40000000-40001000 r-xs")), "{maps}");
+        assert!(maps.lines().any(|l| l.starts_with("50000000-50001000 r-xs")), "{maps}");
+        low.map_pages(0x5000_0000, 0x2000, 2, true).unwrap();
+        let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+        assert!(maps.lines().any(|l| l.starts_with("50000000-50001000 rwxs")), "{maps}");
+        assert!(maps.lines().any(|l| l.starts_with("50001000-50002000 r-xs")), "{maps}");
+        low.unmap_pages(0x5000_0000, 2).unwrap();
         low.unmap_pages(0x4000_0000, 1).unwrap();
         assert!(low.map_pages(0xffc0_0000, 0, 1, false).is_err(), "the monitor area is never mapped");
         assert!(low.map_pages(0x1000, 0xff000, 2, false).is_err(), "frames outside RAM");

@@ -203,5 +203,83 @@ pub fn run(scale: f64) -> Result<(), String> {
     for (what, d, i, note) in rows {
         println!("{what:<42} {:>12.3} {:>12.3} {:>10.2}  {note}", d * 1e6, i * 1e6, i / d.max(1e-12));
     }
+
+    // The translator against both: a kernel CLI/STI loop (inline under bt, two exits an
+    // iteration under direct) and the system call (kernel bt, user direct).
+    let cli_sti = |iters: u32| {
+        [
+            asm(CODE, |a| {
+                let mut top = a.create_label();
+                let mut done = a.create_label();
+                a.mov(ecx, iters)?;
+                a.jecxz(done)?;
+                a.set_label(&mut top)?;
+                a.cli()?;
+                a.sti()?;
+                a.dec(ecx)?;
+                a.jnz(top)?;
+                a.set_label(&mut done)?;
+                exit_code(a)
+            }),
+            vec![],
+            vec![],
+        ]
+    };
+    let call_ret = |iters: u32| {
+        [
+            asm(CODE, |a| {
+                let mut top = a.create_label();
+                let mut done = a.create_label();
+                let mut sub = a.create_label();
+                a.mov(ecx, iters)?;
+                a.jecxz(done)?;
+                a.set_label(&mut top)?;
+                a.call(sub)?;
+                a.dec(ecx)?;
+                a.jnz(top)?;
+                a.set_label(&mut done)?;
+                exit_code(a)?;
+                a.set_label(&mut sub)?;
+                a.ret()
+            }),
+            vec![],
+            vec![],
+        ]
+    };
+    use EngineKind::Bt;
+    let rows: Vec<(&str, [f64; 3], &str)> = vec![
+        (
+            "kernel CLI+STI loop",
+            [
+                cost(&cli_sti, n(20_000_000.0), Bt, Direct, false)?,
+                cost(&cli_sti, n(20000.0), Direct, Direct, false)?,
+                cost(&cli_sti, n(200000.0), Interp, Interp, false)?,
+            ],
+            "per iteration (CLI, STI, DEC, JNZ)",
+        ),
+        (
+            "kernel CALL/RET loop",
+            [
+                cost(&call_ret, n(20_000_000.0), Bt, Direct, false)?,
+                cost(&call_ret, n(20_000_000.0), Direct, Direct, false)?,
+                cost(&call_ret, n(200000.0), Interp, Interp, false)?,
+            ],
+            "per iteration (CALL, RET: lookup-table hit, DEC, JNZ)",
+        ),
+        (
+            "system call, user direct",
+            [
+                cost(&syscall, n(10000.0), Bt, Direct, false)?,
+                cost(&syscall, n(10000.0), Direct, Direct, false)?,
+                cost(&syscall, n(10000.0), Interp, Interp, false)?,
+            ],
+            "int 0x80 + IRET (interp: both interp)",
+        ),
+    ];
+    println!();
+    println!("{:<42} {:>12} {:>12} {:>12}  note", "measurement (kernel engine)", "bt (us)", "direct (us)", "interp (us)");
+    for (what, [b, d, i], note) in rows {
+        println!("{what:<42} {:>12.4} {:>12.4} {:>12.4}  {note}", b * 1e6, d * 1e6, i * 1e6);
+    }
     Ok(())
 }

@@ -3,6 +3,8 @@
 
 pub mod direct;
 pub mod interp;
+pub mod nano;
+pub mod nano_guest;
 
 /// Median of a few samples (seconds).
 pub fn median(mut v: Vec<f64>) -> f64 {

@@ -20,7 +20,9 @@ use crate::mmu::Access;
 use crate::state::SegReg;
 use crate::{Bus, Cpu, Res};
 
-const BITS: u32 = 14;
+/// 4096 entries: `run()` executes from the block cache (`block.rs`); this cache serves `step()`
+/// (single-instruction emulation, the monitor's callouts, the oracle's step-by-step runs).
+const BITS: u32 = 12;
 const SIZE: usize = 1 << BITS;
 
 #[derive(Clone, Copy)]
@@ -43,10 +45,19 @@ pub(crate) struct DecodeCache {
 }
 
 impl DecodeCache {
+    /// An empty cache: the table is allocated at the first lookup, so that creating a CPU
+    /// costs nothing (the oracle creates one per test case).
     pub fn new() -> DecodeCache {
-        let empty = Entry { phys: 0, eip: 0, mode: 0, lo: 0, hi: 0, mlo: 0, mhi: 0, insn: Instruction::default() };
-        // One extra entry past the cache proper holds instructions that are never cached.
-        DecodeCache { entries: vec![empty; SIZE + 1], hits: 0, misses: 0 }
+        DecodeCache { entries: Vec::new(), hits: 0, misses: 0 }
+    }
+
+    #[inline]
+    fn ensure(&mut self) {
+        if self.entries.is_empty() {
+            let empty = Entry { phys: 0, eip: 0, mode: 0, lo: 0, hi: 0, mlo: 0, mhi: 0, insn: Instruction::default() };
+            // One extra entry past the cache proper holds instructions that are never cached.
+            self.entries = vec![empty; SIZE + 1];
+        }
     }
 
     #[inline]
@@ -90,6 +101,7 @@ impl<B: Bus> Cpu<B> {
         let p0 = self.translate(lin, acc)?;
 
         let slot = DecodeCache::slot(p0);
+        self.icache.ensure();
         {
             let e = &self.icache.entries[slot];
             if e.phys == p0 && e.eip == eip && e.mode == mode {

@@ -52,6 +52,21 @@ pub(crate) struct Shared {
     pub running: u32,
     pub _pad1: u32,
     pub exit: ExitRecord,
+    /// The `bt` engine's translation cache `[bt_tc_lo, bt_tc_hi)` (0, 0 otherwise): a timer
+    /// signal that interrupts code there only sets the byte at `bt_irq` and returns (the
+    /// translated code checks it at fragment entries; no exit mid-fragment).
+    pub bt_tc_lo: u64,
+    pub bt_tc_hi: u64,
+    pub bt_irq: u64,
+    /// The `bt` engine's 64-bit gate trampoline `[bt_tramp_lo, bt_tramp_hi)` below 4 GiB: a
+    /// signal there (CS = 0x33) is a host signal, not guest code that left compatibility mode.
+    pub bt_tramp_lo: u64,
+    pub bt_tramp_hi: u64,
+    /// Timer ticks in the TC that found `irq` still set (the guest did not take the previous
+    /// one: its virtual IF is clear). At `bt_stale_limit` the tick becomes a full exit
+    /// (imprecise: the runtime uses it only to end the run at its deadline).
+    pub bt_stale: u64,
+    pub bt_stale_limit: u64,
 }
 
 /// The raw facts of one exit.
@@ -73,11 +88,11 @@ pub struct ExitRecord {
     pub rip_high: u32,
 }
 
-struct SharedCell(UnsafeCell<Shared>);
+pub(crate) struct SharedCell(UnsafeCell<Shared>);
 // SAFETY: serialised by RUN_LOCK (see `Shared`).
 unsafe impl Sync for SharedCell {}
 
-static SHARED: SharedCell = SharedCell(UnsafeCell::new(Shared {
+pub(crate) static SHARED: SharedCell = SharedCell(UnsafeCell::new(Shared {
     host_fx: [0; 512],
     guest_fx: [0; 512],
     in_gpr: [0; 8],
@@ -107,7 +122,19 @@ static SHARED: SharedCell = SharedCell(UnsafeCell::new(Shared {
         cr2: 0,
         rip_high: 0,
     },
+    bt_tc_lo: 0,
+    bt_tc_hi: 0,
+    bt_irq: 0,
+    bt_tramp_lo: 0,
+    bt_tramp_hi: 0,
+    bt_stale: 0,
+    bt_stale_limit: u64::MAX,
 }));
+
+/// The shared area (for the `bt` engine's gate, which exits through the same landing).
+pub(crate) fn shared() -> *mut Shared {
+    SHARED.0.get()
+}
 
 /// One guest at a time per process (the shared area, the signal handlers, the low 4 GiB).
 pub(crate) static RUN_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -184,9 +211,35 @@ std::arch::global_asm!(
     "cmp dword ptr [rip + {shared} + {running}], 0",
     "je 2f",
     "mov rax, [rdx + {uc_rip}]",
+    // The bt engine's gate trampoline (64-bit code below 4 GiB) is the monitor's.
+    "cmp rax, [rip + {shared} + {bt_tramp_lo}]",
+    "jb 4f",
+    "cmp rax, [rip + {shared} + {bt_tramp_hi}]",
+    "jb 2f",
+    "4:",
     "shr rax, 32",
     "jnz 2f",
     "1:",
+    // The timer in the bt engine's translation cache: set the pending byte, resume.
+    "cmp edi, {timer_sig}",
+    "jne 5f",
+    "mov rax, [rdx + {uc_rip}]",
+    "cmp rax, [rip + {shared} + {bt_tc_lo}]",
+    "jb 5f",
+    "cmp rax, [rip + {shared} + {bt_tc_hi}]",
+    "jae 5f",
+    "mov rax, [rip + {shared} + {bt_irq}]",
+    "cmp byte ptr [rax], 0",
+    "je 6f",
+    "inc qword ptr [rip + {shared} + {bt_stale}]",
+    "mov rax, [rip + {shared} + {bt_stale}]",
+    "cmp rax, [rip + {shared} + {bt_stale_limit}]",
+    "jae 5f",
+    "mov rax, [rip + {shared} + {bt_irq}]",
+    "6:",
+    "mov byte ptr [rax], 1",
+    "ret",
+    "5:",
     "mov ax, es",
     "mov [rip + {shared} + {exit_sel} + 0], ax",
     "mov ax, ds",
@@ -259,6 +312,13 @@ std::arch::global_asm!(
     in_eflags = const offset_of!(Shared, in_eflags),
     in_sel = const offset_of!(Shared, in_sel),
     running = const offset_of!(Shared, running),
+    bt_tc_lo = const offset_of!(Shared, bt_tc_lo),
+    bt_tc_hi = const offset_of!(Shared, bt_tc_hi),
+    bt_irq = const offset_of!(Shared, bt_irq),
+    bt_tramp_lo = const offset_of!(Shared, bt_tramp_lo),
+    bt_tramp_hi = const offset_of!(Shared, bt_tramp_hi),
+    bt_stale = const offset_of!(Shared, bt_stale),
+    bt_stale_limit = const offset_of!(Shared, bt_stale_limit),
     exit_sel = const EXIT_SEL,
     uc_rip = const sys::UC_RIP_OFFSET,
     uc_cs = const sys::UC_CS_OFFSET,

@@ -63,7 +63,7 @@ fn user_desc(index: u16, d: &HostDesc) -> UserDesc {
     UserDesc { entry_number: index as u32, base_addr: d.base, limit: d.limit, flags }
 }
 
-fn modify_ldt(d: &UserDesc) -> std::io::Result<()> {
+pub(crate) fn modify_ldt(d: &UserDesc) -> std::io::Result<()> {
     // SAFETY: modify_ldt reads `size_of::<UserDesc>()` bytes from a valid pointer; writing an
     // LDT entry affects only segment loads that name it (the monitor's 64-bit code uses none).
     let r = unsafe {

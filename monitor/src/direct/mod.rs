@@ -69,9 +69,25 @@ pub fn run(mut machine: Machine, state: CpuState, opts: &RunOptions) -> Result<R
     let Some(memfd) = machine.ram.memfd_ram() else { return Err(setup("guest RAM is not a memfd".into())) };
     let low = LowMap::new(reservation, memfd);
     let thread = entry::Thread::prepare().map_err(setup)?;
-    thread.set_timer(TIMER_PERIOD_US).map_err(setup)?;
-    if opts.lockdown {
-        crate::seccomp::lock_down().map_err(|e| setup(format!("installing the seccomp allow-list: {e}")))?;
+    // Declared after `low`: dropped before the reservation it lives in, also on the error
+    // returns below. Before the lockdown (memfd_create and ftruncate are not allowed after).
+    let bt = if opts.kernel_engine == EngineKind::Bt || opts.user_engine == EngineKind::Bt {
+        Some(crate::bt::Bt::new(&low.reservation, monitor_base).map_err(setup)?)
+    } else {
+        None
+    };
+    let ready = thread.set_timer(TIMER_PERIOD_US).map_err(setup).and_then(|()| {
+        if opts.lockdown {
+            crate::seccomp::lock_down().map_err(|e| setup(format!("installing the seccomp allow-list: {e}")))?;
+        }
+        Ok(())
+    });
+    if let Err(e) = ready {
+        let _ = thread.set_timer(0);
+        return Err(e);
+    }
+    if let Some(bt) = &bt {
+        bt.install(&lock);
     }
     let mut e = Direct {
         cpu: Cpu::with_state(state, machine),
@@ -84,9 +100,15 @@ pub fn run(mut machine: Machine, state: CpuState, opts: &RunOptions) -> Result<R
         monitor_base,
         halted_ns: 0,
         fatal: None,
+        bt,
     };
     e.stats.engine = match (opts.kernel_engine, opts.user_engine) {
         (EngineKind::Direct, EngineKind::Direct) => "direct",
+        (EngineKind::Bt, EngineKind::Bt) => "bt",
+        (EngineKind::Bt, EngineKind::Direct) => "bt (kernel) + direct (user)",
+        (EngineKind::Bt, EngineKind::Interp) => "bt (kernel) + interp (user)",
+        (EngineKind::Interp, EngineKind::Bt) => "interp (kernel) + bt (user)",
+        (EngineKind::Direct, EngineKind::Bt) => "direct (kernel) + bt (user)",
         (EngineKind::Interp, _) => "interp (kernel) + direct (user)",
         (_, _) => "direct (kernel) + interp (user)",
     };
@@ -104,6 +126,12 @@ pub fn run(mut machine: Machine, state: CpuState, opts: &RunOptions) -> Result<R
     stats.guest_faults = s.guest_faults;
     stats.shadow_flushes = s.flushes;
     stats.ldt_writes = e.ldt.writes;
+    if let Some(bt) = e.bt.take() {
+        stats.translated = bt.translated;
+        stats.chained = bt.chained;
+        crate::bt::Bt::uninstall(&lock);
+        drop(bt); // before the reservation it lives in
+    }
     drop(e.shadow); // unmaps the low 4 GiB
     let Cpu { state, bus, .. } = e.cpu;
     Ok(RunResult { outcome, stats, state, machine: bus })
@@ -116,12 +144,13 @@ enum Special {
     Cr3Write,
 }
 
-struct Direct<'a> {
-    cpu: Cpu<Machine>,
-    shadow: Shadow,
+/// The direct engine's run state (also the `bt` engine's: `crate::bt` extends it).
+pub(crate) struct Direct<'a> {
+    pub(crate) cpu: Cpu<Machine>,
+    pub(crate) shadow: Shadow,
     ldt: HostLdt,
     opts: &'a RunOptions,
-    stats: RunStats,
+    pub(crate) stats: RunStats,
     synced_paging: Option<(u32, u32)>,
     /// (eip, cr2, repeats) of the last hidden fault.
     last_fault: (u32, u32, u32),
@@ -129,6 +158,8 @@ struct Direct<'a> {
     halted_ns: u64,
     /// A shadow-mapping failure found where it could not be returned.
     fatal: Option<Outcome>,
+    /// The `bt` engine's translation cache and monitor area, when it is one of the engines.
+    pub(crate) bt: Option<crate::bt::Bt>,
 }
 
 /// Continue, or end the run.
@@ -139,7 +170,12 @@ fn io(e: std::io::Error) -> Outcome {
 }
 
 impl Direct<'_> {
-    fn engine(&self) -> EngineKind {
+    /// The run's timeout (zero if none).
+    pub(crate) fn opts_timeout(&self) -> Duration {
+        self.opts.timeout.unwrap_or_default()
+    }
+
+    pub(crate) fn engine(&self) -> EngineKind {
         if self.cpu.state.cpl == 3 {
             self.opts.user_engine
         } else {
@@ -148,9 +184,9 @@ impl Direct<'_> {
     }
 
     /// Whether the guest can run natively now.
-    fn can_direct(&self) -> bool {
+    pub(crate) fn can_direct(&self) -> bool {
         let s = &self.cpu.state;
-        self.engine() == EngineKind::Direct && s.protected_mode() && !s.v86() && s.cr4 & cr::CR4_PAE == 0
+        matches!(self.engine(), EngineKind::Direct | EngineKind::Bt) && s.protected_mode() && !s.v86() && s.cr4 & cr::CR4_PAE == 0
     }
 
     fn run_loop(&mut self, lock: &std::sync::MutexGuard<'_, ()>, start: u64) -> Outcome {
@@ -177,6 +213,8 @@ impl Direct<'_> {
                     }
                     None => Ok(()),
                 }
+            } else if self.engine() == EngineKind::Bt {
+                self.bt_native(lock, deadline)
             } else {
                 self.native(lock, deadline)
             };
@@ -206,11 +244,15 @@ impl Direct<'_> {
     }
 
     /// Execute one instruction with the interpreter (the guest's view, the guest's CPL).
-    fn emulate(&mut self, deadline: Option<u64>) -> Flow {
+    pub(crate) fn emulate(&mut self, deadline: Option<u64>) -> Flow {
         self.stats.emulated += 1;
         let special = self.peek_special();
+        let writes = if self.bt.is_some() { self.bt_predict_writes() } else { Vec::new() };
         let n = self.cpu.icount;
         let exit = self.cpu.step();
+        if self.bt.is_some() {
+            self.bt_after_writes(&writes);
+        }
         self.after_step(special, n)?;
         self.handle(exit, deadline)
     }
@@ -265,16 +307,7 @@ impl Direct<'_> {
 
     /// Bytes of guest-linear memory (no side effects; stops at an unmapped page).
     fn read_linear(&mut self, lin: u32, buf: &mut [u8]) -> usize {
-        let mut n = 0;
-        while n < buf.len() {
-            let a = lin.wrapping_add(n as u32);
-            let Some(p) = self.cpu.probe_translation(a) else { break };
-            let ram = self.cpu.bus.ram.as_slice();
-            let Some(b) = ram.get(p as usize) else { break };
-            buf[n] = *b;
-            n += 1;
-        }
-        n
+        read_linear(&mut self.cpu, lin, buf)
     }
 
     /// The guest's descriptor for `sel` from its GDT or LDT.
@@ -331,7 +364,7 @@ impl Direct<'_> {
     }
 
     /// Shadows for the current CPL and paging mode, then the entry state.
-    fn entry_state(&mut self) -> Result<Option<entry::EntryState>, Outcome> {
+    pub(crate) fn entry_state(&mut self) -> Result<Option<entry::EntryState>, Outcome> {
         let user = self.cpu.state.cpl == 3;
         if self.shadow.user() != user {
             self.shadow.set_user(user).map_err(io)?;
@@ -368,6 +401,10 @@ impl Direct<'_> {
             self.stats.exit("not-shadowable");
             return self.emulate(deadline);
         };
+        if let Some(bt) = self.bt.as_mut() {
+            // Code run directly must not reach the bt engine's monitor area (see bt::area).
+            bt.area.set_open(false).map_err(|e| Outcome::Unexpected(format!("bt: {e}")))?;
+        }
         let t0 = Instant::now();
         let ex = entry::enter(lock, &st, &mut self.cpu.state.fpu.0);
         self.stats.guest_time += t0.elapsed();
@@ -420,7 +457,7 @@ impl Direct<'_> {
         (self.read_linear(lin, &mut b) == 1).then_some(b[0])
     }
 
-    fn classify(&mut self, ex: &entry::ExitRecord, deadline: Option<u64>) -> Flow {
+    pub(crate) fn classify(&mut self, ex: &entry::ExitRecord, deadline: Option<u64>) -> Flow {
         if ex.signal == sys::TIMER_SIGNAL {
             self.stats.exit("timer");
             return Ok(());
@@ -491,6 +528,12 @@ impl Direct<'_> {
             self.stats.exit(if lin < 0x1000 { "page0" } else { "monitor-area" });
             return self.emulate(deadline);
         }
+        if ex.err & 2 != 0 && self.bt_code_write(lin) {
+            // A write to a frame holding translated code: its fragments are gone; the
+            // interpreter performs the write (and raises the guest's #PF if there is one).
+            self.stats.exit("bt-code-write");
+            return self.emulate(deadline);
+        }
         if self.last_fault.0 == eip && self.last_fault.1 == lin {
             self.last_fault.2 += 1;
         } else {
@@ -514,6 +557,14 @@ impl Direct<'_> {
                 self.stats.exit("hidden-pf");
                 Ok(())
             }
+            Resolution::GuestFault { .. } if self.engine() == EngineKind::Bt => {
+                // Translated code: the host instruction that faulted may not be the guest's
+                // access (an inline sequence probes a store with a read first, or splits
+                // it): the interpreter re-executes the guest instruction and raises the
+                // exact #PF (error code, CR2).
+                self.stats.exit("guest-pf");
+                self.emulate(deadline)
+            }
             Resolution::GuestFault { cr2, error_code } => {
                 self.stats.exit("guest-pf");
                 self.cpu.state.cr2 = cr2;
@@ -533,8 +584,22 @@ impl Direct<'_> {
     }
 }
 
+/// Bytes of guest-linear memory (no side effects; stops at an unmapped page).
+pub(crate) fn read_linear(cpu: &mut Cpu<Machine>, lin: u32, buf: &mut [u8]) -> usize {
+    let mut n = 0;
+    while n < buf.len() {
+        let a = lin.wrapping_add(n as u32);
+        let Some(p) = cpu.probe_translation(a) else { break };
+        let ram = cpu.bus.ram.as_slice();
+        let Some(b) = ram.get(p as usize) else { break };
+        buf[n] = *b;
+        n += 1;
+    }
+    n
+}
+
 /// Register values for iced's address computation (segment registers give their base).
-fn reg_value(s: &CpuState, r: iced_x86::Register) -> Option<u64> {
+pub(crate) fn reg_value(s: &CpuState, r: iced_x86::Register) -> Option<u64> {
     use iced_x86::Register as R;
     let seg = |sr: SegReg| Some(s.seg(sr).base as u64);
     match r {

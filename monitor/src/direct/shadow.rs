@@ -138,6 +138,11 @@ impl Shadow {
         self.inner.user_mode()
     }
 
+    /// How `lin` is mapped now, if it is.
+    pub fn mapping(&self, lin: u32) -> Option<smmu::MappedPage> {
+        self.inner.mapping(lin)
+    }
+
     pub fn user_limit(&self) -> u32 {
         self.inner.user_limit()
     }

@@ -1,0 +1,821 @@
+//! The `bt` engine (ARCHITECTURE.md section 5, docs/bt.md): guest kernel code runs only as
+//! translations made by `vmm-scanner`, placed in the translation cache (TC) in the monitor
+//! area and entered with the guest's registers, the shadow segments and GS = the vCPU region.
+//!
+//! The runtime is the direct engine's: the address space and shadow MMU, the entry stub
+//! (`direct::entry::enter`: an `iretq` into 32-bit code), the signal handler and its exit
+//! landing, the LDT shadows, the exit classification and the interpreter calls all come from
+//! `crate::direct`; a `Direct` whose engine for the current CPL is `bt` calls
+//! [`Direct::bt_native`] where it would run guest code natively. What this module adds:
+//!
+//! * [`area`]: the monitor area's memory (TC read + execute low, written through a high alias;
+//!   the vCPU region; the callout stack) and the GS descriptor of the vCPU region in the
+//!   monitor's own host LDT slot (`HOST_LDT_MONITOR`);
+//! * [`gate`]: the 64-bit callout gate, which leaves the TC through the direct engine's exit
+//!   landing without a signal;
+//! * the callout handling (this file): `Emulate`-like callouts run the interpreter on the
+//!   vCPU (`Cpu::step`, with the vCPU region's virtual state synced to and from `cpu.state`)
+//!   and return into the fragment when the guest continues at the next instruction; exits and
+//!   lookup misses find or translate the target's fragment; pending interrupts go to the run
+//!   loop;
+//! * signals from the TC (a hidden or guest page fault, #GP of a truncated segment, #DE...)
+//!   are mapped to the guest EIP and registers with the fragment's PC map and recovery rules
+//!   (`Cache::guest_state_at`), then classified as the direct engine does. The timer signal
+//!   in the TC only sets the vCPU's `irq` byte (the signal handler does it, no exit).
+//!
+//! Not yet: chaining (every direct branch leaves the TC through an `Exit` callout), coherence
+//! of translated code with guest writes (self-modifying code), adaptive retranslation.
+
+pub mod area;
+pub mod gate;
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use vmm_interp::state::{cr, flags, SegReg};
+use vmm_interp::{Cpu, CpuState};
+use vmm_scanner::abi::{HOST_FLAGS, VIRT_MASK};
+use vmm_scanner::cache::{Cache, FragId};
+use vmm_scanner::{Abi, CalloutOp, Config, GuestCode, Mode};
+
+use crate::direct::entry::{self, EntryState, ExitRecord};
+use crate::direct::Direct;
+use crate::engine::{EngineKind, Outcome};
+use crate::machine::Machine;
+use crate::native::sys;
+use crate::space::Reservation;
+use area::{MonitorArea, TC_RESERVED, TC_SIZE};
+
+/// Offset in the TC of the trampoline to the callout gate.
+pub const GATE_OFF: u32 = 0;
+/// Offset of the trampoline to the echo gate (tests, measurements).
+pub const ECHO_OFF: u32 = 0x10;
+/// End of the trampolines (64-bit code below 4 GiB).
+pub const TRAMP_END: u32 = 0x20;
+/// Offset of the shared lookup-miss routine.
+pub const MISS_OFF: u32 = 0x40;
+
+/// Host LDT index of the vCPU region's descriptor (GS).
+pub const VCPU_LDT_INDEX: u16 = vmm_shadow_mmu::desc::HOST_LDT_MONITOR;
+
+/// The `bt` engine's state: the monitor area, the TC bookkeeping, the translator's config.
+pub struct Bt {
+    pub area: MonitorArea,
+    pub cfg: Config,
+    pub abi: Abi,
+    pub cache: Cache,
+    /// The GS selector of the vCPU region.
+    pub vcpu_sel: u16,
+    /// Per fragment: the (linear page, guest frame) pairs it was translated from.
+    pages: HashMap<FragId, Vec<(u32, u32)>>,
+    /// What the lookup table was filled under: (mode, CS base, CR3).
+    ibl_key: Option<(Mode, u32, u32)>,
+    /// A lookup miss for this guest EIP: fill its table entry once its fragment is known.
+    pending_ibl: Option<u32>,
+    /// Lookup-table indexes filled since the last reset (None: unknown, reset all).
+    ibl_filled: Option<Vec<u32>>,
+    /// An unchained exit was taken: (calling fragment, exit number, target EIP, flush count).
+    pending_chain: Option<(FragId, u32, u32, u64)>,
+    /// Exits chained.
+    pub chained: u64,
+    /// Chained exits from or into user-mode (CPL 3) fragments: undone at a CR3 change, since
+    /// user code at one linear address differs between address spaces.
+    user_chains: Vec<(FragId, u32)>,
+    /// CR3 of the last fragment lookup.
+    last_cr3: Option<u32>,
+    /// Guest writes that invalidated translated code.
+    pub invalidations: u64,
+    /// Fragments translated.
+    pub translated: u64,
+}
+
+fn ud_vcpu(base: u32, size: u32) -> sys::UserDesc {
+    sys::UserDesc {
+        entry_number: VCPU_LDT_INDEX as u32,
+        base_addr: base,
+        limit: size - 1,
+        flags: (sys::UD_CONTENTS_DATA << sys::UD_CONTENTS_SHIFT) | sys::UD_USEABLE | sys::UD_SEG_32BIT,
+    }
+}
+
+impl Bt {
+    /// Maps the monitor area at `base` (inside `reservation`), writes the vCPU region's GS
+    /// descriptor, the gate trampolines, the lookup-miss routine, the far pointers of the gate
+    /// and the callout stack, and an empty lookup table.
+    pub fn new(reservation: &Reservation, base: u32) -> Result<Bt, String> {
+        let cfg = Config::default();
+        let abi = cfg.abi.clone();
+        abi.check()?;
+        let mut area = MonitorArea::new(reservation, base, abi.vcpu_size).map_err(|e| format!("the monitor area: {e}"))?;
+        crate::direct::ldt::modify_ldt(&ud_vcpu(area.vcpu, abi.vcpu_size)).map_err(|e| format!("modify_ldt (vCPU region): {e}"))?;
+        area.write(base + GATE_OFF, &gate::trampoline(false));
+        area.write(base + ECHO_OFF, &gate::trampoline(true));
+        let miss = vmm_scanner::emit::ibl_miss_routine(&abi, base + MISS_OFF).map_err(|e| e.to_string())?;
+        if MISS_OFF as usize + miss.len() > TC_RESERVED as usize {
+            return Err("the lookup-miss routine does not fit in the TC's reserved bytes".into());
+        }
+        area.write(base + MISS_OFF, &miss);
+        let mut bt = Bt {
+            area,
+            cache: Cache::new(base, TC_SIZE, TC_RESERVED),
+            cfg,
+            abi,
+            vcpu_sel: vmm_shadow_mmu::desc::ldt_selector(VCPU_LDT_INDEX),
+            pages: HashMap::new(),
+            ibl_key: None,
+            pending_ibl: None,
+            ibl_filled: None,
+            pending_chain: None,
+            chained: 0,
+            user_chains: Vec::new(),
+            last_cr3: None,
+            invalidations: 0,
+            translated: 0,
+        };
+        bt.set_gate(false);
+        let stack_top = bt.area.stack + area::STACK_SIZE;
+        bt.vw32(bt.abi.callout_stack, stack_top);
+        bt.vw16(bt.abi.callout_stack + 4, sys::USER_DS);
+        bt.reset_ibl();
+        Ok(bt)
+    }
+
+    /// Points the vCPU's gate far pointer at the real gate or at the echo gate.
+    pub fn set_gate(&mut self, echo: bool) {
+        let off = self.area.base + if echo { ECHO_OFF } else { GATE_OFF };
+        self.vw32(self.abi.gate, off);
+        self.vw16(self.abi.gate + 4, sys::USER64_CS);
+    }
+
+    fn vw(&mut self, off: u32, b: &[u8]) {
+        let a = self.area.vcpu + off;
+        self.area.write(a, b);
+    }
+    pub fn vw32(&mut self, off: u32, v: u32) {
+        self.vw(off, &v.to_le_bytes());
+    }
+    pub fn vw16(&mut self, off: u32, v: u16) {
+        self.vw(off, &v.to_le_bytes());
+    }
+    pub fn vw8(&mut self, off: u32, v: u8) {
+        self.vw(off, &[v]);
+    }
+    pub fn vr32(&mut self, off: u32) -> u32 {
+        let a = self.area.vcpu + off;
+        u32::from_le_bytes(self.area.read::<4>(a))
+    }
+    pub fn vr8(&mut self, off: u32) -> u8 {
+        let a = self.area.vcpu + off;
+        self.area.read::<1>(a)[0]
+    }
+
+    /// Every lookup-table entry empty (pointing at the miss routine): the entries filled since
+    /// the last reset, or the whole table.
+    fn reset_ibl(&mut self) {
+        match self.ibl_filled.take() {
+            Some(filled) => {
+                for i in filled {
+                    self.reset_ibl_slot(i);
+                }
+            }
+            None => {
+                let e = self.abi.ibl_empty_entry(self.area.base + MISS_OFF);
+                let n = 1usize << self.abi.ibl_bits;
+                let table: Vec<u8> = e.iter().copied().cycle().take(8 * n).collect();
+                self.vw(self.abi.ibl_table, &table);
+            }
+        }
+        self.ibl_filled = Some(Vec::new());
+    }
+
+    /// Fills the lookup-table entry of guest `eip` with TC address `tc`.
+    fn fill_ibl(&mut self, eip: u32, tc: u32) {
+        let e = self.abi.ibl_entry(eip, tc);
+        let i = self.abi.ibl_index(eip);
+        self.vw(self.abi.ibl_table + 8 * i, &e);
+        match &mut self.ibl_filled {
+            Some(v) if v.len() < 4096 => v.push(i),
+            _ => self.ibl_filled = None,
+        }
+    }
+
+    fn reset_ibl_slot(&mut self, i: u32) {
+        let e = self.abi.ibl_empty_entry(self.area.base + MISS_OFF);
+        self.vw(self.abi.ibl_table + 8 * i, &e);
+    }
+
+    /// Points every recorded user-mode chained exit back at its stub.
+    fn unchain_user(&mut self) {
+        for (from, n) in std::mem::take(&mut self.user_chains) {
+            let Some(site) = self.cache.get(from).and_then(|r| r.exits.get(n as usize).map(|e| (r.tc_addr, e.0))) else { continue };
+            let (base, site) = site;
+            let at = base + site.patch_off;
+            let rel = (base + site.stub_off).wrapping_sub(at + 4);
+            self.area.write(at, &rel.to_le_bytes());
+        }
+    }
+
+    /// Drops every fragment.
+    fn flush(&mut self) {
+        self.user_chains.clear();
+        self.cache.flush(TC_RESERVED);
+        self.pages.clear();
+        self.reset_ibl();
+    }
+
+    /// Tells the signal handler where the TC, the `irq` byte and the trampolines are.
+    pub(crate) fn install(&self, _lock: &std::sync::MutexGuard<'_, ()>) {
+        let sh = entry::shared();
+        // SAFETY: RUN_LOCK is held (borrowed guard) and no guest code runs now: nothing else
+        // reads or writes these fields of the shared area.
+        unsafe {
+            (*sh).bt_tc_lo = self.area.base as u64;
+            (*sh).bt_tc_hi = (self.area.base + TC_SIZE) as u64;
+            (*sh).bt_irq = (self.area.vcpu + self.abi.irq) as u64;
+            (*sh).bt_tramp_lo = self.area.base as u64;
+            (*sh).bt_tramp_hi = (self.area.base + TRAMP_END) as u64;
+        }
+    }
+
+    /// Undoes [`Bt::install`].
+    pub(crate) fn uninstall(_lock: &std::sync::MutexGuard<'_, ()>) {
+        let sh = entry::shared();
+        // SAFETY: as in `install`.
+        unsafe {
+            (*sh).bt_tc_lo = 0;
+            (*sh).bt_tc_hi = 0;
+            (*sh).bt_irq = 0;
+            (*sh).bt_tramp_lo = 0;
+            (*sh).bt_tramp_hi = 0;
+        }
+    }
+
+    /// The vCPU region from the guest state (everything inline sequences read).
+    fn sync_in(&mut self, s: &CpuState, ss_shadow: u16, irq: bool) {
+        let a = self.abi.clone();
+        self.vw8(a.vif, (s.eflags & flags::IF != 0) as u8);
+        self.vw8(a.irq, irq as u8);
+        self.vw32(a.vflags, s.eflags & VIRT_MASK & !flags::IF);
+        self.vw32(a.callout_esp, s.gpr[4]);
+        self.vw32(a.callout_ss, ss_shadow as u32);
+        for i in 0..6 {
+            self.vw32(a.vseg + 4 * i as u32, s.seg[i].selector as u32);
+        }
+        self.vw32(a.ldtr, s.ldtr.selector as u32);
+        self.vw32(a.tr, s.tr.selector as u32);
+        self.vw16(a.gdtr, s.gdtr.limit);
+        self.vw32(a.gdtr + 2, s.gdtr.base);
+        self.vw16(a.idtr, s.idtr.limit);
+        self.vw32(a.idtr + 2, s.idtr.base);
+        for (n, v) in [s.cr0, 0, s.cr2, s.cr3, s.cr4].into_iter().enumerate() {
+            self.vw32(a.cr_of(n as u32), v);
+        }
+        for n in 0..8 {
+            self.vw32(a.dr_of(n), s.dr[n as usize]);
+        }
+        self.vw32(a.cpuid_count, 0);
+    }
+
+    /// The guest's EFLAGS from the host's and the virtual bits.
+    fn eflags(&mut self, host: u32) -> u32 {
+        let vif = self.vr8(self.abi.vif) & 1;
+        let vflags = self.vr32(self.abi.vflags);
+        (host & HOST_FLAGS) | (vflags & VIRT_MASK & !flags::IF) | if vif != 0 { flags::IF } else { 0 } | flags::FIXED1
+    }
+}
+
+/// The translation mode of the current guest state.
+pub fn mode_of(s: &CpuState) -> Mode {
+    Mode {
+        cpl: s.cpl,
+        code32: s.seg(SegReg::Cs).big(),
+        stack32: s.seg(SegReg::Ss).big(),
+        paging: s.cr0 & cr::CR0_PG != 0,
+        fpu_trap: s.cr0 & (cr::CR0_TS | cr::CR0_EM) != 0,
+    }
+}
+
+/// Guest code through the guest's page tables (no side effects).
+struct Reader<'a>(&'a mut Cpu<Machine>);
+
+impl GuestCode for Reader<'_> {
+    fn read(&mut self, lin: u32, buf: &mut [u8]) -> usize {
+        let room = ((1u64 << 32) - lin as u64).min(buf.len() as u64) as usize;
+        crate::direct::read_linear(self.0, lin, &mut buf[..room])
+    }
+}
+
+fn outcome(e: impl std::fmt::Display) -> Outcome {
+    Outcome::Unexpected(format!("bt: {e}"))
+}
+
+/// Continue, or end the run.
+type Flow = Result<(), Outcome>;
+
+impl Direct<'_> {
+    /// The TC address of the fragment for the guest's CS:EIP in its current mode, translated
+    /// now if there is none (or the one there came from other guest frames).
+    fn bt_fragment(&mut self) -> Result<(FragId, u32), Outcome> {
+        let Direct { bt, cpu, shadow, .. } = self;
+        let bt = bt.as_mut().ok_or_else(|| outcome("no translation cache"))?;
+        let s = &cpu.state;
+        let mode = mode_of(s);
+        let eip = s.eip;
+        let cs_base = s.seg(SegReg::Cs).base;
+        let lin = cs_base.wrapping_add(eip);
+        let key = (mode, cs_base, s.cr3);
+        if bt.last_cr3 != Some(s.cr3) {
+            bt.unchain_user();
+            bt.last_cr3 = Some(s.cr3);
+        }
+        if bt.ibl_key != Some(key) {
+            bt.reset_ibl();
+            bt.ibl_key = Some(key);
+        }
+        if let Some(id) = bt.cache.lookup(lin, mode) {
+            let ok = bt.pages.get(&id).is_some_and(|pp| pp.iter().all(|&(p, f)| cpu.probe_translation(p << 12).map(|x| x >> 12) == Some(f)));
+            if let (true, Some(r)) = (ok, bt.cache.get(id)) {
+                return Ok((id, r.entry()));
+            }
+        }
+        let unit = vmm_scanner::units::decode_unit(&mut Reader(cpu), cs_base, eip, mode, bt.cfg.limits);
+        let seq = vmm_scanner::mangle::mangle(&unit, &bt.cfg);
+        let len = vmm_scanner::emit::emit(&seq, bt.area.base + TC_RESERVED).map_err(outcome)?.code.len() as u32;
+        let addr = match bt.cache.alloc(len) {
+            Ok(a) => a,
+            Err(_) => {
+                bt.flush();
+                shadow.map.code_frames.clear();
+                bt.cache.alloc(len).map_err(|_| outcome("a fragment larger than the translation cache"))?
+            }
+        };
+        let frag = vmm_scanner::emit::emit(&seq, addr).map_err(outcome)?;
+        if frag.code.len() as u32 != len {
+            return Err(outcome("a fragment's length depends on its address"));
+        }
+        bt.area.write(addr, &frag.code);
+        let pages: Vec<(u32, u32)> = unit.pages.iter().filter_map(|&p| cpu.probe_translation(p << 12).map(|f| (p, f >> 12))).collect();
+        // Coherence: the frames become code frames, mapped without write from now on.
+        for &(_, f) in &pages {
+            shadow.map.protect_code_frame(f).map_err(outcome)?;
+        }
+        let frames: Vec<u32> = pages.iter().map(|p| p.1).collect();
+        let (id, inv) = bt.cache.insert(&frag, lin, mode, &frames);
+        for p in inv.unchain {
+            bt.area.write(p.addr, &p.bytes);
+        }
+        for i in inv.ibl_slots {
+            bt.reset_ibl_slot(i);
+        }
+        for r in inv.removed {
+            bt.pages.remove(&r);
+        }
+        bt.pages.insert(id, pages);
+        bt.translated += 1;
+        self.stats.exit("bt-translate");
+        Ok((id, frag.tc_addr + frag.entry_off))
+    }
+
+    /// A guest write faulted at `lin`: if its frame holds translated code, drop the frame's
+    /// fragments (unchaining their callers, resetting lookup-table slots) and stop protecting
+    /// it. True if it did.
+    pub(crate) fn bt_code_write(&mut self, lin: u32) -> bool {
+        let Some(bt) = self.bt.as_mut() else { return false };
+        let Some(frame) = self.cpu.probe_translation(lin).map(|p| p >> 12) else { return false };
+        if !self.shadow.map.code_frames.remove(&frame) {
+            return false;
+        }
+        let inv = bt.cache.invalidate_frame(frame, &bt.abi);
+        for p in inv.unchain {
+            bt.area.write(p.addr, &p.bytes);
+        }
+        for i in inv.ibl_slots {
+            bt.reset_ibl_slot(i);
+        }
+        for r in inv.removed {
+            bt.pages.remove(&r);
+        }
+        bt.invalidations += 1;
+        true
+    }
+
+    /// The guest-linear ranges the instruction at CS:EIP writes (explicit operands and the
+    /// stack, REP strings by their count), decoded before the interpreter executes it.
+    pub(crate) fn bt_predict_writes(&mut self) -> Vec<(u32, u32)> {
+        use iced_x86::{Decoder, DecoderOptions, InstructionInfoFactory, OpAccess};
+        let s = &self.cpu.state;
+        if !s.protected_mode() || self.shadow.map.code_frames.is_empty() {
+            return Vec::new();
+        }
+        let eip = s.eip;
+        let lin = s.seg(SegReg::Cs).base.wrapping_add(eip);
+        let bits = if s.code32() { 32 } else { 16 };
+        let mut b = [0u8; 15];
+        let n = crate::direct::read_linear(&mut self.cpu, lin, &mut b);
+        let s = &self.cpu.state;
+        let insn = Decoder::with_ip(bits, &b[..n], eip as u64, DecoderOptions::NONE).decode();
+        if insn.is_invalid() {
+            return Vec::new();
+        }
+        let mut f = InstructionInfoFactory::new();
+        let info = f.info(&insn);
+        let mut out = Vec::new();
+        for m in info.used_memory() {
+            if !matches!(m.access(), OpAccess::Write | OpAccess::CondWrite | OpAccess::ReadWrite | OpAccess::ReadCondWrite) {
+                continue;
+            }
+            let Some(va) = m.virtual_address(0, |r, _, _| crate::direct::reg_value(s, r)) else { continue };
+            let size = m.memory_size().size().max(1) as u32;
+            let count = if insn.has_rep_prefix() || insn.has_repne_prefix() {
+                let c = if insn.memory_size().size() > 0 && bits == 16 { s.gpr[1] & 0xffff } else { s.gpr[1] };
+                c.clamp(1, 1 << 20)
+            } else {
+                1
+            };
+            let len = size.saturating_mul(count);
+            let start = if s.eflags & flags::DF != 0 { (va as u32).wrapping_sub(len - size) } else { va as u32 };
+            out.push((start, len));
+        }
+        out
+    }
+
+    /// After an emulated instruction: invalidate the code frames it wrote (the predicted
+    /// ranges, and the top of the stack it left, where an exception or interrupt frame goes).
+    pub(crate) fn bt_after_writes(&mut self, writes: &[(u32, u32)]) {
+        if self.shadow.map.code_frames.is_empty() {
+            return;
+        }
+        let s = &self.cpu.state;
+        let sp = s.seg(SegReg::Ss).base.wrapping_add(s.gpr[4]);
+        let mut pages: Vec<u32> = Vec::new();
+        for &(start, len) in writes.iter().chain(std::iter::once(&(sp, 24))) {
+            let first = start >> 12;
+            let last = start.wrapping_add(len.max(1) - 1) >> 12;
+            let mut p = first;
+            loop {
+                pages.push(p);
+                if p == last || pages.len() > 512 {
+                    break;
+                }
+                p = p.wrapping_add(1);
+            }
+        }
+        pages.sort_unstable();
+        pages.dedup();
+        for p in pages {
+            if self.bt_code_write(p << 12) {
+                self.stats.exit("bt-code-write-emulated");
+            }
+        }
+    }
+
+    /// The entry state for translated code: shadows of ES, SS, DS, FS; CS = the host's flat
+    /// 32-bit code (the TC), GS = the vCPU region. Also syncs the vCPU region.
+    fn bt_entry_state(&mut self) -> Result<Option<EntryState>, Outcome> {
+        let Some(mut st) = self.entry_state()? else { return Ok(None) };
+        let irq = self.cpu.bus.interrupt_requested();
+        let bt = self.bt.as_mut().ok_or_else(|| outcome("no translation cache"))?;
+        bt.sync_in(&self.cpu.state, st.sel[SegReg::Ss as usize], irq);
+        st.sel[SegReg::Cs as usize] = sys::USER32_CS;
+        st.sel[SegReg::Gs as usize] = bt.vcpu_sel;
+        st.eflags = (self.cpu.state.eflags & HOST_FLAGS) | flags::IF | flags::FIXED1;
+        Ok(Some(st))
+    }
+
+    /// Runs translated code from the guest's CS:EIP until something needs the run loop.
+    pub(crate) fn bt_native(&mut self, lock: &std::sync::MutexGuard<'_, ()>, deadline: Option<u64>) -> Flow {
+        if self.cpu.state.eflags & flags::TF != 0 {
+            // Single-stepping (the virtual TF): the interpreter raises #DB after each instruction.
+            self.stats.exit("bt-single-step");
+            return self.emulate(deadline);
+        }
+        let (to, tc) = self.bt_fragment()?;
+        if let Some(bt) = self.bt.as_mut() {
+            if let Some((from, n, target, flushes)) = bt.pending_chain.take() {
+                let same_mode = bt.cache.get(from).zip(bt.cache.get(to)).is_some_and(|(f, t)| f.mode == t.mode);
+                if target == self.cpu.state.eip && flushes == bt.cache.flushes() && same_mode {
+                    if let Some(p) = bt.cache.chain(from, n, to) {
+                        bt.area.write(p.addr, &p.bytes);
+                        bt.chained += 1;
+                        if bt.cache.get(from).is_some_and(|f| f.mode.cpl == 3) {
+                            bt.user_chains.push((from, n));
+                        }
+                    }
+                }
+            }
+            if let Some(eip) = bt.pending_ibl.take() {
+                if eip == self.cpu.state.eip {
+                    bt.fill_ibl(eip, tc);
+                }
+            }
+        }
+        let Some(mut st) = self.bt_entry_state()? else {
+            self.stats.exit("not-shadowable");
+            return self.emulate(deadline);
+        };
+        st.eip = tc;
+        if let Some(bt) = self.bt.as_mut() {
+            bt.area.set_open(true).map_err(outcome)?;
+        }
+        loop {
+            // Ticks the guest may leave untaken (virtual IF clear) before a forced exit: the
+            // time left to the deadline, in timer periods.
+            let limit = match deadline {
+                Some(d) => {
+                    let now = self.cpu.bus.now_ns();
+                    if now >= d {
+                        return Ok(()); // the run loop ends the run
+                    }
+                    (d - now) / (crate::direct::TIMER_PERIOD_US * 1000) + 2
+                }
+                None => u64::MAX,
+            };
+            let sh = entry::shared();
+            // SAFETY: RUN_LOCK is held (`lock`); no guest code runs, so the handler does not
+            // touch these fields now.
+            unsafe {
+                (*sh).bt_stale = 0;
+                (*sh).bt_stale_limit = limit;
+            }
+            let t0 = Instant::now();
+            let ex = entry::enter(lock, &st, &mut self.cpu.state.fpu.0);
+            self.stats.guest_time += t0.elapsed();
+            self.stats.native_exits += 1;
+            if ex.exited == 0 {
+                return Err(outcome("returned from translated code without an exit record"));
+            }
+            if ex.signal != 0 {
+                return self.bt_signal(&ex, deadline);
+            }
+            match self.bt_callout(&ex, deadline)? {
+                Some(next) => st = next,
+                None => return Ok(()),
+            }
+        }
+    }
+
+    /// A callout: the guest state is the one before the instruction at `callout_eip`.
+    /// Returns the entry state to continue in the TC, or None to go back to the run loop.
+    fn bt_callout(&mut self, ex: &ExitRecord, deadline: Option<u64>) -> Result<Option<EntryState>, Outcome> {
+        let bt = self.bt.as_mut().ok_or_else(|| outcome("no translation cache"))?;
+        let a = bt.abi.clone();
+        let op = bt.vr32(a.callout_op);
+        let eip = bt.vr32(a.callout_eip);
+        let next = bt.vr32(a.callout_next);
+        let esp = bt.vr32(a.callout_esp);
+        let eflags = bt.eflags(ex.eflags);
+        let s = &mut self.cpu.state;
+        s.gpr = ex.gpr;
+        s.gpr[4] = esp;
+        s.eip = eip;
+        s.eflags = eflags;
+        let before = (mode_of(s), s.seg(SegReg::Cs).base);
+        match CalloutOp::from_u32(op) {
+            Some(CalloutOp::Emulate | CalloutOp::Invalid | CalloutOp::FetchFault) => {
+                self.stats.exit("bt-emulate");
+                self.emulate(deadline)?;
+                let s = &self.cpu.state;
+                let same = next != 0
+                    && s.eip == next
+                    && (mode_of(s), s.seg(SegReg::Cs).base) == before
+                    && !s.halted
+                    && !s.int_shadow
+                    && self.engine() == EngineKind::Bt
+                    && self.can_direct();
+                if same {
+                    return self.bt_return(ex);
+                }
+                Ok(None)
+            }
+            Some(CalloutOp::Exit) => {
+                self.stats.exit("bt-exit");
+                if let Some(bt) = self.bt.as_mut() {
+                    let arg = bt.vr32(a.callout_arg);
+                    // The return address lies in the calling fragment's exit stub.
+                    if let Some(from) = bt.cache.fragment_at(ex.eip) {
+                        bt.pending_chain = Some((from, arg, eip, bt.cache.flushes()));
+                    }
+                }
+                Ok(None)
+            }
+            Some(CalloutOp::IndirectMiss) => {
+                self.stats.exit("bt-ibl-miss");
+                if let Some(bt) = self.bt.as_mut() {
+                    bt.pending_ibl = Some(eip);
+                }
+                Ok(None)
+            }
+            Some(CalloutOp::PendingIrq) => {
+                self.stats.exit("bt-pending-irq");
+                if self.cpu.state.interrupts_enabled() && self.cpu.bus.interrupt_requested() {
+                    return Ok(None);
+                }
+                if self.cpu.state.eflags & flags::TF != 0 {
+                    return Ok(None);
+                }
+                self.bt_return(ex)
+            }
+            None => Err(outcome(format!("unknown callout operation {op} at eip {eip:#010x}"))),
+        }
+    }
+
+    /// Continue after the far call of a callout: the guest state is `cpu.state` at
+    /// `callout_next`; the fragment reloads SS:ESP from the vCPU region.
+    fn bt_return(&mut self, ex: &ExitRecord) -> Result<Option<EntryState>, Outcome> {
+        let Some(mut st) = self.bt_entry_state()? else { return Ok(None) };
+        st.sel[SegReg::Ss as usize] = sys::USER_DS;
+        st.eip = ex.eip;
+        st.gpr[4] = ex.gpr[4].wrapping_add(8);
+        Ok(Some(st))
+    }
+
+    /// A signal from translated code: rebuild the guest state at the faulting guest
+    /// instruction (PC map, recovery) and classify the exit as the direct engine does.
+    fn bt_signal(&mut self, ex: &ExitRecord, deadline: Option<u64>) -> Flow {
+        let bt = self.bt.as_mut().ok_or_else(|| outcome("no translation cache"))?;
+        let base = bt.area.base;
+        let in_tc = ex.rip_high == 0 && ex.sel[SegReg::Cs as usize] == sys::USER32_CS && ex.eip >= base && ex.eip - base < TC_SIZE;
+        if !in_tc {
+            return Err(outcome(format!(
+                "signal {} (trapno {}) at {:#x}{:08x} cs {:#x}, outside the translation cache",
+                ex.signal, ex.trapno, ex.rip_high, ex.eip, ex.sel[1]
+            )));
+        }
+        if ex.signal == sys::TIMER_SIGNAL {
+            // The forced exit of a guest that kept its virtual IF clear past the deadline: the
+            // state is not precise (any TC address), the run ends.
+            self.stats.exit("bt-forced-timer");
+            let eip = bt.cache.guest_state_at(ex.eip).map_or(self.cpu.state.eip, |p| p.guest_eip);
+            return Err(Outcome::Timeout { after: self.opts_timeout(), eip });
+        }
+        let Some(pc) = bt.cache.guest_state_at(ex.eip) else {
+            return Err(outcome(format!("signal {} (trapno {}) at TC address {:#010x}, in no fragment", ex.signal, ex.trapno, ex.eip)));
+        };
+        let mut gpr = ex.gpr;
+        for (r, off) in pc.recovery.restore.iter().flatten() {
+            let i = (*r as usize).wrapping_sub(iced_x86::Register::EAX as usize);
+            if i < 8 {
+                gpr[i] = bt.vr32(*off);
+            }
+        }
+        gpr[4] = gpr[4].wrapping_add(pc.recovery.esp_adjust as u32);
+        let eflags = bt.eflags(ex.eflags);
+        let s = &mut self.cpu.state;
+        s.gpr = gpr;
+        s.eip = pc.guest_eip;
+        s.eflags = eflags;
+        self.classify(ex, deadline)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::space::{Reservation, SpaceError, DEFAULT_MONITOR_BASE};
+
+    /// The process-wide resources of one guest run: RUN_LOCK, then the reservation.
+    fn reserve() -> (std::sync::MutexGuard<'static, ()>, Reservation) {
+        let lock = entry::RUN_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        for _ in 0..200 {
+            match Reservation::new(DEFAULT_MONITOR_BASE) {
+                Ok(r) => return (lock, r),
+                Err(SpaceError::Busy) => std::thread::sleep(std::time::Duration::from_millis(20)),
+                Err(e) => panic!("{e}"),
+            }
+        }
+        panic!("the reservation stayed busy");
+    }
+
+    fn place(bt: &mut Bt, code: &[u8]) -> u32 {
+        let a = bt.cache.alloc(code.len() as u32).unwrap();
+        bt.area.write(a, code);
+        a
+    }
+
+    /// `call far gs:[gate]`.
+    fn call_gate(abi: &Abi) -> Vec<u8> {
+        let mut v = vec![0x65, 0xff, 0x1d];
+        v.extend_from_slice(&abi.gate.to_le_bytes());
+        v
+    }
+
+    fn state(bt: &Bt, eip: u32) -> EntryState {
+        EntryState {
+            gpr: [0x1111_1111, 0x2222_2222, 0x3333_3333, 0x4444_4444, bt.area.stack + area::STACK_SIZE, 0x6666_6666, 0x7777_7777, 0x8888_8888],
+            eip,
+            eflags: flags::IF | flags::FIXED1 | flags::CF | flags::ZF,
+            sel: [sys::USER_DS, sys::USER32_CS, sys::USER_DS, sys::USER_DS, 0, bt.vcpu_sel],
+        }
+    }
+
+    /// The gate and the echo gate: what comes out, and what a round trip costs.
+    #[test]
+    fn callout_gate_round_trips() {
+        let (lock, res) = reserve();
+        let _thread = entry::Thread::prepare().unwrap();
+        let mut bt = Bt::new(&res, DEFAULT_MONITOR_BASE).unwrap();
+        bt.install(&lock);
+        let mut fpu = CpuState::reset().fpu.0;
+
+        // 1. The echo gate: `retf` in 64-bit mode pops the 4-byte EIP and CS slots.
+        bt.set_gate(true);
+        const N: u32 = 200_000;
+        let mut code = vec![0xb9];
+        code.extend_from_slice(&N.to_le_bytes()); // mov ecx, N
+        code.extend_from_slice(&call_gate(&bt.abi)); // L: call far gs:[gate]
+        code.extend_from_slice(&[0x49, 0x75, 0xf6, 0x0f, 0x0b]); // dec ecx; jnz L; ud2
+        let a = place(&mut bt, &code);
+        let st = state(&bt, a);
+        let t = Instant::now();
+        let ex = entry::enter(&lock, &st, &mut fpu);
+        let echo_ns = t.elapsed().as_nanos() as f64 / N as f64;
+        assert_eq!(ex.signal, libc::SIGILL, "{ex:?}");
+        assert_eq!(ex.eip, a + code.len() as u32 - 2);
+        assert_eq!(ex.gpr[1], 0, "the loop ran to the end");
+        assert_eq!(ex.gpr[4], st.gpr[4], "retf popped exactly 8 bytes each time");
+        assert_eq!(ex.gpr[0], st.gpr[0]);
+
+        // 2. The real gate: the guest state comes out through the exit landing.
+        bt.set_gate(false);
+        let mut code = call_gate(&bt.abi);
+        code.extend_from_slice(&[0x0f, 0x0b]);
+        let a = place(&mut bt, &code);
+        let st = state(&bt, a);
+        let ex = entry::enter(&lock, &st, &mut fpu);
+        assert_eq!((ex.exited, ex.signal), (1, 0), "{ex:?}");
+        assert_eq!(ex.eip, a + 7, "the return address");
+        let mut want = st.gpr;
+        want[4] -= 8;
+        assert_eq!(ex.gpr, want);
+        assert_eq!(ex.eflags & HOST_FLAGS, flags::CF | flags::ZF);
+        assert_eq!(ex.sel, [sys::USER_DS, sys::USER32_CS, sys::USER_DS, sys::USER_DS, 0, bt.vcpu_sel]);
+        // Continuing at the return address with the callout stack popped reaches the ud2.
+        let mut back = st;
+        back.eip = ex.eip;
+        let ex2 = entry::enter(&lock, &back, &mut fpu);
+        assert_eq!((ex2.signal, ex2.eip), (libc::SIGILL, a + 7), "{ex2:?}");
+        // The round trip as the engine makes it: entry (iretq), callout, exit landing.
+        const M: u32 = 100_000;
+        let t = Instant::now();
+        for _ in 0..M {
+            let ex = entry::enter(&lock, &st, &mut fpu);
+            assert_eq!(ex.signal, 0);
+        }
+        let gate_ns = t.elapsed().as_nanos() as f64 / M as f64;
+        eprintln!("bt gate: echo round trip (far call -> 64-bit retf) {echo_ns:.1} ns; entry + callout + landing {gate_ns:.1} ns");
+        Bt::uninstall(&lock);
+        drop(bt);
+        drop(res);
+    }
+
+    /// Timer signals in the TC set `irq` and resume; the gate trampoline is host code.
+    #[test]
+    fn guest_readable_vcpu_region_and_readonly_tc() {
+        let (lock, res) = reserve();
+        let _thread = entry::Thread::prepare().unwrap();
+        let mut bt = Bt::new(&res, DEFAULT_MONITOR_BASE).unwrap();
+        bt.install(&lock);
+        let mut fpu = CpuState::reset().fpu.0;
+        // mov eax, gs:[vcpu_size - 4]; mov dword gs:[scratch], eax; mov [tc], eax (must fault)
+        let last = bt.abi.vcpu_size - 4;
+        bt.vw32(last, 0xfeed_f00d);
+        let mut code = vec![0x65, 0xa1];
+        code.extend_from_slice(&last.to_le_bytes());
+        code.extend_from_slice(&[0x65, 0xa3]);
+        code.extend_from_slice(&bt.abi.scratch.to_le_bytes());
+        code.push(0xa3);
+        code.extend_from_slice(&bt.area.base.to_le_bytes());
+        let a = place(&mut bt, &code);
+        let ex = entry::enter(&lock, &state(&bt, a), &mut fpu);
+        assert_eq!(ex.signal, libc::SIGSEGV, "{ex:?}");
+        assert_eq!(ex.eip, a + 12, "the write to the TC faults");
+        assert_eq!(ex.gpr[0], 0xfeed_f00d);
+        assert_eq!(bt.vr32(bt.abi.scratch), 0xfeed_f00d);
+        // Closed for direct execution: nothing of the area is accessible below 4 GiB.
+        let perms = |a: u32| {
+            let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+            let inside = |l: &&str| {
+                let (lo, hi) = l.split_whitespace().next().unwrap().split_once('-').unwrap();
+                let (lo, hi) = (u64::from_str_radix(lo, 16).unwrap(), u64::from_str_radix(hi, 16).unwrap());
+                lo <= a as u64 && (a as u64) < hi
+            };
+            maps.lines().find(inside).map(|l| l.split_whitespace().nth(1).unwrap().to_string()).unwrap_or_default()
+        };
+        assert_eq!(perms(bt.area.base), "r-xs");
+        assert_eq!(perms(bt.area.vcpu), "rw-s");
+        bt.area.set_open(false).unwrap();
+        assert_eq!(perms(bt.area.base), "---s");
+        assert_eq!(perms(bt.area.vcpu), "---s");
+        bt.area.set_open(true).unwrap();
+        assert_eq!(perms(bt.area.vcpu), "rw-s");
+        // Beyond the GS limit: #GP.
+        let mut code = vec![0x65, 0xa1];
+        code.extend_from_slice(&bt.abi.vcpu_size.to_le_bytes());
+        let a = place(&mut bt, &code);
+        let ex = entry::enter(&lock, &state(&bt, a), &mut fpu);
+        assert_eq!((ex.signal, ex.trapno, ex.eip), (libc::SIGSEGV, 13, a), "{ex:?}");
+        Bt::uninstall(&lock);
+        drop(bt);
+        drop(res);
+    }
+}

@@ -1,0 +1,391 @@
+//! The translator's correctness statement (ARCHITECTURE.md section 5), property-tested on whole
+//! runs: for generated guest kernel code rich in sensitive instructions (CLI/STI, PUSHF/POPF,
+//! segment reads and loads, SGDT/SIDT/SLDT/STR/SMSW, CR reads and writes, CLTS, LAR/LSL/VERR/
+//! VERW, CPUID, port I/O, GS-relative accesses, calls and returns, exceptions), running it with
+//! `--kernel-engine bt` ends in the same guest-visible state as the interpreter: how the run
+//! ended, the general registers, EIP, EFLAGS, the segment selectors, CR0/CR2/CR3/CR4 and the
+//! data and stack memory.
+
+use std::time::Duration;
+
+use iced_x86::code_asm::*;
+use proptest::prelude::*;
+use vmm_interp::state::{attr, Segment};
+use vmm_interp::{CpuState, TableReg};
+use vmm_monitor::devices::HostClock;
+use vmm_monitor::engine::{self, EngineKind, RunOptions, RunResult};
+use vmm_monitor::machine::Machine;
+use vmm_monitor::memory::GuestRam;
+
+const GDT: u32 = 0x1000;
+const IDT: u32 = 0x2000;
+const KSTACK: u32 = 0x9000;
+const CODE: u32 = 0x1_0000;
+const HANDLER: u32 = 0x1_8000;
+const DATA: u32 = 0x2_0000;
+const RAM: usize = 1 << 20;
+/// With paging on: the page directory and the one page table (identity, 4 MiB).
+const PD: u32 = 0x4000;
+const PT: u32 = 0x5000;
+/// A page that is not present with paging on.
+const HOLE: u32 = 0x7000;
+
+fn desc(base: u32, limit: u32, access: u8, flags: u8) -> u64 {
+    (limit as u64 & 0xffff)
+        | ((base as u64 & 0xff_ffff) << 16)
+        | ((access as u64) << 40)
+        | (((limit as u64 >> 16) & 0xf) << 48)
+        | ((flags as u64 & 0xf) << 52)
+        | (((base as u64) >> 24) << 56)
+}
+
+const REGS: [AsmRegister32; 6] = [eax, ecx, edx, ebx, esi, edi];
+const SELS: [u32; 6] = [0x08, 0x10, 0x1b, 0x23, 0x28, 0x30];
+
+/// One generated step: a kind and two random words.
+type Step = (u8, u32, u32);
+
+fn emit(a: &mut CodeAssembler, (k, x, y): Step) -> Result<(), IcedError> {
+    let r = REGS[(x % 6) as usize];
+    let r2 = REGS[(y % 6) as usize];
+    let mem = DATA + (y % 64) * 4;
+    match k % 43 {
+        0 => a.add(r, y as i32),
+        1 => a.xor(r, r2),
+        2 => a.imul_2(r, r2),
+        3 => a.mov(dword_ptr(mem), r),
+        4 => a.mov(r, dword_ptr(mem)),
+        5 => {
+            a.push(r)?;
+            a.pop(r2)
+        }
+        6 => a.cli(),
+        7 => a.sti(),
+        8 => {
+            a.pushfd()?;
+            a.pop(r)
+        }
+        9 => {
+            // POPF of a random image (TF included; VM, VIF, VIP, RF excluded).
+            a.push(((y & 0x0024_7fd5) | 2) as i32)?;
+            a.popfd()
+        }
+        10 => {
+            a.pushfd()?;
+            a.cli()?;
+            a.popfd()
+        }
+        11 => a.mov(r, cs),
+        12 => a.mov(r, ss),
+        13 => {
+            a.push(ds)?;
+            a.pop(r)
+        }
+        14 => {
+            // A segment load: valid, null, ring-3 data (a #GP at CPL 0 for SS only), TSS (#GP).
+            a.mov(eax, SELS[(y % 6) as usize])?;
+            if x % 2 == 0 {
+                a.mov(es, ax)
+            } else {
+                a.mov(fs, ax)
+            }
+        }
+        15 => a.sgdt(ptr(mem)),
+        16 => a.sidt(ptr(mem)),
+        17 => a.smsw(r),
+        18 => a.str(r),
+        19 => a.sldt(r),
+        20 => a.mov(r, cr0),
+        21 => {
+            a.mov(eax, cr0)?;
+            a.xor(eax, 8)?; // toggles CR0.TS
+            a.mov(cr0, eax)
+        }
+        22 => a.clts(),
+        23 => {
+            a.mov(r2, SELS[(x % 6) as usize])?;
+            match y % 4 {
+                0 => a.lar(r, r2),
+                1 => a.lsl(r, r2),
+                2 => a.verr(ax),
+                _ => a.verw(ax),
+            }
+        }
+        24 => {
+            a.mov(eax, y % 2)?;
+            a.cpuid()
+        }
+        25 => {
+            a.in_(al, 0x21)?;
+            a.out(0x80, al)
+        }
+        26 => {
+            a.mov(eax, 0x10u32)?;
+            a.mov(gs, ax)?;
+            a.mov(r2, dword_ptr(mem).gs())
+        }
+        27 => {
+            let mut sub = a.create_label();
+            let mut over = a.create_label();
+            a.call(sub)?;
+            a.jmp(over)?;
+            a.set_label(&mut sub)?;
+            a.add(r, 3)?;
+            a.ret()?;
+            a.set_label(&mut over)?;
+            a.nop()
+        }
+        28 => {
+            let mut skip = a.create_label();
+            a.test(r, r2)?;
+            a.jnz(skip)?;
+            a.inc(r)?;
+            a.set_label(&mut skip)?;
+            a.nop()
+        }
+        29 => {
+            // A division that may fault (#DE through the guest's IDT).
+            a.mov(r2, y & 3)?;
+            a.xor(edx, edx)?;
+            a.mov(eax, x)?;
+            a.div(r2)
+        }
+        30 => a.mov(r, cr3),
+        31 => a.lea(r, dword_ptr(r2 + (y & 0xff))),
+        32 => {
+            // FS = a 4 KiB data segment: a read that may cross its limit (#GP inside the
+            // translated code: the host's shadow is truncated the same way).
+            a.mov(eax, 0x30u32)?;
+            a.mov(fs, ax)?;
+            a.mov(r2, dword_ptr(0xff8 + (y % 8)).fs())
+        }
+        33 => {
+            // Around the end of guest RAM (1 MiB): reads of memory that is not RAM.
+            a.mov(r, dword_ptr(RAM as u32 - 4 + (y % 8)))
+        }
+        // The hole (a #PF with paging on, inside IDENT and inline sequences).
+        34 => a.mov(r, dword_ptr(HOLE + (y % 16) * 4)),
+        35 => match y % 3 {
+            0 => a.sgdt(ptr(HOLE + 0xffe - (x % 8))),
+            1 => a.mov(word_ptr(HOLE + (x % 64)), cs),
+            _ => a.str(word_ptr(HOLE - 1)),
+        },
+        36 => {
+            // PUSHF with the stack at the hole's edge (#PF, then #DF: the handler's own pushes
+            // fault too; a triple fault).
+            a.mov(esp, HOLE + 0x1000 + (y % 3) * 4)?;
+            a.pushfd()
+        }
+        37 => {
+            // CALL (pushes the guest return address) or PUSH DS at the hole's edge.
+            let mut sub = a.create_label();
+            let mut over = a.create_label();
+            a.mov(esp, HOLE + 0x1000 + (y % 2) * 4)?;
+            if x % 2 == 0 {
+                a.push(ds)?;
+            } else {
+                a.call(sub)?;
+            }
+            a.jmp(over)?;
+            a.set_label(&mut sub)?;
+            a.ret()?;
+            a.set_label(&mut over)?;
+            a.nop()
+        }
+        38 => {
+            // An indirect jump (lookup table): `call n; n: pop r; lea r, [r+7]; jmp r; int3`.
+            let mut n = a.create_label();
+            a.call(n)?;
+            a.set_label(&mut n)?;
+            a.pop(r)?; // 1 byte
+            a.lea(r, dword_ptr(r + 7))?; // 3 bytes
+            a.jmp(r)?; // 2 bytes
+            a.int3()?; // 1 byte
+            a.nop()
+        }
+        39 => {
+            // POPF from the hole (read #PF).
+            a.mov(esp, HOLE + 0xffc + (y % 2) * 4)?;
+            a.popfd()
+        }
+        40 => {
+            // IRET to the next instruction at CPL 0 (emulated), with a random flags image.
+            let mut n = a.create_label();
+            a.push(((y & 0x0024_7ed5) | 2) as i32)?;
+            a.push(0x08)?;
+            a.call(n)?;
+            a.set_label(&mut n)?;
+            a.pop(r)?; // 1 byte
+            a.lea(r, dword_ptr(r + 6))?; // 3 bytes
+            a.push(r)?; // 1 byte
+            a.iretd()?; // 1 byte
+            a.nop()
+        }
+        41 => a.int3(),
+        _ => {
+            a.xchg(dword_ptr(mem), r)?;
+            a.cmpxchg(dword_ptr(mem), r2)
+        }
+    }
+}
+
+fn guest(steps: &[Step]) -> (Machine, CpuState) {
+    guest_with(steps, false)
+}
+
+fn guest_with(steps: &[Step], paging: bool) -> (Machine, CpuState) {
+    let mut ram = GuestRam::heap(RAM);
+    let gdt = [
+        0u64,
+        desc(0, 0xfffff, 0x9a, 0xc),
+        desc(0, 0xfffff, 0x92, 0xc),
+        desc(0, 0xfffff, 0xfa, 0xc),
+        desc(0, 0xfffff, 0xf2, 0xc),
+        desc(0x3000, 0x67, 0x89, 0),
+        desc(DATA, 0xfff, 0x92, 0x4),
+    ];
+    for (i, d) in gdt.iter().enumerate() {
+        ram.write((GDT + 8 * i as u32) as u64, &d.to_le_bytes()).unwrap();
+    }
+    for v in 0..32u32 {
+        let lo = (0x08u32 << 16) | (HANDLER & 0xffff);
+        let hi = (HANDLER & 0xffff_0000) | 0x8e00;
+        ram.write_u32((IDT + v * 8) as u64, lo).unwrap();
+        ram.write_u32((IDT + v * 8 + 4) as u64, hi).unwrap();
+    }
+    let mut a = CodeAssembler::new(32).unwrap();
+    for s in steps {
+        emit(&mut a, *s).unwrap();
+    }
+    a.mov(al, 0u32).unwrap();
+    a.out(0xf4, al).unwrap();
+    a.hlt().unwrap();
+    ram.write(CODE as u64, &a.assemble(CODE as u64).unwrap()).unwrap();
+    let mut h = CodeAssembler::new(32).unwrap();
+    h.mov(al, 0x21u32).unwrap();
+    h.out(0xf4, al).unwrap();
+    h.hlt().unwrap();
+    ram.write(HANDLER as u64, &h.assemble(HANDLER as u64).unwrap()).unwrap();
+    for i in 0..64u32 {
+        ram.write_u32((DATA + 4 * i) as u64, i.wrapping_mul(0x9e37_79b9)).unwrap();
+    }
+    let mut s = CpuState::flat_protected(0);
+    if paging {
+        ram.write_u32(PD as u64, PT | 3).unwrap();
+        for i in 0..1024u32 {
+            let pte = if i == HOLE >> 12 { 0 } else { (i << 12) | 3 };
+            ram.write_u32((PT + 4 * i) as u64, pte).unwrap();
+        }
+        s.cr3 = PD;
+        s.cr0 |= vmm_interp::state::cr::CR0_PG;
+    }
+    s.eip = CODE;
+    s.gpr = [1, 2, 3, 4, KSTACK, 6, 7, 8];
+    s.gdtr = TableReg { base: GDT, limit: (gdt.len() * 8 - 1) as u16 };
+    s.idtr = TableReg { base: IDT, limit: 0xff };
+    s.tr = Segment { selector: 0x28, base: 0x3000, limit: 0x67, attr: attr::P | 11 };
+    (Machine::new(ram, Box::new(HostClock::new()), Box::new(std::io::sink())), s)
+}
+
+fn run(steps: &[Step], kernel: EngineKind, paging: bool) -> RunResult {
+    let (m, s) = guest_with(steps, paging);
+    let opts = RunOptions {
+        kernel_engine: kernel,
+        user_engine: EngineKind::Interp,
+        timeout: Some(Duration::from_secs(20)),
+        ..RunOptions::default()
+    };
+    engine::run(m, s, &opts).unwrap()
+}
+
+/// The guest-visible state compared.
+fn visible(r: &RunResult) -> String {
+    let s = &r.state;
+    let sel: Vec<u16> = s.seg.iter().map(|g| g.selector).collect();
+    let mem = |a: u32, n: usize| r.machine.ram.slice(a as u64, n).unwrap().to_vec();
+    format!(
+        "outcome {:?}\ngpr {:08x?}\neip {:08x} eflags {:08x}\nsel {sel:04x?}\ncr0 {:08x} cr2 {:08x} cr3 {:08x} cr4 {:08x}\ndata {:02x?}\nstack {:02x?}",
+        r.outcome,
+        s.gpr,
+        s.eip,
+        s.eflags,
+        s.cr0,
+        s.cr2,
+        s.cr3,
+        s.cr4,
+        mem(DATA, 256),
+        mem(KSTACK - 256, 256),
+    )
+}
+
+/// Self-modifying kernel code: a subroutine's `mov eax, imm32` is patched between calls, once
+/// in the page of the code that patches it and once in another page; the translated code must
+/// see every new immediate (coherence), like the interpreter.
+#[test]
+fn self_modifying_kernel_code() {
+    for (sub, via_gs) in [(CODE + 0x800, false), (CODE + 0x3000, false), (CODE + 0x3000, true)] {
+        let build = || {
+            let (mut m, s) = guest(&[]);
+            let mut a = CodeAssembler::new(32).unwrap();
+            let mut top = a.create_label();
+            a.mov(ecx, 5u32).unwrap();
+            a.xor(ebx, ebx).unwrap();
+            a.set_label(&mut top).unwrap();
+            a.call(sub as u64).unwrap();
+            a.add(ebx, eax).unwrap();
+            if via_gs {
+                // A GS-relative store is emulated by the interpreter (GS is the translator's).
+                a.mov(eax, 0x10u32).unwrap();
+                a.mov(gs, ax).unwrap();
+                a.mov(dword_ptr(sub + 1).gs(), ecx).unwrap();
+            } else {
+                a.mov(dword_ptr(sub + 1), ecx).unwrap(); // the next call returns ECX
+            }
+            a.imul_2(ebx, ebx).unwrap();
+            a.dec(ecx).unwrap();
+            a.jnz(top).unwrap();
+            a.mov(al, 0u32).unwrap();
+            a.out(0xf4, al).unwrap();
+            m.ram.write(CODE as u64, &a.assemble(CODE as u64).unwrap()).unwrap();
+            let mut b = CodeAssembler::new(32).unwrap();
+            b.mov(eax, 100u32).unwrap();
+            b.ret().unwrap();
+            m.ram.write(sub as u64, &b.assemble(sub as u64).unwrap()).unwrap();
+            (m, s)
+        };
+        let go = |k: EngineKind| {
+            let (m, s) = build();
+            let opts = RunOptions { kernel_engine: k, user_engine: EngineKind::Interp, timeout: Some(Duration::from_secs(20)), ..RunOptions::default() };
+            engine::run(m, s, &opts).unwrap()
+        };
+        let i = go(EngineKind::Interp);
+        let b = go(EngineKind::Bt);
+        assert_eq!(i.outcome, vmm_monitor::engine::Outcome::DebugExit { value: 0 });
+        assert_eq!(visible(&b), visible(&i), "sub at {sub:#x}\n{}", b.stats.render());
+        let key = if via_gs { "bt-code-write-emulated" } else { "bt-code-write" };
+        assert!(b.stats.exits.get(key).copied().unwrap_or(0) >= 4, "{}", b.stats.render());
+    }
+}
+
+/// The generator's indirect-jump and IRET steps reach their targets (no INT3, no fault).
+#[test]
+fn generated_control_transfers_reach_their_targets() {
+    for step in [(38u8, 0u32, 0u32), (38, 5, 0), (40, 1, 0), (40, 4, 0x0000_0ad5)] {
+        for k in [EngineKind::Interp, EngineKind::Bt] {
+            let r = run(&[step], k, false);
+            assert_eq!(r.outcome, vmm_monitor::engine::Outcome::DebugExit { value: 0 }, "{step:?} {k:?}");
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: std::env::var("VMM_BT_PROP_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(96), ..ProptestConfig::default() })]
+
+    #[test]
+    fn translated_kernel_code_matches_the_interpreter(steps in prop::collection::vec((0u8..43, any::<u32>(), any::<u32>()), 1..40), paging in any::<bool>()) {
+        let i = run(&steps, EngineKind::Interp, paging);
+        let b = run(&steps, EngineKind::Bt, paging);
+        prop_assert!(b.stats.translated > 0, "bt translated nothing: {}", b.stats.render());
+        prop_assert_eq!(visible(&b), visible(&i));
+    }
+}
