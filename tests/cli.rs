@@ -320,7 +320,7 @@ fn ctrl_a_x_quits_and_restores_the_terminal() {
     let pty = nix::pty::openpty(None, None).expect("openpty");
     let before = tcgetattr(pty.slave.as_fd()).unwrap();
     assert!(before.local_flags.contains(LocalFlags::ICANON | LocalFlags::ECHO));
-    let mut child = std::process::Command::new(vmm_bin())
+    let child = std::process::Command::new(vmm_bin())
         .arg("run")
         .arg(&k)
         .args(["--timeout", "60", "--kernel-engine", "interp", "--user-engine", "interp"])
