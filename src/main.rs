@@ -15,9 +15,10 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use vmm_monitor::console;
 use vmm_monitor::devices::HostClock;
 use vmm_monitor::engine::{self, exit_code, EngineKind, Outcome, RunOptions};
-use vmm_monitor::loader::multiboot;
+use vmm_monitor::loader::{linux, multiboot};
 use vmm_monitor::machine::Machine;
 use vmm_monitor::memory::GuestRam;
 
@@ -38,11 +39,15 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Boot a Multiboot 1 ELF kernel on a virtual PC (serial console on stdout).
+    /// Boot a Linux bzImage or a Multiboot 1 ELF kernel on a virtual PC (serial console on the terminal).
     #[command(
         after_help = "Exit status: the guest's debug-exit status (port 0xf4: (value << 1) | 1, always odd); \
 2 for a bad command line or kernel image, 4 for a triple fault, 6 for an instruction the engine \
-does not support, 8 for --timeout, 10 for a HLT nothing can wake."
+does not support, 8 for --timeout, 10 for a HLT nothing can wake, 14 for a guest kernel panic; \
+0 when the guest powers off or resets (Linux's poweroff and reboot) or on Ctrl-A x.\n\n\
+The terminal is the serial console (COM1): raw mode while the guest runs; Ctrl-A x quits, \
+Ctrl-A Ctrl-A sends Ctrl-A.\n\n\
+Linux: vmm run --kernel bzImage --initrd initrd.gz --append \"console=ttyS0\" --mem 256M"
     )]
     Run(RunArgs),
     /// Run the built-in demo guest (what `vmm` with no command does).
@@ -99,13 +104,25 @@ impl From<EngineArg> for EngineKind {
 
 #[derive(Args)]
 struct RunArgs {
-    /// The kernel: an ELF32 i386 file with a Multiboot 1 header.
-    kernel: PathBuf,
+    /// The kernel: a Linux bzImage, or an ELF32 i386 file with a Multiboot 1 header (the
+    /// format is detected).
+    #[arg(required_unless_present = "kernel_opt", conflicts_with = "kernel_opt")]
+    kernel: Option<PathBuf>,
+    /// The kernel, as QEMU names the option (instead of the positional argument).
+    #[arg(long = "kernel", id = "kernel_opt", value_name = "KERNEL")]
+    kernel_opt: Option<PathBuf>,
+    /// An initrd (initramfs) for a Linux kernel.
+    #[arg(long)]
+    initrd: Option<PathBuf>,
+    /// Linux: decompress the bzImage's kernel on the host and start it at vmlinux's
+    /// startup_32, skipping the guest-side decompressor (minutes under the interpreter).
+    #[arg(long)]
+    unpack_kernel: bool,
     /// Guest RAM: bytes, or a number with K, M or G (4M to 3G).
     #[arg(long, default_value = "128M", value_parser = parse_mem)]
     mem: u64,
-    /// The kernel command line handed over in the Multiboot information.
-    #[arg(long, default_value = "")]
+    /// The kernel command line (Linux: the zero page's cmd_line_ptr; Multiboot: the MBI).
+    #[arg(long, visible_alias = "append", default_value = "")]
     cmdline: String,
     /// The engine for guest kernel code (CPL 0).
     #[arg(long, value_enum, default_value_t = EngineArg::Interp)]
@@ -312,9 +329,12 @@ fn run_kernel(args: RunArgs) -> ExitCode {
         eprintln!("vmm: {msg}");
         ExitCode::from(exit_code::ERROR)
     };
-    let image = match std::fs::read(&args.kernel) {
+    let Some(kernel_path) = args.kernel.as_ref().or(args.kernel_opt.as_ref()) else {
+        return fail("no kernel given".into());
+    };
+    let image = match std::fs::read(kernel_path) {
         Ok(b) => b,
-        Err(e) => return fail(format!("cannot read {}: {e}", args.kernel.display())),
+        Err(e) => return fail(format!("cannot read {}: {e}", kernel_path.display())),
     };
     // The size was range-checked by the parser: at most 3 GiB fits in usize on x86-64.
     let Ok(mem) = usize::try_from(args.mem) else {
@@ -329,12 +349,41 @@ fn run_kernel(args: RunArgs) -> ExitCode {
     } else {
         GuestRam::heap(mem)
     };
-    let kernel = match multiboot::load(&mut ram, &image, &args.cmdline) {
-        Ok(k) => k,
-        Err(e) => return fail(format!("cannot load {}: {e}", args.kernel.display())),
+    let state = if linux::is_bzimage(&image) {
+        let initrd = match &args.initrd {
+            None => None,
+            Some(p) => match std::fs::read(p) {
+                Ok(b) => Some(b),
+                Err(e) => return fail(format!("cannot read the initrd {}: {e}", p.display())),
+            },
+        };
+        match linux::load_with(&mut ram, &image, initrd.as_deref(), &args.cmdline, args.unpack_kernel) {
+            Ok(k) => {
+                tracing::debug!(protocol = k.protocol, version = ?k.version, kernel = ?k.kernel, initrd = ?k.initrd, "Linux kernel loaded");
+                k.state
+            }
+            Err(e) => return fail(format!("cannot load {}: {e}", kernel_path.display())),
+        }
+    } else {
+        if args.initrd.is_some() {
+            return fail(format!(
+                "--initrd is for Linux kernels, and {} is not a bzImage",
+                kernel_path.display()
+            ));
+        }
+        match multiboot::load(&mut ram, &image, &args.cmdline) {
+            Ok(k) => {
+                tracing::debug!(entry = k.entry, mbi = k.mbi_addr, segments = ?k.segments, "kernel loaded");
+                k.state
+            }
+            Err(e) => return fail(format!("cannot load {}: {e}", kernel_path.display())),
+        }
     };
-    tracing::debug!(entry = kernel.entry, mbi = kernel.mbi_addr, segments = ?kernel.segments, "kernel loaded");
-    let machine = Machine::new(ram, Box::new(HostClock::new()), Box::new(std::io::stdout()));
+    let mut machine = Machine::new(ram, Box::new(HostClock::new()), Box::new(std::io::stdout()));
+    // The terminal is the serial console: raw while the guest runs (restored on every way
+    // out, panics included), typed bytes go to COM1, Ctrl-A x quits.
+    let terminal = console::RawTerminal::enter();
+    machine.set_input(Box::new(console::StdinInput::new(terminal.is_raw())));
     let opts = RunOptions {
         kernel_engine: args.kernel_engine.into(),
         user_engine: args.user_engine.into(),
@@ -343,7 +392,9 @@ fn run_kernel(args: RunArgs) -> ExitCode {
         lockdown: true,
         ..RunOptions::default()
     };
-    let result = match engine::run(machine, kernel.state, &opts) {
+    let result = engine::run(machine, state, &opts);
+    drop(terminal);
+    let result = match result {
         Ok(r) => r,
         Err(e) => return fail(e.to_string()),
     };
@@ -362,7 +413,9 @@ fn finish(result: &engine::RunResult, stats: bool, verbose: bool) -> ExitCode {
     if outcome.wants_report() {
         eprintln!("vmm: {}", outcome.message());
         eprintln!("vmm: CPU state:\n{}", engine::cpu_report(&result.state));
-    } else if verbose {
+    } else if verbose || matches!(outcome, Outcome::Stopped(_)) {
+        // A platform ending (power-off, reset, panic, Ctrl-A x) is worth one line: the
+        // console may not say it.
         eprintln!("vmm: {}", outcome.message());
     }
     if stats {

@@ -25,7 +25,7 @@ use vmm_interp::state::{flags, reg, SegReg};
 use vmm_interp::{exception, Cpu, CpuState, Exit};
 
 use crate::devices::DebugExit;
-use crate::machine::{Machine, MachineStats};
+use crate::machine::{Machine, MachineStats, StopReason};
 
 /// An execution engine.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -123,6 +123,8 @@ pub enum Outcome {
     Timeout { after: Duration, eip: u32 },
     /// An engine exit the run loop does not expect (a bug of the monitor).
     Unexpected(String),
+    /// The platform ended the run: reset, power-off, kernel panic or the user's Ctrl-A x.
+    Stopped(StopReason),
 }
 
 /// Process exit codes for endings that are not the guest's own choice. All even, so they
@@ -135,6 +137,8 @@ pub mod exit_code {
     pub const TIMEOUT: u8 = 8;
     pub const DEAD_HALT: u8 = 10;
     pub const UNEXPECTED: u8 = 12;
+    /// The guest kernel panicked.
+    pub const GUEST_PANIC: u8 = 14;
 }
 
 impl Outcome {
@@ -147,6 +151,8 @@ impl Outcome {
             Outcome::Timeout { .. } => exit_code::TIMEOUT,
             Outcome::DeadHalt { .. } => exit_code::DEAD_HALT,
             Outcome::Unexpected(_) => exit_code::UNEXPECTED,
+            Outcome::Stopped(r) if r.is_clean() => 0,
+            Outcome::Stopped(_) => exit_code::GUEST_PANIC,
         }
     }
 
@@ -177,12 +183,18 @@ impl Outcome {
                 format!("timeout: the guest was still running after {:.1} s (eip {eip:#010x})", after.as_secs_f64())
             }
             Outcome::Unexpected(what) => format!("unexpected engine exit: {what}"),
+            Outcome::Stopped(StopReason::Reset) => "the guest reset the machine: exit status 0".into(),
+            Outcome::Stopped(StopReason::PowerOff) => "the guest powered off: exit status 0".into(),
+            Outcome::Stopped(StopReason::Panic) => {
+                format!("the guest kernel panicked: exit status {}", exit_code::GUEST_PANIC)
+            }
+            Outcome::Stopped(StopReason::Quit) => "quit (Ctrl-A x)".into(),
         }
     }
 
     /// Whether the CPU state report helps explain this ending.
     pub fn wants_report(&self) -> bool {
-        !matches!(self, Outcome::DebugExit { .. })
+        !matches!(self, Outcome::DebugExit { .. } | Outcome::Stopped(_))
     }
 }
 
@@ -251,6 +263,12 @@ impl RunStats {
         let _ = writeln!(s, "port reads      {}", m.port_reads);
         let _ = writeln!(s, "port writes     {}", m.port_writes);
         let _ = writeln!(s, "unclaimed ports {}", m.unclaimed_ports);
+        if !m.unclaimed_by_port.is_empty() {
+            let mut top: Vec<_> = m.unclaimed_by_port.iter().collect();
+            top.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+            let list: Vec<String> = top.iter().take(12).map(|(p, n)| format!("{p:#x}:{n}")).collect();
+            let _ = writeln!(s, "  by port       {}", list.join(" "));
+        }
         let _ = writeln!(s, "interrupts      {} ({} timer edges)", m.interrupts, m.timer_irqs);
         s
     }
@@ -281,20 +299,28 @@ pub(crate) fn halt_sleep(cpu: &mut Cpu<Machine>, deadline: Option<u64>, opts: &R
         if iflag && cpu.bus.interrupt_requested() {
             return Ok(halted_ns);
         }
+        if let Some(r) = cpu.bus.stop_request() {
+            return Err(Outcome::Stopped(r));
+        }
+        if !iflag {
+            // Linux's poweroff without ACPI, or its halt after a panic.
+            if let Some(r) = cpu.bus.halt_stop() {
+                return Err(Outcome::Stopped(r));
+            }
+        }
         let next = cpu.bus.next_deadline_ns();
-        if !iflag || next.is_none() {
+        if !iflag || (next.is_none() && !cpu.bus.input_open()) {
             return Err(Outcome::DeadHalt { eip: cpu.state.eip, interrupts_enabled: iflag });
         }
         let now = cpu.bus.now_ns();
         if deadline.is_some_and(|d| now >= d) {
             return Err(Outcome::Timeout { after: opts.timeout.unwrap_or_default(), eip: cpu.state.eip });
         }
-        let wake = match (next, deadline) {
-            (Some(n), Some(d)) => n.min(d),
-            (Some(n), None) => n,
-            (None, _) => now,
-        };
-        cpu.bus.clock().sleep_until(wake);
+        // With only console input to wait for, look again at least every second.
+        let next = next.unwrap_or(now + 1_000_000_000);
+        let wake = deadline.map_or(next, |d| next.min(d));
+        // Sleeps on the clock, or polls the console's input until then.
+        cpu.bus.wait_until(wake);
         halted_ns += cpu.bus.now_ns().saturating_sub(now);
     }
 }
@@ -313,9 +339,18 @@ pub fn run_interp(machine: Machine, state: CpuState, opts: &RunOptions) -> RunRe
                 break Outcome::Timeout { after: opts.timeout.unwrap_or_default(), eip: cpu.state.eip };
             }
         }
+        if let Some(r) = cpu.bus.stop_request() {
+            break Outcome::Stopped(r);
+        }
         cpu.bus.update();
         match cpu.run(slice) {
-            Exit::Budget => stats.exit("budget"),
+            Exit::Budget => {
+                stats.exit("budget");
+                // Console input, without waiting.
+                if cpu.bus.input_open() {
+                    cpu.bus.poll_input(Duration::ZERO);
+                }
+            }
             Exit::PortIo { port: DebugExit::PORT, .. } => {
                 stats.exit("debug-exit");
                 break Outcome::DebugExit { value: cpu.bus.debug_exit.value.unwrap_or(0) };

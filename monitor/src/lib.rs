@@ -16,10 +16,12 @@
 //! Everything else is safe Rust:
 //!
 //! * [`memory`]: guest RAM; [`devices`]: the PC device models; [`machine`]: RAM and devices
-//!   as the CPU's bus; [`loader`]: boot loaders (Multiboot 1); [`engine`]: choosing and
+//!   as the CPU's bus; [`loader`]: boot loaders (Linux, Multiboot 1); [`console`]: the serial
+//!   console as the terminal (raw mode, input, Ctrl-A x, watching for power-down); [`engine`]: choosing and
 //!   running an execution engine (the `interp` run loop).
 
 pub mod bt;
+pub mod console;
 pub mod devices;
 pub mod direct;
 pub mod engine;

@@ -12,13 +12,24 @@
 //!   the guest touches a timer port, at least every [`POLL_INTERVAL`] interrupt polls, and
 //!   by the engines before they wait.
 //! * [`Machine::next_deadline_ns`] says when the next interrupt is due, so that HLT can sleep
-//!   until then instead of spinning.
+//!   until then instead of spinning; [`Machine::wait_until`] sleeps, or waits for console
+//!   input when there is an [`InputSource`].
+//! * Also: the MC146818 RTC/CMOS (0x70/0x71, IRQ 8), the i8042 (0x60/0x64, IRQ 1/12; its
+//!   reset line ends the run), the delay port 0xed, and PCI configuration mechanism 1
+//!   (0xcf8/0xcfc) with no devices.
+//! * COM1's output passes through a [`ConsoleWatch`]: the kernel's power-down and panic
+//!   messages become [`StopReason`]s (see [`Machine::stop_request`] and
+//!   [`Machine::halt_stop`]).
 
+use std::collections::VecDeque;
 use std::io::Write;
+use std::time::Duration;
+
+use crate::console::{ConsoleFlags, ConsoleWatch, Input, InputSource};
 
 use vmm_interp::{Bus, IoAction};
 
-use crate::devices::{Clock, DebugExit, DeviceId, PicPair, Pit, PortMap, SystemControl, Uart};
+use crate::devices::{Clock, DebugExit, DeviceId, I8042, PciConfig, PicPair, Pit, PortMap, Rtc, SystemControl, Uart};
 use crate::memory::GuestRam;
 
 /// Interrupt polls (one per instruction while EFLAGS.IF is set) between two readings of the
@@ -32,10 +43,32 @@ pub struct MachineStats {
     pub port_writes: u64,
     /// Accesses to ports no device claims.
     pub unclaimed_ports: u64,
+    /// Which unclaimed ports, and how often (what the guest probed that is not there).
+    pub unclaimed_by_port: std::collections::BTreeMap<u16, u64>,
     /// Interrupt acknowledge cycles (external interrupts taken).
     pub interrupts: u64,
     /// Timer interrupts raised on IRQ 0.
     pub timer_irqs: u64,
+}
+
+/// Why the platform asks the run to end (not the CPU's doing).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StopReason {
+    /// The guest reset the machine (the i8042's reset line: Linux's `reboot`).
+    Reset,
+    /// The guest powered off: the kernel said so and halted with interrupts off.
+    PowerOff,
+    /// The kernel panicked (its "Kernel panic - not syncing" report on the console).
+    Panic,
+    /// The user quit from the console (Ctrl-A x).
+    Quit,
+}
+
+impl StopReason {
+    /// Whether this is a clean end of the run (exit status 0).
+    pub fn is_clean(self) -> bool {
+        !matches!(self, StopReason::Panic)
+    }
 }
 
 /// The machine: RAM and devices.
@@ -46,12 +79,21 @@ pub struct Machine {
     pub com1: Uart,
     pub debug_exit: DebugExit,
     pub system_control: SystemControl,
+    pub rtc: Rtc,
+    pub kbc: I8042,
+    pub pci: PciConfig,
+    /// What the console has seen (power-down, panic).
+    pub console: ConsoleFlags,
     pub stats: MachineStats,
     /// The last value written to port 0x80.
     pub post_code: u8,
     ports: PortMap,
     clock: Box<dyn Clock>,
     poll_countdown: u32,
+    input: Option<Box<dyn InputSource>>,
+    /// Input the UART could not take yet.
+    pending_input: VecDeque<u8>,
+    quit: bool,
 }
 
 impl std::fmt::Debug for Machine {
@@ -65,18 +107,103 @@ impl Machine {
 
     /// A PC with `ram`, devices timed by `clock`, and COM1's output going to `serial_out`.
     pub fn new(ram: GuestRam, clock: Box<dyn Clock>, serial_out: Box<dyn Write + Send>) -> Machine {
+        let console = ConsoleFlags::new();
+        let rtc = Rtc::new(Rtc::host_wall_clock(), ram.len() as u64);
         Machine {
             ram,
             pic: PicPair::new(),
             pit: Pit::new(),
-            com1: Uart::new(serial_out),
+            com1: Uart::new(Box::new(ConsoleWatch::new(serial_out, console.clone()))),
             debug_exit: DebugExit::new(),
             system_control: SystemControl::new(),
+            rtc,
+            kbc: I8042::new(),
+            pci: PciConfig::new(),
+            console,
             stats: MachineStats::default(),
             post_code: 0,
             ports: PortMap::pc(),
             clock,
             poll_countdown: POLL_INTERVAL,
+            input: None,
+            pending_input: VecDeque::new(),
+            quit: false,
+        }
+    }
+
+    /// Where COM1's input comes from (the terminal).
+    pub fn set_input(&mut self, input: Box<dyn InputSource>) {
+        self.input = Some(input);
+    }
+
+    /// Whether input may still arrive (an input source that is not closed).
+    pub fn input_open(&self) -> bool {
+        self.input.is_some()
+    }
+
+    /// Take input from the source, waiting up to `timeout` for some, and feed COM1.
+    pub fn poll_input(&mut self, timeout: Duration) {
+        if let Some(src) = self.input.as_mut() {
+            match src.read(timeout) {
+                Input::Bytes(b) => self.pending_input.extend(b),
+                Input::Quit => self.quit = true,
+                Input::Closed => self.input = None,
+            }
+        }
+        self.feed_uart();
+    }
+
+    fn feed_uart(&mut self) {
+        let mut fed = false;
+        while self.com1.can_receive() {
+            let Some(b) = self.pending_input.pop_front() else { break };
+            self.com1.receive(&[b]);
+            fed = true;
+        }
+        if fed {
+            self.update_uart_irq();
+        }
+    }
+
+    /// Wait until clock time `deadline_ns`, or less if console input arrives: flushes the
+    /// console first. Without an input source this is the clock's sleep.
+    pub fn wait_until(&mut self, deadline_ns: u64) {
+        self.flush();
+        if self.input.is_none() {
+            self.clock.sleep_until(deadline_ns);
+            return;
+        }
+        let now = self.now_ns();
+        let timeout = Duration::from_nanos(deadline_ns.saturating_sub(now));
+        // Returns early on input, on Ctrl-A x, and when the source closes (the caller looks
+        // again and then sleeps on the clock).
+        self.poll_input(timeout);
+    }
+
+    /// Whether the platform asks the run to end now: the i8042's reset line, the end of a
+    /// kernel panic report, or the user's Ctrl-A x.
+    pub fn stop_request(&self) -> Option<StopReason> {
+        if self.quit {
+            Some(StopReason::Quit)
+        } else if self.kbc.reset_requested() {
+            Some(StopReason::Reset)
+        } else if self.console.has(ConsoleFlags::PANIC_END) {
+            Some(StopReason::Panic)
+        } else {
+            None
+        }
+    }
+
+    /// What a HLT with interrupts off means, if the console explains it: the kernel's
+    /// power-down (Linux's `poweroff` on a PC without ACPI halts with IF = 0 after saying
+    /// "reboot: Power down" or "reboot: System halted") or a panic.
+    pub fn halt_stop(&self) -> Option<StopReason> {
+        if self.console.has(ConsoleFlags::PANIC) {
+            Some(StopReason::Panic)
+        } else if self.console.has(ConsoleFlags::POWER_DOWN) {
+            Some(StopReason::PowerOff)
+        } else {
+            None
         }
     }
 
@@ -95,7 +222,22 @@ impl Machine {
             self.stats.timer_irqs += 1;
             self.pic.pulse_irq(Self::PIT_IRQ);
         }
+        self.rtc.update(now);
+        self.pic.set_irq(Rtc::IRQ, self.rtc.irq_level());
+        if self.kbc.irq_held() {
+            self.kbc.release_irq();
+            self.update_kbc_irqs();
+        }
+        if !self.pending_input.is_empty() {
+            self.feed_uart();
+        }
         self.update_uart_irq();
+    }
+
+    fn update_kbc_irqs(&mut self) {
+        let (kbd, aux) = self.kbc.irq_levels();
+        self.pic.set_irq(I8042::KBD_IRQ, kbd);
+        self.pic.set_irq(I8042::AUX_IRQ, aux);
     }
 
     fn update_uart_irq(&mut self) {
@@ -111,7 +253,12 @@ impl Machine {
     /// When the next device interrupt is due (clock nanoseconds), if any is scheduled. It may
     /// be masked at the PIC or the guest's IF may be clear: waking early is harmless.
     pub fn next_deadline_ns(&self) -> Option<u64> {
-        self.pit.next_irq0_ns()
+        let pit = self.pit.next_irq0_ns();
+        let rtc = self.rtc.next_deadline_ns(self.now_ns());
+        match (pit, rtc) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// The exit status the guest asked for through the debug-exit port.
@@ -134,6 +281,7 @@ impl Machine {
     fn read_byte(&mut self, port: u16) -> u8 {
         let Some((dev, off)) = self.ports.lookup(port) else {
             self.stats.unclaimed_ports += 1;
+            *self.stats.unclaimed_by_port.entry(port).or_default() += 1;
             tracing::trace!(port, "read of an unclaimed port");
             return 0xff;
         };
@@ -151,9 +299,26 @@ impl Machine {
             DeviceId::DebugExit => 0xff,
             DeviceId::Com1 => {
                 let v = self.com1.read(off);
+                // A byte taken from the receiver makes room for the next.
+                if !self.pending_input.is_empty() {
+                    self.feed_uart();
+                }
                 self.update_uart_irq();
                 v
             }
+            DeviceId::Rtc => {
+                let now = self.now_ns();
+                let v = self.rtc.read(port, now);
+                self.pic.set_irq(Rtc::IRQ, self.rtc.irq_level());
+                v
+            }
+            DeviceId::Kbc => {
+                let v = self.kbc.read(port);
+                self.update_kbc_irqs();
+                v
+            }
+            DeviceId::Delay => 0xff,
+            DeviceId::PciConfig => self.pci.read(off),
         }
     }
 
@@ -161,6 +326,7 @@ impl Machine {
     fn write_byte(&mut self, port: u16, v: u8) -> bool {
         let Some((dev, off)) = self.ports.lookup(port) else {
             self.stats.unclaimed_ports += 1;
+            *self.stats.unclaimed_by_port.entry(port).or_default() += 1;
             tracing::trace!(port, value = v, "write to an unclaimed port");
             return false;
         };
@@ -185,6 +351,19 @@ impl Machine {
                 self.com1.write(off, v);
                 self.update_uart_irq();
             }
+            DeviceId::Rtc => {
+                let now = self.now_ns();
+                self.rtc.write(port, v, now);
+                self.pic.set_irq(Rtc::IRQ, self.rtc.irq_level());
+            }
+            DeviceId::Kbc => {
+                self.kbc.write(port, v);
+                self.update_kbc_irqs();
+                // The reset line stops the CPU at once.
+                return self.kbc.reset_requested();
+            }
+            DeviceId::Delay => {}
+            DeviceId::PciConfig => self.pci.write(off, v),
         }
         false
     }
@@ -351,6 +530,7 @@ mod tests {
         assert_eq!(m.io_in(0x20, 2), 0xab00);
         assert_eq!(m.io_in(0x3ff, 2), 0xff5a);
         assert!(m.stats.unclaimed_ports >= 3);
+        assert_eq!(m.stats.unclaimed_by_port.get(&0x1234), Some(&3));
     }
 
     #[test]
@@ -363,6 +543,91 @@ mod tests {
         assert_eq!(m.io_in(0x61, 1) & 0x21, 0x01);
         clock.sleep_until(ticks_to_ns(0x1000));
         assert_eq!(m.io_in(0x61, 1) & 0x20, 0x20);
+    }
+
+    #[test]
+    fn rtc_periodic_interrupt_on_irq8() {
+        let (mut m, clock, _) = machine();
+        init_pic(&mut m);
+        // Status B: PIE, 24 hour.
+        m.io_out(0x70, 1, 0x0b);
+        m.io_out(0x71, 1, 0x42);
+        let due = m.next_deadline_ns().unwrap();
+        assert!(due <= 1_000_000, "{due}");
+        clock.sleep_until(due);
+        assert!(m.interrupt_requested());
+        assert_eq!(m.acknowledge_interrupt(), Some(0x28), "IRQ 8: the slave's first vector");
+        // Reading C drops the line.
+        m.io_out(0x70, 1, 0x0c);
+        assert_eq!(m.io_in(0x71, 1), 0xc0);
+        m.io_out(0xa0, 1, 0x20);
+        m.io_out(0x20, 1, 0x20);
+        assert!(!m.interrupt_requested());
+        // The memory size in CMOS: 1 MiB of RAM has no extended memory.
+        m.io_out(0x70, 1, 0x17);
+        assert_eq!(m.io_in(0x71, 1), 0);
+    }
+
+    #[test]
+    fn kbc_reset_pci_and_delay_ports() {
+        let (mut m, _, _) = machine();
+        assert_eq!(m.io_out(0xed, 1, 0), IoAction::Continue);
+        assert_eq!(m.io_out(0xcf8, 4, 0x8000_0000), IoAction::Continue);
+        assert_eq!(m.io_in(0xcf8, 4), 0x8000_0000);
+        assert_eq!(m.io_in(0xcfc, 4), 0xffff_ffff);
+        assert_eq!(m.io_in(0xcfe, 2), 0xffff);
+        m.io_out(0x64, 1, 0xaa);
+        assert_eq!(m.io_in(0x64, 1) & 1, 1);
+        assert_eq!(m.io_in(0x60, 1), 0x55);
+        assert_eq!(m.stop_request(), None);
+        assert_eq!(m.io_out(0x64, 1, 0xfe), IoAction::Exit);
+        assert_eq!(m.stop_request(), Some(StopReason::Reset));
+        assert_eq!(m.stats.unclaimed_ports, 0);
+    }
+
+    #[test]
+    fn console_messages_become_stop_reasons() {
+        let (mut m, _, out) = machine();
+        for b in b"[ 9.1] reboot: Power down\r\n" {
+            m.io_out(0x3f8, 1, *b as u32);
+        }
+        assert!(out.text().contains("Power down"));
+        assert_eq!(m.stop_request(), None);
+        assert_eq!(m.halt_stop(), Some(StopReason::PowerOff));
+        for b in b"Kernel panic - not syncing: x\n---[ end Kernel panic - not syncing: x ]---\n" {
+            m.io_out(0x3f8, 1, *b as u32);
+        }
+        assert_eq!(m.halt_stop(), Some(StopReason::Panic));
+        assert_eq!(m.stop_request(), Some(StopReason::Panic));
+    }
+
+    struct Script(Vec<Input>);
+    impl InputSource for Script {
+        fn read(&mut self, _: Duration) -> Input {
+            if self.0.is_empty() {
+                Input::Closed
+            } else {
+                self.0.remove(0)
+            }
+        }
+    }
+
+    #[test]
+    fn console_input_reaches_the_uart_as_it_makes_room() {
+        let (mut m, _, _) = machine();
+        m.set_input(Box::new(Script(vec![Input::Bytes(b"abc".to_vec()), Input::Quit])));
+        assert!(m.input_open());
+        m.poll_input(Duration::ZERO);
+        // No FIFO: one byte at a time.
+        assert_eq!(m.io_in(0x3fd, 1) & 1, 1);
+        assert_eq!(m.io_in(0x3f8, 1), b'a' as u32);
+        assert_eq!(m.io_in(0x3f8, 1), b'b' as u32);
+        assert_eq!(m.io_in(0x3f8, 1), b'c' as u32);
+        assert_eq!(m.io_in(0x3fd, 1) & 1, 0);
+        m.wait_until(1000);
+        assert_eq!(m.stop_request(), Some(StopReason::Quit));
+        m.poll_input(Duration::ZERO);
+        assert!(!m.input_open());
     }
 
     #[test]

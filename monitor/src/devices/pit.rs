@@ -295,6 +295,9 @@ impl Channel {
             2 | 3 if self.paused_elapsed.is_none() => d / n,
             // One-shot: OUT rises at terminal count.
             0 | 1 => u64::from(d >= n),
+            // Strobes: OUT is low for the one clock at terminal count and rises after it
+            // (Linux's PIT clockevent in one-shot mode uses mode 4: one IRQ 0 per count).
+            4 | 5 => u64::from(d > n),
             _ => 0,
         };
         let new = total.saturating_sub(self.edges_seen);
@@ -312,6 +315,7 @@ impl Channel {
         let ticks = match self.mode {
             2 | 3 => (self.edges_seen + 1).checked_mul(n)?,
             0 | 1 if self.edges_seen == 0 => n,
+            4 | 5 if self.edges_seen == 0 => n + 1,
             _ => return None,
         };
         Some(ticks_to_ns(start.checked_add(ticks)?))
@@ -428,6 +432,29 @@ mod tests {
             assert!(ns_to_ticks(ticks_to_ns(t).saturating_sub(1)) < t.max(1));
         }
         assert!(ticks_to_ns(1) > TICK_NS && ticks_to_ns(1) <= TICK_NS + 1);
+    }
+
+    /// Mode 4 on channel 0, as Linux's one-shot clockevent programs it (control word 0x38,
+    /// then LSB and MSB of the delta): one IRQ 0 edge, one tick after terminal count, and
+    /// another for each new count.
+    #[test]
+    fn mode4_one_shot_clockevent() {
+        let mut pit = Pit::new();
+        pit.write(0x43, 0x38, 0);
+        assert_eq!(pit.next_irq0_ns(), None);
+        pit.write(0x40, 100, 0);
+        pit.write(0x40, 0, 0);
+        assert_eq!(pit.next_irq0_ns(), Some(at(101)));
+        assert!(!pit.irq0_edge(at(100)));
+        assert!(pit.irq0_edge(at(101)));
+        assert!(!pit.irq0_edge(at(5000)));
+        assert_eq!(pit.next_irq0_ns(), None);
+        pit.write(0x40, 0x10, at(6000));
+        pit.write(0x40, 0x00, at(6000));
+        let due = pit.next_irq0_ns().unwrap();
+        assert!(due > at(6000) && due <= at(6000 + 17) + 1, "{due}");
+        assert!(pit.irq0_edge(due));
+        assert_eq!(pit.lost_ticks, 0);
     }
 
     /// Mode 2 on channel 0 with a count of 1000: one IRQ 0 edge every 1000 ticks.

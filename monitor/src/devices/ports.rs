@@ -19,6 +19,14 @@ pub enum DeviceId {
     PostCode,
     DebugExit,
     Com1,
+    /// MC146818 RTC and CMOS RAM (0x70/0x71).
+    Rtc,
+    /// i8042 keyboard controller (0x60 data, 0x64 status/command).
+    Kbc,
+    /// Port 0xed: another I/O delay port (Linux's `io_delay=0xed`). Ignored.
+    Delay,
+    /// PCI configuration mechanism 1 (0xcf8 address, 0xcfc data): no devices.
+    PciConfig,
 }
 
 /// An overlapping registration.
@@ -54,6 +62,11 @@ impl PortMap {
             (0x80..=0x80, DeviceId::PostCode),
             (0xf4..=0xf4, DeviceId::DebugExit),
             (0x3f8..=0x3ff, DeviceId::Com1),
+            (0x70..=0x71, DeviceId::Rtc),
+            (0x60..=0x60, DeviceId::Kbc),
+            (0x64..=0x64, DeviceId::Kbc),
+            (0xed..=0xed, DeviceId::Delay),
+            (0xcf8..=0xcff, DeviceId::PciConfig),
         ] {
             // The table above has no overlaps (checked by a unit test).
             let _ = m.register(r, d);
@@ -95,7 +108,10 @@ mod tests {
         assert_eq!(m.lookup(0x22), None);
         assert_eq!(m.lookup(0), None);
         assert_eq!(m.lookup(0xffff), None);
-        assert_eq!(m.entries.len(), 8);
+        assert_eq!(m.entries.len(), 13);
+        assert_eq!(m.lookup(0x71), Some((DeviceId::Rtc, 1)));
+        assert_eq!(m.lookup(0x64), Some((DeviceId::Kbc, 0)));
+        assert_eq!(m.lookup(0xcfe), Some((DeviceId::PciConfig, 6)));
     }
 
     #[test]

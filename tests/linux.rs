@@ -1,0 +1,162 @@
+//! Debian's own i386 kernel (linux-image-686, Linux 6.1) booted to a busybox shell, driven
+//! through the serial console.
+//!
+//! The guest is fetched by `scripts/fetch-guest` into `.cache/guest/` (cached). If Debian's
+//! mirror cannot be reached the test says so and passes without booting.
+//!
+//! Under the interpreter (`--kernel-engine interp --user-engine interp`) the boot takes
+//! minutes, and it needs two interpreter fixes that are not on main yet (TZCNT as BSF, x87
+//! arithmetic: docs/linux-guest.md), so the test is ignored in the default run:
+//!
+//!     scripts/test --linux
+//!     # or: cargo test --release --test linux -- --ignored --nocapture
+//!
+//! `VMM_LINUX_TIMEOUT` (seconds, default 1800) bounds the whole run.
+
+#[allow(dead_code)]
+mod common;
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::guest::vmm_bin;
+
+/// The kernel command line the guest boots with (docs/linux-guest.md explains each word).
+/// Keep in step with scripts/run-linux.
+pub const CMDLINE: &str = "console=ttyS0 earlyprintk=serial,ttyS0,115200 acpi=off noapic nolapic tsc=reliable \
+    tsc_early_khz=1000000 GLIBC_TUNABLES=glibc.cpu.hwcaps=-SSE2";
+const PROMPT: &str = "~ # ";
+/// What the console must never show.
+const BAD: &[&str] = &["Oops", "BUG:", "WARNING:", "Kernel panic", "Call Trace"];
+
+/// Fetch the guest; `None` if the mirror is unreachable.
+fn fetch_guest() -> Option<(PathBuf, PathBuf)> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let status = Command::new(root.join("scripts/fetch-guest")).status().expect("running scripts/fetch-guest");
+    match status.code() {
+        Some(0) => {}
+        Some(3) => return None,
+        _ => panic!("scripts/fetch-guest failed: {status}"),
+    }
+    let cache = root.join(".cache/guest");
+    Some((cache.join("bzImage"), cache.join("initramfs.gz")))
+}
+
+/// The console output so far, shared with the reader thread.
+#[derive(Clone, Default)]
+struct Console(Arc<Mutex<Vec<u8>>>);
+
+impl Console {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+
+    /// Wait until the output after byte `from` contains `needle`; returns the end of the
+    /// match.
+    fn wait_for(&self, needle: &str, from: usize, deadline: Instant) -> usize {
+        loop {
+            {
+                let buf = self.0.lock().unwrap();
+                let hay = &buf[from.min(buf.len())..];
+                if let Some(i) = hay.windows(needle.len()).position(|w| w == needle.as_bytes()) {
+                    return from + i + needle.len();
+                }
+            }
+            if Instant::now() > deadline {
+                panic!("timed out waiting for {needle:?}; console so far:\n{}", self.text());
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.0.lock().unwrap().len()
+    }
+}
+
+#[test]
+#[ignore = "needs two interpreter fixes not on main yet (TZCNT as BSF, x87 arithmetic: docs/linux-guest.md); with them it passes in about a minute (scripts/test --linux)"]
+fn debian_kernel_boots_to_a_busybox_shell_under_interp() {
+    let Some((kernel, initrd)) = fetch_guest() else {
+        eprintln!("SKIPPED: Debian's mirror is unreachable, so the Linux guest cannot be fetched");
+        return;
+    };
+    let secs: u64 = std::env::var("VMM_LINUX_TIMEOUT").ok().and_then(|s| s.parse().ok()).unwrap_or(1800);
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs(secs);
+    let mut child = Command::new(vmm_bin())
+        .arg("run")
+        .arg("--kernel")
+        .arg(&kernel)
+        .arg("--initrd")
+        .arg(&initrd)
+        .args(["--unpack-kernel", "--append", CMDLINE, "--mem", "256M"])
+        .args(["--kernel-engine", "interp", "--user-engine", "interp"])
+        .args(["--timeout", &secs.to_string(), "--stats"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting vmm");
+    let console = Console::default();
+    let mut out = child.stdout.take().unwrap();
+    let sink = console.clone();
+    let reader = std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        loop {
+            match out.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    sink.0.lock().unwrap().extend_from_slice(&buf[..n]);
+                    // Show progress on the test's own output (visible with --nocapture).
+                    let _ = std::io::stderr().write_all(&buf[..n]);
+                }
+            }
+        }
+    });
+    let mut stdin = child.stdin.take().unwrap();
+    let mut send = |s: &str| {
+        stdin.write_all(s.as_bytes()).unwrap();
+        stdin.flush().unwrap();
+    };
+
+    let at = console.wait_for("==== vmm guest: Debian", 0, deadline);
+    let at = console.wait_for(PROMPT, at, deadline);
+    let booted = start.elapsed();
+    send("uname -a\n");
+    let at = console.wait_for("686", at, deadline);
+    let at = console.wait_for(PROMPT, at, deadline);
+    send("ls /\n");
+    let at = console.wait_for("proc", at, deadline);
+    let at = console.wait_for(PROMPT, at, deadline);
+    send("poweroff\n");
+    let _ = console.wait_for("reboot:", at, deadline);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("vmm did not exit after poweroff; console:\n{}", console.text());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let _ = reader.join();
+    let mut err = String::new();
+    let _ = child.stderr.take().unwrap().read_to_string(&mut err);
+    let log = console.text();
+    eprintln!("\n--- booted to the shell in {:.0} s; whole run {:.0} s\n{err}", booted.as_secs_f64(), start.elapsed().as_secs_f64());
+
+    assert_eq!(status.code(), Some(0), "vmm's exit status after poweroff; stderr:\n{err}");
+    assert!(log.contains("Linux version 6.1."), "not Linux 6.1:\n{log}");
+    let uname = log.lines().find(|l| l.starts_with("Linux ") && l.contains("686")).unwrap_or_default();
+    assert!(uname.contains(" 6.1.") && uname.contains("-686 "), "uname -a: {uname:?}");
+    assert!(log.contains("bin") && log.contains("sys") && log.contains("init"), "ls / output missing:\n{log}");
+    for bad in BAD {
+        assert!(!log.contains(bad), "the console shows {bad:?}:\n{log}");
+    }
+    assert!(console.len() > 0);
+}
