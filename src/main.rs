@@ -41,6 +41,7 @@ struct Cli {
 enum Command {
     /// Boot a Linux bzImage or a Multiboot 1 ELF kernel on a virtual PC (serial console on the terminal).
     #[command(
+        args_override_self = true,
         after_help = "Exit status: the guest's debug-exit status (port 0xf4: (value << 1) | 1, always odd); \
 2 for a bad command line or kernel image, 4 for a triple fault, 6 for an instruction the engine \
 does not support, 8 for --timeout, 10 for a HLT nothing can wake, 14 for a guest kernel panic; \
