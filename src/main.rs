@@ -67,7 +67,7 @@ Linux: vmm run --kernel bzImage --initrd initrd.gz --append \"console=ttyS0\" --
 #[derive(clap::Args, Clone, Debug)]
 struct DemoArgs {
     /// The engine for the demo's kernel (CPL 0).
-    #[arg(long, value_enum, default_value_t = EngineArg::Interp)]
+    #[arg(long, value_enum, default_value_t = EngineArg::Bt)]
     kernel_engine: EngineArg,
     /// The engine for the demo's user task (CPL 3).
     #[arg(long, value_enum, default_value_t = EngineArg::Direct)]
@@ -79,7 +79,7 @@ struct DemoArgs {
 
 impl Default for DemoArgs {
     fn default() -> Self {
-        DemoArgs { kernel_engine: EngineArg::Interp, user_engine: EngineArg::Direct, stats: false }
+        DemoArgs { kernel_engine: EngineArg::Bt, user_engine: EngineArg::Direct, stats: false }
     }
 }
 
@@ -126,7 +126,7 @@ struct RunArgs {
     #[arg(long, visible_alias = "append", default_value = "")]
     cmdline: String,
     /// The engine for guest kernel code (CPL 0).
-    #[arg(long, value_enum, default_value_t = EngineArg::Interp)]
+    #[arg(long, value_enum, default_value_t = EngineArg::Bt)]
     kernel_engine: EngineArg,
     /// The engine for guest user code (CPL 3).
     #[arg(long, value_enum, default_value_t = EngineArg::Direct)]

@@ -41,8 +41,8 @@ fn check(args: &[&str], engines: &str) {
 }
 
 #[test]
-fn default_is_kernel_interp_user_direct() {
-    check(&[], "interp (kernel) + direct (user)");
+fn default_is_kernel_bt_user_direct() {
+    check(&[], "bt (kernel) + direct (user)");
 }
 
 #[test]
@@ -50,4 +50,6 @@ fn every_engine_combination() {
     check(&["demo", "--kernel-engine", "interp", "--user-engine", "interp"], "interp");
     check(&["demo", "--kernel-engine", "direct", "--user-engine", "direct"], "direct");
     check(&["demo", "--kernel-engine", "direct", "--user-engine", "interp"], "direct (kernel) + interp (user)");
+    check(&["demo", "--kernel-engine", "interp", "--user-engine", "direct"], "interp (kernel) + direct (user)");
+    check(&["demo", "--kernel-engine", "bt", "--user-engine", "bt"], "bt");
 }
