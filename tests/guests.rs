@@ -470,6 +470,18 @@ fn counted_timer_interrupts() {
     g.interrupt_handler(0x20, 0);
     ok(g.k.pushad());
     ok(g.k.inc(dword_ptr(TICKS)));
+    // At the fifth tick the handler masks IRQ 0 itself: printing a tick can take longer than
+    // the 1 ms period (a loaded host, a slow engine), and a tick pending at the IRET would
+    // otherwise be taken before the main loop's CLI.
+    let mut keep = g.k.create_label();
+    ok((|| {
+        g.k.cmp(dword_ptr(TICKS), 5)?;
+        g.k.jb(keep)?;
+        g.k.mov(al, 0xffu32)?;
+        g.k.out(0x21, al)?;
+        g.k.set_label(&mut keep)?;
+        g.k.nop()
+    })());
     g.print("tick ");
     ok(g.k.mov(eax, dword_ptr(TICKS)));
     g.print_eax();
