@@ -11,12 +11,15 @@
 //! * Precision control: the result is first computed to 64 bits rounding to odd (truncate,
 //!   then set the last bit if inexact), then rounded once to 24 or 53 bits with the
 //!   extended exponent range; 64 >= p + 2 makes that equal to a single rounding.
+//!   The reserved PC value 01b computes to 64 bits, as the host (AMD Zen) does.
 //! * C1 after a rounded result is 1 iff the magnitude was rounded up; after a stack fault
 //!   1 for overflow, 0 for underflow; otherwise 0.
 //! * NaN operands (SDM vol. 1, table 4-7): an SNaN signals IE; the result is the quieted
-//!   NaN, the one with the larger significand when both are NaNs (the first operand on a
-//!   tie). Unsupported encodings (pseudo-NaN, pseudo-infinity, unnormal) are invalid
+//!   NaN; of an SNaN and a QNaN the QNaN, of two NaNs of one kind the one with the larger
+//!   significand (the first operand on a tie). Unsupported encodings (pseudo-NaN, pseudo-infinity, unnormal) are invalid
 //!   operands. Invalid operations give the real indefinite 0xFFFF_C000000000000000.
+//! * Exception priority (SDM vol. 1, 4.9.2): an invalid operation or a division by zero
+//!   suppresses the denormal-operand flag (the host agrees). FST and FIST have no #D.
 //! * Masked exceptions produce the masked response; an unmasked IE/DE/ZE leaves the
 //!   destination and TOP unchanged and sets FSW.ES/B. An unmasked OE or UE (which would
 //!   deliver a rescaled result) is reported as `Fault::Unsupported`.
@@ -124,6 +127,13 @@ fn nan_result(a: u128, b: u128) -> (u128, u16) {
     }
     let flags = if is_snan(a) || is_snan(b) { IE } else { 0 };
     let r = match (is_nan(a), is_nan(b)) {
+        (true, true) if is_snan(a) != is_snan(b) => {
+            if is_snan(a) {
+                b
+            } else {
+                a
+            }
+        }
         (true, true) => {
             if mant_of(quiet(b)) > mant_of(quiet(a)) {
                 b
@@ -179,14 +189,14 @@ pub(crate) fn arith(op: Op2, a: u128, b: u128, fcw: u16) -> (u128, u16, bool) {
     let t = apply(op, xa, xb, Round::TowardZero);
     let special = flags_of(t.status) & (IE | ZE);
     if special & IE != 0 {
-        return (INDEFINITE, IE | de, false);
+        return (INDEFINITE, IE, false);
     }
     if special & ZE != 0 {
         // Division of a finite nonzero by zero: infinity of the xor'ed sign.
         let r = apply(op, xa, xb, mode).value;
-        return (r.to_bits() & MASK80, ZE | de, false);
+        return (r.to_bits() & MASK80, ZE, false);
     }
-    let (v, f, up) = if pc == 3 {
+    let (v, f, up) = if pc & 1 == 1 {
         let r = apply(op, xa, xb, mode);
         let up = r.value.to_bits() != t.value.to_bits();
         (r.value.to_bits(), flags_of(r.status), up)
@@ -198,6 +208,22 @@ pub(crate) fn arith(op: Op2, a: u128, b: u128, fcw: u16) -> (u128, u16, bool) {
         let (v, f, up) = if pc == 2 { round_pc::<P53>(odd, mode) } else { round_pc::<P24>(odd, mode) };
         let f = f | flags_of(t.status) & (OE | PE);
         (v, f, up)
+    };
+    // apfloat does not report overflow when the rounding mode gives the largest finite
+    // number: the exact result is >= 2^16384 iff half of it truncates to exponent 0x7ffe.
+    let f = if f & (PE | OE) == PE && exp_of(v) == 0x7ffe && v as u64 >> 40 == 0xff_ffff {
+        let half = xa.scalbn_r(-1, Round::TowardZero);
+        let h = match op {
+            Op::Add | Op::Sub => apply(op, half, xb.scalbn_r(-1, Round::TowardZero), Round::TowardZero),
+            _ => apply(op, half, xb, Round::TowardZero),
+        };
+        if exp_of(h.value.to_bits()) == 0x7ffe {
+            f | OE
+        } else {
+            f
+        }
+    } else {
+        f
     };
     let f = if f & (OE | UE) != 0 { f | PE } else { f };
     // Denormal operands are only reported when nothing else makes the operation invalid.
@@ -468,7 +494,7 @@ impl<B: Bus> Cpu<B> {
             if is_nan(v) || unsupported(v) || exp_of(v) == 0x7fff {
                 (indef, IE, false)
             } else {
-                let de = if is_denormal(v) { DE } else { 0 };
+                let de = 0; // FIST has no #D (SDM; the host agrees)
                 let x = X::from_bits(v);
                 let mut exact = false;
                 let r = x.to_i128_r(width, round_of(fcw), &mut exact);
@@ -644,7 +670,7 @@ fn store_format(ms: MS, v: u128, fcw: u16) -> ([u8; 10], usize, u16, bool) {
                     ((sign << 63) | 0x7ff0_0000_0000_0000 | (m >> 11) & ((1 << 52) - 1), f, false)
                 }
             } else {
-                let de = if is_denormal(v) { DE } else { 0 };
+                let de = 0; // FST has no #D (SDM; the host agrees)
                 let x = X::from_bits(v);
                 let mut lost = false;
                 let mode = round_of(fcw);
@@ -658,6 +684,10 @@ fn store_format(ms: MS, v: u128, fcw: u16) -> ([u8; 10], usize, u16, bool) {
                     (r.value.to_bits() as u64, flags_of(r.status) | de, r.value.to_bits() != t.to_bits())
                 }
             };
+            // apfloat does not report overflow when the rounding mode gives the largest
+            // finite number: overflow iff |ST(0)| >= 2^(emax + 1).
+            let emax = if single { 127 } else { 1023 };
+            let flags = if flags & PE != 0 && !is_nan(v) && exp_of(v) as i32 - 16383 > emax { flags | OE } else { flags };
             let flags = if flags & (OE | UE) != 0 { flags | PE } else { flags };
             let len = if single { 4 } else { 8 };
             out[..8].copy_from_slice(&bits.to_le_bytes());
