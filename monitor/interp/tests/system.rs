@@ -900,11 +900,12 @@ fn fnstenv_tag_word_and_fldenv() {
 }
 
 #[test]
-fn x87_arithmetic_is_unsupported() {
+fn x87_unimplemented_is_unsupported() {
+    // FSQRT is outside the implemented x87 subset (exec/x87.rs).
     let mut g = SysGuest::new();
     g.code(KCODE, |a| {
         a.fninit().unwrap();
-        a.fadd_2(st0, st1).unwrap();
+        a.fsqrt().unwrap();
         a.hlt().unwrap();
     });
     let st = g.state(false);
@@ -912,7 +913,7 @@ fn x87_arithmetic_is_unsupported() {
     match exit {
         Exit::Unsupported { eip, instruction, .. } => {
             assert_eq!(eip, KCODE + 2);
-            assert!(instruction.contains("fadd"), "{instruction}");
+            assert!(instruction.contains("fsqrt"), "{instruction}");
         }
         other => panic!("{other:?}"),
     }

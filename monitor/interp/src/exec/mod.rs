@@ -15,6 +15,7 @@
 //! | [`protection`] | MOV/PUSH/POP Sreg, LDS LES LFS LGS LSS, LAR LSL VERR VERW ARPL, LGDT LIDT LLDT LTR SGDT SIDT SLDT STR SMSW LMSW CLTS |
 //! | [`system`] | MOV CRn/DRn, RDMSR WRMSR CPUID RDTSC RDPMC HLT CLI STI INVLPG INVD WBINVD IN OUT SYSENTER SYSEXIT |
 //! | [`fpu`] | x87/MMX/SSE state management: FXSAVE FXRSTOR FNINIT FNSTSW FNSTCW FLDCW FNSTENV FLDENV FNCLEX FWAIT EMMS LDMXCSR STMXCSR |
+//! | [`x87`] | x87 arithmetic: FLD FST(P) FILD FIST(P) FADD FSUB(R) FMUL FDIV(R) (+P, FI*) FCHS FABS FXCH FLD1 FLDZ FCOM(P)(P) FUCOM(P)(P) FICOM(P) FTST |
 
 pub(crate) mod arith;
 mod bcd;
@@ -30,6 +31,7 @@ mod shift;
 mod stack;
 mod string;
 mod system;
+mod x87;
 
 use iced_x86::{CpuidFeature, Instruction, Mnemonic as M, OpKind};
 
@@ -170,6 +172,11 @@ impl<B: Bus> Cpu<B> {
             // x87, MMX, SSE
             M::Fxsave | M::Fxrstor | M::Fninit | M::Fnstsw | M::Fnstcw | M::Fldcw | M::Fnstenv | M::Fldenv
             | M::Fnclex | M::Wait | M::Emms | M::Ldmxcsr | M::Stmxcsr | M::Fnsave | M::Frstor => self.fpu_state(i),
+            M::Fld | M::Fild | M::Fld1 | M::Fldz | M::Fst | M::Fstp | M::Fist | M::Fistp | M::Fadd | M::Faddp
+            | M::Fiadd | M::Fsub | M::Fsubp | M::Fisub | M::Fsubr | M::Fsubrp | M::Fisubr | M::Fmul | M::Fmulp
+            | M::Fimul | M::Fdiv | M::Fdivp | M::Fidiv | M::Fdivr | M::Fdivrp | M::Fidivr | M::Fchs | M::Fabs
+            | M::Fxch | M::Fcom | M::Fcomp | M::Fcompp | M::Fucom | M::Fucomp | M::Fucompp | M::Ficom
+            | M::Ficomp | M::Ftst => self.x87(i),
             _ => self.unimplemented(i),
         }
     }
