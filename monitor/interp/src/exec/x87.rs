@@ -386,10 +386,8 @@ impl<B: Bus> Cpu<B> {
             M::Fxch => {
                 let j = st_index(i.op1_register());
                 let (e0, ej) = (self.x_empty(0), self.x_empty(j));
-                if e0 || ej {
-                    if !self.x_underflow()? {
-                        return Ok(());
-                    }
+                if (e0 || ej) && !self.x_underflow()? {
+                    return Ok(());
                 }
                 self.x_set_cc(C1, 0);
                 let a = if e0 { INDEFINITE } else { self.x_get(0) };
@@ -447,11 +445,9 @@ impl<B: Bus> Cpu<B> {
 
     fn x_fst(&mut self, i: &Instruction, pop: bool) -> Res<()> {
         let fcw = self.state.fpu.fcw();
-        if self.x_empty(0) {
-            if !self.x_underflow()? {
-                return Ok(());
-            }
-            // Masked: store the indefinite.
+        // Masked stack underflow: store the indefinite.
+        if self.x_empty(0) && !self.x_underflow()? {
+            return Ok(());
         }
         let v = if self.x_empty(0) { INDEFINITE } else { self.x_get(0) };
         if i.op0_kind() == OpKind::Register {
