@@ -34,8 +34,14 @@ const PROMPT: &str = "~ # ";
 /// What the console must never show.
 const BAD: &[&str] = &["Oops", "BUG:", "WARNING:", "Kernel panic", "Call Trace"];
 
-/// Fetch the guest; `None` if the mirror is unreachable.
+/// Fetch the guest once for all the tests of this binary (they run in parallel threads);
+/// `None` if the mirror is unreachable.
 fn fetch_guest() -> Option<(PathBuf, PathBuf)> {
+    static GUEST: std::sync::OnceLock<Option<(PathBuf, PathBuf)>> = std::sync::OnceLock::new();
+    GUEST.get_or_init(fetch_guest_now).clone()
+}
+
+fn fetch_guest_now() -> Option<(PathBuf, PathBuf)> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let status = Command::new(root.join("scripts/fetch-guest")).status().expect("running scripts/fetch-guest");
     match status.code() {
