@@ -47,6 +47,34 @@ fn asm(at: u32, f: impl FnOnce(&mut CodeAssembler) -> Result<(), IcedError>) -> 
     a.assemble(at as u64).unwrap()
 }
 
+/// A kernel at CODE that runs `body` `iters` times (ECX counts down, `iters` = 0 runs it not at
+/// all), then exits; `tail` assembles what follows the exit (a subroutine at `sub`, which
+/// `body` may call). No handler, no user code.
+fn counted_loop(
+    iters: u32,
+    body: impl FnOnce(&mut CodeAssembler, CodeLabel) -> Result<(), IcedError>,
+    tail: impl FnOnce(&mut CodeAssembler, &mut CodeLabel) -> Result<(), IcedError>,
+) -> [Vec<u8>; 3] {
+    [
+        asm(CODE, |a| {
+            let mut top = a.create_label();
+            let mut done = a.create_label();
+            let mut sub = a.create_label();
+            a.mov(ecx, iters)?;
+            a.jecxz(done)?;
+            a.set_label(&mut top)?;
+            body(a, sub)?;
+            a.dec(ecx)?;
+            a.jnz(top)?;
+            a.set_label(&mut done)?;
+            exit_code(a)?;
+            tail(a, &mut sub)
+        }),
+        vec![],
+        vec![],
+    ]
+}
+
 fn exit_code(a: &mut CodeAssembler) -> Result<(), IcedError> {
     a.mov(al, 0u32)?;
     a.out(0xf4, al)?;
@@ -117,24 +145,7 @@ pub fn run(scale: f64) -> Result<(), String> {
     use EngineKind::{Direct, Interp};
     let n = |base: f64| ((base * scale) as u32).max(10);
 
-    let cli = |iters: u32| {
-        [
-            asm(CODE, |a| {
-                let mut top = a.create_label();
-                let mut done = a.create_label();
-                a.mov(ecx, iters)?;
-                a.jecxz(done)?;
-                a.set_label(&mut top)?;
-                a.cli()?;
-                a.dec(ecx)?;
-                a.jnz(top)?;
-                a.set_label(&mut done)?;
-                exit_code(a)
-            }),
-            vec![],
-            vec![],
-        ]
-    };
+    let cli = |iters: u32| counted_loop(iters, |a, _| a.cli(), |_, _| Ok(()));
     let touch = |pages: u32| {
         [
             asm(CODE, |a| {
@@ -207,44 +218,24 @@ pub fn run(scale: f64) -> Result<(), String> {
     // The translator against both: a kernel CLI/STI loop (inline under bt, two exits an
     // iteration under direct) and the system call (kernel bt, user direct).
     let cli_sti = |iters: u32| {
-        [
-            asm(CODE, |a| {
-                let mut top = a.create_label();
-                let mut done = a.create_label();
-                a.mov(ecx, iters)?;
-                a.jecxz(done)?;
-                a.set_label(&mut top)?;
+        counted_loop(
+            iters,
+            |a, _| {
                 a.cli()?;
-                a.sti()?;
-                a.dec(ecx)?;
-                a.jnz(top)?;
-                a.set_label(&mut done)?;
-                exit_code(a)
-            }),
-            vec![],
-            vec![],
-        ]
+                a.sti()
+            },
+            |_, _| Ok(()),
+        )
     };
     let call_ret = |iters: u32| {
-        [
-            asm(CODE, |a| {
-                let mut top = a.create_label();
-                let mut done = a.create_label();
-                let mut sub = a.create_label();
-                a.mov(ecx, iters)?;
-                a.jecxz(done)?;
-                a.set_label(&mut top)?;
-                a.call(sub)?;
-                a.dec(ecx)?;
-                a.jnz(top)?;
-                a.set_label(&mut done)?;
-                exit_code(a)?;
-                a.set_label(&mut sub)?;
+        counted_loop(
+            iters,
+            |a, sub| a.call(sub),
+            |a, sub| {
+                a.set_label(sub)?;
                 a.ret()
-            }),
-            vec![],
-            vec![],
-        ]
+            },
+        )
     };
     use EngineKind::Bt;
     let rows: Vec<(&str, [f64; 3], &str)> = vec![
