@@ -425,6 +425,9 @@ mod tests {
     /// unmap it again. (One test only: the reservation is process-wide.)
     #[test]
     fn reservation_and_low_mappings() {
+        // The reservation is process-wide: hold the lock every other reserver holds (the
+        // direct and bt engines, the bt tests), or a test running in parallel finds it Busy.
+        let _lock = crate::direct::entry::RUN_LOCK.lock().unwrap_or_else(|e| e.into_inner());
         let mut ram = MemfdRam::new(1 << 20).unwrap();
         assert!(ram.physmap() as u64 >= LOW_END);
         ram.as_mut_slice()[0x3008] = 0x5a;
