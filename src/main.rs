@@ -143,9 +143,11 @@ struct RunArgs {
     /// Stop the guest after this many seconds.
     #[arg(long, value_parser = parse_timeout)]
     timeout: Option<Duration>,
-    /// Base of the monitor area at the top of the guest-linear space (direct engine): 4 MiB
-    /// aligned, 0x10000000 to 0xffc00000. Every guest segment is truncated below it.
-    #[arg(long, default_value = "0xffc00000", value_parser = parse_monitor_area)]
+    /// Base of the monitor area at the top of the guest-linear space (direct and bt engines):
+    /// 4 MiB aligned, 0x10000000 to 0xffc00000. Every guest segment is truncated below it; the
+    /// translation cache fills it. A Linux kernel is told to keep out of it (`reservetop=`
+    /// is added to its command line unless given).
+    #[arg(long, default_value = "0xff000000", value_parser = parse_monitor_area)]
     monitor_area: u32,
 }
 
@@ -234,7 +236,7 @@ fn parse_monitor_area(s: &str) -> Result<u32, String> {
         Some(h) => u64::from_str_radix(&h.replace('_', ""), 16),
         None => t.replace('_', "").parse(),
     }
-    .map_err(|_| format!("{s:?} is not an address (example: 0xffc00000)"))?;
+    .map_err(|_| format!("{s:?} is not an address (example: 0xff000000)"))?;
     vmm_monitor::space::check_monitor_base(v).map_err(|e| e.to_string())
 }
 
@@ -358,7 +360,8 @@ fn run_kernel(args: RunArgs) -> ExitCode {
                 Err(e) => return fail(format!("cannot read the initrd {}: {e}", p.display())),
             },
         };
-        match linux::load_with(&mut ram, &image, initrd.as_deref(), &args.cmdline, args.unpack_kernel) {
+        let cmdline = linux::reserve_top(&args.cmdline, args.monitor_area);
+        match linux::load_with(&mut ram, &image, initrd.as_deref(), &cmdline, args.unpack_kernel) {
             Ok(k) => {
                 tracing::debug!(protocol = k.protocol, version = ?k.version, kernel = ?k.kernel, initrd = ?k.initrd, "Linux kernel loaded");
                 k.state
@@ -391,6 +394,7 @@ fn run_kernel(args: RunArgs) -> ExitCode {
         timeout: args.timeout,
         monitor_base: args.monitor_area,
         lockdown: true,
+        detailed_stats: args.stats,
         ..RunOptions::default()
     };
     let result = engine::run(machine, state, &opts);

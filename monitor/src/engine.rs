@@ -83,6 +83,8 @@ pub struct RunOptions {
     /// (`crate::seccomp`). It stays for the life of the process: `vmm run` sets it; a process
     /// that runs several guests (benchmarks, tests) does not.
     pub lockdown: bool,
+    /// Collect the costlier statistics too (emulated instructions by mnemonic): `--stats`.
+    pub detailed_stats: bool,
 }
 
 impl Default for RunOptions {
@@ -94,6 +96,7 @@ impl Default for RunOptions {
             slice: 100_000,
             monitor_base: crate::space::DEFAULT_MONITOR_BASE,
             lockdown: false,
+            detailed_stats: false,
         }
     }
 }
@@ -224,6 +227,14 @@ pub struct RunStats {
     /// `bt`: fragments translated, exits chained.
     pub translated: u64,
     pub chained: u64,
+    /// `bt`: full flushes of the translation cache, invalidations by guest writes to code.
+    pub tc_flushes: u64,
+    pub tc_invalidations: u64,
+    /// Shadow MMU: every counter (map calls, CR3 writes, ring-compression unmaps...).
+    pub shadow: vmm_shadow_mmu::ShadowStats,
+    /// Instructions the interpreter executed for the `direct`/`bt` engines, by mnemonic and
+    /// the privilege level they ran at (what to translate inline next).
+    pub emulated_by: std::collections::HashMap<(iced_x86::Mnemonic, u8), u64>,
 }
 
 impl RunStats {
@@ -253,9 +264,23 @@ impl RunStats {
             let _ = writeln!(s, "emulated insns  {}", self.emulated);
             let _ = writeln!(s, "page faults     {} hidden, {} guest", self.hidden_faults, self.guest_faults);
             let _ = writeln!(s, "shadow flushes  {}", self.shadow_flushes);
+            let sh = &self.shadow;
+            let _ = writeln!(
+                s,
+                "shadow mmu      {} maps ({} pages), {} CR3 writes, {} INVLPGs, {} evictions, {} pages unmapped entering user mode",
+                sh.map_calls, sh.pages_mapped, sh.cr3_writes, sh.invlpgs, sh.evictions, sh.user_unmapped
+            );
+            if !self.emulated_by.is_empty() {
+                let mut top: Vec<_> = self.emulated_by.iter().collect();
+                top.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+                let list: Vec<String> =
+                    top.iter().take(16).map(|((m, cpl), n)| format!("{}@{cpl}:{n}", format!("{m:?}").to_lowercase())).collect();
+                let _ = writeln!(s, "emulated by insn {}", list.join(" "));
+            }
             let _ = writeln!(s, "ldt writes      {}", self.ldt_writes);
             if self.translated > 0 {
                 let _ = writeln!(s, "translated      {} fragments, {} exits chained", self.translated, self.chained);
+                let _ = writeln!(s, "tc flushes      {} full, {} code-frame invalidations", self.tc_flushes, self.tc_invalidations);
             }
             let _ = writeln!(s, "time in guest   {guest:.3} s, in monitor {monitor:.3} s");
         }

@@ -24,7 +24,9 @@ pub const LOW_START: u64 = 0x1000;
 /// The end of the guest-linear space.
 pub const LOW_END: u64 = 1 << 32;
 /// Default base of the monitor area: the top 4 MiB, as VMware's.
-pub const DEFAULT_MONITOR_BASE: u32 = 0xffc0_0000;
+pub const DEFAULT_MONITOR_BASE: u32 = 0xff00_0000;
+/// The highest accepted monitor base: the smallest area, 4 MiB.
+pub const MAX_MONITOR_BASE: u32 = 0xffc0_0000;
 /// The lowest accepted monitor base: guests need some linear space.
 pub const MIN_MONITOR_BASE: u32 = 0x1000_0000;
 
@@ -33,7 +35,7 @@ const PAGE: u64 = sys::PAGE as u64;
 /// Why the address space could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum SpaceError {
-    #[error("the monitor area base {0:#x} is not usable: it must be 4 MiB aligned, at least {MIN_MONITOR_BASE:#x} and at most {DEFAULT_MONITOR_BASE:#x}")]
+    #[error("the monitor area base {0:#x} is not usable: it must be 4 MiB aligned, at least {MIN_MONITOR_BASE:#x} and at most {MAX_MONITOR_BASE:#x}")]
     BadMonitorBase(u64),
     #[error("guest RAM of {ram:#x} bytes does not fit below the monitor area at {monitor_base:#x} (with paging off the guest sees its RAM identity-mapped)")]
     RamTooLarge { ram: u64, monitor_base: u32 },
@@ -49,7 +51,7 @@ fn sys_err(what: &'static str) -> SpaceError {
 
 /// Checks a `--monitor-area` value.
 pub fn check_monitor_base(base: u64) -> Result<u32, SpaceError> {
-    if base & ((4 << 20) - 1) != 0 || base < MIN_MONITOR_BASE as u64 || base > DEFAULT_MONITOR_BASE as u64 {
+    if base & ((4 << 20) - 1) != 0 || base < MIN_MONITOR_BASE as u64 || base > MAX_MONITOR_BASE as u64 {
         return Err(SpaceError::BadMonitorBase(base));
     }
     Ok(base as u32)

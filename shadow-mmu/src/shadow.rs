@@ -480,10 +480,21 @@ impl ShadowMmu {
         (first, n)
     }
 
+    /// The user limit: scanning the page directory down from the monitor area, the lowest
+    /// supervisor-only PDE above the highest PDE through which user code reaches a page.
+    /// A user PDE whose page table holds no present user PTE counts as reaching nothing,
+    /// like a non-present one: Linux sets the user bit on every PDE that points at a kernel
+    /// page table (vmalloc, fixmap) and relies on the PTEs, and judging by PDEs alone would
+    /// put the limit at the monitor area, so that every kernel page would be unmapped at each
+    /// return to user mode. A limit too low is safe (user code that reaches above it faults
+    /// on its segment limit and is emulated); it is recomputed at every CR3 write.
     fn compute_user_limit(&self, mode: &PagingMode, mem: &mut impl GuestPhys) -> u32 {
         if !mode.paging {
             return self.monitor_base;
         }
+        let user_table = |mem: &mut dyn FnMut(u32) -> Option<u32>, table: u32| {
+            (0..1024u32).any(|i| mem(table | (i << 2)).map_or(true, |pte| pte & pte::P != 0 && pte & pte::US != 0))
+        };
         // PDEs that cover at least one page below the monitor area.
         let n_pde = ((u64::from(self.monitor_base) + 0x3f_ffff) >> 22) as u32;
         let mut limit = self.monitor_base;
@@ -493,7 +504,11 @@ impl ShadowMmu {
                 continue;
             }
             if pde & pte::US != 0 {
-                break;
+                let large = mode.pse && pde & pte::PS != 0;
+                if large || user_table(&mut |a| mem.read_u32(a), pde & !0xfff) {
+                    break;
+                }
+                continue;
             }
             limit = limit.min(i << 22);
         }

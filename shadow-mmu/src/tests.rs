@@ -278,8 +278,15 @@ fn user_limit_rules() {
     let mut e = Env::new();
     e.cr3();
     assert_eq!(e.mmu.user_limit(), 0xc000_0000);
-    // A present user PDE above the kernel's: the limit is the supervisor PDE above it, if any.
-    e.put(CR3 + 0x301 * 4, PTK | P | RW | US);
+    // A user PDE above the kernel's whose table maps no user page reaches nothing: the
+    // limit stays (Linux's vmalloc and fixmap tables).
+    const PTU: u32 = 0x4000;
+    e.put(CR3 + 0x301 * 4, PTU | P | RW | US);
+    e.put(PTU + 0x10 * 4, 0x9000 | P | RW); // a supervisor page
+    e.cr3();
+    assert_eq!(e.mmu.user_limit(), 0xc000_0000);
+    // Once the table maps a user page, the limit is the supervisor PDE above it, if any.
+    e.put(PTU + 0x3ff * 4, 0xa000 | P | US);
     e.cr3();
     assert_eq!(e.mmu.user_limit(), HOLE);
     e.put(CR3 + 0x302 * 4, PTK | P | RW);
@@ -288,7 +295,7 @@ fn user_limit_rules() {
     assert_eq!(e.mmu.user_limit(), 0xc080_0000);
     // Supervisor PDEs below the highest user PDE do not count.
     e.put(CR3 + 0x301 * 4, 0);
-    e.put(CR3 + 0x100 * 4, PTK | P | US);
+    e.put(CR3 + 0x100 * 4, PTU | P | US);
     e.put(CR3 + 0x80 * 4, PTK | P);
     e.cr3();
     assert_eq!(e.mmu.user_limit(), 0xc000_0000);

@@ -7,9 +7,11 @@
 //!   monitor writes the TC through. Guest code can never write the TC: its only mapping below
 //!   4 GiB is not writable.
 //!
-//! Layout, from the base: TC ([`TC_SIZE`], its first [`TC_RESERVED`] bytes for the gate
-//! trampolines and the lookup-miss routine), the vCPU region (`Abi::vcpu_size` rounded up to
-//! a page), the callout stack ([`STACK_SIZE`]). This module's `unsafe` is the mmap/memfd calls.
+//! Layout, from the base: the TC (whatever the area leaves: [`MonitorArea::tc_size`], 15.9 MiB
+//! with the default 16 MiB area; its first [`TC_RESERVED`] bytes hold the gate trampolines and
+//! the lookup-miss routine), the vCPU region (`Abi::vcpu_size` rounded up to a page), the
+//! callout stack ([`STACK_SIZE`]), one unused page below 4 GiB. This module's `unsafe` is the
+//! mmap/memfd calls.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -17,8 +19,8 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use crate::native::sys;
 use crate::space::Reservation;
 
-/// Bytes of translation cache.
-pub const TC_SIZE: u32 = 2 << 20;
+/// The smallest translation cache accepted (a 4 MiB monitor area gives ~3.9 MiB).
+pub const MIN_TC_SIZE: u32 = 1 << 20;
 /// Bytes at the start of the TC kept for the runtime (trampolines, the lookup-miss routine).
 pub const TC_RESERVED: u32 = 0x400;
 /// Bytes of callout stack.
@@ -37,6 +39,8 @@ pub struct MonitorArea {
     len: usize,
     /// Guest-linear base of the area (= of the TC).
     pub base: u32,
+    /// Bytes of translation cache from `base`.
+    pub tc_size: u32,
     /// Guest-linear address of the vCPU region.
     pub vcpu: u32,
     /// Size of the vCPU region (as the ABI says; the mapping is rounded up to a page).
@@ -58,12 +62,13 @@ fn os(what: &str) -> io::Error {
 impl MonitorArea {
     /// Maps the area at `base` inside `reservation` for a vCPU region of `vcpu_size` bytes.
     pub fn new(reservation: &Reservation, base: u32, vcpu_size: u32) -> io::Result<MonitorArea> {
-        let vcpu_off = TC_SIZE;
+        let area = (1u64 << 32).saturating_sub(base as u64);
+        let tc_size = area.saturating_sub((round_page(vcpu_size) + STACK_SIZE + PAGE) as u64) as u32 & !(PAGE - 1);
+        let vcpu_off = tc_size;
         let stack_off = vcpu_off + round_page(vcpu_size);
         let len = (stack_off + STACK_SIZE) as usize;
-        let top = base as u64 + len as u64;
-        if top > 1 << 32 || !reservation.reserves(base as u64, len as u64) {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("the monitor area at {base:#x} cannot hold {len:#x} bytes")));
+        if tc_size < MIN_TC_SIZE || !reservation.reserves(base as u64, len as u64) {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("the monitor area at {base:#x} cannot hold a translation cache")));
         }
         // SAFETY: a static NUL-terminated name.
         let fd = unsafe { libc::memfd_create(c"vmm-monitor-area".as_ptr(), sys::MFD_CLOEXEC) };
@@ -84,7 +89,7 @@ impl MonitorArea {
         if alias == libc::MAP_FAILED {
             return Err(os("mmap of the monitor area's alias"));
         }
-        let area = MonitorArea { _fd: fd, alias: alias.cast(), len, base, vcpu: base + vcpu_off, vcpu_size, stack: base + stack_off, open: true };
+        let area = MonitorArea { _fd: fd, alias: alias.cast(), len, base, tc_size, vcpu: base + vcpu_off, vcpu_size, stack: base + stack_off, open: true };
         if (alias as u64) < 1 << 32 {
             return Err(io::Error::other("the monitor area's alias landed below 4 GiB"));
         }
@@ -107,7 +112,7 @@ impl MonitorArea {
             }
             Ok(())
         };
-        low(0, TC_SIZE, libc::PROT_READ | libc::PROT_EXEC)?;
+        low(0, tc_size, libc::PROT_READ | libc::PROT_EXEC)?;
         low(vcpu_off, len as u32 - vcpu_off, libc::PROT_READ | libc::PROT_WRITE)?;
         Ok(area)
     }

@@ -44,7 +44,7 @@ use crate::engine::{EngineKind, Outcome};
 use crate::machine::Machine;
 use crate::native::sys;
 use crate::space::Reservation;
-use area::{MonitorArea, TC_RESERVED, TC_SIZE};
+use area::{MonitorArea, TC_RESERVED};
 
 /// Offset in the TC of the trampoline to the callout gate.
 pub const GATE_OFF: u32 = 0;
@@ -115,9 +115,10 @@ impl Bt {
             return Err("the lookup-miss routine does not fit in the TC's reserved bytes".into());
         }
         area.write(base + MISS_OFF, &miss);
+        let tc_size = area.tc_size;
         let mut bt = Bt {
             area,
-            cache: Cache::new(base, TC_SIZE, TC_RESERVED),
+            cache: Cache::new(base, tc_size, TC_RESERVED),
             cfg,
             abi,
             vcpu_sel: vmm_shadow_mmu::desc::ldt_selector(VCPU_LDT_INDEX),
@@ -230,7 +231,7 @@ impl Bt {
         // reads or writes these fields of the shared area.
         unsafe {
             (*sh).bt_tc_lo = self.area.base as u64;
-            (*sh).bt_tc_hi = (self.area.base + TC_SIZE) as u64;
+            (*sh).bt_tc_hi = (self.area.base + self.area.tc_size) as u64;
             (*sh).bt_irq = (self.area.vcpu + self.abi.irq) as u64;
             (*sh).bt_tramp_lo = self.area.base as u64;
             (*sh).bt_tramp_hi = (self.area.base + TRAMP_END) as u64;
@@ -634,7 +635,7 @@ impl Direct<'_> {
     fn bt_signal(&mut self, ex: &ExitRecord, deadline: Option<u64>) -> Flow {
         let bt = self.bt.as_mut().ok_or_else(|| outcome("no translation cache"))?;
         let base = bt.area.base;
-        let in_tc = ex.rip_high == 0 && ex.sel[SegReg::Cs as usize] == sys::USER32_CS && ex.eip >= base && ex.eip - base < TC_SIZE;
+        let in_tc = ex.rip_high == 0 && ex.sel[SegReg::Cs as usize] == sys::USER32_CS && ex.eip >= base && ex.eip - base < bt.area.tc_size;
         if !in_tc {
             return Err(outcome(format!(
                 "signal {} (trapno {}) at {:#x}{:08x} cs {:#x}, outside the translation cache",

@@ -101,6 +101,7 @@ pub fn run(mut machine: Machine, state: CpuState, opts: &RunOptions) -> Result<R
         halted_ns: 0,
         fatal: None,
         bt,
+        count_emulated: opts.detailed_stats,
     };
     e.stats.engine = match (opts.kernel_engine, opts.user_engine) {
         (EngineKind::Direct, EngineKind::Direct) => "direct",
@@ -125,10 +126,13 @@ pub fn run(mut machine: Machine, state: CpuState, opts: &RunOptions) -> Result<R
     stats.hidden_faults = s.hidden_faults;
     stats.guest_faults = s.guest_faults;
     stats.shadow_flushes = s.flushes;
+    stats.shadow = s;
     stats.ldt_writes = e.ldt.writes;
     if let Some(bt) = e.bt.take() {
         stats.translated = bt.translated;
         stats.chained = bt.chained;
+        stats.tc_flushes = bt.cache.flushes();
+        stats.tc_invalidations = bt.invalidations;
         crate::bt::Bt::uninstall(&lock);
         drop(bt); // before the reservation it lives in
     }
@@ -160,6 +164,8 @@ pub(crate) struct Direct<'a> {
     fatal: Option<Outcome>,
     /// The `bt` engine's translation cache and monitor area, when it is one of the engines.
     pub(crate) bt: Option<crate::bt::Bt>,
+    /// Count emulated instructions by mnemonic (`RunOptions::detailed_stats`).
+    count_emulated: bool,
 }
 
 /// Continue, or end the run.
@@ -246,6 +252,10 @@ impl Direct<'_> {
     /// Execute one instruction with the interpreter (the guest's view, the guest's CPL).
     pub(crate) fn emulate(&mut self, deadline: Option<u64>) -> Flow {
         self.stats.emulated += 1;
+        if self.count_emulated {
+            let m = self.mnemonic_at_eip();
+            *self.stats.emulated_by.entry((m, self.cpu.state.cpl)).or_default() += 1;
+        }
         let special = self.peek_special();
         let writes = if self.bt.is_some() { self.bt_predict_writes() } else { Vec::new() };
         let n = self.cpu.icount;
@@ -449,6 +459,15 @@ impl Direct<'_> {
                 }
             }
         }
+    }
+
+    /// The mnemonic of the instruction at CS:EIP (statistics).
+    fn mnemonic_at_eip(&mut self) -> iced_x86::Mnemonic {
+        let lin = self.cpu.state.seg(SegReg::Cs).base.wrapping_add(self.cpu.state.eip);
+        let mut b = [0u8; 15];
+        let n = self.read_linear(lin, &mut b);
+        let bits = if self.cpu.state.code32() { 32 } else { 16 };
+        iced_x86::Decoder::with_ip(bits, &b[..n], 0, iced_x86::DecoderOptions::NONE).decode().mnemonic()
     }
 
     fn byte_at(&mut self, eip: u32) -> Option<u8> {

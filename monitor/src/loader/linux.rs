@@ -224,6 +224,24 @@ fn load_vmlinux(ram: &mut GuestRam, elf: &[u8], lowest: u64, highest: u64) -> Re
     u32::try_from(entry).map_err(|_| bad(format!("entry point {entry:#x}")))
 }
 
+/// The command line with `reservetop=` added (unless it holds one): the guest kernel then
+/// keeps its fixmap, its CPU entry area and its kmap window below the monitor area at
+/// `monitor_base` (x86-32 Linux's hook for hypervisors, as VMware's VMI guests used it).
+/// Otherwise its entry stack and fixmap pages lie in the monitor area, where every access is
+/// emulated.
+pub fn reserve_top(cmdline: &str, monitor_base: u32) -> String {
+    if cmdline.split_whitespace().any(|w| w.starts_with("reservetop=")) {
+        return cmdline.to_string();
+    }
+    let size = (1u64 << 32) - u64::from(monitor_base);
+    let arg = format!("reservetop={}M", size >> 20);
+    if cmdline.trim().is_empty() {
+        arg
+    } else {
+        format!("{} {arg}", cmdline.trim_end())
+    }
+}
+
 /// Load `image` (a bzImage), `initrd` and `cmdline` into `ram`; return the entry state.
 pub fn load(ram: &mut GuestRam, image: &[u8], initrd: Option<&[u8]>, cmdline: &str) -> Result<LinuxKernel, LinuxError> {
     load_with(ram, image, initrd, cmdline, false)
@@ -388,6 +406,13 @@ mod tests {
         img.extend_from_slice(payload);
         img.resize(1024 + sys as usize * 16, 0);
         img
+    }
+
+    #[test]
+    fn reserve_top_is_added_once() {
+        assert_eq!(reserve_top("", 0xff00_0000), "reservetop=16M");
+        assert_eq!(reserve_top("console=ttyS0 ", 0xffc0_0000), "console=ttyS0 reservetop=4M");
+        assert_eq!(reserve_top("reservetop=64M quiet", 0xff00_0000), "reservetop=64M quiet");
     }
 
     #[test]
