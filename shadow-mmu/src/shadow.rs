@@ -493,7 +493,7 @@ impl ShadowMmu {
             return self.monitor_base;
         }
         let user_table = |mem: &mut dyn FnMut(u32) -> Option<u32>, table: u32| {
-            (0..1024u32).any(|i| mem(table | (i << 2)).map_or(true, |pte| pte & pte::P != 0 && pte & pte::US != 0))
+            (0..1024u32).any(|i| mem(table | (i << 2)).is_none_or(|pte| pte & pte::P != 0 && pte & pte::US != 0))
         };
         // PDEs that cover at least one page below the monitor area.
         let n_pde = ((u64::from(self.monitor_base) + 0x3f_ffff) >> 22) as u32;
