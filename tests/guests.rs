@@ -186,16 +186,26 @@ fn gdt_idt_tss_setup() {
     g.exit(OK);
     let so = run_ok_except(g, &["--timeout", "30"], |interp, direct| {
         // Under the direct engine the kernel reads its host shadow selectors (RPL 3) for CS
-        // and SS; everything else is the same.
+        // and SS, and SGDT/SIDT run on the CPU at host CPL 3: the host kernel's UMIP emulation
+        // answers with its dummy tables (0xfffe0000 / 0xffff0000, limit 0), or, on a host that
+        // does not emulate them for LDT code segments, they trap and are emulated exactly.
+        // Everything else is the same.
         let (i1, irest) = interp.split_once("\r\n").unwrap();
         let (d1, drest) = direct.split_once("\r\n").unwrap();
-        assert_eq!(drest, irest, "kernel direct");
+        let umip = "gdt base=0xFFFE0000 limit=0x00000000\r\nidt base=0xFFFF0000 limit=0x00000000\r\n";
+        let (i_tables, i_tail) = irest.split_at(irest.find("#BP").unwrap());
+        let (d_tables, d_tail) = drest.split_at(drest.find("#BP").unwrap());
+        assert!(d_tables == i_tables || d_tables == umip, "kernel direct: {d_tables}");
+        assert_eq!(d_tail, i_tail, "kernel direct");
         assert_ne!(d1, i1);
-        assert!(d1.ends_with("tr=0x00000028"), "{d1}");
-        assert!(
-            d1.starts_with("cs=0x0000") && d1.contains("F ss=0x0000"),
-            "CS with RPL 3: {d1}"
-        );
+        // STR: the guest's TR if it trapped, the host's TSS selector (0x40) if the host ran it.
+        assert!(d1.ends_with("tr=0x00000028") || d1.ends_with("tr=0x00000040"), "{d1}");
+        let field = |name: &str| {
+            let v = d1.split(name).nth(1).unwrap().get(..10).unwrap();
+            u32::from_str_radix(v.trim_start_matches("0x"), 16).unwrap()
+        };
+        assert_eq!(field("cs=") & 3, 3, "CS with RPL 3: {d1}");
+        assert_eq!(field("ss=") & 3, 3, "SS with RPL 3: {d1}");
     });
     assert_eq!(
         so,

@@ -45,6 +45,9 @@ pub struct MonitorArea {
     pub vcpu: u32,
     /// Size of the vCPU region (as the ABI says; the mapping is rounded up to a page).
     pub vcpu_size: u32,
+    /// Bytes at the start of the vCPU region that translated code writes (the rest, the
+    /// lookup table, it only reads: mapped read-only low, written through the alias).
+    pub vcpu_writable: u32,
     /// Guest-linear address of the callout stack (its lowest byte).
     pub stack: u32,
     /// The low mappings are accessible (translated code runs); otherwise PROT_NONE.
@@ -60,8 +63,10 @@ fn os(what: &str) -> io::Error {
 }
 
 impl MonitorArea {
-    /// Maps the area at `base` inside `reservation` for a vCPU region of `vcpu_size` bytes.
-    pub fn new(reservation: &Reservation, base: u32, vcpu_size: u32) -> io::Result<MonitorArea> {
+    /// Maps the area at `base` inside `reservation` for a vCPU region of `vcpu_size` bytes, of
+    /// which translated code writes the first `vcpu_writable`.
+    pub fn new(reservation: &Reservation, base: u32, vcpu_size: u32, vcpu_writable: u32) -> io::Result<MonitorArea> {
+        let vcpu_writable = round_page(vcpu_writable.min(vcpu_size));
         let area = (1u64 << 32).saturating_sub(base as u64);
         let tc_size = area.saturating_sub((round_page(vcpu_size) + STACK_SIZE + PAGE) as u64) as u32 & !(PAGE - 1);
         let vcpu_off = tc_size;
@@ -89,7 +94,7 @@ impl MonitorArea {
         if alias == libc::MAP_FAILED {
             return Err(os("mmap of the monitor area's alias"));
         }
-        let area = MonitorArea { _fd: fd, alias: alias.cast(), len, base, tc_size, vcpu: base + vcpu_off, vcpu_size, stack: base + stack_off, open: true };
+        let area = MonitorArea { _fd: fd, alias: alias.cast(), len, base, tc_size, vcpu: base + vcpu_off, vcpu_size, vcpu_writable, stack: base + stack_off, open: true };
         if (alias as u64) < 1 << 32 {
             return Err(io::Error::other("the monitor area's alias landed below 4 GiB"));
         }
@@ -113,25 +118,35 @@ impl MonitorArea {
             Ok(())
         };
         low(0, tc_size, libc::PROT_READ | libc::PROT_EXEC)?;
-        low(vcpu_off, len as u32 - vcpu_off, libc::PROT_READ | libc::PROT_WRITE)?;
+        low(vcpu_off, vcpu_writable, libc::PROT_READ | libc::PROT_WRITE)?;
+        if stack_off > vcpu_off + vcpu_writable {
+            low(vcpu_off + vcpu_writable, stack_off - vcpu_off - vcpu_writable, libc::PROT_READ)?;
+        }
+        low(stack_off, STACK_SIZE, libc::PROT_READ | libc::PROT_WRITE)?;
         Ok(area)
     }
 
     /// Opens (translated code is about to run) or closes (guest code is about to run directly:
     /// user code can load the host's flat selectors and must not reach the vCPU region, the
-    /// lookup table or the TC) the low mappings. A guest access while closed faults like any
-    /// access into the monitor area (the interpreter executes it with the guest's view).
+    /// lookup table or the callout stack) the low mappings of the writable parts (the lookup
+    /// table is read-only low: reading it tells TC addresses, nothing more). A guest
+    /// access while closed faults like any access into the monitor area (the interpreter
+    /// executes it with the guest's view).
+    ///
+    /// The TC stays read + execute: it holds nothing guest code could not write itself, and
+    /// changing the protection of its megabytes costs the host a walk of every page table
+    /// entry (measured: two `mprotect`s of a 16 MiB TC at every change of engine made a
+    /// Linux guest's system calls ten times slower). What direct code can do with it is read
+    /// translated guest kernel code, the same leak as the host's flat selectors give
+    /// (docs/direct.md, ring compression).
     pub fn set_open(&mut self, open: bool) -> io::Result<()> {
         if self.open == open {
             return Ok(());
         }
-        let vcpu_off = self.vcpu - self.base;
-        let open_ranges = [(0, vcpu_off, libc::PROT_READ | libc::PROT_EXEC), (vcpu_off, self.len as u32 - vcpu_off, libc::PROT_READ | libc::PROT_WRITE)];
-        let closed_range = [(0, self.len as u32, libc::PROT_NONE)];
-        let ranges: &[(u32, u32, i32)] = if open { &open_ranges } else { &closed_range };
-        for &(off, size, prot) in ranges {
+        let prot = if open { libc::PROT_READ | libc::PROT_WRITE } else { libc::PROT_NONE };
+        for (at, size) in [(self.vcpu, self.vcpu_writable), (self.stack, STACK_SIZE)] {
             // SAFETY: our own low mappings (created in `new`); only their protection changes.
-            if unsafe { libc::mprotect((self.base + off) as usize as *mut libc::c_void, size as usize, prot) } != 0 {
+            if unsafe { libc::mprotect(at as usize as *mut libc::c_void, size as usize, prot) } != 0 {
                 return Err(os("mprotect of the monitor area"));
             }
         }

@@ -106,7 +106,7 @@ impl Bt {
         let cfg = Config::default();
         let abi = cfg.abi.clone();
         abi.check()?;
-        let mut area = MonitorArea::new(reservation, base, abi.vcpu_size).map_err(|e| format!("the monitor area: {e}"))?;
+        let mut area = MonitorArea::new(reservation, base, abi.vcpu_size, abi.ibl_table).map_err(|e| format!("the monitor area: {e}"))?;
         crate::direct::ldt::modify_ldt(&ud_vcpu(area.vcpu, abi.vcpu_size)).map_err(|e| format!("modify_ldt (vCPU region): {e}"))?;
         area.write(base + GATE_OFF, &gate::trampoline(false));
         area.write(base + ECHO_OFF, &gate::trampoline(true));
@@ -805,8 +805,10 @@ mod tests {
         assert_eq!(perms(bt.area.base), "r-xs");
         assert_eq!(perms(bt.area.vcpu), "rw-s");
         bt.area.set_open(false).unwrap();
-        assert_eq!(perms(bt.area.base), "---s");
+        assert_eq!(perms(bt.area.base), "r-xs", "the TC stays read + execute");
         assert_eq!(perms(bt.area.vcpu), "---s");
+        assert_eq!(perms(bt.area.stack), "---s");
+        assert_eq!(perms(bt.area.vcpu + bt.abi.ibl_table), "r--s", "the lookup table is read-only low");
         bt.area.set_open(true).unwrap();
         assert_eq!(perms(bt.area.vcpu), "rw-s");
         // Beyond the GS limit: #GP.

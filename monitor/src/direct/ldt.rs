@@ -6,12 +6,13 @@
 //! * the guest's *descriptor cache* is what the guest sees, so it is what gets shadowed
 //!   (DPL 3, limit truncated below `top`: the monitor area's base, or the shadow MMU's user
 //!   limit while the guest runs at CPL 3);
-//! * if the table shadow of the guest's selector (`host_selector_for_guest`: guest LDT `i` ->
-//!   host `i`, guest GDT `i` -> host `4096 + i`) already holds that shadow, or can be made to
+//! * if the table shadow of the guest's selector (`host_selector_for_guest`: guest GDT `i` ->
+//!   host `16 + 2i` in kernel mode and `16 + 2i + 1` in user mode, guest LDT `i` -> host
+//!   `2064 + i`) already holds that shadow, or can be made to
 //!   because the guest's table entry still matches the cache, that selector is used: guest
 //!   code that copies it (`mov ax, ds; mov es, ax`, `push cs; ... retf`) then keeps working;
 //! * otherwise (the table entry changed since the load, or the segment was loaded in another
-//!   mode) the register's "cached" slot (`8000 + sreg`) receives the cache.
+//!   mode) the register's "cached" slot (`8 + sreg`) receives the cache.
 //!
 //! [`HostLdt::guest_segment_for`] maps a hardware selector found at an exit back to the guest's
 //! selector and descriptor cache.
@@ -97,6 +98,7 @@ impl HostLdt {
         sreg: usize,
         seg: &Segment,
         top: u32,
+        user: bool,
         table_entry: &mut dyn FnMut(u16) -> Option<u64>,
     ) -> Result<u16, NotShadowable> {
         if seg.attr == 0 || !seg.present() {
@@ -104,7 +106,7 @@ impl HostLdt {
         }
         let raw = encode(seg);
         let desc = shadow::shadow_descriptor(raw, top).ok_or(NotShadowable)?;
-        if let Some(hs) = shadow::host_selector_for_guest(seg.selector).filter(|h| h & !3 != 0) {
+        if let Some(hs) = shadow::host_selector_for_guest(seg.selector, user).filter(|h| h & !3 != 0) {
             let index = hs >> 3;
             let ud = user_desc(index, &desc);
             let ok = match self.written.get(&index) {

@@ -386,7 +386,7 @@ impl Direct<'_> {
             let seg = self.cpu.state.seg[i];
             let Direct { ldt, .. } = self;
             let mut ldt_taken = std::mem::take(ldt);
-            let r = ldt_taken.selector_for(i, &seg, top, &mut |s| self.table_entry(s));
+            let r = ldt_taken.selector_for(i, &seg, top, user, &mut |s| self.table_entry(s));
             self.ldt = ldt_taken;
             match r {
                 Ok(h) => *out = h,
