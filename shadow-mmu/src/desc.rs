@@ -226,6 +226,8 @@ pub const GUEST_GDT_SLOTS: u16 = 1024;
 pub const HOST_LDT_GUEST_LDT: u16 = HOST_LDT_GUEST_GDT + 2 * GUEST_GDT_SLOTS;
 /// Guest LDT entries that have a shadow slot (the rest of the host's 8,192).
 pub const GUEST_LDT_SLOTS: u16 = 8192 - HOST_LDT_GUEST_LDT;
+// The monitor's slots, the cached slots and the GDT shadows do not overlap.
+const _: () = assert!(HOST_LDT_MONITOR + 7 <= HOST_LDT_CACHED && HOST_LDT_CACHED + 6 <= HOST_LDT_GUEST_GDT);
 
 /// A host LDT selector for `index`: TI = 1, RPL 3.
 pub const fn ldt_selector(index: u16) -> u16 {
@@ -493,9 +495,6 @@ mod tests {
         assert_eq!(host_selector_for_guest(1024 << 3, false), None);
         assert_eq!(cached_slot_selector(0), (8 << 3) | 7);
         assert_eq!(cached_slot_selector(5), (13 << 3) | 7);
-        // The monitor's slots, the cached slots and the GDT shadows do not overlap.
-        assert!(HOST_LDT_MONITOR + 7 <= HOST_LDT_CACHED);
-        assert!(HOST_LDT_CACHED + 6 <= HOST_LDT_GUEST_GDT);
     }
 
     #[test]
