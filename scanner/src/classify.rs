@@ -102,6 +102,8 @@ pub enum InlineKind {
     Rdtsc,
     /// CPUID: from the table on the vCPU page (a callout for leaves not in it).
     Cpuid,
+    /// TZCNT/LZCNT on a model without BMI1/LZCNT: BSF/BSR (the prefix dropped).
+    BitScan,
 }
 
 /// Why a callout is made (passed as the callout argument with `CalloutOp::Emulate`).
@@ -212,6 +214,8 @@ pub enum Special {
     NotInModel,
     /// x87/MMX/SSE/FXSR with the guest's CR0.TS or CR0.EM set.
     FpuTrap,
+    /// TZCNT/LZCNT while the model lacks BMI1/LZCNT.
+    BitScanAlias,
     /// Everything else.
     Other,
 }
@@ -406,6 +410,9 @@ pub static TABLE: &[Class] = &[
     class!("Near RET / indirect JMP / CALL", Matcher::Special(Special::Other),
         priv false, sens false, RI::None, Same("but the target is a guest address"),
         Translation::Lookup, ends true, "Inline lookup in the table on the vCPU page; a miss is a callout."),
+    class!("TZCNT / LZCNT outside the virtual CPU model", Matcher::Special(Special::BitScanAlias),
+        priv false, sens true, RI::None, Depends("the host's TZCNT/LZCNT, not the BSF/BSR a P6 executes"),
+        Inline(IK::BitScan), ends false, "F3 0F BC/BD is REP BSF/BSR to a CPU without BMI1/LZCNT (the interpreter's model); compilers emit it as a BSF that newer CPUs run faster (Linux's __ffs). Emitted as BSF/BSR without the prefix: the host then computes what the virtual P6 does."),
     class!("Outside the virtual CPU model", Matcher::Special(Special::NotInModel),
         priv false, sens true, RI::None, Depends("runs if the host has the feature"),
         Callout(CK::NotInModel), ends false, "Anything needing a CPUID feature the virtual P6 lacks (SSE3+, RDTSCP, SMAP, XSAVE, MONITOR, VMX/SVM, ...): the interpreter raises #UD."),
@@ -560,6 +567,9 @@ fn lookup(instr: &Instruction, mode: Mode, model: &Model) -> &'static Class {
         }
     }
     if !model.has(instr) {
+        if matches!(mnemonic, Mnemonic::Tzcnt | Mnemonic::Lzcnt) {
+            return class_named("TZCNT / LZCNT outside the virtual CPU model");
+        }
         return class_named("Outside the virtual CPU model");
     }
     if mode.fpu_trap && is_fpu_like(instr) {
@@ -609,6 +619,9 @@ fn covers_text(m: Matcher) -> String {
         }
         Matcher::Special(Special::CsData) => "any memory operand whose segment is CS".into(),
         Matcher::Special(Special::NotInModel) => "`cpuid_features()` not all in `Model`".into(),
+        Matcher::Special(Special::BitScanAlias) => {
+            "`Tzcnt` `Lzcnt` when the model lacks BMI1 / LZCNT".into()
+        }
         Matcher::Special(Special::FpuTrap) => {
             "features FPU* MMX SSE SSE2 FXSR, `Wait` (mode bit `fpu_trap`)".into()
         }

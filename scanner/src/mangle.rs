@@ -1174,6 +1174,29 @@ fn inline(b: &mut Builder<'_>, gi: &GuestInsn, k: InlineKind, next: u32) -> Done
             b.ld32(Register::EAX, s1);
             FALL
         }
+        InlineKind::BitScan => {
+            let code = match i.code() {
+                Code::Tzcnt_r16_rm16 => Code::Bsf_r16_rm16,
+                Code::Tzcnt_r32_rm32 => Code::Bsf_r32_rm32,
+                Code::Lzcnt_r16_rm16 => Code::Bsr_r16_rm16,
+                Code::Lzcnt_r32_rm32 => Code::Bsr_r32_rm32,
+                _ => {
+                    b.callout(CalloutOp::Emulate, CoEip::Imm(gi.eip), next, CalloutKind::NotInModel as u32);
+                    return FALL;
+                }
+            };
+            let mut copy = *i;
+            copy.set_ip(0);
+            copy.set_code(code);
+            copy.set_has_repe_prefix(false);
+            copy.set_has_repne_prefix(false);
+            if !encodable(&copy) {
+                b.callout(CalloutOp::Emulate, CoEip::Imm(gi.eip), next, CalloutKind::NotInModel as u32);
+                return FALL;
+            }
+            b.ins(copy);
+            FALL
+        }
         InlineKind::Cpuid => {
             let slow = b.label();
             let done = b.label();

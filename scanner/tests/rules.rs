@@ -573,3 +573,17 @@ fn validator_rejects_what_must_never_be_emitted() {
         );
     }
 }
+
+#[test]
+fn tzcnt_and_lzcnt_run_as_bsf_and_bsr_on_the_p6_model() {
+    // tzcnt eax, ebx; lzcnt cx, [esi]; ret — the virtual P6 has neither BMI1 nor LZCNT, so F3
+    // 0F BC/BD are REP BSF/BSR: the fragment holds BSF/BSR without the prefix, no callout.
+    let (_, f) = tr(&[0xf3, 0x0f, 0xbc, 0xc3, 0x66, 0xf3, 0x0f, 0xbd, 0x0e, 0xc3]);
+    assert_has(&f, &["bsf eax,ebx", "bsr cx,[esi]"]);
+    assert!(!decode(&f).iter().any(|i| matches!(i.mnemonic(), Mnemonic::Tzcnt | Mnemonic::Lzcnt)));
+    assert!(callouts(&f).iter().all(|c| c.0 != EMU), "{:?}", callouts(&f));
+    // The PC map names the guest instruction.
+    let is = decode(&f);
+    let bsr = is.iter().find(|i| i.mnemonic() == Mnemonic::Bsr).unwrap();
+    assert_eq!(f.guest_state_at(bsr.ip() as u32 - f.tc_addr).unwrap().guest_eip, 0x1004);
+}
