@@ -703,3 +703,53 @@ fn popek_goldberg_under_direct() {
     // PUSHF shows the host's IF (1): the guest cannot tell that its IF is clear.
     assert_eq!(lines[2], "IF after POPF (PUSHF): 0x00000200");
 }
+
+/// Two address spaces map different code at the same linear address (not global pages), and
+/// the kernel calls it through a register after each CR3 write: the translator's lookup table
+/// must not carry the first space's fragment into the second (it keeps only fragments of
+/// global pages across a CR3 write, as the TLB keeps only global entries).
+#[test]
+fn indirect_calls_after_cr3_switches_reach_each_spaces_code() {
+    const X: u32 = 0x0100_0000; // the shared linear address, in its own page table
+    const A: u32 = 0x20_0000; // "mov eax, 1; ret" (space 1)
+    const B: u32 = 0x20_1000; // "mov eax, 2; ret" (space 2)
+    const PD2: u32 = 0x20_2000;
+    const T2: u32 = 0x20_3000;
+    let mut g = Guest::new();
+    let mut p = standard_paging();
+    p.map_4k(X, A, PTE_P | PTE_W);
+    g.paging = Some(p);
+    ok((|| {
+        let k = &mut g.k;
+        // The two code pages: B8 imm32 (mov eax, imm32), C3 (ret).
+        for (at, v) in [(A, 1u32), (B, 2u32)] {
+            k.mov(byte_ptr(at), 0xb8u32)?;
+            k.mov(dword_ptr(at + 1), v)?;
+            k.mov(byte_ptr(at + 5), 0xc3u32)?;
+        }
+        // PD2: a copy of the directory whose entry for X points at T2, which maps X to B.
+        k.mov(esi, PAGE_DIR)?;
+        k.mov(edi, PD2)?;
+        k.mov(ecx, 1024u32)?;
+        k.cld()?;
+        k.rep().movsd()?;
+        k.mov(dword_ptr(PD2 + (X >> 22) * 4), T2 | PTE_P | PTE_W | PTE_U)?;
+        k.mov(dword_ptr(T2 + ((X >> 12) & 0x3ff) * 4), B | PTE_P | PTE_W)
+    })());
+    g.enable_paging(true, false);
+    for _ in 0..3 {
+        for pd in [PAGE_DIR, PD2] {
+            ok(g.k.mov(eax, pd));
+            ok(g.k.mov(cr3, eax));
+            ok(g.k.mov(ebx, X));
+            ok(g.k.call(ebx));
+            g.print_eax();
+            g.print(" ");
+        }
+    }
+    g.print("\r\n");
+    g.exit(OK);
+    let so = run_ok(g, &["--mem", "32M", "--timeout", "30"]);
+    let want = "0x00000001 0x00000002 ".repeat(3) + "\r\n";
+    assert_eq!(so, want);
+}

@@ -69,11 +69,15 @@ pub struct Bt {
     /// Per fragment: the (linear page, guest frame) pairs it was translated from.
     pages: HashMap<FragId, Vec<(u32, u32)>>,
     /// What the lookup table was filled under: (mode, CS base, CR3).
-    ibl_key: Option<(Mode, u32, u32)>,
+    /// (mode, CS base, CR3, CR4.PGE) of the entries in the table. Entries whose fragment's
+    /// code pages are all global (PTE.G with CR4.PGE) survive a change of CR3 alone, as the
+    /// global TLB entries they rely on do on a CPU; the others are reset.
+    ibl_key: Option<(Mode, u32, u32, bool)>,
     /// A lookup miss for this guest EIP: fill its table entry once its fragment is known.
     pending_ibl: Option<u32>,
-    /// Lookup-table indexes filled since the last reset (None: unknown, reset all).
-    ibl_filled: Option<Vec<u32>>,
+    /// Lookup-table indexes filled since the last reset, each with whether its fragment's code
+    /// pages are all global (None: unknown, reset all).
+    ibl_filled: Option<HashMap<u32, bool>>,
     /// An unchained exit was taken: (calling fragment, exit number, target EIP, flush count).
     pending_chain: Option<(FragId, u32, u32, u64)>,
     /// Exits chained.
@@ -175,7 +179,7 @@ impl Bt {
     fn reset_ibl(&mut self) {
         match self.ibl_filled.take() {
             Some(filled) => {
-                for i in filled {
+                for i in filled.into_keys() {
                     self.reset_ibl_slot(i);
                 }
             }
@@ -186,18 +190,38 @@ impl Bt {
                 self.vw(self.abi.ibl_table, &table);
             }
         }
-        self.ibl_filled = Some(Vec::new());
+        self.ibl_filled = Some(HashMap::new());
     }
 
-    /// Fills the lookup-table entry of guest `eip` with TC address `tc`.
-    fn fill_ibl(&mut self, eip: u32, tc: u32) {
+    /// Fills the lookup-table entry of guest `eip` with TC address `tc`; `global`: the
+    /// fragment's code pages are all global.
+    fn fill_ibl(&mut self, eip: u32, tc: u32, global: bool) {
         let e = self.abi.ibl_entry(eip, tc);
         let i = self.abi.ibl_index(eip);
         self.vw(self.abi.ibl_table + 8 * i, &e);
         match &mut self.ibl_filled {
-            Some(v) if v.len() < 4096 => v.push(i),
+            Some(m) if m.len() < 4096 => {
+                m.insert(i, global);
+            }
             _ => self.ibl_filled = None,
         }
+    }
+
+    /// A change of CR3 alone: every entry reset but those of global fragments.
+    fn reset_ibl_non_global(&mut self) {
+        let Some(filled) = self.ibl_filled.take() else {
+            self.reset_ibl();
+            return;
+        };
+        let mut kept = HashMap::new();
+        for (i, global) in filled {
+            if global {
+                kept.insert(i, true);
+            } else {
+                self.reset_ibl_slot(i);
+            }
+        }
+        self.ibl_filled = Some(kept);
     }
 
     fn reset_ibl_slot(&mut self, i: u32) {
@@ -296,6 +320,28 @@ pub fn mode_of(s: &CpuState) -> Mode {
     }
 }
 
+/// Whether the guest maps linear `lin` with a global page (CR4.PGE set and G in the PTE, or
+/// in the PDE of a 4 MiB page): its TLB entry survives a CR3 write (SDM vol. 3 4.10.4.1).
+fn page_global(cpu: &Cpu<Machine>, lin: u32) -> bool {
+    let s = &cpu.state;
+    if s.cr0 & cr::CR0_PG == 0 || s.cr4 & cr::CR4_PGE == 0 {
+        return false;
+    }
+    let ram = cpu.bus.ram.as_slice();
+    let rd = |a: u32| ram.get(a as usize..a as usize + 4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+    const P: u32 = 1;
+    const PS: u32 = 1 << 7;
+    const G: u32 = 1 << 8;
+    let Some(pde) = rd((s.cr3 & !0xfff) | ((lin >> 22) << 2)) else { return false };
+    if pde & P == 0 {
+        return false;
+    }
+    if pde & PS != 0 && s.cr4 & cr::CR4_PSE != 0 {
+        return pde & G != 0;
+    }
+    rd((pde & !0xfff) | (((lin >> 12) & 0x3ff) << 2)).is_some_and(|pte| pte & P != 0 && pte & G != 0)
+}
+
 /// Guest code through the guest's page tables (no side effects).
 struct Reader<'a>(&'a mut Cpu<Machine>);
 
@@ -324,15 +370,17 @@ impl Direct<'_> {
         let eip = s.eip;
         let cs_base = s.seg(SegReg::Cs).base;
         let lin = cs_base.wrapping_add(eip);
-        let key = (mode, cs_base, s.cr3);
+        let key = (mode, cs_base, s.cr3, s.cr4 & cr::CR4_PGE != 0);
         if bt.last_cr3 != Some(s.cr3) {
             bt.unchain_user();
             bt.last_cr3 = Some(s.cr3);
         }
-        if bt.ibl_key != Some(key) {
-            bt.reset_ibl();
-            bt.ibl_key = Some(key);
+        match bt.ibl_key {
+            Some(k) if k == key => {}
+            Some((m, b, _, g)) if (m, b, g) == (key.0, key.1, key.3) => bt.reset_ibl_non_global(),
+            _ => bt.reset_ibl(),
         }
+        bt.ibl_key = Some(key);
         if let Some(id) = bt.cache.lookup(lin, mode) {
             let ok = bt.pages.get(&id).is_some_and(|pp| pp.iter().all(|&(p, f)| cpu.probe_translation(p << 12).map(|x| x >> 12) == Some(f)));
             if let (true, Some(r)) = (ok, bt.cache.get(id)) {
@@ -491,6 +539,13 @@ impl Direct<'_> {
             return self.emulate(deadline);
         }
         let (to, tc) = self.bt_fragment()?;
+        let global = match self.bt.as_ref() {
+            Some(bt) if bt.pending_ibl.is_some() => {
+                let pages = bt.pages.get(&to).cloned().unwrap_or_default();
+                !pages.is_empty() && pages.iter().all(|&(p, _)| page_global(&self.cpu, p << 12))
+            }
+            _ => false,
+        };
         if let Some(bt) = self.bt.as_mut() {
             if let Some((from, n, target, flushes)) = bt.pending_chain.take() {
                 let same_mode = bt.cache.get(from).zip(bt.cache.get(to)).is_some_and(|(f, t)| f.mode == t.mode);
@@ -506,7 +561,7 @@ impl Direct<'_> {
             }
             if let Some(eip) = bt.pending_ibl.take() {
                 if eip == self.cpu.state.eip {
-                    bt.fill_ibl(eip, tc);
+                    bt.fill_ibl(eip, tc, global);
                 }
             }
         }

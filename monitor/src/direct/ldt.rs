@@ -82,10 +82,15 @@ pub struct NotShadowable;
 
 impl HostLdt {
     fn ensure(&mut self, index: u16, ud: UserDesc, seg: &Segment) -> std::io::Result<()> {
-        if self.written.get(&index).map(|(w, _)| *w) != Some(ud) {
-            modify_ldt(&ud)?;
-            self.writes += 1;
+        match self.written.get_mut(&index) {
+            Some((w, s)) if *w == ud => {
+                *s = *seg;
+                return Ok(());
+            }
+            _ => {}
         }
+        modify_ldt(&ud)?;
+        self.writes += 1;
         self.written.insert(index, (ud, *seg));
         Ok(())
     }
