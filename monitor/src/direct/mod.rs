@@ -45,6 +45,9 @@ use shadow::{Kind, Resolution, Shadow};
 /// Period of the host timer that forces exits while the guest runs.
 pub const TIMER_PERIOD_US: u64 = 1000;
 
+/// How often the run loop looks at console input and stop requests while the guest runs.
+const INPUT_POLL_NS: u64 = 10_000_000;
+
 /// EFLAGS bits that guest code changes natively (the rest are virtual).
 const NATIVE_FLAGS: u32 = flags::STATUS | flags::TF | flags::DF | flags::NT | flags::AC | flags::ID;
 
@@ -198,11 +201,25 @@ impl Direct<'_> {
     fn run_loop(&mut self, lock: &std::sync::MutexGuard<'_, ()>, start: u64) -> Outcome {
         let deadline = self.opts.timeout.map(|t| start.saturating_add(u64::try_from(t.as_nanos()).unwrap_or(u64::MAX)));
         let mut checks = 0u32;
+        let mut next_poll = 0u64;
         loop {
             checks = checks.wrapping_add(1);
-            if let Some(d) = deadline {
-                if checks & 63 == 0 && self.cpu.bus.now_ns() >= d {
+            if checks & 15 == 0 {
+                let now = self.cpu.bus.now_ns();
+                if deadline.is_some_and(|d| now >= d) {
                     return Outcome::Timeout { after: self.opts.timeout.unwrap_or_default(), eip: self.cpu.state.eip };
+                }
+                // Console input while the guest runs (not only while it halts), and the
+                // platform's requests to stop (Ctrl-A x, a kernel panic's end, a reset), every
+                // INPUT_POLL_NS at most.
+                if now >= next_poll {
+                    next_poll = now + INPUT_POLL_NS;
+                    if self.cpu.bus.input_open() {
+                        self.cpu.bus.poll_input(Duration::ZERO);
+                    }
+                    if let Some(r) = self.cpu.bus.stop_request() {
+                        return Outcome::Stopped(r);
+                    }
                 }
             }
             let r = if !self.can_direct() {
