@@ -29,7 +29,7 @@ use common::guest::vmm_bin;
 /// The kernel command line the guest boots with (docs/linux-guest.md explains each word).
 /// Keep in step with scripts/run-linux.
 pub const CMDLINE: &str = "console=ttyS0 earlyprintk=serial,ttyS0,115200 acpi=off noapic nolapic tsc=reliable \
-    tsc_early_khz=1000000 GLIBC_TUNABLES=glibc.cpu.hwcaps=-SSE2";
+    GLIBC_TUNABLES=glibc.cpu.hwcaps=-SSE2";
 const PROMPT: &str = "~ # ";
 /// What the console must never show.
 const BAD: &[&str] = &["Oops", "BUG:", "WARNING:", "Kernel panic", "Call Trace"];
