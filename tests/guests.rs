@@ -528,6 +528,76 @@ fn counted_timer_interrupts() {
     }
 }
 
+/// `bad` unless EDX:EAX is at least the 64-bit value at `last`; then store it there.
+/// Clobbers EBX and ECX.
+fn check_not_before(a: &mut CodeAssembler, last: u32, bad: CodeLabel) -> Result<(), IcedError> {
+    a.mov(ecx, eax)?;
+    a.mov(ebx, edx)?;
+    a.sub(ecx, dword_ptr(last))?;
+    a.sbb(ebx, dword_ptr(last + 4))?;
+    a.jb(bad)?;
+    a.mov(dword_ptr(last), eax)?;
+    a.mov(dword_ptr(last + 4), edx)
+}
+
+/// One time stamp counter whichever engine runs: the TSC read alternately by user code
+/// (RDTSC) and by the kernel (RDTSC and RDMSR of IA32_TIME_STAMP_COUNTER, in an `int 0x81`
+/// handler) never goes backwards (SDM vol. 3, "Time-Stamp Counter": it only counts up), under the
+/// interpreter, with user code direct, with the kernel translated (user code direct, then
+/// interpreted, then translated) and with both direct. The engines differ in what runs where:
+/// the interpreter reads the machine's TSC, translated RDTSC and directly executed RDTSC the
+/// host's.
+#[test]
+fn the_tsc_never_goes_backwards_between_engines() {
+    const LAST: u32 = VARS + 0x20;
+    let mut g = Guest::new();
+    g.install_syscalls();
+    let mut kbad = g.k.create_label();
+    g.print("reading the TSC at CPL 0 and 3\r\n");
+    ok((|| {
+        g.k.mov(dword_ptr(LAST), 0u32)?;
+        g.k.mov(dword_ptr(LAST + 4), 0u32)?;
+        g.k.rdtsc()?;
+        check_not_before(&mut g.k, LAST, kbad)
+    })());
+    g.enter_user(0x202);
+    let mut ubad = g.u.create_label();
+    let mut again = g.u.create_label();
+    ok((|| {
+        g.u.mov(ebp, 200u32)?;
+        g.u.set_label(&mut again)?;
+        g.u.rdtsc()?;
+        check_not_before(&mut g.u, LAST, ubad)?;
+        g.u.int(0x81)?;
+        g.u.dec(ebp)?;
+        g.u.jnz(again)?;
+        // Leave nothing time-dependent in the final registers (compared between engines).
+        for r in [ecx, edx, esi, edi] {
+            g.u.xor(r, r)?;
+        }
+        Ok(())
+    })());
+    g.user_exit(OK);
+    ok(g.u.set_label(&mut ubad));
+    g.user_exit(0x55);
+    g.interrupt_handler(0x81, 3);
+    ok((|| {
+        g.k.pushad()?;
+        g.k.rdtsc()?;
+        check_not_before(&mut g.k, LAST, kbad)?;
+        g.k.mov(ecx, 0x10u32)?;
+        g.k.rdmsr()?;
+        check_not_before(&mut g.k, LAST, kbad)?;
+        g.k.popad()?;
+        g.k.iretd()?;
+        g.k.set_label(&mut kbad)
+    })());
+    g.print("kernel: the TSC went backwards\r\n");
+    g.exit(0x56);
+    let so = run_ok(g, &["--timeout", "30"]);
+    assert_eq!(so, "reading the TSC at CPL 0 and 3\r\n");
+}
+
 #[test]
 fn general_protection_fault_from_user_mode() {
     let mut g = Guest::new();

@@ -7,11 +7,13 @@
 //! The default run boots it with the kernel under the binary translator and user code direct
 //! (`--kernel-engine bt --user-engine direct`) and drives the issue's session: `uname -a`,
 //! `/proc/cpuinfo`, `ls /`, 200 runs of `/bin/true`, `dd | md5sum`, `sha256sum` of a 16 MiB
-//! file, `poweroff`, failing on any Oops, BUG, WARNING or panic in the kernel log.
+//! file, `poweroff`, failing on any Oops, BUG, WARNING or panic in the kernel log. Both runs
+//! check that the guest's clock follows the host's (`time sleep 2`, `date +%s`) and that Linux
+//! took the TSC's rate from CPUID ("tsc: Detected ... MHz TSC").
 //!
 //! The oracle run boots the same kernel under the interpreter alone (`--kernel-engine interp
 //! --user-engine interp`: about 4.4 billion interpreted instructions, 1-2 minutes here) to the
-//! shell, runs `uname -a` and `ls /`, and powers off.
+//! shell, runs `uname -a`, `ls /` and the clock checks, and powers off.
 //!
 //! `VMM_LINUX_TIMEOUT` (seconds, default 1800) bounds each run.
 
@@ -29,7 +31,7 @@ use common::guest::vmm_bin;
 /// The kernel command line the guest boots with (docs/linux-guest.md explains each word).
 /// Keep in step with scripts/run-linux.
 pub const CMDLINE: &str = "console=ttyS0 earlyprintk=serial,ttyS0,115200 acpi=off noapic nolapic tsc=reliable \
-    tsc_early_khz=1000000 GLIBC_TUNABLES=glibc.cpu.hwcaps=-SSE2";
+    GLIBC_TUNABLES=glibc.cpu.hwcaps=-SSE2";
 const PROMPT: &str = "~ # ";
 /// What the console must never show.
 const BAD: &[&str] = &["Oops", "BUG:", "WARNING:", "Kernel panic", "Call Trace"];
@@ -80,6 +82,18 @@ impl Console {
         }
     }
 
+    /// The output from byte `from` on.
+    fn since(&self, from: usize) -> String {
+        let buf = self.0.lock().unwrap();
+        String::from_utf8_lossy(&buf[from.min(buf.len())..]).into_owned()
+    }
+}
+
+/// Busybox `time`'s "real\t0m 2.11s" in seconds.
+fn busybox_real_seconds(out: &str) -> Option<f64> {
+    let line = out.lines().find_map(|l| l.trim_start().strip_prefix("real"))?;
+    let (m, s) = line.trim().split_once('m')?;
+    Some(m.trim().parse::<f64>().ok()? * 60.0 + s.trim().trim_end_matches('s').parse::<f64>().ok()?)
 }
 
 /// MD5 of 10,000 KiB of zeros and SHA-256 of 16 MiB of zeros (from the definition of the data,
@@ -154,6 +168,45 @@ fn boot_and_drive(kernel_engine: &str, user_engine: &str, full_session: bool) {
     };
     at = run("uname -a", "UNAME", at);
     at = run("ls /", "LS", at);
+    // The guest's clock follows the host's (docs/machine.md, "Time stamp counter"): `sleep 2`
+    // takes two seconds by the guest's clock and by the host's, and the guest's wall clock
+    // (read from the RTC, i.e. the host's, once at boot and then kept by the TSC) still agrees
+    // with the host's after the boot, within the RTC's and `date`'s whole seconds. A TSC the
+    // guest believed slower than it is (the 1 GHz it was told with `tsc_early_khz` while
+    // reading the 2.6 GHz host TSC) ran the guest's time 2.6 times fast: the sleep took 0.8
+    // host seconds and the clock was ahead by half a minute. Bounds leave room for a loaded
+    // host (the command's own start and the prompt's round trip).
+    let from = at;
+    let t = Instant::now();
+    at = run("time sleep 2", "SLEEP", at);
+    let host_s = t.elapsed().as_secs_f64();
+    let guest_s = busybox_real_seconds(&console.since(from));
+    let guest_s = guest_s.unwrap_or_else(|| panic!("no `time` output:\n{}", console.since(from)));
+    assert!((2.0..3.0).contains(&guest_s), "`sleep 2` took {guest_s} s by the guest's clock");
+    assert!(
+        host_s >= 1.5 && host_s <= guest_s + 3.0,
+        "`sleep 2` took {guest_s} s by the guest's clock and {host_s:.2} s by the host's"
+    );
+    // The guest reads the RTC's whole seconds at boot and `date +%s` prints whole seconds:
+    // up to 2 s behind the host's time at the moment the guest ran `date`, which lies between
+    // the two host readings.
+    let unix_now = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
+    let from = at;
+    let host_before = unix_now();
+    at = run("date +%s", "DATE", at);
+    let host_after = unix_now();
+    let out = console.since(from);
+    let guest_now = out.lines().find_map(|l| l.trim().parse::<u64>().ok());
+    let guest_now = guest_now.unwrap_or_else(|| panic!("no `date +%s` output:\n{out}")) as f64;
+    eprintln!(
+        "\n--- clock: `sleep 2` took {guest_s:.2} s guest, {host_s:.2} s host; guest date {:+.1} s off the host's",
+        guest_now - host_after
+    );
+    assert!(
+        guest_now >= host_before - 3.0 && guest_now <= host_after + 1.0,
+        "the guest's clock ({guest_now}) is off the host's ({host_before:.1}..{host_after:.1}) after {:.0} s",
+        start.elapsed().as_secs_f64()
+    );
     if full_session {
         at = run("cat /proc/cpuinfo", "CPUINFO", at);
         at = run("i=0; while [ $i -lt 200 ]; do /bin/true || break; i=$((i+1)); done; echo count=$i", "TRUE", at);
@@ -192,6 +245,12 @@ fn boot_and_drive(kernel_engine: &str, user_engine: &str, full_session: bool) {
         assert!(log.contains("count=200"), "200 runs of /bin/true:\n{log}");
         assert!(log.contains(MD5_10000K_ZEROS), "dd | md5sum:\n{log}");
         assert!(log.contains(SHA256_16M_ZEROS), "sha256sum of 16 MiB:\n{log}");
+    }
+    // The TSC's rate came from CPUID (leaves 0x15 and 0x16), not from a calibration against
+    // the PIT, which a preempted vmm can spoil.
+    assert!(log.contains("tsc: Detected "), "no TSC rate in the kernel log:\n{log}");
+    for pit in ["Fast TSC calibration", "TSC calibration failed", "Marking TSC unstable"] {
+        assert!(!log.contains(pit), "the kernel log shows {pit:?}:\n{log}");
     }
     for bad in BAD {
         assert!(!log.contains(bad), "the console shows {bad:?}:\n{log}");

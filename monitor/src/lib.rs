@@ -4,6 +4,7 @@
 //!
 //! * [`native`]: the hardware oracle. Runs a user-level 32-bit snippet on the host CPU in
 //!   compatibility mode inside this process and reports the final state or the exception.
+//!   `native::tsc`: RDTSC for the monitor, and the host TSC's rate.
 //! * [`space`]: the address space of the direct engine: the reservation of the low 4 GiB, guest
 //!   RAM as a memfd (physmap), the shadow mappings (mmap of memfd pages).
 //! * [`direct`] (`direct::entry`: entry/exit stubs, signal handlers, timer, seccomp, CPUID

@@ -415,10 +415,21 @@ impl Bus for Machine {
         Some(v)
     }
 
+    /// The clock's TSC: under the host clock, the host TSC itself, which guest code run
+    /// directly or translated reads with RDTSC, so every engine shows the guest the same
+    /// counter; it keeps counting while the guest sleeps in HLT, as a real TSC does.
     fn tsc(&mut self) -> Option<u64> {
-        // A 1 GHz virtual TSC that follows the machine's clock (so it keeps counting while
-        // the guest sleeps in HLT, as a real TSC does).
-        Some(self.now_ns())
+        Some(self.clock.tsc())
+    }
+
+    fn tsc_hz(&self) -> Option<u64> {
+        Some(self.clock.tsc_hz())
+    }
+
+    /// WRMSR to IA32_TIME_STAMP_COUNTER is ignored: RDTSC in directly executed guest code
+    /// reads the host's counter, which cannot be offset (docs/machine.md, "Time").
+    fn tsc_writable(&self) -> bool {
+        false
     }
 }
 
@@ -633,8 +644,63 @@ mod tests {
     #[test]
     fn tsc_follows_the_clock() {
         let (mut m, clock, _) = machine();
+        let hz = ManualClock::DEFAULT_TSC_HZ;
+        assert_eq!(m.tsc_hz(), Some(hz));
         clock.advance(5000);
-        assert_eq!(m.tsc(), Some(5000));
+        assert_eq!(m.tsc(), Some(5000 * hz / 1_000_000_000));
         assert_eq!(m.ram().len(), 1 << 20);
+    }
+
+    /// Assemble 32-bit code at 0x1000 in flat protected mode, CPL 0, on `m`.
+    fn cpu_at_cpl0(m: Machine, code: impl FnOnce(&mut iced_x86::code_asm::CodeAssembler)) -> vmm_interp::Cpu<Machine> {
+        let mut a = iced_x86::code_asm::CodeAssembler::new(32).unwrap();
+        code(&mut a);
+        let bytes = a.assemble(0x1000).unwrap();
+        let mut st = vmm_interp::CpuState::flat_protected(0);
+        st.eip = 0x1000;
+        st.gpr[4] = 0x8000;
+        let mut cpu = vmm_interp::Cpu::with_state(st, m);
+        cpu.bus.ram()[0x1000..0x1000 + bytes.len()].copy_from_slice(&bytes);
+        cpu
+    }
+
+    #[test]
+    fn interpreter_rdtsc_reads_the_clock_at_its_rate_and_cpuid_reports_it() {
+        use iced_x86::code_asm::*;
+        // 2.596150 GHz: the ratio in CPUID leaf 0x15 must carry all of it.
+        let hz = 2_596_150_000u64;
+        let clock = ManualClock::with_tsc_hz(hz);
+        let m = Machine::new(GuestRam::heap(1 << 20), Box::new(clock.clone()), Box::new(SharedBuffer::new()));
+        let mut cpu = cpu_at_cpl0(m, |a| {
+            a.rdtsc().unwrap();
+            a.mov(esi, eax).unwrap();
+            a.mov(edi, edx).unwrap();
+            // A write to IA32_TIME_STAMP_COUNTER is ignored (the TSC is the host's).
+            a.mov(ecx, 0x10u32).unwrap();
+            a.xor(eax, eax).unwrap();
+            a.xor(edx, edx).unwrap();
+            a.wrmsr().unwrap();
+            a.rdmsr().unwrap();
+            a.hlt().unwrap();
+        });
+        // 3 s and 1 ns: 3 × 2 596 150 000 + 2.59615 ticks, rounded down.
+        clock.advance(3_000_000_001);
+        assert_eq!(cpu.run(100), vmm_interp::Exit::Halt);
+        let g = |r: usize| cpu.state.gpr[r] as u64;
+        let first = g(6) | g(7) << 32;
+        assert_eq!(first, 3 * hz + 2);
+        let msr = g(0) | g(2) << 32;
+        assert_eq!(msr, first, "the clock did not move: the MSR reads the same TSC");
+        // CPUID leaf 0x15: TSC Hz = ECX × EBX / EAX (SDM vol. 2, CPUID), exact here; Linux's
+        // computation in kHz with 32-bit arithmetic must neither overflow nor round.
+        let [den, num, crystal, _] = cpu.model.cpuid(0x15, 0);
+        assert!(den != 0 && num != 0 && crystal != 0);
+        assert_eq!(crystal as u64 * num as u64 / den as u64, hz);
+        let linux_khz = (crystal / 1000).checked_mul(num).expect("32-bit overflow") / den;
+        assert_eq!(linux_khz as u64, hz / 1000);
+        // Leaf 0x16: base and maximum frequency in MHz.
+        let l16 = cpu.model.cpuid(0x16, 0);
+        assert_eq!((l16[0], l16[1]), (2596, 2596));
+        assert!(cpu.model.cpuid(0, 0)[0] >= 0x16, "max basic leaf");
     }
 }

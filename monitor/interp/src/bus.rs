@@ -48,6 +48,23 @@ pub trait Bus {
     fn tsc(&mut self) -> Option<u64> {
         None
     }
+
+    /// The rate of [`tsc`](Bus::tsc) in Hz, when the machine knows it. [`Cpu::with_state`]
+    /// puts it into the CPU model (CPUID leaves 0x15 and 0x16).
+    ///
+    /// [`Cpu::with_state`]: crate::Cpu::with_state
+    fn tsc_hz(&self) -> Option<u64> {
+        None
+    }
+
+    /// Whether a WRMSR to IA32_TIME_STAMP_COUNTER (0x10) changes what the guest reads (the
+    /// interpreter keeps an offset). A machine whose TSC is shared with code the interpreter
+    /// does not run (the host's, read directly by guest code) answers `false`, and the write
+    /// is then ignored: an offset only the interpreter honoured would make the TSC jump when
+    /// execution moves between engines.
+    fn tsc_writable(&self) -> bool {
+        true
+    }
 }
 
 /// What a port write asks of the interpreter.

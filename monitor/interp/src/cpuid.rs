@@ -4,6 +4,15 @@
 //! The default is a modest P6-class CPU (ARCHITECTURE.md section 8): FPU, TSC, CX8, CMOV,
 //! MMX, FXSR, SSE, SSE2, PSE, PGE, MSR; no APIC, no PAE, no SEP (until SYSENTER is
 //! virtualized by the monitor), no PSE-36.
+//!
+//! It also tells software the TSC's rate, as Intel processors since Skylake do: the maximum
+//! basic leaf is 0x16, leaf 0x15 gives the TSC/crystal ratio and the crystal's frequency, leaf
+//! 0x16 the base frequency ([`CpuModel::set_tsc_hz`]). Linux (`native_calibrate_tsc`, for a
+//! GenuineIntel CPU with `cpuid_level >= 0x15`) takes the TSC rate from leaf 0x15 instead of
+//! calibrating it against the PIT, and marks it known (no later refinement). Every leaf from 3
+//! to 0x14 answers zeros: no serial number, no deterministic cache parameters (leaf 2's
+//! descriptors stay the source), no MONITOR/MWAIT, thermal, structured-extended (leaf 7),
+//! performance-monitoring, topology or XSAVE features, which is what the interpreter has.
 
 /// CPUID leaf 1 EDX feature bits.
 pub mod edx1 {
@@ -49,7 +58,8 @@ pub struct CpuModel {
     pub pse36: bool,
     /// SYSENTER/SYSEXIT execute (otherwise #UD).
     pub sep: bool,
-    /// TSC frequency reported to whoever asks (Hz); informational for the interpreter.
+    /// TSC frequency (Hz) that CPUID leaves 0x15 and 0x16 report; set it with
+    /// [`CpuModel::set_tsc_hz`]. The interpreter's TSC itself comes from its bus.
     pub tsc_hz: u64,
 }
 
@@ -71,8 +81,8 @@ impl CpuModel {
             | edx1::SSE
             | edx1::SSE2;
         let mut leaves = vec![
-            // Max leaf 2; "GenuineIntel" in EBX, EDX, ECX.
-            Leaf { leaf: 0, subleaf: None, regs: [2, w(0), w(8), w(4)] },
+            // Max leaf 0x16 (leaves 3 to 0x14 are zeros); "GenuineIntel" in EBX, EDX, ECX.
+            Leaf { leaf: 0, subleaf: None, regs: [0x16, w(0), w(8), w(4)] },
             // Family 6, model 8 (Pentium III "Coppermine"), stepping 3.
             Leaf { leaf: 1, subleaf: None, regs: [0x0000_0683, 0, 0, edx] },
             // Cache descriptors: 32 KiB L1, 256 KiB L2 (leaf 2 format).
@@ -88,7 +98,48 @@ impl CpuModel {
             }
             leaves.push(Leaf { leaf: 0x8000_0002 + k as u32, subleaf: None, regs });
         }
-        CpuModel { leaves, pse36: false, sep: false, tsc_hz: 1_000_000_000 }
+        let mut m = CpuModel { leaves, pse36: false, sep: false, tsc_hz: 0 };
+        m.set_tsc_hz(Self::DEFAULT_TSC_HZ);
+        m
+    }
+
+    /// The TSC rate [`CpuModel::p6`] reports until told otherwise (a bus without a clock
+    /// counts retired instructions: there is no true rate).
+    pub const DEFAULT_TSC_HZ: u64 = 1_000_000_000;
+
+    /// Report a TSC counting at `hz` (used to the kHz, Linux's precision): leaf 0x15 =
+    /// (EAX denominator, EBX numerator, ECX crystal Hz) with crystal × EBX / EAX = the TSC
+    /// rate (SDM vol. 2, CPUID leaf 15H), leaf 0x16 EAX = EBX = base and maximum MHz (rounded),
+    /// ECX = the crystal as the bus frequency in MHz.
+    ///
+    /// The crystal is a nominal 1 MHz and the ratio is reduced, so that Linux's computation
+    /// `crystal_khz * EBX / EAX`, done in 32 bits, neither overflows nor rounds: exact to the
+    /// kHz up to 4.29 GHz; a faster TSC gets a slower nominal crystal. Below 1 kHz, leaf 0x15
+    /// reads zeros (no ratio: software must measure).
+    pub fn set_tsc_hz(&mut self, hz: u64) {
+        self.tsc_hz = hz;
+        let khz = hz / 1000;
+        let mut l15 = [0u32; 4];
+        for crystal_khz in [1000u64, 100, 10, 1] {
+            if khz == 0 {
+                break;
+            }
+            let g = gcd(khz, crystal_khz);
+            let (num, den) = (khz / g, crystal_khz / g);
+            if crystal_khz * num <= u32::MAX as u64 {
+                l15 = [den as u32, num as u32, (crystal_khz * 1000) as u32, 0];
+                break;
+            }
+        }
+        let mhz = u32::try_from((hz + 500_000) / 1_000_000).unwrap_or(0xffff).min(0xffff);
+        let l16 = [mhz, mhz, l15[2] / 1_000_000, 0];
+        for (leaf, regs) in [(0x15, l15), (0x16, l16)] {
+            self.leaves.retain(|l| l.leaf != leaf);
+            self.leaves.push(Leaf { leaf, subleaf: None, regs });
+        }
+        if let Some(l0) = self.leaves.iter_mut().find(|l| l.leaf == 0) {
+            l0.regs[0] = l0.regs[0].max(0x16);
+        }
     }
 
     /// The CPUID answer for EAX=`leaf`, ECX=`subleaf`. Leaves above the maximum answer like
@@ -121,6 +172,13 @@ impl CpuModel {
     pub fn features_edx(&self) -> u32 {
         self.find(1, 0).map(|r| r[3]).unwrap_or(0)
     }
+}
+
+fn gcd(mut a: u64, mut b: u64) -> u64 {
+    while b != 0 {
+        (a, b) = (b, a % b);
+    }
+    a
 }
 
 impl Default for CpuModel {

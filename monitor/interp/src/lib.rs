@@ -166,11 +166,17 @@ impl<B: Bus> Cpu<B> {
         Cpu::with_state(CpuState::reset(), bus)
     }
 
+    /// A CPU with `state` attached to `bus`, with the default P6-class model reporting the
+    /// bus's TSC rate ([`Bus::tsc_hz`]) when it has one.
     pub fn with_state(state: CpuState, bus: B) -> Cpu<B> {
+        let mut model = CpuModel::default();
+        if let Some(hz) = bus.tsc_hz() {
+            model.set_tsc_hz(hz);
+        }
         Cpu {
             state,
             bus,
-            model: CpuModel::default(),
+            model,
             intercept: 0,
             report: 0,
             icount: 0,

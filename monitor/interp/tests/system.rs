@@ -537,7 +537,7 @@ fn cpuid_from_the_model() {
     cpu.intercept = 1 << vector::GP;
     assert_eq!(exc(&cpu.run(100)).0, vector::GP);
     assert_eq!(&cpu.bus.ram[DATA as usize..DATA as usize + 12], b"GenuineIntel");
-    assert_eq!(r32(&mut cpu, DATA + 12), 2, "max basic leaf");
+    assert_eq!(r32(&mut cpu, DATA + 12), 0x16, "max basic leaf: up to the TSC frequency leaves");
     let feat = cpu.state.gpr[EDX];
     assert_eq!(feat, cpu.model.features_edx());
     use vmm_interp::cpuid::edx1;
@@ -546,6 +546,42 @@ fn cpuid_from_the_model() {
     }
     assert_eq!(feat & (edx1::PAE | edx1::APIC | edx1::SEP | edx1::MTRR), 0);
     assert_eq!(cpu.state.gpr[EAX], 0x683, "family 6 model 8 stepping 3");
+}
+
+#[test]
+fn cpuid_reports_the_tsc_rate() {
+    use vmm_interp::CpuModel;
+    // SDM vol. 2, CPUID leaf 15H: TSC Hz = ECX (crystal Hz) × EBX / EAX; Linux 6.1
+    // (native_calibrate_tsc) computes tsc_khz = (ECX / 1000) × EBX / EAX in 32 bits, and
+    // cpu_khz = leaf 16H EAX × 1000.
+    for hz in [1_000_000_000u64, 2_596_150_000, 2_596_151_000, 3_999_999_000, 4_294_968_000, 5_123_457_000, 12_345_000] {
+        let mut m = CpuModel::p6();
+        m.set_tsc_hz(hz);
+        let [den, num, crystal, l15_edx] = m.cpuid(0x15, 0);
+        assert!(den != 0 && num != 0 && crystal >= 1000 && l15_edx == 0, "{hz}: {den} {num} {crystal}");
+        assert_eq!(crystal as u64 * num as u64 / den as u64, hz, "{hz}: SDM formula");
+        let linux = (crystal / 1000).checked_mul(num).map(|p| p / den);
+        assert_eq!(linux, Some((hz / 1000) as u32), "{hz}: Linux's 32-bit formula");
+        let l16 = m.cpuid(0x16, 0);
+        let mhz = ((hz as f64) / 1e6).round() as u32;
+        assert_eq!((l16[0], l16[1], l16[3]), (mhz, mhz, 0), "{hz}: leaf 0x16");
+        assert_eq!(m.cpuid(0, 0)[0], 0x16);
+        assert_eq!(m.tsc_hz, hz);
+    }
+    // The leaves between 2 and 0x15 advertise nothing (the interpreter has none of what they
+    // describe: deterministic caches, MONITOR, leaf-7 features, perfmon, topology, XSAVE).
+    let m = CpuModel::p6();
+    for leaf in 3..0x15 {
+        for sub in 0..2 {
+            assert_eq!(m.cpuid(leaf, sub), [0; 4], "leaf {leaf:#x}.{sub}");
+        }
+    }
+    // Above the maximum: the highest basic leaf's answer, as on Intel processors.
+    assert_eq!(m.cpuid(0x17, 0), m.cpuid(0x16, 0));
+    // Below 1 kHz there is no ratio to give.
+    let mut m = CpuModel::p6();
+    m.set_tsc_hz(999);
+    assert_eq!(m.cpuid(0x15, 0), [0; 4]);
 }
 
 #[test]

@@ -75,6 +75,7 @@
 mod entry;
 mod mem;
 pub mod sys;
+pub mod tsc;
 
 use std::cell::RefCell;
 use std::sync::{Mutex, OnceLock};

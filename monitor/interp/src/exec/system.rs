@@ -20,15 +20,17 @@
 //!   With DR7.GD set, any MOV DR raises #DB (a fault) with DR6.BD set and DR7.GD cleared.
 //!   Check order: CPL (#GP), then DR4/DR5 with CR4.DE (#UD), then GD (#DB), as Bochs does.
 //! * **MSRs**: IA32_TSC (0x10; a write sets the offset, and as on P6-family processors only
-//!   the low 32 bits are written, the upper half becoming 0), IA32_PLATFORM_ID (0x17, reads
-//!   0, read-only), IA32_BIOS_SIGN_ID (0x8B, reads 0, writes ignored: the microcode-update
-//!   protocol writes it), IA32_SYSENTER_CS/ESP/EIP (0x174-0x176, only when the model has
-//!   SEP), IA32_MISC_ENABLE (0x1A0, read back as written) and IA32_PAT (0x277, only when the
-//!   model advertises PAT; each entry must be 0, 1, 4, 5, 6 or 7 else #GP(0)). Everything
-//!   else, notably IA32_APIC_BASE (no APIC) and the MTRRs (no MTRR), raises #GP(0) as an
-//!   unimplemented MSR does on hardware.
+//!   the low 32 bits are written, the upper half becoming 0; on a bus whose TSC is shared
+//!   with directly executed code, `Bus::tsc_writable` false, the write is ignored),
+//!   IA32_PLATFORM_ID (0x17, reads 0, read-only), IA32_BIOS_SIGN_ID (0x8B, reads 0, writes
+//!   ignored: the microcode-update protocol writes it), IA32_SYSENTER_CS/ESP/EIP
+//!   (0x174-0x176, only when the model has SEP), IA32_MISC_ENABLE (0x1A0, read back as
+//!   written) and IA32_PAT (0x277, only when the model advertises PAT; each entry must be
+//!   0, 1, 4, 5, 6 or 7 else #GP(0)). Everything else, notably IA32_APIC_BASE (no APIC) and
+//!   the MTRRs (no MTRR), raises #GP(0) as an unimplemented MSR does on hardware.
 //! * **RDTSC** reads `Bus::tsc()` (or the retired-instruction count when the bus has no
-//!   clock) plus the guest's offset. RDPMC returns 0 for counters 0 and 1.
+//!   clock) plus the guest's offset. The model has no RDTSCP (#UD) and no IA32_TSC_ADJUST.
+//!   RDPMC returns 0 for counters 0 and 1.
 //! * **CLI/STI** follow IOPL only (no VME/PVI). STI that sets IF blocks interrupts until
 //!   the next instruction has completed.
 //! * **INVLPG** flushes the page and, since 4 MiB pages are cached as 4 KiB pieces, every
@@ -213,6 +215,7 @@ impl<B: Bus> Cpu<B> {
     /// Write an MSR; `false` where the write raises #GP(0).
     fn write_msr(&mut self, index: u32, v: u64) -> bool {
         match index {
+            msr::TSC if !self.bus.tsc_writable() => {}
             msr::TSC => {
                 // P6 family: only the low 32 bits are written; the upper half becomes 0.
                 let raw = self.raw_tsc();
