@@ -13,7 +13,7 @@ use proptest::prelude::*;
 use vmm_interp::state::{attr, Segment};
 use vmm_interp::{CpuState, TableReg};
 use vmm_monitor::devices::HostClock;
-use vmm_monitor::engine::{self, EngineKind, RunOptions, RunResult};
+use vmm_monitor::engine::{self, EngineKind, RunOptions, RunResult, Session};
 use vmm_monitor::machine::Machine;
 use vmm_monitor::memory::GuestRam;
 
@@ -234,6 +234,44 @@ fn guest(steps: &[Step]) -> (Machine, CpuState) {
 }
 
 fn guest_with(steps: &[Step], paging: bool) -> (Machine, CpuState) {
+    let (ram, s) = image(steps, paging);
+    (machine(ram), s)
+}
+
+fn machine(ram: Vec<u8>) -> Machine {
+    Machine::new(GuestRam::Heap(ram), Box::new(HostClock::new()), Box::new(std::io::sink()))
+}
+
+/// The generated code: the steps, then `out 0xf4, 0` (the debug exit) and HLT.
+fn code(steps: &[Step]) -> Vec<u8> {
+    let mut a = CodeAssembler::new(32).unwrap();
+    for s in steps {
+        emit(&mut a, *s).unwrap();
+    }
+    a.mov(al, 0u32).unwrap();
+    a.out(0xf4, al).unwrap();
+    a.hlt().unwrap();
+    a.assemble(CODE as u64).unwrap()
+}
+
+/// The generated code as text (for a failing case's report).
+fn disassembly(steps: &[Step]) -> String {
+    use iced_x86::{Decoder, DecoderOptions, Formatter, IntelFormatter};
+    let bytes = code(steps);
+    let mut d = Decoder::with_ip(32, &bytes, CODE as u64, DecoderOptions::NONE);
+    let mut f = IntelFormatter::new();
+    let mut out = String::new();
+    for insn in &mut d {
+        let mut text = String::new();
+        f.format(&insn, &mut text);
+        out += &format!("  {:08x}  {text}\n", insn.ip());
+    }
+    out
+}
+
+/// Guest RAM (descriptor tables, handler, data, the code of `steps`, page tables if `paging`)
+/// and the CPU state at the first step.
+fn image(steps: &[Step], paging: bool) -> (Vec<u8>, CpuState) {
     let mut ram = GuestRam::heap(RAM);
     let gdt = [
         0u64,
@@ -253,14 +291,7 @@ fn guest_with(steps: &[Step], paging: bool) -> (Machine, CpuState) {
         ram.write_u32((IDT + v * 8) as u64, lo).unwrap();
         ram.write_u32((IDT + v * 8 + 4) as u64, hi).unwrap();
     }
-    let mut a = CodeAssembler::new(32).unwrap();
-    for s in steps {
-        emit(&mut a, *s).unwrap();
-    }
-    a.mov(al, 0u32).unwrap();
-    a.out(0xf4, al).unwrap();
-    a.hlt().unwrap();
-    ram.write(CODE as u64, &a.assemble(CODE as u64).unwrap()).unwrap();
+    ram.write(CODE as u64, &code(steps)).unwrap();
     let mut h = CodeAssembler::new(32).unwrap();
     h.mov(al, 0x21u32).unwrap();
     h.out(0xf4, al).unwrap();
@@ -284,18 +315,22 @@ fn guest_with(steps: &[Step], paging: bool) -> (Machine, CpuState) {
     s.gdtr = TableReg { base: GDT, limit: (gdt.len() * 8 - 1) as u16 };
     s.idtr = TableReg { base: IDT, limit: 0xff };
     s.tr = Segment { selector: 0x28, base: 0x3000, limit: 0x67, attr: attr::P | 11 };
-    (Machine::new(ram, Box::new(HostClock::new()), Box::new(std::io::sink())), s)
+    let GuestRam::Heap(bytes) = ram else { unreachable!("heap RAM") };
+    (bytes, s)
 }
 
-fn run(steps: &[Step], kernel: EngineKind, paging: bool) -> RunResult {
-    let (m, s) = guest_with(steps, paging);
-    let opts = RunOptions {
+fn opts(kernel: EngineKind) -> RunOptions {
+    RunOptions {
         kernel_engine: kernel,
         user_engine: EngineKind::Interp,
         timeout: Some(Duration::from_secs(20)),
         ..RunOptions::default()
-    };
-    engine::run(m, s, &opts).unwrap()
+    }
+}
+
+fn run(steps: &[Step], kernel: EngineKind, paging: bool) -> RunResult {
+    let (m, s) = guest_with(steps, paging);
+    engine::run(m, s, &opts(kernel)).unwrap()
 }
 
 /// The guest-visible state compared.
@@ -378,14 +413,36 @@ fn generated_control_transfers_reach_their_targets() {
     }
 }
 
-proptest! {
-    #![proptest_config(ProptestConfig { cases: std::env::var("VMM_BT_PROP_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(96), ..ProptestConfig::default() })]
+/// Cases of the property test in the default run (`VMM_BT_PROP_CASES` sets another number;
+/// `scripts/test --long` runs 1,000,000).
+const DEFAULT_CASES: u32 = 20_000;
 
-    #[test]
-    fn translated_kernel_code_matches_the_interpreter(steps in prop::collection::vec((0u8..43, any::<u32>(), any::<u32>()), 1..40), paging in any::<bool>()) {
-        let i = run(&steps, EngineKind::Interp, paging);
-        let b = run(&steps, EngineKind::Bt, paging);
+/// The property: one generated case runs under the interpreter (one-shot) and under `bt` (in
+/// a session that reuses the host setup between cases: `engine::Session`) and ends in the same
+/// guest-visible state. A failure is shrunk by proptest to a minimal list of steps and reported
+/// with their disassembly (and saved in `bt_prop.proptest-regressions`, replayed first by
+/// every later run).
+#[test]
+fn translated_kernel_code_matches_the_interpreter() {
+    use proptest::test_runner::{TestCaseError, TestError, TestRunner};
+    let cases = std::env::var("VMM_BT_PROP_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(DEFAULT_CASES);
+    let mut runner = TestRunner::new(ProptestConfig { cases, source_file: Some(file!()), ..ProptestConfig::default() });
+    let strategy = (prop::collection::vec((0u8..43, any::<u32>(), any::<u32>()), 1..40), any::<bool>());
+    let session = std::cell::RefCell::new(Session::new());
+    let result = runner.run(&strategy, |(steps, paging)| {
+        let (ram, s) = image(&steps, paging);
+        let i = engine::run_interp(machine(ram.clone()), s.clone(), &opts(EngineKind::Interp));
+        let b = session.borrow_mut().run(machine(ram), s, &opts(EngineKind::Bt)).map_err(|e| TestCaseError::fail(e.to_string()))?;
         prop_assert!(b.stats.translated > 0, "bt translated nothing: {}", b.stats.render());
         prop_assert_eq!(visible(&b), visible(&i));
+        Ok(())
+    });
+    match result {
+        Ok(()) => {}
+        Err(TestError::Fail(why, (steps, paging))) => panic!(
+            "bt and the interpreter differ: {why}\nminimal failing case (paging {paging}): {steps:?}\n{}{runner}",
+            disassembly(&steps)
+        ),
+        Err(e) => panic!("{e}\n{runner}"),
     }
 }
