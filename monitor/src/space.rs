@@ -79,6 +79,11 @@ pub fn host_low_mappings() -> io::Result<LowMappings> {
 
 static RESERVED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
+/// Whether a [`Reservation`] exists now (at most one per process).
+pub fn reservation_active() -> bool {
+    RESERVED.load(std::sync::atomic::Ordering::SeqCst)
+}
+
 /// The reservation of the low 4 GiB. Dropping it unmaps everything it covered (guest pages
 /// included).
 #[derive(Debug)]
