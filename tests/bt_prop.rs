@@ -3,8 +3,9 @@
 //! segment reads and loads, SGDT/SIDT/SLDT/STR/SMSW, CR reads and writes, CLTS, LAR/LSL/VERR/
 //! VERW, CPUID, port I/O, GS-relative accesses, calls and returns, exceptions), running it with
 //! `--kernel-engine bt` ends in the same guest-visible state as the interpreter: how the run
-//! ended, the general registers, EIP, EFLAGS, the segment selectors, CR0/CR2/CR3/CR4 and the
-//! data and stack memory.
+//! ended, the general registers, EIP, EFLAGS, CPL, the segment registers (selectors and
+//! descriptor caches), LDTR, TR, GDTR, IDTR, CR0/CR2/CR3/CR4, DR0-DR7 and the whole of guest
+//! RAM (an exception's frame, with its EIP, is on the stack; the handler ends the run).
 
 use std::time::Duration;
 
@@ -337,21 +338,47 @@ fn run(steps: &[Step], kernel: EngineKind, paging: bool) -> RunResult {
 /// The guest-visible state compared.
 fn visible(r: &RunResult) -> String {
     let s = &r.state;
-    let sel: Vec<u16> = s.seg.iter().map(|g| g.selector).collect();
+    let seg = |g: &Segment| format!("{:04x} {:08x}/{:08x}/{:04x}", g.selector, g.base, g.limit, g.attr);
+    let segs: Vec<String> = s.seg.iter().map(seg).collect();
     let mem = |a: u32, n: usize| r.machine.ram.slice(a as u64, n).unwrap().to_vec();
     format!(
-        "outcome {:?}\ngpr {:08x?}\neip {:08x} eflags {:08x}\nsel {sel:04x?}\ncr0 {:08x} cr2 {:08x} cr3 {:08x} cr4 {:08x}\ndata {:02x?}\nstack {:02x?}",
+        "outcome {:?}\ngpr {:08x?}\neip {:08x} eflags {:08x} cpl {}\nseg {}\nldtr {} tr {}\ngdtr {:08x}/{:04x} idtr {:08x}/{:04x}\ncr0 {:08x} cr2 {:08x} cr3 {:08x} cr4 {:08x}\ndr {:08x?}\ndata {:02x?}\nstack {:02x?}",
         r.outcome,
         s.gpr,
         s.eip,
         s.eflags,
+        s.cpl,
+        segs.join(", "),
+        seg(&s.ldtr),
+        seg(&s.tr),
+        s.gdtr.base,
+        s.gdtr.limit,
+        s.idtr.base,
+        s.idtr.limit,
         s.cr0,
         s.cr2,
         s.cr3,
         s.cr4,
+        s.dr,
         mem(DATA, 256),
         mem(KSTACK - 256, 256),
     )
+}
+
+/// Where the guest RAM of two runs differs (the first differing bytes of each differing
+/// page), or nothing.
+fn ram_differences(bt: &RunResult, interp: &RunResult) -> String {
+    let (b, i) = (bt.machine.ram.as_slice(), interp.machine.ram.as_slice());
+    if b == i {
+        return String::new();
+    }
+    let mut out = String::from("\n  RAM differs:");
+    for (n, (pb, pi)) in b.chunks(4096).zip(i.chunks(4096)).enumerate().filter(|(_, (pb, pi))| pb != pi).take(8) {
+        let at = (0..4096).find(|&k| pb[k] != pi[k]).unwrap_or(0);
+        let end = (at + 16).min(4096);
+        out += &format!("\n  {:08x}: bt {:02x?} interp {:02x?}", n * 4096 + at, &pb[at..end], &pi[at..end]);
+    }
+    out
 }
 
 /// The lines of two [`visible`] states that differ, `bt` first.
@@ -477,7 +504,8 @@ fn translated_kernel_code_matches_the_interpreter() {
         let b = session.borrow_mut().run(machine(ram), s, &opts(EngineKind::Bt)).map_err(|e| TestCaseError::fail(e.to_string()))?;
         prop_assert!(b.stats.translated > 0, "bt translated nothing: {}", b.stats.render());
         let (vb, vi) = (visible(&b), visible(&i));
-        prop_assert!(vb == vi, "{}", differences(&vb, &vi));
+        let ram = ram_differences(&b, &i);
+        prop_assert!(vb == vi && ram.is_empty(), "{}{ram}", differences(&vb, &vi));
         Ok(())
     });
     match result {
