@@ -482,6 +482,34 @@ fn session_runs_match_one_shot_runs() {
     }
 }
 
+/// A session that switches engines (bt, direct, interp) and RAM sizes between runs ends each
+/// run as a one-shot run does, and gives heap RAM back as heap RAM of the same size.
+#[test]
+fn session_switches_engines_and_ram_sizes() {
+    let mut runner = proptest::test_runner::TestRunner::deterministic();
+    let strategy = generated_cases();
+    let plan = [(EngineKind::Bt, RAM), (EngineKind::Direct, RAM), (EngineKind::Bt, 2 * RAM), (EngineKind::Interp, RAM), (EngineKind::Bt, RAM), (EngineKind::Direct, 2 * RAM), (EngineKind::Bt, 2 * RAM)];
+    let guests: Vec<(Vec<u8>, CpuState, EngineKind)> = plan
+        .iter()
+        .map(|&(k, size)| {
+            let (steps, paging) = strategy.new_tree(&mut runner).unwrap().current();
+            let (mut ram, s) = image(&steps, paging);
+            ram.resize(size, 0);
+            (ram, s, k)
+        })
+        .collect();
+    let one_shot: Vec<RunResult> = guests.iter().map(|(ram, s, k)| engine::run(machine(ram.clone()), s.clone(), &opts(*k)).unwrap()).collect();
+    let mut session = Session::new();
+    for ((ram, s, k), want) in guests.into_iter().zip(&one_shot) {
+        let size = ram.len();
+        let r = session.run(machine(ram), s, &opts(k)).unwrap();
+        assert!(matches!(r.machine.ram, GuestRam::Heap(ref v) if v.len() == size), "{k:?}: RAM not given back as heap RAM of {size:#x} bytes");
+        let (vr, vw) = (visible(&r), visible(want));
+        let ram = ram_differences(&r, want);
+        assert!(vr == vw && ram.is_empty(), "{k:?} with {size:#x} bytes of RAM (session first):{}{ram}", differences(&vr, &vw));
+    }
+}
+
 /// Cases of the property test in the default run (`VMM_BT_PROP_CASES` sets another number;
 /// `scripts/test --long` runs 1,000,000).
 const DEFAULT_CASES: u32 = 20_000;
