@@ -79,6 +79,11 @@ pub fn host_low_mappings() -> io::Result<LowMappings> {
 
 static RESERVED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
+/// Whether a [`Reservation`] exists now (at most one per process).
+pub fn reservation_active() -> bool {
+    RESERVED.load(std::sync::atomic::Ordering::SeqCst)
+}
+
 /// The reservation of the low 4 GiB. Dropping it unmaps everything it covered (guest pages
 /// included).
 #[derive(Debug)]
@@ -158,6 +163,35 @@ impl Reservation {
     pub fn covers(&self, lin: u64, len: u64) -> bool {
         let end = lin + len;
         end <= self.monitor_base as u64 && self.ranges.iter().any(|&(a, b)| a <= lin && end <= b)
+    }
+
+    /// Makes everything below the monitor area `PROT_NONE` reservation again (the guest
+    /// pages a previous run mapped there are gone), for a reservation reused by the next run
+    /// (`engine::Session`). The monitor area is left as it is.
+    pub fn clear_guest_part(&self) -> io::Result<()> {
+        for &(a, b) in &self.ranges {
+            let b = b.min(self.monitor_base as u64);
+            if a >= b {
+                continue;
+            }
+            // SAFETY: `[a, b)` is ours (reserved in `reserve`) and below the monitor area;
+            // guest pages mapped there are not referenced by any Rust object. MAP_FIXED
+            // replaces only our own reservation or guest pages.
+            let p = unsafe {
+                libc::mmap(
+                    a as *mut libc::c_void,
+                    (b - a) as usize,
+                    libc::PROT_NONE,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE | libc::MAP_FIXED,
+                    -1,
+                    0,
+                )
+            };
+            if p == libc::MAP_FAILED {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        Ok(())
     }
 }
 

@@ -179,16 +179,22 @@ impl Drop for MonitorArea {
     fn drop(&mut self) {
         // SAFETY: the low range is ours (mapped in `new`, inside the reservation, which the
         // engine drops after this value): it becomes PROT_NONE reservation again. The alias is
-        // ours and no slice into it outlives `self`.
+        // ours and no slice into it outlives `self`. If the reservation is already gone (a
+        // panic unwound through the engine, which drops the shadow MMU's reservation first),
+        // its munmap took the low range too: mapping it again would leave a host mapping
+        // below 4 GiB that the next reservation would have to go around, with no room for
+        // the next monitor area.
         unsafe {
-            libc::mmap(
-                self.base as usize as *mut libc::c_void,
-                self.len,
-                libc::PROT_NONE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE | libc::MAP_FIXED,
-                -1,
-                0,
-            );
+            if crate::space::reservation_active() {
+                libc::mmap(
+                    self.base as usize as *mut libc::c_void,
+                    self.len,
+                    libc::PROT_NONE,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE | libc::MAP_FIXED,
+                    -1,
+                    0,
+                );
+            }
             libc::munmap(self.alias.cast(), self.len);
         }
     }

@@ -248,6 +248,24 @@ impl Bt {
         self.reset_ibl();
     }
 
+    /// Makes this state like a new one for the next run of a session (`engine::Session`):
+    /// every fragment dropped, the lookup table's filled entries reset, the vCPU region's
+    /// fixed part (everything before the lookup table) restored to `header` (what it held
+    /// after [`Bt::new`]), the counters and pending state from zero. The TC's flush counter
+    /// (`Cache::flushes`) keeps counting: the engine reports the difference.
+    pub(crate) fn reset_for_next_run(&mut self, header: &[u8]) {
+        self.flush();
+        let vcpu = self.area.vcpu;
+        self.area.write(vcpu, header);
+        self.ibl_key = None;
+        self.pending_ibl = None;
+        self.pending_chain = None;
+        self.last_cr3 = None;
+        self.chained = 0;
+        self.invalidations = 0;
+        self.translated = 0;
+    }
+
     /// Tells the signal handler where the TC, the `irq` byte and the trampolines are.
     pub(crate) fn install(&self, _lock: &std::sync::MutexGuard<'_, ()>) {
         let sh = entry::shared();

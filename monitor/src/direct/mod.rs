@@ -27,6 +27,7 @@
 
 pub mod entry;
 pub mod ldt;
+pub(crate) mod session;
 pub mod shadow;
 
 use std::time::{Duration, Instant};
@@ -53,17 +54,30 @@ const NATIVE_FLAGS: u32 = flags::STATUS | flags::TF | flags::DF | flags::NT | fl
 
 /// Run a guest with the direct engine for the privilege levels `opts` gives it (and the
 /// interpreter for the others).
-pub fn run(mut machine: Machine, state: CpuState, opts: &RunOptions) -> Result<RunResult, EngineError> {
+pub fn run(machine: Machine, state: CpuState, opts: &RunOptions) -> Result<RunResult, EngineError> {
+    // Nothing held before, nothing kept after: the held resources are dropped on return.
+    run_held(&mut session::Held::default(), machine, state, opts)
+}
+
+/// [`run`] with the host setup `held` keeps between the runs of an `engine::Session`: taken
+/// from it when it fits (made like new, see [`session`]), put back at the end.
+pub(crate) fn run_held(held: &mut session::Held, mut machine: Machine, state: CpuState, opts: &RunOptions) -> Result<RunResult, EngineError> {
     let setup = |e: String| EngineError::Setup(e);
     let monitor_base = crate::space::check_monitor_base(opts.monitor_base as u64).map_err(|e| setup(e.to_string()))?;
-    let ram = std::mem::replace(&mut machine.ram, crate::memory::GuestRam::Heap(Vec::new()));
-    machine.ram = ram.into_memfd().map_err(|e| setup(format!("guest RAM as a memfd: {e}")))?;
+    held.fit(monitor_base);
+    let heap = held.ram_in(&mut machine.ram).map_err(|e| setup(format!("guest RAM as a memfd: {e}")))?;
     let ram_len = machine.ram.len() as u64;
     if ram_len > monitor_base as u64 {
         return Err(setup(crate::space::SpaceError::RamTooLarge { ram: ram_len, monitor_base }.to_string()));
     }
-    let lock = entry::RUN_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    let reservation = Reservation::new(monitor_base).map_err(|e| setup(e.to_string()))?;
+    let lock = &*held.lock.get_or_insert_with(|| entry::RUN_LOCK.lock().unwrap_or_else(|e| e.into_inner()));
+    let reservation = match held.reservation.take() {
+        Some(r) => {
+            r.clear_guest_part().map_err(|e| setup(format!("clearing the previous run's guest mappings: {e}")))?;
+            r
+        }
+        None => Reservation::new(monitor_base).map_err(|e| setup(e.to_string()))?,
+    };
     if !reservation.host_low.is_empty() {
         for (a, b, name) in &reservation.host_low {
             tracing::warn!("host mapping below 4 GiB: {a:#x}-{b:#x} {name}: guest pages there cannot be mapped");
@@ -74,11 +88,28 @@ pub fn run(mut machine: Machine, state: CpuState, opts: &RunOptions) -> Result<R
     let thread = entry::Thread::prepare().map_err(setup)?;
     // Declared after `low`: dropped before the reservation it lives in, also on the error
     // returns below. Before the lockdown (memfd_create and ftruncate are not allowed after).
+    let held_bt = held.bt.take();
     let bt = if opts.kernel_engine == EngineKind::Bt || opts.user_engine == EngineKind::Bt {
-        Some(crate::bt::Bt::new(&low.reservation, monitor_base).map_err(setup)?)
+        Some(match held_bt {
+            Some((mut bt, header)) => {
+                bt.reset_for_next_run(&header);
+                (bt, header)
+            }
+            None => {
+                let mut bt = crate::bt::Bt::new(&low.reservation, monitor_base).map_err(setup)?;
+                let header = session::vcpu_header(&mut bt);
+                (bt, header)
+            }
+        })
     } else {
+        drop(held_bt); // not used by this run: its monitor area must not stay open
         None
     };
+    let (bt, bt_header) = match bt {
+        Some((bt, header)) => (Some(bt), Some(header)),
+        None => (None, None),
+    };
+    let tc_flushes_before = bt.as_ref().map_or(0, |bt| bt.cache.flushes());
     let ready = thread.set_timer(TIMER_PERIOD_US).map_err(setup).and_then(|()| {
         if opts.lockdown {
             crate::seccomp::lock_down().map_err(|e| setup(format!("installing the seccomp allow-list: {e}")))?;
@@ -90,7 +121,7 @@ pub fn run(mut machine: Machine, state: CpuState, opts: &RunOptions) -> Result<R
         return Err(e);
     }
     if let Some(bt) = &bt {
-        bt.install(&lock);
+        bt.install(lock);
     }
     let mut e = Direct {
         cpu: Cpu::with_state(state, machine),
@@ -117,7 +148,7 @@ pub fn run(mut machine: Machine, state: CpuState, opts: &RunOptions) -> Result<R
         (_, _) => "direct (kernel) + interp (user)",
     };
     let start = e.cpu.bus.now_ns();
-    let outcome = e.run_loop(&lock, start);
+    let outcome = e.run_loop(lock, start);
     let _ = thread.set_timer(0);
     e.cpu.bus.flush();
     let mut stats = e.stats;
@@ -134,13 +165,16 @@ pub fn run(mut machine: Machine, state: CpuState, opts: &RunOptions) -> Result<R
     if let Some(bt) = e.bt.take() {
         stats.translated = bt.translated;
         stats.chained = bt.chained;
-        stats.tc_flushes = bt.cache.flushes();
+        stats.tc_flushes = bt.cache.flushes() - tc_flushes_before;
         stats.tc_invalidations = bt.invalidations;
-        crate::bt::Bt::uninstall(&lock);
-        drop(bt); // before the reservation it lives in
+        crate::bt::Bt::uninstall(lock);
+        // Kept for the next run, or dropped with `held` (before the reservation it lives in).
+        held.bt = bt_header.map(|h| (bt, h));
     }
-    drop(e.shadow); // unmaps the low 4 GiB
-    let Cpu { state, bus, .. } = e.cpu;
+    let Shadow { map, .. } = e.shadow;
+    held.reservation = Some(map.reservation); // kept, or dropped with `held`: unmaps the low 4 GiB
+    let Cpu { state, mut bus, .. } = e.cpu;
+    session::ram_out(&mut held.ram, &mut bus.ram, heap);
     Ok(RunResult { outcome, stats, state, machine: bus })
 }
 
