@@ -38,6 +38,11 @@ impl Hints {
         !self.set.is_empty() && self.set.contains(&(lin, mode))
     }
 
+    /// Drops the hint of the instruction at `lin` in `mode`; false if there was none.
+    pub fn remove(&mut self, lin: u32, mode: Mode) -> bool {
+        self.set.remove(&(lin, mode))
+    }
+
     /// Number of hinted instructions.
     pub fn len(&self) -> usize {
         self.set.len()
@@ -72,6 +77,9 @@ mod tests {
         };
         assert!(!h.contains(0x1000, user));
         assert_eq!(h.len(), 1);
+        assert!(h.remove(0x1000, Mode::kernel32()) && !h.contains(0x1000, Mode::kernel32()));
+        assert!(!h.remove(0x1000, Mode::kernel32()));
+        h.insert(0x1000, Mode::kernel32());
         h.clear();
         assert!(h.is_empty() && !h.contains(0x1000, Mode::kernel32()));
     }

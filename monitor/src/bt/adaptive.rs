@@ -30,15 +30,27 @@
 //!   code's behaviour; a hint that became wrong (the code at that address changed) only costs
 //!   speed, never correctness, since the interpreter executes the instruction exactly.
 //!
-//! Not done: going back (an instruction hinted during boot that no longer faults stays a
-//! callout until the hints are cleared); instructions with translations other than IDENT
-//! (branches, lookups, inline sequences) ignore hints.
+//! * going back: a callout is slower than the native instruction when the instruction mostly
+//!   does *not* fault (Linux's `memcpy` `rep movsd` faults on a few fixmap or code-frame
+//!   copies and runs native for all others). Before each adaptive callout the runtime decodes
+//!   the instruction's memory accesses with the current registers ([`Direct::bt_would_fault`]:
+//!   an access into the monitor area or page 0, a write into a frame holding translated code,
+//!   an address without RAM behind it); after [`REVERT_AFTER`] executions in a row that would
+//!   not have faulted, the hint is dropped and the fragments that contain the instruction are
+//!   invalidated (exit `bt-unhint`), so it is copied again. Each time an instruction is
+//!   un-hinted its threshold doubles (up to [`MAX_BACKOFF`] doublings), so an instruction that
+//!   alternates costs ever fewer signals and retranslations.
+//!
+//! Instructions with translations other than IDENT (branches, lookups, inline sequences)
+//! ignore hints.
 
 use std::collections::HashMap;
 
 use vmm_scanner::cache::{CodeRange, FragId, Invalidation};
 use vmm_scanner::classify::CalloutKind;
 use vmm_scanner::{CalloutOp, Mode};
+
+use vmm_interp::state::SegReg;
 
 use crate::direct::Direct;
 use crate::engine::RunStats;
@@ -47,6 +59,14 @@ use crate::engine::RunStats;
 /// because one fault costs about as much as 20-50 callouts; not 1, so that an instruction that
 /// faults once (the first write to a page that later stays data, a one-off probe) stays native.
 pub const RETRANSLATE_AFTER: u32 = 4;
+
+/// Adaptive callouts in a row that would not have faulted natively, after which the hint is
+/// dropped. A callout costs ~1 us more than a native instruction and a fault ~20 us more than
+/// a callout: 64 clean executions outweigh the faults a hint saves at the threshold.
+pub const REVERT_AFTER: u32 = 64;
+
+/// Most doublings of an instruction's threshold after it was un-hinted.
+pub const MAX_BACKOFF: u32 = 8;
 
 /// Most instructions hinted at once.
 pub const MAX_HINTS: usize = 4096;
@@ -64,6 +84,10 @@ pub const FAULT_EXITS: &[&str] = &["monitor-area", "page0", "mmio", "gp-emulate"
 #[derive(Debug, Default)]
 pub struct FaultCounters {
     counts: HashMap<(u32, Mode), u32>,
+    /// Hinted instructions: adaptive callouts in a row that would not have faulted.
+    clean: HashMap<(u32, Mode), u32>,
+    /// Times each instruction was un-hinted (its threshold is doubled as often).
+    reverts: HashMap<(u32, Mode), u32>,
 }
 
 impl FaultCounters {
@@ -74,10 +98,36 @@ impl FaultCounters {
         if self.counts.len() >= MAX_COUNTERS && !self.counts.contains_key(&key) {
             self.counts.clear();
         }
+        let back = self.reverts.get(&key).copied().unwrap_or(0).min(MAX_BACKOFF);
         let c = self.counts.entry(key).or_default();
         *c += 1;
-        if *c >= RETRANSLATE_AFTER {
+        if *c >= RETRANSLATE_AFTER << back {
             self.counts.remove(&key);
+            self.clean.remove(&key);
+            return true;
+        }
+        false
+    }
+
+    /// An adaptive callout of the instruction ran; `would_fault`: natively it would have
+    /// faulted. True when the hint should be dropped ([`REVERT_AFTER`] clean ones in a row).
+    pub fn callout(&mut self, lin: u32, mode: Mode, would_fault: bool) -> bool {
+        let key = (lin, mode);
+        if would_fault {
+            self.clean.remove(&key);
+            return false;
+        }
+        if self.clean.len() >= MAX_HINTS && !self.clean.contains_key(&key) {
+            self.clean.clear();
+        }
+        let c = self.clean.entry(key).or_default();
+        *c += 1;
+        if *c >= REVERT_AFTER {
+            self.clean.remove(&key);
+            if self.reverts.len() >= MAX_COUNTERS && !self.reverts.contains_key(&key) {
+                self.reverts.clear();
+            }
+            *self.reverts.entry(key).or_default() += 1;
             return true;
         }
         false
@@ -114,7 +164,7 @@ impl Direct<'_> {
     /// Call with the guest state at the faulting instruction, before classifying the signal.
     pub(crate) fn bt_fault_begin(&self, tc: u32) -> Fault {
         let s = &self.cpu.state;
-        Fault { lin: s.seg(vmm_interp::state::SegReg::Cs).base.wrapping_add(s.eip), mode: super::mode_of(s), tc, exits_before: fault_exits(&self.stats) }
+        Fault { lin: s.seg(SegReg::Cs).base.wrapping_add(s.eip), mode: super::mode_of(s), tc, exits_before: fault_exits(&self.stats) }
     }
 
     /// After the signal was handled: count it if it ended in a fault exit and, at the
@@ -131,29 +181,102 @@ impl Direct<'_> {
             bt.cfg.hints.clear();
         }
         bt.cfg.hints.insert(f.lin, f.mode);
+        self.bt_retranslate(f.lin, f.mode, Some(f.tc));
+        self.stats.exit("bt-retranslate");
+    }
+
+    /// Invalidates the live fragments (of `mode`) that contain the instruction at `lin`, and
+    /// the one holding TC address `tc`.
+    fn bt_retranslate(&mut self, lin: u32, mode: Mode, tc: Option<u32>) {
+        let frame = self.cpu.probe_translation(lin).map(|p| p >> 12);
+        let Some(bt) = self.bt.as_mut() else { return };
         let mut ids: Vec<FragId> = Vec::new();
-        if let Some(frame) = self.cpu.probe_translation(f.lin).map(|p| p >> 12) {
-            let off = f.lin & 0xfff;
+        if let Some(frame) = frame {
+            let off = lin & 0xfff;
             ids = bt.cache.overlapping(frame, off, off + 1);
-            ids.retain(|id| bt.cache.get(*id).is_some_and(|r| r.mode == f.mode));
+            ids.retain(|id| bt.cache.get(*id).is_some_and(|r| r.mode == mode));
         }
-        if let Some(id) = bt.cache.fragment_at(f.tc) {
+        if let Some(id) = tc.and_then(|tc| bt.cache.fragment_at(tc)) {
             if !ids.contains(&id) {
                 ids.push(id);
             }
         }
         let inv = bt.cache.invalidate(&ids, &bt.abi);
         self.bt_apply_invalidation(inv);
-        self.stats.exit("bt-retranslate");
     }
 
-    /// Counts the executions of adaptive callouts (`--stats`). Call at an `Emulate` callout.
-    pub(crate) fn bt_note_callout(&mut self) {
+    /// At an `Emulate` callout (guest state = before the instruction, `tc` = the return
+    /// address): for an adaptive one, count it (`--stats`) and drop the hint if the
+    /// instruction stopped faulting.
+    pub(crate) fn bt_note_callout(&mut self, tc: u32) {
         let Some(bt) = self.bt.as_mut() else { return };
         let (op, arg) = (bt.abi.callout_op, bt.abi.callout_arg);
-        if bt.vr32(op) == CalloutOp::Emulate as u32 && bt.vr32(arg) == CalloutKind::Adaptive as u32 {
-            self.stats.exit("bt-adaptive-callout");
+        if bt.vr32(op) != CalloutOp::Emulate as u32 || bt.vr32(arg) != CalloutKind::Adaptive as u32 {
+            return;
         }
+        self.stats.exit("bt-adaptive-callout");
+        let s = &self.cpu.state;
+        let (lin, mode) = (s.seg(SegReg::Cs).base.wrapping_add(s.eip), super::mode_of(s));
+        let would = self.bt_would_fault();
+        let Some(bt) = self.bt.as_mut() else { return };
+        if bt.faults.callout(lin, mode, would) && bt.cfg.hints.remove(lin, mode) {
+            self.bt_retranslate(lin, mode, Some(tc));
+            self.stats.exit("bt-unhint");
+        }
+    }
+
+    /// Whether the instruction at CS:EIP, executed natively now, would fault into the monitor:
+    /// an access into page 0 or the monitor area, a write into a frame holding translated
+    /// code, an access where no RAM is (its memory operands decoded with the current
+    /// registers; REP strings by ECX). Undecodable: true.
+    pub(crate) fn bt_would_fault(&mut self) -> bool {
+        use iced_x86::{Decoder, DecoderOptions, InstructionInfoFactory, OpAccess};
+        let s = &self.cpu.state;
+        let eip = s.eip;
+        let lin = s.seg(SegReg::Cs).base.wrapping_add(eip);
+        let bits = if s.code32() { 32 } else { 16 };
+        let mut b = [0u8; 15];
+        let n = crate::direct::read_linear(&mut self.cpu, lin, &mut b);
+        let insn = Decoder::with_ip(bits, &b[..n], eip as u64, DecoderOptions::NONE).decode();
+        if insn.is_invalid() {
+            return true;
+        }
+        let mut f = InstructionInfoFactory::new();
+        let info = f.info(&insn);
+        let s = &self.cpu.state;
+        let mut ranges: Vec<(u32, u32, bool)> = Vec::new();
+        for m in info.used_memory() {
+            let write = matches!(m.access(), OpAccess::Write | OpAccess::CondWrite | OpAccess::ReadWrite | OpAccess::ReadCondWrite);
+            let Some(va) = m.virtual_address(0, |r, _, _| crate::direct::reg_value(s, r)) else { return true };
+            let size = m.memory_size().size().max(1) as u32;
+            let count = if insn.has_rep_prefix() || insn.has_repne_prefix() {
+                let c = if bits == 16 && insn.memory_size().size() > 0 { s.gpr[1] & 0xffff } else { s.gpr[1] };
+                c.clamp(1, 1 << 20)
+            } else {
+                1
+            };
+            let len = size.saturating_mul(count);
+            let start = if s.eflags & vmm_interp::state::flags::DF != 0 { (va as u32).wrapping_sub(len - size) } else { va as u32 };
+            ranges.push((start, len, write));
+        }
+        let ram = self.cpu.bus.ram.len() as u64;
+        for (start, len, write) in ranges {
+            let end = start as u64 + len as u64;
+            if start < 0x1000 || end > self.monitor_base as u64 {
+                return true;
+            }
+            let mut at = start as u64 & !0xfff;
+            while at < end {
+                match self.cpu.probe_translation(at as u32) {
+                    None => return true, // a page fault (hidden or the guest's): not a hint's business, but not clean
+                    Some(p) if p as u64 >= ram => return true,
+                    Some(p) if write && self.shadow.map.code_frames.contains(&(p >> 12)) => return true,
+                    Some(_) => {}
+                }
+                at += 0x1000;
+            }
+        }
+        false
     }
 
     /// Writes what an invalidation asks for (unchain patches, empty lookup slots), forgets the
@@ -237,5 +360,24 @@ mod tests {
         assert!(c.record(0x1000, m));
         assert_eq!(c.len(), 1, "the counter of 0x1000 is dropped, 0x2000's kept");
         assert!(!c.record(0x1000, Mode { cpl: 3, ..m }), "another mode counts apart");
+    }
+
+    #[test]
+    fn clean_callouts_revert_and_double_the_threshold() {
+        let mut c = FaultCounters::default();
+        let m = Mode::kernel32();
+        for _ in 1..REVERT_AFTER {
+            assert!(!c.callout(0x1000, m, false));
+        }
+        assert!(!c.callout(0x1000, m, true), "a would-be fault restarts the streak");
+        for _ in 1..REVERT_AFTER {
+            assert!(!c.callout(0x1000, m, false));
+        }
+        assert!(c.callout(0x1000, m, false));
+        // Un-hinted once: twice the faults before the next hint.
+        for _ in 1..2 * RETRANSLATE_AFTER {
+            assert!(!c.record(0x1000, m));
+        }
+        assert!(c.record(0x1000, m));
     }
 }

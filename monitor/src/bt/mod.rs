@@ -567,7 +567,7 @@ impl Direct<'_> {
         match CalloutOp::from_u32(op) {
             Some(CalloutOp::Emulate | CalloutOp::Invalid | CalloutOp::FetchFault) => {
                 self.stats.exit("bt-emulate");
-                self.bt_note_callout();
+                self.bt_note_callout(ex.eip);
                 self.emulate(deadline)?;
                 // The instruction may have overwritten the calling fragment's guest code.
                 let live = self.bt.as_ref().is_some_and(|bt| bt.cache.fragment_at(ex.eip).is_some());
