@@ -255,7 +255,7 @@ impl RunStats {
         }
         let _ = writeln!(s, "exits:");
         for (why, n) in &self.exits {
-            let _ = writeln!(s, "  {why:<14}{n}");
+            let _ = writeln!(s, "  {why:<22} {n}");
         }
         if self.engine != "interp" {
             let guest = self.guest_time.as_secs_f64();

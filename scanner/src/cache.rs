@@ -62,6 +62,45 @@ pub struct FragRec {
     pub pc_map: Vec<PcEntry>,
     /// Exits and what each is chained to.
     pub exits: Vec<(ExitSite, Option<FragId>)>,
+    /// The guest bytes it was decoded from, per frame ([`Cache::set_code_ranges`]); empty:
+    /// unknown, every byte of its frames counts.
+    pub code: Vec<CodeRange>,
+}
+
+/// Guest bytes of a fragment in one guest frame: offsets `[start, end)` in the frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CodeRange {
+    /// Guest frame (physical page number).
+    pub frame: u32,
+    /// First byte (offset in the frame).
+    pub start: u16,
+    /// One past the last byte (at most 4096).
+    pub end: u16,
+}
+
+impl CodeRange {
+    /// The ranges, one per page, of the guest linear bytes `[lin, lin + len)` whose linear
+    /// pages translate to frames as `pages` says ((linear page, frame) pairs); bytes on pages
+    /// not in `pages` are left out. Linear addresses wrap at 4 GiB.
+    pub fn of_linear(lin: u32, len: u32, pages: &[(u32, u32)]) -> Vec<CodeRange> {
+        let mut out = Vec::new();
+        let mut at = lin as u64;
+        let end = lin as u64 + len as u64;
+        while at < end {
+            let a = (at & 0xffff_ffff) as u32;
+            let page_end = ((at >> 12) + 1) << 12;
+            let stop = end.min(page_end);
+            if let Some(&(_, frame)) = pages.iter().find(|(p, _)| *p == a >> 12) {
+                out.push(CodeRange {
+                    frame,
+                    start: (a & 0xfff) as u16,
+                    end: (stop - (at & !0xfff)) as u16,
+                });
+            }
+            at = stop;
+        }
+        out
+    }
 }
 
 impl FragRec {
@@ -193,6 +232,7 @@ impl Cache {
             entry_off: frag.entry_off,
             pc_map: frag.pc_map.clone(),
             exits: frag.exits.iter().map(|e| (*e, None)).collect(),
+            code: Vec::new(),
         }));
         self.by_key.insert((lin, mode), id);
         self.order.push(id);
@@ -283,11 +323,42 @@ impl Cache {
         let _ = rec;
     }
 
+    /// Records the guest bytes a live fragment was decoded from (for [`Cache::overlapping`]).
+    pub fn set_code_ranges(&mut self, id: FragId, code: Vec<CodeRange>) {
+        if let Some(f) = self.frags.get_mut(id.0 as usize).and_then(|f| f.as_mut()) {
+            f.code = code;
+        }
+    }
+
+    /// The live fragments decoded from bytes `[start, end)` of guest frame `frame` (offsets in
+    /// the frame); a fragment without recorded ranges counts if it came from the frame at all.
+    pub fn overlapping(&self, frame: u32, start: u32, end: u32) -> Vec<FragId> {
+        let Some(ids) = self.by_frame.get(&frame) else {
+            return Vec::new();
+        };
+        ids.iter()
+            .copied()
+            .filter(|id| {
+                self.get(*id).is_some_and(|r| {
+                    r.code.is_empty()
+                        || r.code.iter().any(|c| {
+                            c.frame == frame && (c.start as u32) < end && start < c.end as u32
+                        })
+                })
+            })
+            .collect()
+    }
+
     /// Removes every fragment decoded from guest frame `frame`.
     pub fn invalidate_frame(&mut self, frame: u32, abi: &Abi) -> Invalidation {
-        let mut inv = Invalidation::default();
         let ids = self.by_frame.get(&frame).cloned().unwrap_or_default();
-        for id in ids {
+        self.invalidate(&ids, abi)
+    }
+
+    /// Removes the fragments `ids` (ids no longer live are skipped).
+    pub fn invalidate(&mut self, ids: &[FragId], abi: &Abi) -> Invalidation {
+        let mut inv = Invalidation::default();
+        for &id in ids {
             if let Some(r) = self.get(id) {
                 let slot = abi.ibl_index(r.guest_eip);
                 if !inv.ibl_slots.contains(&slot) {
@@ -410,6 +481,47 @@ mod tests {
     fn ra_stub(c: &Cache, a: FragId) -> u32 {
         let r = c.get(a).unwrap();
         r.tc_addr + r.exits[0].0.stub_off
+    }
+
+    #[test]
+    fn code_ranges_and_precise_overlap() {
+        let abi = Abi::default();
+        // Linear 0x1ff0..0x2010 on pages 1 -> frame 7 and 2 -> frame 9.
+        let r = CodeRange::of_linear(0x1ff0, 0x20, &[(1, 7), (2, 9)]);
+        assert_eq!(
+            r,
+            vec![
+                CodeRange { frame: 7, start: 0xff0, end: 0x1000 },
+                CodeRange { frame: 9, start: 0, end: 0x10 }
+            ]
+        );
+        // A page without a frame is left out; the top of the linear space wraps.
+        assert_eq!(
+            CodeRange::of_linear(0xffff_fff8, 0x10, &[(0, 3)]),
+            vec![CodeRange { frame: 3, start: 0, end: 8 }]
+        );
+        let mut c = Cache::new(0xffc0_0000, 0x10000, 0);
+        // A: `mov eax, 1; ret` at 0x1100 (frame 1, bytes 0x100..0x106); B: `ret` at 0x1800.
+        let fa = frag(&mut c, &[0xb8, 1, 0, 0, 0, 0xc3], 0x1100);
+        let (a, _) = c.insert(&fa, 0x1100, Mode::kernel32(), &[1]);
+        c.set_code_ranges(a, CodeRange::of_linear(0x1100, 6, &[(1, 1)]));
+        let fb = frag(&mut c, &[0xc3], 0x1800);
+        let (b, _) = c.insert(&fb, 0x1800, Mode::kernel32(), &[1]);
+        c.set_code_ranges(b, CodeRange::of_linear(0x1800, 1, &[(1, 1)]));
+        assert!(c.overlapping(1, 0x400, 0x404).is_empty(), "data between the two");
+        assert!(c.overlapping(1, 0xfc, 0x100).is_empty(), "ends where A starts");
+        assert_eq!(c.overlapping(1, 0x105, 0x106), vec![a]);
+        assert_eq!(c.overlapping(1, 0x800, 0x801), vec![b]);
+        assert_eq!(c.overlapping(1, 0, 0x1000), vec![a, b]);
+        assert!(c.overlapping(2, 0, 0x1000).is_empty());
+        let inv = c.invalidate(&[a], &abi);
+        assert_eq!(inv.removed, vec![a]);
+        assert!(c.frame_has_code(1), "B still there");
+        assert!(c.overlapping(1, 0x100, 0x101).is_empty());
+        // Without recorded ranges a fragment counts wherever its frames are written.
+        let fd = frag(&mut c, &[0xc3], 0x1c00);
+        let (d, _) = c.insert(&fd, 0x1c00, Mode::kernel32(), &[1]);
+        assert_eq!(c.overlapping(1, 0, 1), vec![d]);
     }
 
     #[test]

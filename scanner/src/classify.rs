@@ -158,6 +158,10 @@ pub enum CalloutKind {
     PopfTrap = 23,
     /// An inline sequence that addresses the stack through ESP, with a 16-bit stack segment.
     Stack16 = 24,
+    /// An IDENT instruction that kept faulting in translated code (a store into a code frame,
+    /// an access into the monitor area, page 0 or MMIO): retranslated as a callout because the
+    /// runtime hinted it ([`crate::hints`]).
+    Adaptive = 25,
 }
 
 impl CalloutKind {

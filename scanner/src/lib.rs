@@ -13,6 +13,7 @@
 //! | [`abi`] | the vCPU page layout and the callout convention |
 //! | [`mangle`] | every rewrite rule: guest instruction to emitted `Instruction`s |
 //! | [`emit`] | encoding a mangled unit into a fragment (BlockEncoder), exits and the PC map |
+//! | [`hints`] | adaptive retranslation: instructions the runtime wants as callouts |
 //! | [`cache`] | translation-cache bookkeeping: allocation, indexes, chaining, invalidation |
 //! | [`validate`] | the checker of emitted code: decodes fully, only allowed instructions |
 #![forbid(unsafe_code)]
@@ -21,12 +22,14 @@ pub mod abi;
 pub mod cache;
 pub mod classify;
 pub mod emit;
+pub mod hints;
 pub mod mangle;
 pub mod units;
 pub mod validate;
 
 pub use abi::{Abi, CalloutOp};
 pub use emit::Fragment;
+pub use hints::Hints;
 pub use units::{GuestCode, Limits, Unit};
 
 /// The guest state a translation depends on (a fragment is valid only in its mode).
@@ -76,6 +79,8 @@ pub struct Config {
     pub limits: Limits,
     /// The virtual CPU's features.
     pub model: classify::Model,
+    /// Instructions to emit as `Emulate` callouts (adaptive retranslation; the runtime fills it).
+    pub hints: Hints,
 }
 
 /// Scans and translates the unit at guest `eip` for translation-cache address `tc_addr`.

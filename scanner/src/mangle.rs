@@ -15,7 +15,8 @@
 //!   a hit jumps to the fragment (`jmp gs:[slot]`), a miss calls out with `IndirectMiss`.
 //! * **Inline** CLI/STI, PUSHF/POPF, reads of segment selectors, CRn and DRn, SGDT/SIDT/SLDT/
 //!   STR/SMSW, RDTSC, CPUID (see [`InlineKind`]).
-//! * **Callouts** for everything heavy: `Emulate` at the guest EIP, then the fragment goes on.
+//! * **Callouts** for everything heavy: `Emulate` at the guest EIP, then the fragment goes on;
+//!   also for an IDENT instruction the runtime hinted (`Config::hints`: it kept faulting).
 //!
 //! Invariants: emitted code never changes the guest's arithmetic flags except where the guest
 //! instruction does; scratch registers are saved in vCPU slots and every emitted instruction
@@ -649,6 +650,10 @@ fn mangle_insn(b: &mut Builder<'_>, gi: &GuestInsn, unit: &Unit, cfg: &Config) -
     };
     let stack32 = unit.mode.stack32;
     match c.translation {
+        Translation::Ident if cfg.hints.contains(unit.cs_base.wrapping_add(gi.eip), unit.mode) => {
+            // Adaptive retranslation: it kept faulting as a copy (crate::hints).
+            emulate(b, CalloutKind::Adaptive)
+        }
         Translation::Ident => {
             let mut copy = *i;
             copy.set_ip(0);

@@ -23,9 +23,11 @@
 //!   (`Cache::guest_state_at`), then classified as the direct engine does. The timer signal
 //!   in the TC only sets the vCPU's `irq` byte (the signal handler does it, no exit).
 //!
-//! Not yet: chaining (every direct branch leaves the TC through an `Exit` callout), coherence
-//! of translated code with guest writes (self-modifying code), adaptive retranslation.
+//! * [`adaptive`]: an instruction that keeps faulting in translated code (a store next to code,
+//!   an access into the monitor area) is retranslated as a callout; emulated writes invalidate
+//!   only the fragments whose guest bytes they overlap.
 
+pub mod adaptive;
 pub mod area;
 pub mod gate;
 
@@ -91,6 +93,8 @@ pub struct Bt {
     pub invalidations: u64,
     /// Fragments translated.
     pub translated: u64,
+    /// Adaptive retranslation: faults per guest instruction (`adaptive.rs`).
+    pub faults: adaptive::FaultCounters,
 }
 
 fn ud_vcpu(base: u32, size: u32) -> sys::UserDesc {
@@ -136,6 +140,7 @@ impl Bt {
             last_cr3: None,
             invalidations: 0,
             translated: 0,
+            faults: adaptive::FaultCounters::default(),
         };
         bt.set_gate(false);
         let stack_top = bt.area.stack + area::STACK_SIZE;
@@ -437,6 +442,7 @@ impl Direct<'_> {
         for r in inv.removed {
             bt.pages.remove(&r);
         }
+        bt.cache.set_code_ranges(id, adaptive::unit_code_ranges(&unit, &pages));
         bt.pages.insert(id, pages);
         bt.translated += 1;
         self.stats.exit("bt-translate");
@@ -514,23 +520,10 @@ impl Direct<'_> {
         }
         let s = &self.cpu.state;
         let sp = s.seg(SegReg::Ss).base.wrapping_add(s.gpr[4]);
-        let mut pages: Vec<u32> = Vec::new();
+        // Only fragments whose guest bytes the write overlaps (adaptive.rs): a store next to
+        // code in the same frame leaves the code translated.
         for &(start, len) in writes.iter().chain(std::iter::once(&(sp, 24))) {
-            let first = start >> 12;
-            let last = start.wrapping_add(len.max(1) - 1) >> 12;
-            let mut p = first;
-            loop {
-                pages.push(p);
-                if p == last || pages.len() > 512 {
-                    break;
-                }
-                p = p.wrapping_add(1);
-            }
-        }
-        pages.sort_unstable();
-        pages.dedup();
-        for p in pages {
-            if self.bt_code_write(p << 12) {
+            if self.bt_code_write_range(start, len) {
                 self.stats.exit("bt-code-write-emulated");
             }
         }
@@ -647,9 +640,13 @@ impl Direct<'_> {
         match CalloutOp::from_u32(op) {
             Some(CalloutOp::Emulate | CalloutOp::Invalid | CalloutOp::FetchFault) => {
                 self.stats.exit("bt-emulate");
+                self.bt_note_callout(ex.eip);
                 self.emulate(deadline)?;
+                // The instruction may have overwritten the calling fragment's guest code.
+                let live = self.bt.as_ref().is_some_and(|bt| bt.cache.fragment_at(ex.eip).is_some());
                 let s = &self.cpu.state;
                 let same = next != 0
+                    && live
                     && s.eip == next
                     && (mode_of(s), s.seg(SegReg::Cs).base) == before
                     && !s.halted
@@ -738,7 +735,10 @@ impl Direct<'_> {
         s.gpr = gpr;
         s.eip = pc.guest_eip;
         s.eflags = eflags;
-        self.classify(ex, deadline)
+        let fault = self.bt_fault_begin(ex.eip);
+        self.classify(ex, deadline)?;
+        self.bt_fault_end(fault);
+        Ok(())
     }
 }
 

@@ -195,7 +195,7 @@ pub(crate) struct Direct<'a> {
     synced_paging: Option<(u32, u32)>,
     /// (eip, cr2, repeats) of the last hidden fault.
     last_fault: (u32, u32, u32),
-    monitor_base: u32,
+    pub(crate) monitor_base: u32,
     halted_ns: u64,
     /// A shadow-mapping failure found where it could not be returned.
     fatal: Option<Outcome>,
