@@ -368,7 +368,7 @@ fn bench_bt_report_structure() {
         ["loop", "native", "bt", "direct", "interp", "bt/native", "direct/bt", "direct", "traps"],
         "{so}"
     );
-    for name in ["cli/sti", "pushf/popf", "call/ret", "jmp-ind", "port-io"] {
+    for name in ["empty", "cli/sti", "pushf/popf", "call/ret", "jmp-ind", "port-io"] {
         let row = so
             .lines()
             .find(|l| l.starts_with(&format!("{name} ")))
@@ -397,7 +397,7 @@ fn bench_bt_report_structure() {
         let verdict = format!("{name} bt within {x}x of native: ");
         let line = so
             .lines()
-            .map(|l| l.trim_start().split_whitespace().collect::<Vec<_>>().join(" "))
+            .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
             .find(|l| l.starts_with(&verdict))
             .unwrap_or_else(|| panic!("no verdict {verdict:?}:\n{so}"));
         assert!(line.contains(": met (") || line.contains(": MISSED ("), "{line}");

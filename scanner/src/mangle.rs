@@ -485,7 +485,11 @@ impl<'a> Builder<'a> {
             (Code::Movzx_r32_rm16, Register::AX)
         };
         self.ins(mk(Instruction::with2(idx.0, Register::ECX, idx.1)));
-        self.ins(mk(Instruction::with2(Code::Mov_r32_rm32, Register::ECX, entry(0))));
+        self.ins(mk(Instruction::with2(
+            Code::Mov_r32_rm32,
+            Register::ECX,
+            entry(0),
+        )));
         self.ins(mk(Instruction::with2(
             Code::Lea_r32_m,
             Register::ECX,
@@ -502,7 +506,11 @@ impl<'a> Builder<'a> {
         // Hit.
         self.bind(hit);
         self.ins(mk(Instruction::with2(idx.0, Register::ECX, idx.1)));
-        self.ins(mk(Instruction::with2(Code::Mov_r32_rm32, Register::ECX, entry(4))));
+        self.ins(mk(Instruction::with2(
+            Code::Mov_r32_rm32,
+            Register::ECX,
+            entry(4),
+        )));
         self.st32(sj, Register::ECX);
         self.ld32(Register::EAX, sa);
         self.ld32(Register::ECX, sc);

@@ -474,9 +474,15 @@ fn returns_and_indirect_branches_look_up_the_table() {
     let (_, g) = tr(&[0xc3]);
     assert_has(&g, &["mov gs:[44h],ecx", "pop eax", "movzx ecx,ax"]);
     assert!(!listing(&g).iter().any(|l| l.starts_with("lea esp")));
-    let pop = decode(&g).into_iter().find(|i| i.code() == Code::Pop_r32).unwrap();
+    let pop = decode(&g)
+        .into_iter()
+        .find(|i| i.code() == Code::Pop_r32)
+        .unwrap();
     let pc = g.guest_state_at(pop.ip() as u32 - g.tc_addr).unwrap();
-    assert_eq!((pc.guest_eip, pc.recovery.restore, pc.recovery.esp_adjust), (0x1000, [None, None], 0));
+    assert_eq!(
+        (pc.guest_eip, pc.recovery.restore, pc.recovery.esp_adjust),
+        (0x1000, [None, None], 0)
+    );
     assert!(callouts(&f)
         .iter()
         .any(|c| c.0 == CalloutOp::IndirectMiss as u32 && c.1.is_none()));
@@ -544,7 +550,9 @@ fn miss_routine_validates() {
         ],
     );
     assert!(
-        !listing(&f).iter().any(|l| l.contains("ax") || l.contains("cx")),
+        !listing(&f)
+            .iter()
+            .any(|l| l.contains("ax") || l.contains("cx")),
         "the routine touches no guest register"
     );
 }

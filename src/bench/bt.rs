@@ -1,16 +1,17 @@
 //! `vmm bench bt`: the translator's goals, measured in one run.
 //!
-//! Five guest kernel loops (CPL 0, flat protected mode, the `counted_loop` guests of
+//! Five guest kernel loops (and an empty one for reference) (CPL 0, flat protected mode, the `counted_loop` guests of
 //! `kernel.rs`: ECX counts down, DEC, JNZ), each run under the engines `bt` (user engine
 //! direct), `direct` and `interp`, and natively on the host CPU at CPL 3 in compatibility mode
 //! (the native runner, `vmm_monitor::native`):
 //!
 //! | loop | body | native baseline |
 //! |---|---|---|
+//! | `empty` | nothing: the loop's own cost, for reference | the same loop |
 //! | `cli/sti` | CLI; STI | NOP; NOP |
 //! | `pushf/popf` | PUSHFD; POPFD | PUSH EAX; POP EAX |
 //! | `call/ret` | CALL to a RET | the same loop |
-//! | `jmp-ind` | MOV EAX, next; JMP EAX (next: the DEC ECX) | the same loop |
+//! | `jmp-ind` | MOV EAX, imm32; JMP EAX (to the loop's DEC ECX) | the same loop |
 //! | `port-io` | IN AL, 0xe0 (no device) | MOV AL, 0xff (what the read returns) |
 //!
 //! The native baseline replaces the sensitive instruction by a NOP of the same kind (the same
@@ -77,6 +78,16 @@ fn no_tail(_: &mut CodeAssembler, _: &mut CodeLabel) -> Result<(), IcedError> {
 fn loops() -> Vec<Loop> {
     vec![
         Loop {
+            name: "empty",
+            body: |_, _, _| Ok(()),
+            what: "nothing (the loop's own cost)",
+            native: None,
+            tail: no_tail,
+            also_native_as_is: false,
+            goal_native: None,
+            n: [1e8, 2e7, 1e8, 1e6],
+        },
+        Loop {
             name: "cli/sti",
             body: |a, _, _| {
                 a.cli()?;
@@ -133,7 +144,7 @@ fn loops() -> Vec<Loop> {
                 a.mov(eax, next)?;
                 a.jmp(eax)
             },
-            what: "MOV EAX, next; JMP EAX (next: the DEC ECX)",
+            what: "MOV EAX, imm32; JMP EAX (to the DEC)",
             native: None,
             tail: no_tail,
             also_native_as_is: false,
@@ -183,8 +194,16 @@ fn native_once(code: &[u8]) -> Result<f64, String> {
     gpr[4] = USTACK;
     let case = NativeCase {
         regions: vec![
-            Region { addr: CODE, bytes: page, prot: Prot::ReadExec },
-            Region { addr: USTACK - 0x1000, bytes: vec![0; 0x1000], prot: Prot::ReadWrite },
+            Region {
+                addr: CODE,
+                bytes: page,
+                prot: Prot::ReadExec,
+            },
+            Region {
+                addr: USTACK - 0x1000,
+                bytes: vec![0; 0x1000],
+                prot: Prot::ReadWrite,
+            },
         ],
         gpr,
         eflags: 0x202,
@@ -196,10 +215,16 @@ fn native_once(code: &[u8]) -> Result<f64, String> {
     let out = native::run(&case).map_err(|e| e.to_string())?;
     let dt = process_cpu_seconds() - t;
     if let Some(e) = out.exception {
-        return Err(format!("the native loop raised vector {} at eip {:#x}", e.vector, out.eip));
+        return Err(format!(
+            "the native loop raised vector {} at eip {:#x}",
+            e.vector, out.eip
+        ));
     }
     if out.gpr[1] != 0 {
-        return Err(format!("the native loop stopped with ECX = {:#x}, not 0", out.gpr[1]));
+        return Err(format!(
+            "the native loop stopped with ECX = {:#x}, not 0",
+            out.gpr[1]
+        ));
     }
     Ok(dt)
 }
@@ -208,7 +233,11 @@ fn native_once(code: &[u8]) -> Result<f64, String> {
 /// passes: the first finds where the body ends (the first DEC ECX: no body has one), the
 /// second passes that address to the body (MOV EAX, imm32 keeps the layout); checked.
 fn build(l: &Loop, iters: u32, native: bool) -> Result<[Vec<u8>; 3], String> {
-    let body = if native { l.native.map(|(b, _)| b).unwrap_or(l.body) } else { l.body };
+    let body = if native {
+        l.native.map(|(b, _)| b).unwrap_or(l.body)
+    } else {
+        l.body
+    };
     let end_of_body = |code: &[u8]| {
         Decoder::with_ip(32, code, CODE as u64, DecoderOptions::NONE)
             .iter()
@@ -220,7 +249,10 @@ fn build(l: &Loop, iters: u32, native: bool) -> Result<[Vec<u8>; 3], String> {
     let after = end_of_body(&first)?;
     let guest = counted_loop(iters, |a, s| body(a, s, after), l.tail);
     if end_of_body(&guest[0])? != after {
-        return Err(format!("{}: the loop's layout changed between the passes", l.name));
+        return Err(format!(
+            "{}: the loop's layout changed between the passes",
+            l.name
+        ));
     }
     Ok(guest)
 }
@@ -255,7 +287,15 @@ pub fn native_only(o: &BtOptions) -> Result<(), String> {
 fn native_from_child(o: &BtOptions) -> Result<Vec<(String, f64, Option<f64>)>, String> {
     let exe = std::env::current_exe().map_err(|e| format!("cannot find this executable: {e}"))?;
     let out = Command::new(exe)
-        .args(["bench", "bt", "--native-only", "--scale", &o.scale.to_string(), "--reps", &o.reps.to_string()])
+        .args([
+            "bench",
+            "bt",
+            "--native-only",
+            "--scale",
+            &o.scale.to_string(),
+            "--reps",
+            &o.reps.to_string(),
+        ])
         .output()
         .map_err(|e| format!("cannot run the native child: {e}"))?;
     if !out.status.success() {
@@ -265,7 +305,8 @@ fn native_from_child(o: &BtOptions) -> Result<Vec<(String, f64, Option<f64>)>, S
             String::from_utf8_lossy(&out.stderr).trim()
         ));
     }
-    let v: Value = serde_json::from_slice(&out.stdout).map_err(|e| format!("the native child's output: {e}"))?;
+    let v: Value = serde_json::from_slice(&out.stdout)
+        .map_err(|e| format!("the native child's output: {e}"))?;
     v["native"]
         .as_array()
         .ok_or("the native child's output has no \"native\" array")?
@@ -282,7 +323,11 @@ fn native_from_child(o: &BtOptions) -> Result<Vec<(String, f64, Option<f64>)>, S
 /// Seconds per iteration under kernel engine `k` and host signals (native exits) per
 /// iteration, medians of `reps` pairs of runs.
 fn engine_cost(l: &Loop, n: u32, k: EngineKind, reps: usize) -> Result<(f64, f64), String> {
-    let u = if k == EngineKind::Interp { EngineKind::Interp } else { EngineKind::Direct };
+    let u = if k == EngineKind::Interp {
+        EngineKind::Interp
+    } else {
+        EngineKind::Direct
+    };
     let mut t = Vec::new();
     let mut exits = Vec::new();
     for _ in 0..reps {
@@ -303,7 +348,12 @@ fn check_null_port(l: &Loop, n: u32, s: &RunStats) -> Result<(), String> {
     if l.name != "port-io" {
         return Ok(());
     }
-    let seen = s.machine.unclaimed_by_port.get(&(NULL_PORT as u16)).copied().unwrap_or(0);
+    let seen = s
+        .machine
+        .unclaimed_by_port
+        .get(&(NULL_PORT as u16))
+        .copied()
+        .unwrap_or(0);
     if seen < n as u64 {
         return Err(format!(
             "port-io: {seen} of {n} reads of port {NULL_PORT:#x} were unclaimed: a device claims the port"
@@ -366,9 +416,19 @@ pub fn run(o: &BtOptions) -> Result<(), String> {
             .map(|(_, s, a)| (*s, *a))
             .ok_or_else(|| format!("the native child reported no {}", l.name))?;
         let (bt, _) = engine_cost(&l, iterations(l.n[1], o.scale), EngineKind::Bt, o.reps)?;
-        let (direct, traps) = engine_cost(&l, iterations(l.n[2], o.scale), EngineKind::Direct, o.reps)?;
+        let (direct, traps) =
+            engine_cost(&l, iterations(l.n[2], o.scale), EngineKind::Direct, o.reps)?;
         let (interp, _) = engine_cost(&l, iterations(l.n[3], o.scale), EngineKind::Interp, o.reps)?;
-        rows.push(Row { name: l.name, native: nat, native_as_is: as_is, bt, direct, interp, direct_traps: traps, goal_native: l.goal_native });
+        rows.push(Row {
+            name: l.name,
+            native: nat,
+            native_as_is: as_is,
+            bt,
+            direct,
+            interp,
+            direct_traps: traps,
+            goal_native: l.goal_native,
+        });
     }
     let load_after = loadavg();
 
@@ -376,7 +436,10 @@ pub fn run(o: &BtOptions) -> Result<(), String> {
         "vmm bench bt: guest kernel loops, ns per iteration (median of {} runs of (t(N) - t(0)) / N, t = process CPU time)",
         o.reps
     );
-    println!("load average: {load_before} (before), {load_after} (after); host CPUs: {}", host_cpus());
+    println!(
+        "load average: {load_before} (before), {load_after} (after); host CPUs: {}",
+        host_cpus()
+    );
     println!();
     println!(
         "{:<11} {:>9} {:>9} {:>9} {:>9} {:>10} {:>10} {:>14}",
@@ -413,7 +476,10 @@ pub fn run(o: &BtOptions) -> Result<(), String> {
         }
     }
     println!("direct traps: the direct engine's host signals per iteration (measured).");
-    if rows.iter().any(|r| [r.native, r.bt, r.direct, r.interp].contains(&0.0)) {
+    if rows
+        .iter()
+        .any(|r| [r.native, r.bt, r.direct, r.interp].contains(&0.0))
+    {
         println!("WARNING: a figure of 0 means t(N) was not above t(0): the loop is too short at this --scale to measure.");
     }
     println!();
@@ -453,5 +519,7 @@ pub fn run(o: &BtOptions) -> Result<(), String> {
 }
 
 fn host_cpus() -> usize {
-    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
 }
