@@ -251,8 +251,8 @@ impl Abi {
 
     /// The 8 bytes of an empty entry: `{ 0, miss }` where `miss` is the TC address of a routine
     /// emitted by [`crate::emit::ibl_miss_routine`]. A lookup of target 0 "hits" it, which is
-    /// harmless: the routine makes the `IndirectMiss` callout for the target it finds in the
-    /// scratch slot.
+    /// harmless: target 0 is the only one that can, and the routine makes the `IndirectMiss`
+    /// callout for target 0.
     pub fn ibl_empty_entry(&self, miss: u32) -> [u8; 8] {
         self.ibl_entry(0, miss)
     }

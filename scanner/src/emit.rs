@@ -154,8 +154,8 @@ pub fn emit(seq: &Seq, tc_addr: u32) -> Result<Fragment, EmitError> {
 }
 
 /// The shared routine that empty lookup-table entries point at (the runtime places it once in
-/// the TC, at `tc_addr`): it makes the `IndirectMiss` callout for the target the lookup left
-/// in scratch slot [`crate::mangle::S_TARGET`].
+/// the TC, at `tc_addr`): only target 0 reaches it (an empty entry's tag is 0), and it makes
+/// the `IndirectMiss` callout for target 0.
 pub fn ibl_miss_routine(abi: &Abi, tc_addr: u32) -> Result<Vec<u8>, EmitError> {
     let seq = Builder::miss_routine(abi);
     Ok(emit(&seq, tc_addr)?.code)

@@ -108,10 +108,6 @@ const S2: u32 = 2;
 const S_CHK: u32 = 3;
 const S_A: u32 = 4;
 const S_C: u32 = 5;
-/// Scratch slot that holds the guest target of an indirect branch during the lookup (the
-/// shared miss routine reads it).
-pub const S_TARGET: u32 = 6;
-const S_E: u32 = 7;
 
 enum CoEip {
     Imm(u32),
@@ -464,16 +460,26 @@ impl<'a> Builder<'a> {
 
     /// The indirect-branch lookup; the guest target is in EAX, the guest's EAX and ECX are in
     /// slots S_A and S_C. Never falls through.
+    /// The lookup of the target in EAX (guest EAX and ECX saved in their slots), flag-free:
+    /// the entry's tag is the negated guest EIP, so `tag + target` is 0 on a hit. A hit
+    /// restores EAX and ECX and jumps to the fragment through a slot; a miss makes the
+    /// `IndirectMiss` callout with the target. The hit path reads the entry twice (tag, then
+    /// fragment) instead of keeping its address in a slot: two loads from the same line are
+    /// cheaper than a store and a reload.
     fn ibl(&mut self) {
         let a = self.abi;
-        let (sa, sc, st, se, sj) = (
-            self.slot(S_A),
-            self.slot(S_C),
-            self.slot(S_TARGET),
-            self.slot(S_E),
-            self.slot(S2),
-        );
-        self.st32(st, Register::EAX);
+        let (sa, sc, sj) = (self.slot(S_A), self.slot(S_C), self.slot(S2));
+        let entry = |field: u32| {
+            MemoryOperand::new(
+                Register::None,
+                Register::ECX,
+                8,
+                (a.ibl_table + field) as i64,
+                4,
+                false,
+                Register::GS,
+            )
+        };
         let idx = if a.ibl_bits == 8 {
             (Code::Movzx_r32_rm8, Register::AL)
         } else {
@@ -481,23 +487,9 @@ impl<'a> Builder<'a> {
         };
         self.ins(mk(Instruction::with2(idx.0, Register::ECX, idx.1)));
         self.ins(mk(Instruction::with2(
-            Code::Lea_r32_m,
-            Register::ECX,
-            MemoryOperand::new(
-                Register::None,
-                Register::ECX,
-                8,
-                a.ibl_table as i64,
-                4,
-                false,
-                Register::None,
-            ),
-        )));
-        self.st32(se, Register::ECX);
-        self.ins(mk(Instruction::with2(
             Code::Mov_r32_rm32,
             Register::ECX,
-            gs_base(Register::ECX, 0),
+            entry(0),
         )));
         self.ins(mk(Instruction::with2(
             Code::Lea_r32_m,
@@ -506,8 +498,7 @@ impl<'a> Builder<'a> {
         )));
         let hit = self.label();
         self.branch(Code::Jecxz_rel8_32, hit);
-        // Miss.
-        self.ld32(Register::EAX, st);
+        // Miss: EAX still holds the target.
         self.st32(a.callout_eip, Register::EAX);
         self.ld32(Register::EAX, sa);
         self.ld32(Register::ECX, sc);
@@ -515,11 +506,11 @@ impl<'a> Builder<'a> {
         self.ud2();
         // Hit.
         self.bind(hit);
-        self.ld32(Register::ECX, se);
+        self.ins(mk(Instruction::with2(idx.0, Register::ECX, idx.1)));
         self.ins(mk(Instruction::with2(
             Code::Mov_r32_rm32,
             Register::ECX,
-            gs_base(Register::ECX, 4),
+            entry(4),
         )));
         self.st32(sj, Register::ECX);
         self.ld32(Register::EAX, sa);
@@ -527,18 +518,16 @@ impl<'a> Builder<'a> {
         self.ins(mk(Instruction::with1(Code::Jmp_rm32, gs(sj))));
     }
 
-    /// The shared miss routine of the lookup table (see `emit::ibl_miss_routine`).
+    /// The shared routine that empty lookup-table entries point at (see
+    /// `emit::ibl_miss_routine`). An empty entry's tag is 0, so the only target that "hits" it
+    /// is 0: the routine makes the `IndirectMiss` callout for target 0 (EAX and ECX are the
+    /// guest's again, as after every hit).
     pub fn miss_routine(abi: &'a Abi) -> Seq {
         let mut b = Builder::new(abi, 0);
-        let (sa, st) = (b.slot(S_A), b.slot(S_TARGET));
         let entry = b.label();
         b.bind(entry);
         b.seq.entry = Some(entry);
-        b.st32(sa, Register::EAX);
-        b.ld32(Register::EAX, st);
-        b.st32(abi.callout_eip, Register::EAX);
-        b.ld32(Register::EAX, sa);
-        b.callout(CalloutOp::IndirectMiss, CoEip::Preset, 0, 0);
+        b.callout(CalloutOp::IndirectMiss, CoEip::Imm(0), 0, 0);
         b.ud2();
         b.finish()
     }
@@ -764,23 +753,22 @@ fn lookup(b: &mut Builder<'_>, gi: &GuestInsn, next: u32) {
                 stack(0),
             )));
         } else {
-            b.ins(mk(Instruction::with2(
-                Code::Mov_r32_rm32,
-                Register::EAX,
-                stack(0),
-            )));
+            // POP faults (#PF, #SS) before it changes EAX or ESP: nothing to undo.
+            b.ins(mk(Instruction::with1(Code::Pop_r32, Register::EAX)));
         }
-        let pop = if size16 { 2 } else { 4 }
+        let pop = if size16 { 2 } else { 0 }
             + if i.op_count() > 0 {
                 i.immediate16() as i32
             } else {
                 0
             };
-        b.ins(mk(Instruction::with2(
-            Code::Lea_r32_m,
-            Register::ESP,
-            stack(pop),
-        )));
+        if pop != 0 {
+            b.ins(mk(Instruction::with2(
+                Code::Lea_r32_m,
+                Register::ESP,
+                stack(pop),
+            )));
+        }
         b.ibl();
         // The target is dynamic: the miss callout reads it from the slot.
         return;

@@ -451,23 +451,37 @@ fn returns_and_indirect_branches_look_up_the_table() {
         &[
             "mov gs:[40h],eax",
             "mov gs:[44h],ecx",
-            "mov eax,[esp]",
-            "lea esp,[esp+0Ch]",
-            "mov gs:[48h],eax",
+            "pop eax",
+            "lea esp,[esp+8]",
             "movzx ecx,ax",
-            "lea ecx,[ecx*8+1000h]",
-            "mov gs:[4Ch],ecx",
-            "mov ecx,gs:[ecx]",
+            "mov ecx,gs:[ecx*8+1000h]",
             "lea ecx,[ecx+eax]",
-            "mov eax,gs:[48h]",
+            // Miss: the target to the callout, EAX and ECX back.
             "mov gs:[24h],eax",
-            "mov ecx,gs:[4Ch]",
-            "mov ecx,gs:[ecx+4]",
+            "mov eax,gs:[40h]",
+            "mov ecx,gs:[44h]",
+            // Hit: the entry's fragment, EAX and ECX back, jump.
+            "movzx ecx,ax",
+            "mov ecx,gs:[ecx*8+1004h]",
             "mov gs:[38h],ecx",
             "mov eax,gs:[40h]",
             "mov ecx,gs:[44h]",
             "jmp dword ptr gs:[38h]",
         ],
+    );
+    // A plain RET pops the target and nothing more; the POP carries no recovery (it faults
+    // before it changes EAX or ESP).
+    let (_, g) = tr(&[0xc3]);
+    assert_has(&g, &["mov gs:[44h],ecx", "pop eax", "movzx ecx,ax"]);
+    assert!(!listing(&g).iter().any(|l| l.starts_with("lea esp")));
+    let pop = decode(&g)
+        .into_iter()
+        .find(|i| i.code() == Code::Pop_r32)
+        .unwrap();
+    let pc = g.guest_state_at(pop.ip() as u32 - g.tc_addr).unwrap();
+    assert_eq!(
+        (pc.guest_eip, pc.recovery.restore, pc.recovery.esp_adjust),
+        (0x1000, [None, None], 0)
     );
     assert!(callouts(&f)
         .iter()
@@ -525,16 +539,21 @@ fn miss_routine_validates() {
         pc_map: vec![],
     };
     vmm_scanner::validate::check_fragment(&f, &abi, &Default::default()).unwrap();
+    // Only target 0 reaches it (an empty entry's tag is 0): the callout is for target 0, with
+    // every guest register as the hit path left it.
     assert_has(
         &f,
         &[
-            "mov gs:[40h],eax",
-            "mov eax,gs:[48h]",
-            "mov gs:[24h],eax",
-            "mov eax,gs:[40h]",
             "mov dword ptr gs:[20h],3",
+            "mov dword ptr gs:[24h],0",
             "call far fword ptr gs:[18h]",
         ],
+    );
+    assert!(
+        !listing(&f)
+            .iter()
+            .any(|l| l.contains("ax") || l.contains("cx")),
+        "the routine touches no guest register"
     );
 }
 

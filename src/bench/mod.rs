@@ -1,8 +1,10 @@
 //! `vmm bench`: measurements reported as ratios against a baseline measured in the same run.
 //! These machines are shared and noisy: absolute numbers drift, ratios much less.
 
+pub mod bt;
 pub mod direct;
 pub mod interp;
+pub mod kernel;
 pub mod nano;
 pub mod nano_guest;
 
