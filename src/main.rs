@@ -131,6 +131,11 @@ struct RunArgs {
     /// The engine for guest user code (CPL 3).
     #[arg(long, value_enum, default_value_t = EngineArg::Direct)]
     user_engine: EngineArg,
+    /// With `--user-engine direct` and `--kernel-engine bt`: do not run hot user code (pages
+    /// that keep making system calls) from the translation cache; every guest system call is
+    /// then a host signal (pure trap-and-emulate for user code).
+    #[arg(long)]
+    no_adaptive_user: bool,
     /// Print exits by reason, instructions and time on stderr at the end.
     #[arg(long)]
     stats: bool,
@@ -434,6 +439,7 @@ fn run_kernel(args: RunArgs) -> ExitCode {
         monitor_base: args.monitor_area,
         lockdown: true,
         detailed_stats: args.stats,
+        adaptive_user: !args.no_adaptive_user,
         ..RunOptions::default()
     };
     let result = engine::run(machine, state, &opts);

@@ -823,3 +823,58 @@ fn indirect_calls_after_cr3_switches_reach_each_spaces_code() {
     let want = "0x00000001 0x00000002 ".repeat(3) + "\r\n";
     assert_eq!(so, want);
 }
+
+/// Adaptive user-mode translation: a user loop of 2,000 null system calls (`int 0x80`) under
+/// the default engines (kernel bt, user direct). Its page becomes hot, runs translated, and
+/// its system calls become callouts: the host signals stop after the first few. The result is
+/// the interpreter's (run_ok compares every engine pairing).
+#[test]
+fn a_system_call_loop_becomes_hot_and_stops_trapping() {
+    const N: u32 = 2000;
+    let build = || {
+        let mut g = Guest::new();
+        g.install_syscalls();
+        g.enter_user(0x202);
+        ok((|| {
+            let u = &mut g.u;
+            let mut top = u.create_label();
+            u.mov(edi, N)?;
+            u.xor(esi, esi)?;
+            u.set_label(&mut top)?;
+            u.xor(eax, eax)?; // system call 0: returns at once
+            u.int(0x80)?;
+            u.inc(esi)?;
+            u.dec(edi)?;
+            u.jnz(top)?;
+            u.cmp(esi, N)
+        })());
+        let mut bad = g.u.create_label();
+        ok(g.u.jne(bad));
+        g.user_print("user: 2000 system calls\r\n");
+        g.user_exit(OK);
+        ok(g.u.set_label(&mut bad));
+        g.user_exit(0x55);
+        g
+    };
+    let so = run_ok(build(), &["--timeout", "30"]);
+    assert_eq!(so, "user: 2000 system calls\r\n");
+    let exits = |extra: &[&str]| {
+        let mut args = vec!["--timeout", "30", "--stats"];
+        args.extend_from_slice(extra);
+        let out = run_vmm(&build().build(), &args);
+        assert_eq!(out.status.code(), Some(OK_STATUS), "{}", stderr(&out));
+        let err = stderr(&out);
+        let count = |name: &str| {
+            err.lines()
+                .find_map(|l| l.trim().strip_prefix(name).filter(|r| r.starts_with(' ')).map(|r| r.trim().parse::<u64>().unwrap()))
+                .unwrap_or(0)
+        };
+        (count("syscall"), count("hot-user-page"))
+    };
+    let (traps, hot) = exits(&[]);
+    assert!(hot >= 1, "the loop's page became hot");
+    assert!(traps < 100, "{traps} system calls trapped: they should be callouts once the page is hot");
+    let (traps, hot) = exits(&["--no-adaptive-user"]);
+    assert_eq!(hot, 0);
+    assert!(traps >= N as u64, "without adaptive translation every system call traps: {traps}");
+}

@@ -85,6 +85,9 @@ pub struct RunOptions {
     pub lockdown: bool,
     /// Collect the costlier statistics too (emulated instructions by mnemonic): `--stats`.
     pub detailed_stats: bool,
+    /// Adaptive user-mode translation (`crate::bt::hot`): with the user engine `direct` and a
+    /// `bt` engine present, hot user pages run translated.
+    pub adaptive_user: bool,
 }
 
 impl Default for RunOptions {
@@ -97,6 +100,7 @@ impl Default for RunOptions {
             monitor_base: crate::space::DEFAULT_MONITOR_BASE,
             lockdown: false,
             detailed_stats: false,
+            adaptive_user: true,
         }
     }
 }

@@ -160,6 +160,10 @@ pub struct Abi {
     /// target EIP. An empty entry is `{ 0, address of the miss routine }`... see
     /// [`Abi::ibl_empty_entry`]: a "hit" on it lands in a routine that makes the miss callout.
     pub ibl_table: u32,
+    /// The lookup table of user-mode (CPL 3) fragments, laid out as `ibl_table`: guest kernel
+    /// and user code look up separately, so that neither reaches the other's translations
+    /// and switching between them (every system call) resets neither table.
+    pub ibl_user_table: u32,
     /// 8 or 16: the index is `movzx ecx, al` or `movzx ecx, ax` (flag-free).
     pub ibl_bits: u32,
     /// Size of the whole vCPU region in bytes (the GS limit + 1).
@@ -197,13 +201,23 @@ impl Default for Abi {
             cpuid_table: 0x100,
             cpuid_max: 16,
             ibl_table: 0x1000,
+            ibl_user_table: 0x1000 + (8 << ibl_bits),
             ibl_bits,
-            vcpu_size: 0x1000 + (8 << ibl_bits),
+            vcpu_size: 0x1000 + 2 * (8 << ibl_bits),
         }
     }
 }
 
 impl Abi {
+    /// The lookup table for fragments translated at guest CPL `cpl`.
+    pub fn ibl_table_for(&self, cpl: u8) -> u32 {
+        if cpl == 3 {
+            self.ibl_user_table
+        } else {
+            self.ibl_table
+        }
+    }
+
     /// Offset of scratch slot `i`.
     pub fn slot(&self, i: u32) -> u32 {
         assert!(i < SCRATCH_SLOTS);
@@ -269,6 +283,9 @@ impl Abi {
         if self.ibl_bits != 8 && self.ibl_bits != 16 {
             return Err("ibl_bits must be 8 or 16".into());
         }
+        if self.vcpu_size > 1 << 20 && self.vcpu_size & 0xfff != 0 {
+            return Err("a vCPU region over 1 MiB must be whole pages (its GS limit is in pages)".into());
+        }
         let fields: Vec<(&str, u32, u32)> = vec![
             ("vif/irq", self.vif, 2),
             ("vflags", self.vflags, 4),
@@ -291,6 +308,7 @@ impl Abi {
             ("cpuid_count", self.cpuid_count, 4),
             ("cpuid_table", self.cpuid_table, 16 * self.cpuid_max),
             ("ibl_table", self.ibl_table, 8 << self.ibl_bits),
+            ("ibl_user_table", self.ibl_user_table, 8 << self.ibl_bits),
         ];
         for (name, off, len) in &fields {
             if off.checked_add(*len).is_none_or(|end| end > self.vcpu_size) {
@@ -320,7 +338,8 @@ mod tests {
         Abi::default().check().unwrap();
         let a = Abi {
             ibl_bits: 8,
-            vcpu_size: 0x1000 + (8 << 8),
+            ibl_user_table: 0x1000 + (8 << 8),
+            vcpu_size: 0x1000 + 2 * (8 << 8),
             ..Abi::default()
         };
         a.check().unwrap();

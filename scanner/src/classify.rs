@@ -440,6 +440,8 @@ fn class_named(name: &str) -> &'static Class {
 pub struct Model {
     /// Features present.
     pub features: Vec<CpuidFeature>,
+    /// Every feature: the host CPU decides (an instruction it lacks raises #UD natively).
+    pub any: bool,
 }
 
 impl Default for Model {
@@ -468,14 +470,24 @@ impl Default for Model {
                 F::PAUSE,
                 F::MULTIBYTENOP,
             ],
+            any: false,
         }
     }
 }
 
 impl Model {
+    /// The host's model: every instruction is in it, the host CPU runs what it has and raises
+    /// #UD for the rest. The model of guest user code that runs directly, where CPUID answers
+    /// with the host's features (no CPUID faulting on the host): translated hot user code
+    /// (adaptive user-mode translation) must not refuse what that code was told it may use.
+    pub fn host() -> Model {
+        Model { features: Vec::new(), any: true }
+    }
+
     /// Whether the model has every feature `instr` needs.
     pub fn has(&self, instr: &Instruction) -> bool {
-        instr
+        self.any
+            || instr
             .cpuid_features()
             .iter()
             .all(|f| self.features.contains(f))

@@ -79,6 +79,9 @@ pub struct Config {
     pub limits: Limits,
     /// The virtual CPU's features.
     pub model: classify::Model,
+    /// The features of guest user code (CPL 3) if not `model`'s: [`classify::Model::host`]
+    /// when user code also runs directly and so sees the host's CPUID.
+    pub user_model: Option<classify::Model>,
     /// Instructions to emit as `Emulate` callouts (adaptive retranslation; the runtime fills it).
     pub hints: Hints,
 }

@@ -121,6 +121,8 @@ type Deferred<'a> = Box<dyn FnOnce(&mut Builder<'a>) + 'a>;
 /// Builder of a [`Seq`]: the rules below use it.
 pub struct Builder<'a> {
     abi: &'a Abi,
+    /// The lookup table this fragment's indirect branches use (by the unit's CPL).
+    ibl_table: u32,
     seq: Seq,
     pending: Vec<Label>,
     eip: u32,
@@ -196,6 +198,7 @@ impl<'a> Builder<'a> {
     fn new(abi: &'a Abi, start_eip: u32) -> Self {
         Builder {
             abi,
+            ibl_table: abi.ibl_table,
             seq: Seq {
                 start_eip,
                 ..Seq::default()
@@ -468,13 +471,14 @@ impl<'a> Builder<'a> {
     /// cheaper than a store and a reload.
     fn ibl(&mut self) {
         let a = self.abi;
+        let table = self.ibl_table;
         let (sa, sc, sj) = (self.slot(S_A), self.slot(S_C), self.slot(S2));
         let entry = |field: u32| {
             MemoryOperand::new(
                 Register::None,
                 Register::ECX,
                 8,
-                (a.ibl_table + field) as i64,
+                (table + field) as i64,
                 4,
                 false,
                 Register::GS,
@@ -549,6 +553,7 @@ impl<'a> Builder<'a> {
 pub fn mangle(unit: &Unit, cfg: &Config) -> Seq {
     let abi = &cfg.abi;
     let mut b = Builder::new(abi, unit.start);
+    b.ibl_table = abi.ibl_table_for(unit.mode.cpl);
     let entry = b.label();
     b.entry_check(unit.start, entry);
     let mut check_after: Option<usize> = None;
@@ -631,7 +636,11 @@ fn encodable(i: &Instruction) -> bool {
 
 fn mangle_insn(b: &mut Builder<'_>, gi: &GuestInsn, unit: &Unit, cfg: &Config) -> Done {
     let i = &gi.instr;
-    let c = classify(i, unit.mode, &cfg.model);
+    let model = match (&cfg.user_model, unit.mode.cpl) {
+        (Some(m), 3) => m,
+        _ => &cfg.model,
+    };
+    let c = classify(i, unit.mode, model);
     let next = gi.next_eip() & if unit.mode.code32 { u32::MAX } else { 0xffff };
     let emulate = |b: &mut Builder<'_>, kind: CalloutKind| {
         b.callout(CalloutOp::Emulate, CoEip::Imm(gi.eip), next, kind as u32);

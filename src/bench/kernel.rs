@@ -123,8 +123,13 @@ pub(super) fn run_once(
     k: EngineKind,
     u: EngineKind,
 ) -> Result<Timed, String> {
+    run_once_with(kernel, handler, user, RunOptions { kernel_engine: k, user_engine: u, ..RunOptions::default() })
+}
+
+/// [`run_once`] with options (the engines and everything else; the timeout is set here).
+pub(super) fn run_once_with(kernel: &[u8], handler: &[u8], user: &[u8], opts: RunOptions) -> Result<Timed, String> {
     let (m, s) = machine(kernel, handler, user);
-    let opts = RunOptions { kernel_engine: k, user_engine: u, timeout: Some(Duration::from_secs(120)), ..RunOptions::default() };
+    let opts = RunOptions { timeout: Some(Duration::from_secs(120)), ..opts };
     let (t0, c0) = (Instant::now(), super::nano::process_cpu_seconds());
     let r = engine::run(m, s, &opts).map_err(|e| e.to_string())?;
     let (t, cpu) = (t0.elapsed().as_secs_f64(), super::nano::process_cpu_seconds() - c0);

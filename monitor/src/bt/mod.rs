@@ -30,6 +30,7 @@
 pub mod adaptive;
 pub mod area;
 pub mod gate;
+pub mod hot;
 
 use std::collections::HashMap;
 use std::time::Instant;
@@ -70,16 +71,10 @@ pub struct Bt {
     pub vcpu_sel: u16,
     /// Per fragment: the (linear page, guest frame) pairs it was translated from.
     pages: HashMap<FragId, Vec<(u32, u32)>>,
-    /// What the lookup table was filled under: (mode, CS base, CR3).
-    /// (mode, CS base, CR3, CR4.PGE) of the entries in the table. Entries whose fragment's
-    /// code pages are all global (PTE.G with CR4.PGE) survive a change of CR3 alone, as the
-    /// global TLB entries they rely on do on a CPU; the others are reset.
-    ibl_key: Option<(Mode, u32, u32, bool)>,
+    /// The two lookup tables' state: kernel-mode fragments (index 0), user-mode (index 1).
+    ibl: [IblState; 2],
     /// A lookup miss for this guest EIP: fill its table entry once its fragment is known.
     pending_ibl: Option<u32>,
-    /// Lookup-table indexes filled since the last reset, each with whether its fragment's code
-    /// pages are all global (None: unknown, reset all).
-    ibl_filled: Option<HashMap<u32, bool>>,
     /// An unchained exit was taken: (calling fragment, exit number, target EIP, flush count).
     pending_chain: Option<(FragId, u32, u32, u64)>,
     /// Exits chained.
@@ -97,13 +92,29 @@ pub struct Bt {
     pub faults: adaptive::FaultCounters,
 }
 
+/// One lookup table's bookkeeping.
+#[derive(Default)]
+struct IblState {
+    /// (mode, CS base, CR3, CR4.PGE) of the entries in the table. Entries whose fragment's
+    /// code pages are all global (PTE.G with CR4.PGE) survive a change of CR3 alone, as the
+    /// global TLB entries they rely on do on a CPU; the others are reset.
+    key: Option<(Mode, u32, u32, bool)>,
+    /// Indexes filled since the last reset, each with whether its fragment's code pages are
+    /// all global (None: unknown, reset all).
+    filled: Option<HashMap<u32, bool>>,
+}
+
+/// Which lookup table fragments of privilege level `cpl` use.
+fn table_index(cpl: u8) -> usize {
+    usize::from(cpl == 3)
+}
+
+/// The vCPU region's descriptor: limit `size - 1`, byte-granular up to 1 MiB, in pages
+/// beyond (a region larger than 1 MiB must be a whole number of pages: `Abi::check`).
 fn ud_vcpu(base: u32, size: u32) -> sys::UserDesc {
-    sys::UserDesc {
-        entry_number: VCPU_LDT_INDEX as u32,
-        base_addr: base,
-        limit: size - 1,
-        flags: (sys::UD_CONTENTS_DATA << sys::UD_CONTENTS_SHIFT) | sys::UD_USEABLE | sys::UD_SEG_32BIT,
-    }
+    let flags = (sys::UD_CONTENTS_DATA << sys::UD_CONTENTS_SHIFT) | sys::UD_USEABLE | sys::UD_SEG_32BIT;
+    let (limit, flags) = if size <= 1 << 20 { (size - 1, flags) } else { ((size >> 12) - 1, flags | sys::UD_LIMIT_IN_PAGES) };
+    sys::UserDesc { entry_number: VCPU_LDT_INDEX as u32, base_addr: base, limit, flags }
 }
 
 impl Bt {
@@ -131,9 +142,8 @@ impl Bt {
             abi,
             vcpu_sel: vmm_shadow_mmu::desc::ldt_selector(VCPU_LDT_INDEX),
             pages: HashMap::new(),
-            ibl_key: None,
+            ibl: Default::default(),
             pending_ibl: None,
-            ibl_filled: None,
             pending_chain: None,
             chained: 0,
             user_chains: Vec::new(),
@@ -146,7 +156,8 @@ impl Bt {
         let stack_top = bt.area.stack + area::STACK_SIZE;
         bt.vw32(bt.abi.callout_stack, stack_top);
         bt.vw16(bt.abi.callout_stack + 4, sys::USER_DS);
-        bt.reset_ibl();
+        bt.reset_ibl(0);
+        bt.reset_ibl(1);
         Ok(bt)
     }
 
@@ -179,43 +190,51 @@ impl Bt {
         self.area.read::<1>(a)[0]
     }
 
-    /// Every lookup-table entry empty (pointing at the miss routine): the entries filled since
-    /// the last reset, or the whole table.
-    fn reset_ibl(&mut self) {
-        match self.ibl_filled.take() {
+    fn table_offset(&self, t: usize) -> u32 {
+        if t == 0 {
+            self.abi.ibl_table
+        } else {
+            self.abi.ibl_user_table
+        }
+    }
+
+    /// Every entry of lookup table `t` empty (pointing at the miss routine): the entries
+    /// filled since the last reset, or the whole table.
+    fn reset_ibl(&mut self, t: usize) {
+        match self.ibl[t].filled.take() {
             Some(filled) => {
                 for i in filled.into_keys() {
-                    self.reset_ibl_slot(i);
+                    self.reset_ibl_entry(t, i);
                 }
             }
             None => {
                 let e = self.abi.ibl_empty_entry(self.area.base + MISS_OFF);
                 let n = 1usize << self.abi.ibl_bits;
                 let table: Vec<u8> = e.iter().copied().cycle().take(8 * n).collect();
-                self.vw(self.abi.ibl_table, &table);
+                self.vw(self.table_offset(t), &table);
             }
         }
-        self.ibl_filled = Some(HashMap::new());
+        self.ibl[t].filled = Some(HashMap::new());
     }
 
-    /// Fills the lookup-table entry of guest `eip` with TC address `tc`; `global`: the
+    /// Fills entry of guest `eip` in table `t` with TC address `tc`; `global`: the
     /// fragment's code pages are all global.
-    fn fill_ibl(&mut self, eip: u32, tc: u32, global: bool) {
+    fn fill_ibl(&mut self, t: usize, eip: u32, tc: u32, global: bool) {
         let e = self.abi.ibl_entry(eip, tc);
         let i = self.abi.ibl_index(eip);
-        self.vw(self.abi.ibl_table + 8 * i, &e);
-        match &mut self.ibl_filled {
+        self.vw(self.table_offset(t) + 8 * i, &e);
+        match &mut self.ibl[t].filled {
             Some(m) if m.len() < 4096 => {
                 m.insert(i, global);
             }
-            _ => self.ibl_filled = None,
+            _ => self.ibl[t].filled = None,
         }
     }
 
-    /// A change of CR3 alone: every entry reset but those of global fragments.
-    fn reset_ibl_non_global(&mut self) {
-        let Some(filled) = self.ibl_filled.take() else {
-            self.reset_ibl();
+    /// A change of CR3 alone: every entry of table `t` reset but those of global fragments.
+    fn reset_ibl_non_global(&mut self, t: usize) {
+        let Some(filled) = self.ibl[t].filled.take() else {
+            self.reset_ibl(t);
             return;
         };
         let mut kept = HashMap::new();
@@ -223,15 +242,21 @@ impl Bt {
             if global {
                 kept.insert(i, true);
             } else {
-                self.reset_ibl_slot(i);
+                self.reset_ibl_entry(t, i);
             }
         }
-        self.ibl_filled = Some(kept);
+        self.ibl[t].filled = Some(kept);
     }
 
-    fn reset_ibl_slot(&mut self, i: u32) {
+    fn reset_ibl_entry(&mut self, t: usize, i: u32) {
         let e = self.abi.ibl_empty_entry(self.area.base + MISS_OFF);
-        self.vw(self.abi.ibl_table + 8 * i, &e);
+        self.vw(self.table_offset(t) + 8 * i, &e);
+    }
+
+    /// Entry `i` empty in both tables (an invalidated fragment's slot).
+    fn reset_ibl_slot(&mut self, i: u32) {
+        self.reset_ibl_entry(0, i);
+        self.reset_ibl_entry(1, i);
     }
 
     /// Points every recorded user-mode chained exit back at its stub.
@@ -250,7 +275,8 @@ impl Bt {
         self.user_chains.clear();
         self.cache.flush(TC_RESERVED);
         self.pages.clear();
-        self.reset_ibl();
+        self.reset_ibl(0);
+        self.reset_ibl(1);
     }
 
     /// Makes this state like a new one for the next run of a session (`engine::Session`):
@@ -262,7 +288,8 @@ impl Bt {
         self.flush();
         let vcpu = self.area.vcpu;
         self.area.write(vcpu, header);
-        self.ibl_key = None;
+        self.ibl[0].key = None;
+        self.ibl[1].key = None;
         self.pending_ibl = None;
         self.pending_chain = None;
         self.last_cr3 = None;
@@ -398,12 +425,13 @@ impl Direct<'_> {
             bt.unchain_user();
             bt.last_cr3 = Some(s.cr3);
         }
-        match bt.ibl_key {
+        let t = table_index(mode.cpl);
+        match bt.ibl[t].key {
             Some(k) if k == key => {}
-            Some((m, b, _, g)) if (m, b, g) == (key.0, key.1, key.3) => bt.reset_ibl_non_global(),
-            _ => bt.reset_ibl(),
+            Some((m, b, _, g)) if (m, b, g) == (key.0, key.1, key.3) => bt.reset_ibl_non_global(t),
+            _ => bt.reset_ibl(t),
         }
-        bt.ibl_key = Some(key);
+        bt.ibl[t].key = Some(key);
         if let Some(id) = bt.cache.lookup(lin, mode) {
             let ok = bt.pages.get(&id).is_some_and(|pp| pp.iter().all(|&(p, f)| cpu.probe_translation(p << 12).map(|x| x >> 12) == Some(f)));
             if let (true, Some(r)) = (ok, bt.cache.get(id)) {
@@ -572,7 +600,8 @@ impl Direct<'_> {
             }
             if let Some(eip) = bt.pending_ibl.take() {
                 if eip == self.cpu.state.eip {
-                    bt.fill_ibl(eip, tc, global);
+                    let t = table_index(self.cpu.state.cpl);
+                    bt.fill_ibl(t, eip, tc, global);
                 }
             }
         }
@@ -641,6 +670,10 @@ impl Direct<'_> {
             Some(CalloutOp::Emulate | CalloutOp::Invalid | CalloutOp::FetchFault) => {
                 self.stats.exit("bt-emulate");
                 self.bt_note_callout(ex.eip);
+                if self.cpu.state.cpl == 3 {
+                    let arg = self.bt.as_mut().map_or(0, |bt| bt.vr32(a.callout_arg));
+                    self.hot_user_callout(arg == vmm_scanner::classify::CalloutKind::Interrupt as u32);
+                }
                 self.emulate(deadline)?;
                 // The instruction may have overwritten the calling fragment's guest code.
                 let live = self.bt.as_ref().is_some_and(|bt| bt.cache.fragment_at(ex.eip).is_some());

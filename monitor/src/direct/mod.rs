@@ -106,7 +106,12 @@ pub(crate) fn run_held(held: &mut session::Held, mut machine: Machine, state: Cp
         None
     };
     let (bt, bt_header) = match bt {
-        Some((bt, header)) => (Some(bt), Some(header)),
+        Some((mut bt, header)) => {
+            // Hot user code (adaptive user-mode translation, `crate::bt::hot`) was told the
+            // host's CPUID while it ran directly: translate it with the host's model.
+            bt.cfg.user_model = (opts.user_engine == EngineKind::Direct).then(vmm_scanner::classify::Model::host);
+            (Some(bt), Some(header))
+        }
         None => (None, None),
     };
     let tc_flushes_before = bt.as_ref().map_or(0, |bt| bt.cache.flushes());
@@ -136,6 +141,7 @@ pub(crate) fn run_held(held: &mut session::Held, mut machine: Machine, state: Cp
         fatal: None,
         bt,
         count_emulated: opts.detailed_stats,
+        hot: crate::bt::hot::HotUser::default(),
     };
     e.stats.engine = match (opts.kernel_engine, opts.user_engine) {
         (EngineKind::Direct, EngineKind::Direct) => "direct",
@@ -201,6 +207,8 @@ pub(crate) struct Direct<'a> {
     fatal: Option<Outcome>,
     /// The `bt` engine's translation cache and monitor area, when it is one of the engines.
     pub(crate) bt: Option<crate::bt::Bt>,
+    /// Adaptive user-mode translation: the hot user pages (`crate::bt::hot`).
+    pub(crate) hot: crate::bt::hot::HotUser,
     /// Count emulated instructions by mnemonic (`RunOptions::detailed_stats`).
     count_emulated: bool,
 }
@@ -220,10 +228,32 @@ impl Direct<'_> {
 
     pub(crate) fn engine(&self) -> EngineKind {
         if self.cpu.state.cpl == 3 {
+            if self.opts.user_engine == EngineKind::Direct && self.in_hot_user_page() {
+                return EngineKind::Bt;
+            }
             self.opts.user_engine
         } else {
             self.opts.kernel_engine
         }
+    }
+
+    /// Translated user code made a callout at CS:EIP (`syscall`: INT n): the hot-page policy
+    /// judges the page (`crate::bt::hot`).
+    pub(crate) fn hot_user_callout(&mut self, syscall: bool) {
+        if self.opts.user_engine != EngineKind::Direct {
+            return;
+        }
+        let s = &self.cpu.state;
+        if self.hot.callout(s.cr3, s.seg(SegReg::Cs).base.wrapping_add(s.eip), syscall) {
+            self.stats.exit("hot-user-cool");
+        }
+    }
+
+    /// Whether user code at CS:EIP is in a hot page (`crate::bt::hot`): it then runs
+    /// translated although the user engine is `direct`.
+    fn in_hot_user_page(&self) -> bool {
+        let s = &self.cpu.state;
+        self.bt.is_some() && self.opts.adaptive_user && self.hot.is_hot(s.cr3, s.seg(SegReg::Cs).base.wrapping_add(s.eip))
     }
 
     /// Whether the guest can run natively now.
@@ -236,6 +266,8 @@ impl Direct<'_> {
         let deadline = self.opts.timeout.map(|t| start.saturating_add(u64::try_from(t.as_nanos()).unwrap_or(u64::MAX)));
         let mut checks = 0u32;
         let mut next_poll = 0u64;
+        // The last native run was translated user code of a hot region (`crate::bt::hot`).
+        let mut hot_user = false;
         loop {
             checks = checks.wrapping_add(1);
             if checks & 15 == 0 {
@@ -256,6 +288,7 @@ impl Direct<'_> {
                     }
                 }
             }
+            let was_hot_user = std::mem::take(&mut hot_user);
             let r = if !self.can_direct() {
                 self.interp_slice(deadline)
             } else if self.cpu.state.halted || self.cpu.state.int_shadow {
@@ -271,8 +304,20 @@ impl Direct<'_> {
                     None => Ok(()),
                 }
             } else if self.engine() == EngineKind::Bt {
+                hot_user = self.cpu.state.cpl == 3 && self.opts.user_engine == EngineKind::Direct;
                 self.bt_native(lock, deadline)
             } else {
+                if was_hot_user && self.cpu.state.cpl == 3 {
+                    // Translated user code left its hot pages for this one.
+                    let s = &self.cpu.state;
+                    let lin = s.seg(SegReg::Cs).base.wrapping_add(s.eip);
+                    if self.hot.departure(s.cr3, lin) {
+                        self.stats.exit("hot-user-grow");
+                    }
+                    if self.engine() == EngineKind::Bt {
+                        continue;
+                    }
+                }
                 self.native(lock, deadline)
             };
             if let Err(o) = r {
@@ -545,6 +590,13 @@ impl Direct<'_> {
                 // EIP is after it. The interpreter executes it with the guest's IDT.
                 self.stats.exit("syscall");
                 self.cpu.state.eip = eip.wrapping_sub(2);
+                let s = &self.cpu.state;
+                if s.cpl == 3 && self.bt.is_some() && self.opts.adaptive_user && self.opts.user_engine == EngineKind::Direct {
+                    let lin = s.seg(SegReg::Cs).base.wrapping_add(s.eip);
+                    if self.hot.syscall_trap(s.cr3, lin) {
+                        self.stats.exit("hot-user-page");
+                    }
+                }
                 self.emulate(deadline)
             }
             vmm_interp::state::vector::BP | vmm_interp::state::vector::OF => {

@@ -1,0 +1,262 @@
+//! Adaptive user-mode translation (ARCHITECTURE.md section 5, docs/bt.md "Hot user regions"):
+//! guest user code that keeps trapping runs from the translation cache instead of directly.
+//!
+//! Under `--user-engine direct` every guest system call is a host signal: `int 0x80` in
+//! compatibility mode enters the host kernel's ia32 entry, the seccomp filter turns it into
+//! SIGSYS, the signal frame is built and torn down, and the monitor switches from the direct
+//! engine (guest user code) to the translator (guest kernel code) and back, closing and
+//! reopening the vCPU region each way. Translated user code makes the same `int 0x80` a
+//! callout: a far call through the 64-bit gate, no signal, no switch of engine.
+//!
+//! The policy, per address space (CR3) and 4 KiB linear page of user code:
+//! * a page becomes *hot* when [`HOT_AFTER`] system calls trapped from it (counted per page);
+//! * while the vCPU is at CPL 3 and its EIP is in a hot page, the user engine is `bt`
+//!   ([`crate::direct::Direct::engine`]); execution drops back to `direct` as soon as it leaves
+//!   the hot pages (the next lookup of a fragment outside them returns to the run loop, which
+//!   picks the direct engine);
+//! * the region grows: a page that translated user code left for [`GROW_AFTER`] times (the
+//!   caller of a system-call wrapper, the loop around it) becomes hot too, so that a loop
+//!   that calls a wrapper in another page ends up wholly translated;
+//! * a hot page whose translated code makes many callouts that are not system calls cools
+//!   ([`COOL_RATIO`]): it runs directly again and never becomes hot again;
+//! * bounds: at most [`MAX_HOT_PAGES`] hot pages (at the cap the set is cleared and starts
+//!   again), at most [`MAX_COUNTERS`] counters (cleared at the cap). Hot pages of one address
+//!   space mean nothing in another: they are keyed by CR3.
+//!
+//! Correctness does not depend on any of this: translated user code is the same translation
+//! `--user-engine bt` runs (tested against the interpreter), and either engine may run any
+//! user instruction.
+
+use std::collections::{HashMap, HashSet};
+
+/// System calls trapped from a page before it becomes hot. High enough that a short-lived
+/// process (a fork and exec of `/bin/true`: ~40 system calls from a few pages) stays direct:
+/// translating its user code would cost more than its signals.
+pub const HOT_AFTER: u32 = 32;
+/// Departures of translated user code to a page before that page becomes hot.
+pub const GROW_AFTER: u32 = 16;
+/// Callouts from a hot page over which it is judged.
+pub const JUDGE_EVERY: u32 = 256;
+/// A hot page cools (runs directly again, for good) when, over [`JUDGE_EVERY`] of its callouts
+/// that are not system calls, its address space's translated code made fewer than
+/// 1/`COOL_RATIO` as many system calls (less a margin): a callout (~1 us) is worth paying where
+/// it saves a system call's signal (several us), not for code that mostly computes. Such code
+/// pays callouts for instructions that run natively under
+/// `direct` (GS-relative accesses, i386 TLS and stack-protector checks, go through a callout
+/// at CPL 3, GS being the translator's reserved segment register).
+pub const COOL_RATIO: u32 = 8;
+/// Pages cooled at most (cleared at the cap).
+pub const MAX_COLD_PAGES: usize = 1024;
+/// Hot pages at most (all address spaces).
+pub const MAX_HOT_PAGES: usize = 256;
+/// Counters at most.
+pub const MAX_COUNTERS: usize = 4096;
+
+/// The hot user pages and the counters that make them.
+#[derive(Default)]
+pub struct HotUser {
+    pages: HashSet<(u32, u32)>,
+    traps: HashMap<(u32, u32), u32>,
+    departures: HashMap<(u32, u32), u32>,
+    /// Per hot page: (its address space's system-call count when it was last judged, its
+    /// other callouts since).
+    callouts: HashMap<(u32, u32), (u64, u32)>,
+    /// Per address space: system calls made from translated user code.
+    region_syscalls: HashMap<u32, u64>,
+    /// Pages that cooled: never hot again (in their address space).
+    cold: HashSet<(u32, u32)>,
+    /// Pages made hot by system calls and by growth, pages cooled (statistics).
+    pub made_hot: u64,
+    pub grown: u64,
+    pub cooled: u64,
+}
+
+fn key(cr3: u32, lin: u32) -> (u32, u32) {
+    (cr3 & !0xfff, lin >> 12)
+}
+
+fn bump(map: &mut HashMap<(u32, u32), u32>, k: (u32, u32)) -> u32 {
+    if map.len() >= MAX_COUNTERS && !map.contains_key(&k) {
+        map.clear();
+    }
+    let n = map.entry(k).or_default();
+    *n += 1;
+    *n
+}
+
+impl HotUser {
+    /// Whether user code at linear `lin` in address space `cr3` runs translated.
+    pub fn is_hot(&self, cr3: u32, lin: u32) -> bool {
+        !self.pages.is_empty() && self.pages.contains(&key(cr3, lin))
+    }
+
+    fn insert(&mut self, k: (u32, u32)) {
+        if self.pages.len() >= MAX_HOT_PAGES {
+            self.pages.clear();
+            self.callouts.clear();
+        }
+        self.pages.insert(k);
+    }
+
+    /// Translated user code at linear `lin` made a callout (`syscall`: a system call). True
+    /// if the page just cooled.
+    pub fn callout(&mut self, cr3: u32, lin: u32, syscall: bool) -> bool {
+        let k = key(cr3, lin);
+        if !self.pages.contains(&k) {
+            return false;
+        }
+        if self.region_syscalls.len() >= MAX_COUNTERS && !self.region_syscalls.contains_key(&k.0) {
+            self.region_syscalls.clear();
+        }
+        let region = self.region_syscalls.entry(k.0).or_default();
+        if syscall {
+            *region += 1;
+            return false;
+        }
+        let now = *region;
+        let c = self.callouts.entry(k).or_insert((now, 0));
+        c.1 += 1;
+        if c.1 < JUDGE_EVERY {
+            return false;
+        }
+        let sys = now.saturating_sub(c.0);
+        *c = (now, 0);
+        if u64::from(JUDGE_EVERY) <= u64::from(COOL_RATIO) * (sys + 2) {
+            return false;
+        }
+        self.callouts.remove(&k);
+        self.pages.remove(&k);
+        if self.cold.len() >= MAX_COLD_PAGES {
+            self.cold.clear();
+        }
+        self.cold.insert(k);
+        self.cooled += 1;
+        true
+    }
+
+    /// A system call trapped from direct user code at linear `lin`. True if its page just
+    /// became hot.
+    pub fn syscall_trap(&mut self, cr3: u32, lin: u32) -> bool {
+        let k = key(cr3, lin);
+        if self.pages.contains(&k) || self.cold.contains(&k) {
+            return false;
+        }
+        if bump(&mut self.traps, k) >= HOT_AFTER {
+            self.traps.remove(&k);
+            self.insert(k);
+            self.made_hot += 1;
+            return true;
+        }
+        false
+    }
+
+    /// Translated user code left the hot pages for linear `lin`. True if that page just
+    /// became hot.
+    pub fn departure(&mut self, cr3: u32, lin: u32) -> bool {
+        let k = key(cr3, lin);
+        if self.pages.contains(&k) || self.cold.contains(&k) {
+            return false;
+        }
+        if bump(&mut self.departures, k) >= GROW_AFTER {
+            self.departures.remove(&k);
+            self.insert(k);
+            self.grown += 1;
+            return true;
+        }
+        false
+    }
+
+    /// Forget everything (a full flush of the translation cache).
+    pub fn clear(&mut self) {
+        self.pages.clear();
+        self.traps.clear();
+        self.departures.clear();
+        self.callouts.clear();
+        self.cold.clear();
+        self.region_syscalls.clear();
+    }
+
+    pub fn hot_pages(&self) -> usize {
+        self.pages.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pages_become_hot_after_enough_traps_per_address_space() {
+        let mut h = HotUser::default();
+        for _ in 0..HOT_AFTER - 1 {
+            assert!(!h.syscall_trap(0x1000, 0x0804_8123));
+        }
+        assert!(!h.is_hot(0x1000, 0x0804_8000));
+        // A trap from another page or another address space counts separately.
+        assert!(!h.syscall_trap(0x2000, 0x0804_8123));
+        assert!(!h.syscall_trap(0x1000, 0x0804_9123));
+        assert!(h.syscall_trap(0x1000, 0x0804_8ffe));
+        assert!(h.is_hot(0x1000, 0x0804_8000) && h.is_hot(0x1abc, 0x0804_8fff), "CR3's low bits and the offset do not matter");
+        assert!(!h.is_hot(0x2000, 0x0804_8000));
+        assert!(!h.is_hot(0x1000, 0x0804_9000));
+        assert!(!h.syscall_trap(0x1000, 0x0804_8123), "already hot");
+        assert_eq!(h.made_hot, 1);
+    }
+
+    #[test]
+    fn the_region_grows_to_pages_translated_code_keeps_leaving_for() {
+        let mut h = HotUser::default();
+        for _ in 0..GROW_AFTER - 1 {
+            assert!(!h.departure(0x1000, 0x0805_0000));
+        }
+        assert!(h.departure(0x1000, 0x0805_0010));
+        assert!(h.is_hot(0x1000, 0x0805_0000));
+        assert_eq!(h.grown, 1);
+    }
+
+    #[test]
+    fn pages_whose_translation_makes_other_callouts_cool_for_good() {
+        let mut h = HotUser::default();
+        for _ in 0..HOT_AFTER {
+            h.syscall_trap(0x1000, 0x0804_8000);
+        }
+        // A system call (from another page of the region, the vDSO) per four other callouts
+        // (a wrapper's GS accesses): stays.
+        for _ in 0..4 * JUDGE_EVERY {
+            h.callout(0x1000, 0x0804_8000, true);
+            h.syscall_trap(0x1000, 0x0804_8000);
+            for _ in 0..4 {
+                assert!(!h.callout(0x1000, 0x0804_8000, false));
+            }
+        }
+        assert!(h.is_hot(0x1000, 0x0804_8000));
+        // Only other callouts (a computing loop): cools at the next judgement, stays cold.
+        let cooled = (0..2 * JUDGE_EVERY).filter(|_| h.callout(0x1000, 0x0804_8000, false)).count();
+        assert_eq!(cooled, 1);
+        assert!(!h.is_hot(0x1000, 0x0804_8000));
+        for _ in 0..2 * HOT_AFTER {
+            assert!(!h.syscall_trap(0x1000, 0x0804_8000));
+            assert!(!h.departure(0x1000, 0x0804_8000));
+        }
+        assert!(!h.is_hot(0x1000, 0x0804_8000));
+        assert_eq!(h.cooled, 1);
+    }
+
+    #[test]
+    fn bounded() {
+        let mut h = HotUser::default();
+        for p in 0..MAX_HOT_PAGES as u32 + 1 {
+            for _ in 0..HOT_AFTER {
+                h.syscall_trap(0x1000, p << 12);
+            }
+        }
+        assert!(h.hot_pages() <= MAX_HOT_PAGES);
+        assert!(h.is_hot(0x1000, (MAX_HOT_PAGES as u32) << 12), "the newest stays");
+        for p in 0..2 * MAX_COUNTERS as u32 {
+            h.departure(0x1000, 0x4000_0000 + (p << 12));
+        }
+        assert!(h.departures.len() <= MAX_COUNTERS);
+        h.clear();
+        assert_eq!(h.hot_pages(), 0);
+    }
+}
