@@ -213,6 +213,18 @@ fn boot_and_drive(kernel_engine: &str, user_engine: &str, full_session: bool) {
         at = run("dd if=/dev/zero bs=1k count=10000 | md5sum", "MD5", at);
         at = run("dd if=/dev/zero of=/tmp/f bs=1M count=16 && sha256sum /tmp/f", "SHA", at);
     }
+    if full_session {
+        // Ctrl-C on the console interrupts a busy command (the monitor looks at input while the
+        // guest runs; the shell has a controlling terminal and SIGINT at its default).
+        send("yes > /dev/null\n");
+        std::thread::sleep(Duration::from_millis(1500));
+        send("\x03");
+        let intr = Instant::now() + Duration::from_secs(30);
+        let after = console.wait_for(PROMPT, console.wait_for("^C", at, intr), intr.min(deadline));
+        send("echo after-ctrl-c-$?\n");
+        // 130: the command ended by SIGINT (128 + 2).
+        console.wait_for("after-ctrl-c-130", after, deadline);
+    }
     send("poweroff\n");
     let _ = console.wait_for("reboot:", at, deadline);
     let status = loop {
