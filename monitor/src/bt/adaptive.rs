@@ -230,34 +230,9 @@ impl Direct<'_> {
     /// code, an access where no RAM is (its memory operands decoded with the current
     /// registers; REP strings by ECX). Undecodable: true.
     pub(crate) fn bt_would_fault(&mut self) -> bool {
-        use iced_x86::{Decoder, DecoderOptions, InstructionInfoFactory, OpAccess};
-        let s = &self.cpu.state;
-        let eip = s.eip;
-        let lin = s.seg(SegReg::Cs).base.wrapping_add(eip);
-        let bits = if s.code32() { 32 } else { 16 };
-        let mut b = [0u8; 15];
-        let n = crate::direct::read_linear(&mut self.cpu, lin, &mut b);
-        let insn = Decoder::with_ip(bits, &b[..n], eip as u64, DecoderOptions::NONE).decode();
-        if insn.is_invalid() {
+        let Some((ranges, unresolved)) = self.memory_ranges_at_eip() else { return true };
+        if unresolved {
             return true;
-        }
-        let mut f = InstructionInfoFactory::new();
-        let info = f.info(&insn);
-        let s = &self.cpu.state;
-        let mut ranges: Vec<(u32, u32, bool)> = Vec::new();
-        for m in info.used_memory() {
-            let write = matches!(m.access(), OpAccess::Write | OpAccess::CondWrite | OpAccess::ReadWrite | OpAccess::ReadCondWrite);
-            let Some(va) = m.virtual_address(0, |r, _, _| crate::direct::reg_value(s, r)) else { return true };
-            let size = m.memory_size().size().max(1) as u32;
-            let count = if insn.has_rep_prefix() || insn.has_repne_prefix() {
-                let c = if bits == 16 && insn.memory_size().size() > 0 { s.gpr[1] & 0xffff } else { s.gpr[1] };
-                c.clamp(1, 1 << 20)
-            } else {
-                1
-            };
-            let len = size.saturating_mul(count);
-            let start = if s.eflags & vmm_interp::state::flags::DF != 0 { (va as u32).wrapping_sub(len - size) } else { va as u32 };
-            ranges.push((start, len, write));
         }
         let ram = self.cpu.bus.ram.len() as u64;
         for (start, len, write) in ranges {

@@ -370,28 +370,6 @@ pub fn mode_of(s: &CpuState) -> Mode {
     }
 }
 
-/// Whether the guest maps linear `lin` with a global page (CR4.PGE set and G in the PTE, or
-/// in the PDE of a 4 MiB page): its TLB entry survives a CR3 write (SDM vol. 3 4.10.4.1).
-fn page_global(cpu: &Cpu<Machine>, lin: u32) -> bool {
-    let s = &cpu.state;
-    if s.cr0 & cr::CR0_PG == 0 || s.cr4 & cr::CR4_PGE == 0 {
-        return false;
-    }
-    let ram = cpu.bus.ram.as_slice();
-    let rd = |a: u32| ram.get(a as usize..a as usize + 4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
-    const P: u32 = 1;
-    const PS: u32 = 1 << 7;
-    const G: u32 = 1 << 8;
-    let Some(pde) = rd((s.cr3 & !0xfff) | ((lin >> 22) << 2)) else { return false };
-    if pde & P == 0 {
-        return false;
-    }
-    if pde & PS != 0 && s.cr4 & cr::CR4_PSE != 0 {
-        return pde & G != 0;
-    }
-    rd((pde & !0xfff) | (((lin >> 12) & 0x3ff) << 2)).is_some_and(|pte| pte & P != 0 && pte & G != 0)
-}
-
 /// Guest code through the guest's page tables (no side effects).
 struct Reader<'a>(&'a mut Cpu<Machine>);
 
@@ -503,41 +481,12 @@ impl Direct<'_> {
     /// The guest-linear ranges the instruction at CS:EIP writes (explicit operands and the
     /// stack, REP strings by their count), decoded before the interpreter executes it.
     pub(crate) fn bt_predict_writes(&mut self) -> Vec<(u32, u32)> {
-        use iced_x86::{Decoder, DecoderOptions, InstructionInfoFactory, OpAccess};
         let s = &self.cpu.state;
         if !s.protected_mode() || self.shadow.map.code_frames.is_empty() {
             return Vec::new();
         }
-        let eip = s.eip;
-        let lin = s.seg(SegReg::Cs).base.wrapping_add(eip);
-        let bits = if s.code32() { 32 } else { 16 };
-        let mut b = [0u8; 15];
-        let n = crate::direct::read_linear(&mut self.cpu, lin, &mut b);
-        let s = &self.cpu.state;
-        let insn = Decoder::with_ip(bits, &b[..n], eip as u64, DecoderOptions::NONE).decode();
-        if insn.is_invalid() {
-            return Vec::new();
-        }
-        let mut f = InstructionInfoFactory::new();
-        let info = f.info(&insn);
-        let mut out = Vec::new();
-        for m in info.used_memory() {
-            if !matches!(m.access(), OpAccess::Write | OpAccess::CondWrite | OpAccess::ReadWrite | OpAccess::ReadCondWrite) {
-                continue;
-            }
-            let Some(va) = m.virtual_address(0, |r, _, _| crate::direct::reg_value(s, r)) else { continue };
-            let size = m.memory_size().size().max(1) as u32;
-            let count = if insn.has_rep_prefix() || insn.has_repne_prefix() {
-                let c = if insn.memory_size().size() > 0 && bits == 16 { s.gpr[1] & 0xffff } else { s.gpr[1] };
-                c.clamp(1, 1 << 20)
-            } else {
-                1
-            };
-            let len = size.saturating_mul(count);
-            let start = if s.eflags & flags::DF != 0 { (va as u32).wrapping_sub(len - size) } else { va as u32 };
-            out.push((start, len));
-        }
-        out
+        let Some((ranges, _)) = self.memory_ranges_at_eip() else { return Vec::new() };
+        ranges.into_iter().filter(|r| r.2).map(|(start, len, _)| (start, len)).collect()
     }
 
     /// After an emulated instruction: invalidate the code frames it wrote (the predicted
@@ -581,7 +530,7 @@ impl Direct<'_> {
         let global = match self.bt.as_ref() {
             Some(bt) if bt.pending_ibl.is_some() => {
                 let pages = bt.pages.get(&to).cloned().unwrap_or_default();
-                !pages.is_empty() && pages.iter().all(|&(p, _)| page_global(&self.cpu, p << 12))
+                !pages.is_empty() && pages.iter().all(|&(p, _)| crate::direct::shadow::global_page(&mut self.cpu, p << 12))
             }
             _ => false,
         };

@@ -216,6 +216,9 @@ pub(crate) struct Direct<'a> {
 /// Continue, or end the run.
 type Flow = Result<(), Outcome>;
 
+/// A guest-linear range an instruction accesses: (start, length, written).
+pub(crate) type MemRange = (u32, u32, bool);
+
 fn io(e: std::io::Error) -> Outcome {
     Outcome::Unexpected(format!("shadow mapping failed: {e}"))
 }
@@ -559,11 +562,53 @@ impl Direct<'_> {
 
     /// The mnemonic of the instruction at CS:EIP (statistics).
     fn mnemonic_at_eip(&mut self) -> iced_x86::Mnemonic {
-        let lin = self.cpu.state.seg(SegReg::Cs).base.wrapping_add(self.cpu.state.eip);
+        self.insn_at_eip().mnemonic()
+    }
+
+    /// The instruction at CS:EIP, decoded from guest memory without side effects (invalid if
+    /// it cannot be read or decoded).
+    pub(crate) fn insn_at_eip(&mut self) -> iced_x86::Instruction {
+        let s = &self.cpu.state;
+        let eip = s.eip;
+        let lin = s.seg(SegReg::Cs).base.wrapping_add(eip);
+        let bits = if s.code32() { 32 } else { 16 };
         let mut b = [0u8; 15];
         let n = self.read_linear(lin, &mut b);
-        let bits = if self.cpu.state.code32() { 32 } else { 16 };
-        iced_x86::Decoder::with_ip(bits, &b[..n], 0, iced_x86::DecoderOptions::NONE).decode().mnemonic()
+        iced_x86::Decoder::with_ip(bits, &b[..n], eip as u64, iced_x86::DecoderOptions::NONE).decode()
+    }
+
+    /// The guest-linear memory the instruction at CS:EIP accesses with the current registers:
+    /// a [`MemRange`] per memory operand (explicit and stack; REP strings by their
+    /// count in ECX or CX, downwards with DF), and whether some operand's address could not be
+    /// computed. None: the instruction does not decode.
+    pub(crate) fn memory_ranges_at_eip(&mut self) -> Option<(Vec<MemRange>, bool)> {
+        use iced_x86::{InstructionInfoFactory, OpAccess};
+        let insn = self.insn_at_eip();
+        if insn.is_invalid() {
+            return None;
+        }
+        let s = &self.cpu.state;
+        let mut f = InstructionInfoFactory::new();
+        let mut ranges = Vec::new();
+        let mut unresolved = false;
+        for m in f.info(&insn).used_memory() {
+            let write = matches!(m.access(), OpAccess::Write | OpAccess::CondWrite | OpAccess::ReadWrite | OpAccess::ReadCondWrite);
+            let Some(va) = m.virtual_address(0, |r, _, _| reg_value(s, r)) else {
+                unresolved = true;
+                continue;
+            };
+            let size = m.memory_size().size().max(1) as u32;
+            let count = if insn.has_rep_prefix() || insn.has_repne_prefix() {
+                let c = if !s.code32() && insn.memory_size().size() > 0 { s.gpr[1] & 0xffff } else { s.gpr[1] };
+                c.clamp(1, 1 << 20)
+            } else {
+                1
+            };
+            let len = size.saturating_mul(count);
+            let start = if s.eflags & flags::DF != 0 { (va as u32).wrapping_sub(len - size) } else { va as u32 };
+            ranges.push((start, len, write));
+        }
+        Some((ranges, unresolved))
     }
 
     fn byte_at(&mut self, eip: u32) -> Option<u8> {

@@ -89,6 +89,14 @@ pub fn paging_mode(s: &CpuState) -> smmu::PagingMode {
     }
 }
 
+/// Whether the guest maps linear `lin` with a global page (CR4.PGE set and G in the leaf, the
+/// PTE or the PDE of a 4 MiB page): its TLB entry survives a CR3 write (SDM vol. 3 4.10.4.1).
+pub fn global_page(cpu: &mut Cpu<Machine>, lin: u32) -> bool {
+    let mode = paging_mode(&cpu.state);
+    let mut mem = Phys(cpu.bus.ram.as_mut_slice());
+    mode.pge && matches!(smmu::walk(&mode, lin, smmu::Access::Read, false, &mut mem), smmu::Walk::Ok(t) if t.global)
+}
+
 /// The shadow page tables of one guest.
 pub struct Shadow {
     inner: smmu::ShadowMmu,
