@@ -10,9 +10,18 @@
 //! 0x16 the base frequency ([`CpuModel::set_tsc_hz`]). Linux (`native_calibrate_tsc`, for a
 //! GenuineIntel CPU with `cpuid_level >= 0x15`) takes the TSC rate from leaf 0x15 instead of
 //! calibrating it against the PIT, and marks it known (no later refinement). Every leaf from 3
-//! to 0x14 answers zeros: no serial number, no deterministic cache parameters (leaf 2's
-//! descriptors stay the source), no MONITOR/MWAIT, thermal, structured-extended (leaf 7),
-//! performance-monitoring, topology or XSAVE features, which is what the interpreter has.
+//! to 0x14 but 7 answers zeros: no serial number, no deterministic cache parameters (leaf 2's
+//! descriptors stay the source), no MONITOR/MWAIT, thermal, performance-monitoring, topology or
+//! XSAVE features, which is what the interpreter has.
+//!
+//! Leaf 7 advertises one thing, IA32_ARCH_CAPABILITIES, which reads MDS_NO and TAA_NO. Without
+//! it Linux counts a family-6 Intel CPU as open to MDS and runs VERW on every return to user
+//! mode to clear the CPU's buffers. Under vmm that VERW clears nothing: the guest's kernel and
+//! its user code share one host process at one host privilege level, VERW is emulated (a
+//! callout per system call under `bt`), and the host CPU's buffers are the host kernel's
+//! business, which it clears on its own exits to user mode. TAA needs TSX, which the model has
+//! not. Nothing else is claimed (no RDCL_NO: Linux's Meltdown and L1TF reports stay as they
+//! were; the 32-bit non-PAE kernel has no page-table isolation to turn off anyway).
 
 /// CPUID leaf 1 EDX feature bits.
 pub mod edx1 {
@@ -40,6 +49,20 @@ pub mod edx1 {
     pub const SSE2: u32 = 1 << 26;
 }
 
+/// CPUID leaf 7 (subleaf 0) EDX feature bits.
+pub mod edx7 {
+    /// IA32_ARCH_CAPABILITIES (MSR 0x10A) exists.
+    pub const ARCH_CAPABILITIES: u32 = 1 << 29;
+}
+
+/// IA32_ARCH_CAPABILITIES bits (SDM vol. 4, MSR 10AH).
+pub mod arch_cap {
+    /// Not susceptible to Microarchitectural Data Sampling.
+    pub const MDS_NO: u64 = 1 << 5;
+    /// Not susceptible to TSX Asynchronous Abort.
+    pub const TAA_NO: u64 = 1 << 8;
+}
+
 /// One CPUID answer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Leaf {
@@ -61,6 +84,9 @@ pub struct CpuModel {
     /// TSC frequency (Hz) that CPUID leaves 0x15 and 0x16 report; set it with
     /// [`CpuModel::set_tsc_hz`]. The interpreter's TSC itself comes from its bus.
     pub tsc_hz: u64,
+    /// What RDMSR 0x10A (IA32_ARCH_CAPABILITIES) reads, where leaf 7 advertises the MSR
+    /// ([`edx7::ARCH_CAPABILITIES`]); read-only.
+    pub arch_capabilities: u64,
 }
 
 impl CpuModel {
@@ -87,6 +113,9 @@ impl CpuModel {
             Leaf { leaf: 1, subleaf: None, regs: [0x0000_0683, 0, 0, edx] },
             // Cache descriptors: 32 KiB L1, 256 KiB L2 (leaf 2 format).
             Leaf { leaf: 2, subleaf: None, regs: [0x0302_0101, 0, 0, 0x0c04_0843] },
+            // Structured extended features: none but IA32_ARCH_CAPABILITIES (see the module
+            // documentation: it tells Linux not to clear CPU buffers with VERW).
+            Leaf { leaf: 7, subleaf: Some(0), regs: [0, 0, 0, edx7::ARCH_CAPABILITIES] },
             Leaf { leaf: 0x8000_0000, subleaf: None, regs: [0x8000_0004, 0, 0, 0] },
             Leaf { leaf: 0x8000_0001, subleaf: None, regs: [0, 0, 0, 0] },
         ];
@@ -98,7 +127,13 @@ impl CpuModel {
             }
             leaves.push(Leaf { leaf: 0x8000_0002 + k as u32, subleaf: None, regs });
         }
-        let mut m = CpuModel { leaves, pse36: false, sep: false, tsc_hz: 0 };
+        let mut m = CpuModel {
+            leaves,
+            pse36: false,
+            sep: false,
+            tsc_hz: 0,
+            arch_capabilities: arch_cap::MDS_NO | arch_cap::TAA_NO,
+        };
         m.set_tsc_hz(Self::DEFAULT_TSC_HZ);
         m
     }

@@ -505,6 +505,24 @@ fn msrs() {
     // The TSC counts retired instructions here (RamBus has no clock): 1 after the WRMSR.
     assert_eq!(cpu.state.gpr[EAX], 1_000_001);
 
+    // IA32_ARCH_CAPABILITIES (advertised by CPUID leaf 7): MDS_NO (bit 5) and TAA_NO (bit 8),
+    // read-only: a write raises #GP(0).
+    let mut g = SysGuest::new();
+    g.code(KCODE, |a| {
+        a.mov(ecx, 0x10au32).unwrap();
+        a.rdmsr().unwrap();
+        a.mov(esi, eax).unwrap();
+        a.mov(edi, edx).unwrap();
+        a.wrmsr().unwrap();
+        a.hlt().unwrap();
+    });
+    let st = g.state(false);
+    let mut cpu = mk(g, st);
+    cpu.intercept = 1 << vector::GP;
+    let (v, err, _, eip) = exc(&cpu.run(100));
+    assert_eq!((v, err, eip), (vector::GP, Some(0), KCODE + 11), "WRMSR 0x10a");
+    assert_eq!((cpu.state.gpr[ESI], cpu.state.gpr[EDI]), ((1 << 5) | (1 << 8), 0));
+
     // WRMSR at CPL 3: #GP(0).
     let mut g = SysGuest::new();
     g.code(UCODE, |a| {
@@ -569,11 +587,13 @@ fn cpuid_reports_the_tsc_rate() {
         assert_eq!(m.tsc_hz, hz);
     }
     // The leaves between 2 and 0x15 advertise nothing (the interpreter has none of what they
-    // describe: deterministic caches, MONITOR, leaf-7 features, perfmon, topology, XSAVE).
+    // describe: deterministic caches, MONITOR, perfmon, topology, XSAVE), but leaf 7's
+    // IA32_ARCH_CAPABILITIES (EDX bit 29, SDM vol. 2 CPUID) and nothing else of leaf 7.
     let m = CpuModel::p6();
     for leaf in 3..0x15 {
         for sub in 0..2 {
-            assert_eq!(m.cpuid(leaf, sub), [0; 4], "leaf {leaf:#x}.{sub}");
+            let want = if leaf == 7 && sub == 0 { [0, 0, 0, 1 << 29] } else { [0; 4] };
+            assert_eq!(m.cpuid(leaf, sub), want, "leaf {leaf:#x}.{sub}");
         }
     }
     // Above the maximum: the highest basic leaf's answer, as on Intel processors.

@@ -22,7 +22,8 @@
 //! * **MSRs**: IA32_TSC (0x10; a write sets the offset, and as on P6-family processors only
 //!   the low 32 bits are written, the upper half becoming 0; on a bus whose TSC is shared
 //!   with directly executed code, `Bus::tsc_writable` false, the write is ignored),
-//!   IA32_PLATFORM_ID (0x17, reads 0, read-only), IA32_BIOS_SIGN_ID (0x8B, reads 0, writes
+//!   IA32_PLATFORM_ID (0x17, reads 0, read-only), IA32_ARCH_CAPABILITIES (0x10A, read-only,
+//!   where CPUID leaf 7 advertises it: `CpuModel::arch_capabilities`), IA32_BIOS_SIGN_ID (0x8B, reads 0, writes
 //!   ignored: the microcode-update protocol writes it), IA32_SYSENTER_CS/ESP/EIP
 //!   (0x174-0x176, only when the model has SEP), IA32_MISC_ENABLE (0x1A0, read back as
 //!   written) and IA32_PAT (0x277, only when the model advertises PAT; each entry must be
@@ -43,7 +44,7 @@ use iced_x86::{Instruction, OpKind, Register};
 
 use super::operand::mask;
 use crate::bus::IoAction;
-use crate::cpuid::edx1;
+use crate::cpuid::{edx1, edx7};
 use crate::seg::sys_type;
 use crate::state::{cr, flags, reg, vector, SegReg, Segment};
 use crate::{exc, Bus, Cpu, Exception, Exit, Fault, Res};
@@ -59,6 +60,7 @@ pub mod msr {
     pub const SYSENTER_CS: u32 = 0x174;
     pub const SYSENTER_ESP: u32 = 0x175;
     pub const SYSENTER_EIP: u32 = 0x176;
+    pub const ARCH_CAPABILITIES: u32 = 0x10a;
     pub const MISC_ENABLE: u32 = 0x1a0;
     pub const PAT: u32 = 0x277;
 }
@@ -207,6 +209,9 @@ impl<B: Bus> Cpu<B> {
             msr::SYSENTER_ESP if self.model.sep => m.sysenter_esp as u64,
             msr::SYSENTER_EIP if self.model.sep => m.sysenter_eip as u64,
             msr::MISC_ENABLE => m.misc_enable,
+            msr::ARCH_CAPABILITIES if self.model.cpuid(7, 0)[3] & edx7::ARCH_CAPABILITIES != 0 => {
+                self.model.arch_capabilities
+            }
             msr::PAT if self.model.features_edx() & edx1::PAT != 0 => m.pat,
             _ => return None,
         })
