@@ -824,6 +824,75 @@ fn indirect_calls_after_cr3_switches_reach_each_spaces_code() {
     assert_eq!(so, want);
 }
 
+/// User code calls a function at a linear address whose page maps different frames in two
+/// address spaces ("mov eax, 1; ret" in the first, "mov eax, 2; ret" in the second), and a
+/// system call switches CR3 between the spaces after each call. The calling page is the same
+/// frame in both, so its translation stays valid across the switch, but its chained CALL must
+/// not carry the first space's callee into the second (the runtime keeps a user chain across
+/// a CR3 change only where the target's pages map the frames it was translated from, and
+/// redoes it when they do again).
+#[test]
+fn user_chains_across_cr3_switches_reach_each_spaces_code() {
+    const F: u32 = 0x0100_0000; // the callee's linear address, in its own page table
+    const A: u32 = 0x20_0000; // "mov eax, 1; ret" (space 1)
+    const B: u32 = 0x20_1000; // "mov eax, 2; ret" (space 2)
+    const PD2: u32 = 0x20_2000;
+    const T2: u32 = 0x20_3000;
+    const N: u32 = 100;
+    let mut g = Guest::new();
+    let mut p = standard_paging();
+    p.map_4k(F, A, PTE_P | PTE_U);
+    g.paging = Some(p);
+    ok((|| {
+        let k = &mut g.k;
+        for (at, v) in [(A, 1u32), (B, 2u32)] {
+            k.mov(byte_ptr(at), 0xb8u32)?;
+            k.mov(dword_ptr(at + 1), v)?;
+            k.mov(byte_ptr(at + 5), 0xc3u32)?;
+        }
+        k.mov(esi, PAGE_DIR)?;
+        k.mov(edi, PD2)?;
+        k.mov(ecx, 1024u32)?;
+        k.cld()?;
+        k.rep().movsd()?;
+        k.mov(dword_ptr(PD2 + (F >> 22) * 4), T2 | PTE_P | PTE_W | PTE_U)?;
+        k.mov(dword_ptr(T2 + ((F >> 12) & 0x3ff) * 4), B | PTE_P | PTE_U)
+    })());
+    g.enable_paging(true, false);
+    g.install_syscalls();
+    g.enter_user(0x202);
+    // int 0x81: the other address space.
+    g.trap_handler(0x81, 3);
+    ok((|| {
+        let k = &mut g.k;
+        k.mov(eax, cr3)?;
+        k.xor(eax, PAGE_DIR ^ PD2)?;
+        k.mov(cr3, eax)?;
+        k.iretd()
+    })());
+    ok((|| {
+        let u = &mut g.u;
+        let mut top = u.create_label();
+        u.mov(edi, N)?;
+        u.xor(esi, esi)?;
+        u.set_label(&mut top)?;
+        u.call(F as u64)?;
+        u.add(esi, eax)?;
+        u.int(0x81)?;
+        u.dec(edi)?;
+        u.jnz(top)?;
+        u.cmp(esi, N / 2 * 3)
+    })());
+    let mut bad = g.u.create_label();
+    ok(g.u.jne(bad));
+    g.user_print("user: each space's callee\r\n");
+    g.user_exit(OK);
+    ok(g.u.set_label(&mut bad));
+    g.user_exit(0x55);
+    let so = run_ok(g, &["--mem", "32M", "--timeout", "30"]);
+    assert_eq!(so, "user: each space's callee\r\n");
+}
+
 /// Adaptive user-mode translation: a user loop of 2,000 null system calls (`int 0x80`) under
 /// the default engines (kernel bt, user direct). Its page becomes hot, runs translated, and
 /// its system calls become callouts: the host signals stop after the first few. The result is

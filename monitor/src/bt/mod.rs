@@ -79,9 +79,13 @@ pub struct Bt {
     pending_chain: Option<(FragId, u32, u32, u64)>,
     /// Exits chained.
     pub chained: u64,
-    /// Chained exits from or into user-mode (CPL 3) fragments: undone at a CR3 change, since
-    /// user code at one linear address differs between address spaces.
-    user_chains: Vec<(FragId, u32)>,
+    /// Chained exits of user-mode (CPL 3) fragments. User code at one linear address differs
+    /// between address spaces: at a CR3 change a chain whose target's guest pages do not map
+    /// the frames it was translated from (in the new address space) is undone, and one that
+    /// was undone so and whose target maps them again is redone (a shell and the children it
+    /// forks take turns on the CPU; a child that has not touched the shell's code pages yet
+    /// has no mapping for them).
+    user_chains: Vec<UserChain>,
     /// CR3 of the last fragment lookup.
     last_cr3: Option<u32>,
     /// Guest writes that invalidated translated code.
@@ -99,9 +103,50 @@ struct IblState {
     /// code pages are all global (PTE.G with CR4.PGE) survive a change of CR3 alone, as the
     /// global TLB entries they rely on do on a CPU; the others are reset.
     key: Option<(Mode, u32, u32, bool)>,
-    /// Indexes filled since the last reset, each with whether its fragment's code pages are
-    /// all global (None: unknown, reset all).
-    filled: Option<HashMap<u32, bool>>,
+    /// Indexes filled since the last reset (a full reset empties these, not the whole table).
+    filled: IndexSet,
+    /// Entries filled with a fragment whose code pages are not all global since the last
+    /// reset: (fragment, guest EIP, whether the entry holds it now). A change of CR3 alone
+    /// empties those whose fragment's pages do not map the frames it was translated from in
+    /// the new address space, and fills again those that do after being emptied so.
+    non_global: HashMap<u32, (FragId, u32, bool)>,
+}
+
+/// A chained exit of a user-mode fragment (see `Bt::user_chains`).
+struct UserChain {
+    from: FragId,
+    exit: u32,
+    to: FragId,
+    /// The exit jumps to `to` now (otherwise to its stub).
+    patched: bool,
+}
+
+/// A set of lookup-table indexes: a list to walk and a bitmap against duplicates.
+#[derive(Default)]
+struct IndexSet {
+    list: Vec<u32>,
+    bits: Vec<u64>,
+}
+
+impl IndexSet {
+    fn insert(&mut self, i: u32) {
+        let (w, b) = ((i / 64) as usize, i % 64);
+        if self.bits.len() <= w {
+            self.bits.resize(w + 1, 0);
+        }
+        if self.bits[w] & (1 << b) == 0 {
+            self.bits[w] |= 1 << b;
+            self.list.push(i);
+        }
+    }
+
+    /// The indexes, the set left empty.
+    fn drain(&mut self) -> Vec<u32> {
+        for &i in &self.list {
+            self.bits[(i / 64) as usize] = 0;
+        }
+        std::mem::take(&mut self.list)
+    }
 }
 
 /// Which lookup table fragments of privilege level `cpl` use.
@@ -156,8 +201,8 @@ impl Bt {
         let stack_top = bt.area.stack + area::STACK_SIZE;
         bt.vw32(bt.abi.callout_stack, stack_top);
         bt.vw16(bt.abi.callout_stack + 4, sys::USER_DS);
-        bt.reset_ibl(0);
-        bt.reset_ibl(1);
+        bt.clear_ibl(0);
+        bt.clear_ibl(1);
         Ok(bt)
     }
 
@@ -199,53 +244,57 @@ impl Bt {
     }
 
     /// Every entry of lookup table `t` empty (pointing at the miss routine): the entries
-    /// filled since the last reset, or the whole table.
+    /// filled since the last reset (the whole table was emptied when it was made).
     fn reset_ibl(&mut self, t: usize) {
-        match self.ibl[t].filled.take() {
-            Some(filled) => {
-                for i in filled.into_keys() {
-                    self.reset_ibl_entry(t, i);
-                }
-            }
-            None => {
-                let e = self.abi.ibl_empty_entry(self.area.base + MISS_OFF);
-                let n = 1usize << self.abi.ibl_bits;
-                let table: Vec<u8> = e.iter().copied().cycle().take(8 * n).collect();
-                self.vw(self.table_offset(t), &table);
-            }
+        for i in self.ibl[t].filled.drain() {
+            self.reset_ibl_entry(t, i);
         }
-        self.ibl[t].filled = Some(HashMap::new());
+        self.ibl[t].non_global.clear();
+    }
+
+    /// The whole of table `t` empty (at creation).
+    fn clear_ibl(&mut self, t: usize) {
+        let e = self.abi.ibl_empty_entry(self.area.base + MISS_OFF);
+        let n = 1usize << self.abi.ibl_bits;
+        let table: Vec<u8> = e.iter().copied().cycle().take(8 * n).collect();
+        self.vw(self.table_offset(t), &table);
+        self.ibl[t].filled.drain();
+        self.ibl[t].non_global.clear();
     }
 
     /// Fills entry of guest `eip` in table `t` with TC address `tc`; `global`: the
     /// fragment's code pages are all global.
-    fn fill_ibl(&mut self, t: usize, eip: u32, tc: u32, global: bool) {
+    fn fill_ibl(&mut self, t: usize, eip: u32, tc: u32, frag: FragId, global: bool) {
         let e = self.abi.ibl_entry(eip, tc);
         let i = self.abi.ibl_index(eip);
         self.vw(self.table_offset(t) + 8 * i, &e);
-        match &mut self.ibl[t].filled {
-            Some(m) if m.len() < 4096 => {
-                m.insert(i, global);
-            }
-            _ => self.ibl[t].filled = None,
+        self.ibl[t].filled.insert(i);
+        if global {
+            self.ibl[t].non_global.remove(&i);
+        } else {
+            self.ibl[t].non_global.insert(i, (frag, eip, true));
         }
     }
 
-    /// A change of CR3 alone: every entry of table `t` reset but those of global fragments.
-    fn reset_ibl_non_global(&mut self, t: usize) {
-        let Some(filled) = self.ibl[t].filled.take() else {
-            self.reset_ibl(t);
-            return;
-        };
-        let mut kept = HashMap::new();
-        for (i, global) in filled {
-            if global {
-                kept.insert(i, true);
-            } else {
+    /// A change of CR3 alone: the entries of table `t` of fragments not on global pages hold
+    /// their fragment where it is `valid` in the new address space, are empty elsewhere.
+    fn revalidate_ibl(&mut self, t: usize, valid: &mut impl FnMut(&Bt, FragId) -> bool) {
+        let mut entries = std::mem::take(&mut self.ibl[t].non_global);
+        entries.retain(|&i, (f, eip, present)| {
+            let Some(tc) = self.cache.get(*f).map(|r| r.entry()) else {
+                return false; // dropped: the cache emptied its entries
+            };
+            let v = valid(self, *f);
+            if v && !*present {
+                let e = self.abi.ibl_entry(*eip, tc);
+                self.vw(self.table_offset(t) + 8 * i, &e);
+            } else if !v && *present {
                 self.reset_ibl_entry(t, i);
             }
-        }
-        self.ibl[t].filled = Some(kept);
+            *present = v;
+            true
+        });
+        self.ibl[t].non_global = entries;
     }
 
     fn reset_ibl_entry(&mut self, t: usize, i: u32) {
@@ -259,15 +308,29 @@ impl Bt {
         self.reset_ibl_entry(1, i);
     }
 
-    /// Points every recorded user-mode chained exit back at its stub.
-    fn unchain_user(&mut self) {
-        for (from, n) in std::mem::take(&mut self.user_chains) {
-            let Some(site) = self.cache.get(from).and_then(|r| r.exits.get(n as usize).map(|e| (r.tc_addr, e.0))) else { continue };
-            let (base, site) = site;
-            let at = base + site.patch_off;
-            let rel = (base + site.stub_off).wrapping_sub(at + 4);
-            self.area.write(at, &rel.to_le_bytes());
+    /// After a CR3 change: the recorded user-mode chained exits point at their target where it
+    /// is `valid` in the address space now current, at their stub elsewhere.
+    fn rechain_user(&mut self, valid: &mut impl FnMut(&Bt, FragId) -> bool) {
+        let mut kept = Vec::with_capacity(self.user_chains.len());
+        for mut c in std::mem::take(&mut self.user_chains) {
+            // The cache still has both fragments and still records this chain (it unchains
+            // exits into a fragment it drops, and an exit may have been chained elsewhere).
+            let Some(from) = self.cache.get(c.from) else { continue };
+            let Some(&(site, chained)) = from.exits.get(c.exit as usize) else { continue };
+            let Some(to) = self.cache.get(c.to) else { continue };
+            if chained != Some(c.to) {
+                continue;
+            }
+            let at = from.tc_addr + site.patch_off;
+            let target = if valid(self, c.to) { to.entry() } else { from.tc_addr + site.stub_off };
+            let now = target == to.entry();
+            if now != c.patched {
+                self.area.write(at, &target.wrapping_sub(at + 4).to_le_bytes());
+                c.patched = now;
+            }
+            kept.push(c);
         }
+        self.user_chains = kept;
     }
 
     /// Drops every fragment.
@@ -399,16 +462,23 @@ impl Direct<'_> {
         let cs_base = s.seg(SegReg::Cs).base;
         let lin = cs_base.wrapping_add(eip);
         let key = (mode, cs_base, s.cr3, s.cr4 & cr::CR4_PGE != 0);
-        if bt.last_cr3 != Some(s.cr3) {
-            bt.unchain_user();
-            bt.last_cr3 = Some(s.cr3);
+        // Whether fragment `f`'s guest pages map the frames it was translated from, in the
+        // address space now current (memoised for one CR3 change).
+        let mut memo: HashMap<FragId, bool> = HashMap::new();
+        let mut valid = |bt: &Bt, f: FragId| {
+            *memo.entry(f).or_insert_with(|| bt.pages.get(&f).is_some_and(|pp| pp.iter().all(|&(p, fr)| cpu.probe_translation(p << 12).map(|x| x >> 12) == Some(fr))))
+        };
+        if bt.last_cr3 != Some(key.2) {
+            bt.rechain_user(&mut valid);
+            bt.last_cr3 = Some(key.2);
         }
         let t = table_index(mode.cpl);
         match bt.ibl[t].key {
             Some(k) if k == key => {}
-            Some((m, b, _, g)) if (m, b, g) == (key.0, key.1, key.3) => bt.reset_ibl_non_global(t),
+            Some((m, b, _, g)) if (m, b, g) == (key.0, key.1, key.3) => bt.revalidate_ibl(t, &mut valid),
             _ => bt.reset_ibl(t),
         }
+        drop(valid);
         bt.ibl[t].key = Some(key);
         if let Some(id) = bt.cache.lookup(lin, mode) {
             let ok = bt.pages.get(&id).is_some_and(|pp| pp.iter().all(|&(p, f)| cpu.probe_translation(p << 12).map(|x| x >> 12) == Some(f)));
@@ -542,7 +612,7 @@ impl Direct<'_> {
                         bt.area.write(p.addr, &p.bytes);
                         bt.chained += 1;
                         if bt.cache.get(from).is_some_and(|f| f.mode.cpl == 3) {
-                            bt.user_chains.push((from, n));
+                            bt.user_chains.push(UserChain { from, exit: n, to, patched: true });
                         }
                     }
                 }
@@ -550,7 +620,7 @@ impl Direct<'_> {
             if let Some(eip) = bt.pending_ibl.take() {
                 if eip == self.cpu.state.eip {
                     let t = table_index(self.cpu.state.cpl);
-                    bt.fill_ibl(t, eip, tc, global);
+                    bt.fill_ibl(t, eip, tc, to, global);
                 }
             }
         }
@@ -641,7 +711,7 @@ impl Direct<'_> {
                 Ok(None)
             }
             Some(CalloutOp::Exit) => {
-                self.stats.exit("bt-exit");
+                self.stats.exit(if self.cpu.state.cpl == 3 { "bt-exit-user" } else { "bt-exit" });
                 if let Some(bt) = self.bt.as_mut() {
                     let arg = bt.vr32(a.callout_arg);
                     // The return address lies in the calling fragment's exit stub.
@@ -652,7 +722,7 @@ impl Direct<'_> {
                 Ok(None)
             }
             Some(CalloutOp::IndirectMiss) => {
-                self.stats.exit("bt-ibl-miss");
+                self.stats.exit(if self.cpu.state.cpl == 3 { "bt-ibl-miss-user" } else { "bt-ibl-miss" });
                 if let Some(bt) = self.bt.as_mut() {
                     bt.pending_ibl = Some(eip);
                 }
