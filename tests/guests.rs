@@ -824,24 +824,35 @@ fn indirect_calls_after_cr3_switches_reach_each_spaces_code() {
     assert_eq!(so, want);
 }
 
-/// User code calls a function at a linear address whose page maps different frames in two
-/// address spaces ("mov eax, 1; ret" in the first, "mov eax, 2; ret" in the second), and a
-/// system call switches CR3 between the spaces after each call. The calling page is the same
-/// frame in both, so its translation stays valid across the switch, but its chained CALL must
-/// not carry the first space's callee into the second (the runtime keeps a user chain across
-/// a CR3 change only where the target's pages map the frames it was translated from, and
-/// redoes it when they do again).
-#[test]
-fn user_chains_across_cr3_switches_reach_each_spaces_code() {
+/// How the kernel makes the callee's linear page map the other frame between two calls.
+#[derive(Clone, Copy)]
+enum Remap {
+    /// Switch CR3 between two page directories.
+    Cr3Switch,
+    /// Rewrite the PTE in place, then INVLPG.
+    PteAndInvlpg,
+    /// Rewrite the PTE in place, then write CR3 with the value it has.
+    PteAndCr3Reload,
+}
+
+/// User code calls a function at a linear address whose page maps one of two frames ("mov
+/// eax, 1; ret" or "mov eax, 2; ret"), and a system call makes it map the other one after each
+/// call ([`Remap`]). The calling page keeps its frame, so its translation stays valid, but its
+/// chained CALL and the lookup entry of the callee must not carry the old frame's code over
+/// (the runtime checks user chains and lookup entries against the address space after a CR3
+/// change, an INVLPG of a page user code came from and a CR3 reload, and redoes a chain when
+/// its target's frames are mapped again).
+fn user_callee_remapped(remap: Remap) {
     const F: u32 = 0x0100_0000; // the callee's linear address, in its own page table
-    const A: u32 = 0x20_0000; // "mov eax, 1; ret" (space 1)
-    const B: u32 = 0x20_1000; // "mov eax, 2; ret" (space 2)
+    const A: u32 = 0x20_0000; // "mov eax, 1; ret"
+    const B: u32 = 0x20_1000; // "mov eax, 2; ret"
     const PD2: u32 = 0x20_2000;
     const T2: u32 = 0x20_3000;
     const N: u32 = 100;
     let mut g = Guest::new();
     let mut p = standard_paging();
     p.map_4k(F, A, PTE_P | PTE_U);
+    let pte_f = p.pte_addr(F);
     g.paging = Some(p);
     ok((|| {
         let k = &mut g.k;
@@ -861,13 +872,26 @@ fn user_chains_across_cr3_switches_reach_each_spaces_code() {
     g.enable_paging(true, false);
     g.install_syscalls();
     g.enter_user(0x202);
-    // int 0x81: the other address space.
+    // int 0x81: F maps the other frame.
     g.trap_handler(0x81, 3);
     ok((|| {
         let k = &mut g.k;
-        k.mov(eax, cr3)?;
-        k.xor(eax, PAGE_DIR ^ PD2)?;
-        k.mov(cr3, eax)?;
+        match remap {
+            Remap::Cr3Switch => {
+                k.mov(eax, cr3)?;
+                k.xor(eax, PAGE_DIR ^ PD2)?;
+                k.mov(cr3, eax)?;
+            }
+            Remap::PteAndInvlpg => {
+                k.xor(dword_ptr(pte_f), A ^ B)?;
+                k.invlpg(byte_ptr(F))?;
+            }
+            Remap::PteAndCr3Reload => {
+                k.xor(dword_ptr(pte_f), A ^ B)?;
+                k.mov(eax, cr3)?;
+                k.mov(cr3, eax)?;
+            }
+        }
         k.iretd()
     })());
     ok((|| {
@@ -885,12 +909,27 @@ fn user_chains_across_cr3_switches_reach_each_spaces_code() {
     })());
     let mut bad = g.u.create_label();
     ok(g.u.jne(bad));
-    g.user_print("user: each space's callee\r\n");
+    g.user_print("user: each frame's callee\r\n");
     g.user_exit(OK);
     ok(g.u.set_label(&mut bad));
     g.user_exit(0x55);
     let so = run_ok(g, &["--mem", "32M", "--timeout", "30"]);
-    assert_eq!(so, "user: each space's callee\r\n");
+    assert_eq!(so, "user: each frame's callee\r\n");
+}
+
+#[test]
+fn user_chains_across_cr3_switches_reach_each_spaces_code() {
+    user_callee_remapped(Remap::Cr3Switch);
+}
+
+#[test]
+fn user_chains_after_invlpg_reach_the_new_frames_code() {
+    user_callee_remapped(Remap::PteAndInvlpg);
+}
+
+#[test]
+fn user_chains_after_a_cr3_reload_reach_the_new_frames_code() {
+    user_callee_remapped(Remap::PteAndCr3Reload);
 }
 
 /// Adaptive user-mode translation: a user loop of 2,000 null system calls (`int 0x80`) under

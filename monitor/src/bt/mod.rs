@@ -32,7 +32,7 @@ pub mod area;
 pub mod gate;
 pub mod hot;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 
 use vmm_interp::state::{cr, flags, SegReg};
@@ -88,6 +88,13 @@ pub struct Bt {
     user_chains: Vec<UserChain>,
     /// CR3 of the last fragment lookup.
     last_cr3: Option<u32>,
+    /// The guest may have remapped user code without changing CR3 (INVLPG of a page user
+    /// fragments came from, or a CR3 write of the same value): user chains and lookup entries
+    /// are checked again at the next fragment lookup, as after a CR3 change.
+    revalidate: bool,
+    /// Linear pages user-mode fragments were translated from since the last flush (a superset:
+    /// pages of dropped fragments stay).
+    user_code_pages: HashSet<u32>,
     /// Guest writes that invalidated translated code.
     pub invalidations: u64,
     /// Fragments translated.
@@ -193,6 +200,8 @@ impl Bt {
             chained: 0,
             user_chains: Vec::new(),
             last_cr3: None,
+            revalidate: false,
+            user_code_pages: HashSet::new(),
             invalidations: 0,
             translated: 0,
             faults: adaptive::FaultCounters::default(),
@@ -336,6 +345,7 @@ impl Bt {
     /// Drops every fragment.
     fn flush(&mut self) {
         self.user_chains.clear();
+        self.user_code_pages.clear();
         self.cache.flush(TC_RESERVED);
         self.pages.clear();
         self.reset_ibl(0);
@@ -356,6 +366,7 @@ impl Bt {
         self.pending_ibl = None;
         self.pending_chain = None;
         self.last_cr3 = None;
+        self.revalidate = false;
         self.chained = 0;
         self.invalidations = 0;
         self.translated = 0;
@@ -468,9 +479,16 @@ impl Direct<'_> {
         let mut valid = |bt: &Bt, f: FragId| {
             *memo.entry(f).or_insert_with(|| bt.pages.get(&f).is_some_and(|pp| pp.iter().all(|&(p, fr)| cpu.probe_translation(p << 12).map(|x| x >> 12) == Some(fr))))
         };
-        if bt.last_cr3 != Some(key.2) {
+        if bt.last_cr3 != Some(key.2) || bt.revalidate {
             bt.rechain_user(&mut valid);
             bt.last_cr3 = Some(key.2);
+        }
+        if std::mem::take(&mut bt.revalidate) {
+            for other in 0..2 {
+                if bt.ibl[other].key.is_some_and(|k| k.2 == key.2) {
+                    bt.revalidate_ibl(other, &mut valid);
+                }
+            }
         }
         let t = table_index(mode.cpl);
         match bt.ibl[t].key {
@@ -519,10 +537,23 @@ impl Direct<'_> {
             bt.pages.remove(&r);
         }
         bt.cache.set_code_ranges(id, adaptive::unit_code_ranges(&unit, &pages));
+        if mode.cpl == 3 {
+            bt.user_code_pages.extend(unit.pages.iter().copied());
+        }
         bt.pages.insert(id, pages);
         bt.translated += 1;
         self.stats.exit("bt-translate");
         Ok((id, frag.tc_addr + frag.entry_off))
+    }
+
+    /// The guest changed its paging without a new CR3: INVLPG of linear `page` (a page
+    /// number), or a CR3 write (None; one of a new value is seen at the next lookup anyway).
+    pub(crate) fn bt_paging_changed(&mut self, page: Option<u32>) {
+        if let Some(bt) = self.bt.as_mut() {
+            if page.is_none_or(|p| bt.user_code_pages.contains(&p)) {
+                bt.revalidate = true;
+            }
+        }
     }
 
     /// A guest write faulted at `lin`: if its frame holds translated code, drop the frame's

@@ -372,8 +372,14 @@ impl Direct<'_> {
         }
         if self.cpu.icount != icount_before {
             match special {
-                Some(Special::Invlpg(lin)) => self.shadow.invlpg(lin).map_err(io)?,
-                Some(Special::Cr3Write) => self.shadow.cr3_written(&mut self.cpu).map_err(io)?,
+                Some(Special::Invlpg(lin)) => {
+                    self.shadow.invlpg(lin).map_err(io)?;
+                    self.bt_paging_changed(Some(lin >> 12));
+                }
+                Some(Special::Cr3Write) => {
+                    self.shadow.cr3_written(&mut self.cpu).map_err(io)?;
+                    self.bt_paging_changed(None);
+                }
                 None => {}
             }
         }
