@@ -606,3 +606,58 @@ fn tzcnt_and_lzcnt_run_as_bsf_and_bsr_on_the_p6_model() {
     let bsr = is.iter().find(|i| i.mnemonic() == Mnemonic::Bsr).unwrap();
     assert_eq!(f.guest_state_at(bsr.ip() as u32 - f.tc_addr).unwrap().guest_eip, 0x1004);
 }
+
+/// User code with a flat GS (`Mode::user_gs`): GS operands are inline, through DS at the
+/// guest GS base (`ugs_base`) plus the offset; a register offset is checked with BOUND;
+/// `call gs:[x]` goes through the lookup; without the mode bit, or in kernel code, they stay
+/// `ReservedSegment` callouts.
+#[test]
+fn user_gs_operands_are_inline_in_flat_user_mode() {
+    let a = Abi::default();
+    let user = Mode { cpl: 3, user_gs: true, ..Mode::kernel32() };
+    // mov eax, gs:[0x14]; mov edx, gs:[eax+ecx*4+8]; call dword gs:[0x10]
+    let code = [0x65, 0xa1, 0x14, 0, 0, 0, 0x65, 0x8b, 0x54, 0x88, 0x08, 0x65, 0xff, 0x15, 0x10, 0, 0, 0];
+    let (_, f) = tr_mode(&code, 0x0804_8000, user);
+    assert!(callouts(&f).iter().all(|c| c.0 != EMU), "no Emulate callout: {:?}\n{}", callouts(&f), listing(&f).join("\n"));
+    let base = format!("mov ecx,gs:[{:X}h]", a.ugs_base);
+    let pair4 = format!("bound ebx,qword ptr gs:[{:X}h]", a.ugs_bound_of(4).unwrap());
+    assert_has(
+        &f,
+        &[
+            // mov eax, gs:[0x14]: the constant offset needs no check.
+            &base,
+            "lea ecx,[ecx+14h]",
+            "mov eax,[ecx]",
+            // mov edx, gs:[eax+ecx*4+8]: EBX is the first free register (EDX is the
+            // destination, ECX and EAX the operand's).
+            // offset + 2^31 against the pair for 4 bytes
+            "lea ebx,[eax+ecx*4-7FFFFFF8h]",
+            &pair4,
+            &format!("mov ebx,gs:[{:X}h]", a.ugs_base),
+            "lea ebx,[eax+ebx+8]",
+            "lea ebx,[ebx+ecx*4]",
+            "mov edx,[ebx]",
+            // call dword gs:[0x10]: the target into EAX through ECX, the return address, the
+            // lookup.
+            &base,
+            "lea ecx,[ecx+10h]",
+            "mov eax,[ecx]",
+            "push 8048012h",
+        ],
+    );
+    for mode in [Mode { user_gs: false, ..user }, Mode { user_gs: true, ..Mode::kernel32() }] {
+        let (_, f) = tr_mode(&code[..6], 0x0804_8000, mode);
+        let k = callouts(&f);
+        assert!(
+            k.iter().any(|c| c.0 == EMU && c.3 == CalloutKind::ReservedSegment as u32),
+            "{mode:?}: {k:?}\n{}",
+            listing(&f).join("\n")
+        );
+    }
+    // An access that runs past offset 0xFFFFFFFF with a constant offset: the callout (#GP).
+    let (_, f) = tr_mode(&[0x65, 0xa1, 0xfe, 0xff, 0xff, 0xff], 0x0804_8000, user);
+    assert!(callouts(&f).iter().any(|c| c.0 == EMU && c.3 == CalloutKind::ReservedSegment as u32));
+    // String instructions with GS stay callouts.
+    let (_, f) = tr_mode(&[0x65, 0xa5], 0x0804_8000, user);
+    assert!(callouts(&f).iter().any(|c| c.0 == EMU && c.3 == CalloutKind::ReservedSegment as u32));
+}
