@@ -159,9 +159,9 @@ pub struct Abi {
     /// goes to this + offset through DS. The runtime keeps it current (GS loads are callouts).
     pub ugs_base: u32,
     /// [`UGS_BOUND_SIZES`]`.len()` × 8 bytes, constant: per access size n, the BOUND pair
-    /// `{ i32::MIN, i32::MAX - (n - 1) }` against which an inline GS access checks its offset
-    /// + 2^31: an access that runs past offset 0xFFFFFFFF raises #BR there (the guest's #GP,
-    /// raised by the interpreter re-executing the instruction). Written by the runtime
+    /// `{ i32::MIN, i32::MAX - (n - 1) }` against which an inline GS access checks its
+    /// offset plus 2^31: an access that runs past offset 0xFFFFFFFF raises #BR there (the
+    /// guest's #GP, raised by the interpreter re-executing the instruction). Written by the runtime
     /// ([`Abi::ugs_bounds_bytes`]).
     pub ugs_bounds: u32,
     /// The indirect-branch lookup table: `1 << ibl_bits` entries of 8 bytes

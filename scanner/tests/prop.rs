@@ -73,6 +73,8 @@ fn code() -> impl Strategy<Value = Vec<u8>> {
         vec![0x65, 0xff, 0x74, 0x24, 0x04],
         vec![0x65, 0xff, 0x20],
         vec![0x65, 0xa5],
+        // vpgatherdd xmm0, gs:[eax+xmm1*4], xmm2 (a vector index: stays a callout)
+        vec![0x65, 0xc4, 0xe2, 0x69, 0x90, 0x04, 0x88],
     ];
     let piece = prop_oneof![
         3 => proptest::sample::select(interesting),

@@ -661,3 +661,23 @@ fn user_gs_operands_are_inline_in_flat_user_mode() {
     let (_, f) = tr_mode(&[0x65, 0xa5], 0x0804_8000, user);
     assert!(callouts(&f).iter().any(|c| c.0 == EMU && c.3 == CalloutKind::ReservedSegment as u32));
 }
+
+/// With the host's CPU model for user code (`Config::user_model`), a GS operand with a vector
+/// index (an AVX2 gather) stays a callout; an SSE load through GS with a register offset is
+/// inline.
+#[test]
+fn user_gs_vector_operands() {
+    use vmm_scanner::classify::Model;
+    use vmm_scanner::units::SliceCode;
+    use vmm_scanner::{translate, Config};
+    let cfg = Config { user_model: Some(Model { features: Vec::new(), any: true }), ..Config::default() };
+    let user = Mode { cpl: 3, user_gs: true, ..Mode::kernel32() };
+    let go = |code: &[u8]| translate(&mut SliceCode { base: 0x0804_8000, bytes: code }, 0, 0x0804_8000, user, TC, &cfg).expect("encodes").1;
+    // vpgatherdd xmm0, gs:[eax+xmm1*4], xmm2
+    let f = go(&[0x65, 0xc4, 0xe2, 0x69, 0x90, 0x04, 0x88]);
+    assert!(callouts(&f).iter().any(|c| c.0 == EMU && c.3 == CalloutKind::ReservedSegment as u32), "{}", listing(&f).join("\n"));
+    // movdqu xmm0, gs:[esi+0x10]
+    let f = go(&[0x65, 0xf3, 0x0f, 0x6f, 0x46, 0x10]);
+    assert!(callouts(&f).iter().all(|c| c.0 != EMU), "{}", listing(&f).join("\n"));
+    assert!(has(&f, "movdqu xmm0,[ecx]"), "{}", listing(&f).join("\n"));
+}

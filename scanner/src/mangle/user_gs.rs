@@ -82,7 +82,9 @@ pub(super) fn user_gs(b: &mut Builder<'_>, gi: &GuestInsn, unit: &Unit, cfg: &Co
         b.ins(plain);
         return Some(FALL);
     }
-    if mem_ops != 1 || addr16(i) {
+    let gpr32_or_none = |r: Register| r == Register::None || r.is_gpr32();
+    if mem_ops != 1 || addr16(i) || !gpr32_or_none(i.memory_base()) || !gpr32_or_none(i.memory_index()) {
+        // 16-bit addressing; a vector index (VSIB gathers).
         return None;
     }
     // Every register the instruction reads or writes, explicitly or not.
