@@ -657,6 +657,9 @@ fn user_gs_operands_are_inline_in_flat_user_mode() {
     // An access that runs past offset 0xFFFFFFFF with a constant offset: the callout (#GP).
     let (_, f) = tr_mode(&[0x65, 0xa1, 0xfe, 0xff, 0xff, 0xff], 0x0804_8000, user);
     assert!(callouts(&f).iter().any(|c| c.0 == EMU && c.3 == CalloutKind::ReservedSegment as u32));
+    // LEA with a GS prefix: the offset, no memory access, no base added.
+    let (_, f) = tr_mode(&[0x65, 0x8d, 0x43, 0x05], 0x0804_8000, user);
+    assert!(has(&f, "lea eax,[ebx+5]") && !listing(&f).iter().any(|l| l.contains(&format!("{:X}h]", a.ugs_base))), "{}", listing(&f).join("\n"));
     // String instructions with GS stay callouts.
     let (_, f) = tr_mode(&[0x65, 0xa5], 0x0804_8000, user);
     assert!(callouts(&f).iter().any(|c| c.0 == EMU && c.3 == CalloutKind::ReservedSegment as u32));
