@@ -565,8 +565,11 @@ fn translated_kernel_code_matches_the_interpreter() {
 const W: u32 = 0x2_8000;
 /// A supervisor-only page (with paging).
 const SUPER: u32 = 0x6000;
-/// The user stack (top).
-const USTACK: u32 = 0xc000;
+/// The user stack (top). GS-relative stack operands (`gs:[esp+x]`) under the GS whose base is
+/// DATA - W land 0x8000 below it: in the page that is not present, not in the page tables
+/// (a write there without INVLPG would leave the TLBs of the two engines disagreeing, as two
+/// CPUs may).
+const USTACK: u32 = 0xf000;
 /// `add eax, 3; ret` (the target of `call gs:[x]`).
 const SUB: u32 = 0x1_9000;
 /// `add eax, 5; int 0x80` (the target of `jmp gs:[x]`: ends the run).
@@ -691,15 +694,28 @@ fn user_emit(a: &mut CodeAssembler, (k, x, y): Step) -> Result<(), IcedError> {
             1 => a.movzx(r, byte_ptr(o + 1).gs()),
             _ => a.mov(byte_ptr(o + 3).gs(), R8[(x % 4) as usize]),
         },
-        11 => {
-            if y % 2 == 0 {
+        11 => match y % 4 {
+            0 => {
                 a.push(dword_ptr(o).gs())?;
                 a.pop(r)
-            } else {
+            }
+            1 => {
                 a.push(r)?;
                 a.pop(dword_ptr(o).gs())
             }
-        }
+            // ESP in the operand: PUSH computes the address before it decrements ESP, POP
+            // after it increments ESP (a callout).
+            2 => {
+                a.push(dword_ptr(esp + 4).gs())?;
+                a.pop(r)
+            }
+            _ => {
+                a.push(r)?;
+                a.push(r2)?;
+                a.pop(dword_ptr(esp + 4).gs())?;
+                a.pop(r)
+            }
+        },
         12 => a.cmpxchg8b(qword_ptr(W + (y % 32) * 8).gs()),
         13 => a.lea(r, dword_ptr(r2 + (y & 0xff)).gs()),
         14 => {
