@@ -626,22 +626,19 @@ fn user_gs_operands_are_inline_in_flat_user_mode() {
         &[
             // mov eax, gs:[0x14]: the constant offset needs no check.
             &base,
-            "lea ecx,[ecx+14h]",
-            "mov eax,[ecx]",
+            "mov eax,[ecx+14h]",
             // mov edx, gs:[eax+ecx*4+8]: EBX is the first free register (EDX is the
             // destination, ECX and EAX the operand's).
             // offset + 2^31 against the pair for 4 bytes
             "lea ebx,[eax+ecx*4-7FFFFFF8h]",
             &pair4,
             &format!("mov ebx,gs:[{:X}h]", a.ugs_base),
-            "lea ebx,[eax+ebx+8]",
-            "lea ebx,[ebx+ecx*4]",
-            "mov edx,[ebx]",
+            "lea ebx,[eax+ebx]",
+            "mov edx,[ebx+ecx*4+8]",
             // call dword gs:[0x10]: the target into EAX through ECX, the return address, the
             // lookup.
             &base,
-            "lea ecx,[ecx+10h]",
-            "mov eax,[ecx]",
+            "mov eax,[ecx+10h]",
             "push 8048012h",
         ],
     );
@@ -682,5 +679,8 @@ fn user_gs_vector_operands() {
     // movdqu xmm0, gs:[esi+0x10]
     let f = go(&[0x65, 0xf3, 0x0f, 0x6f, 0x46, 0x10]);
     assert!(callouts(&f).iter().all(|c| c.0 != EMU), "{}", listing(&f).join("\n"));
-    assert!(has(&f, "movdqu xmm0,[ecx]"), "{}", listing(&f).join("\n"));
+    assert!(has(&f, "movdqu xmm0,[esi+ecx+10h]"), "{}", listing(&f).join("\n"));
+    // EBP as the base: the rewritten operand names DS (EBP's default segment is SS).
+    let f = go(&[0x65, 0x8b, 0x45, 0x08]); // mov eax, gs:[ebp+8]
+    assert!(has(&f, "mov eax,ds:[ebp+ecx+8]"), "{}", listing(&f).join("\n"));
 }

@@ -14,12 +14,14 @@
 //! lea R, [base + index*scale + disp + 80000000h]   ; offsets from registers, size > 1:
 //! bound R, gs:[ugs_bounds + pair(size)]            ;   #BR if the access runs past 4 GiB
 //! mov R, gs:[ugs_base]                ; the guest GS base (the runtime keeps it current)
-//! lea R, [R + base + disp]            ; (+ lea R, [R + index*scale] when both are used)
-//! <the instruction with the operand [R], segment DS>
+//! lea R, [base + R]                   ; only when the operand has base and index
+//! <the instruction with the operand [R + disp], [base + R + disp] or
+//!  [R + index*scale + disp], segment DS>
 //! mov R, gs:[s0]
 //! ```
 //!
-//! No flag changes. Every instruction from the LEA on carries the recovery "R from s0": a
+//! No flag changes. Addresses wrap modulo 2^32 in both (32-bit addressing), so the host's
+//! linear address is the guest's. Every instruction from the LEA on carries the recovery "R from s0": a
 //! fault (the access's #PF, a #GP of the DS shadow's truncated limit, the #BR) rebuilds the
 //! state before the guest instruction, and the runtime's interpreter re-executes it with the
 //! guest's GS (the same linear address, so the same CR2; the #GP of an access past 4 GiB).
@@ -109,7 +111,7 @@ pub(super) fn user_gs(b: &mut Builder<'_>, gi: &GuestInsn, unit: &Unit, cfg: &Co
             let r = CANDIDATES.into_iter().find(|r| !used.contains(r))?;
             let size = i.memory_size().size() as u32;
             let check = offset_check(b, i, size)?;
-            let access = at_register(i, r)?;
+            let access = at_operand(i, final_operand(i, r))?;
             let s0 = b.slot(S0);
             let rec = Recovery::reg(r, s0);
             b.st32(s0, r);
@@ -160,9 +162,35 @@ fn offset_check(b: &Builder<'_>, i: &Instruction, size: u32) -> Option<Check> {
     b.abi.ugs_bound_of(size).map(Check::Bound)
 }
 
-/// The instruction with its memory operand replaced by `[r]` (segment DS); moffs forms become
+/// The memory operand the rewritten instruction uses once R holds the GS base (plus the
+/// guest's base register when base and index are both used): `[R + disp]`,
+/// `[base + R + disp]` (the guest's base stays the base: ESP cannot be an index),
+/// `[R + index*scale + disp]`. Segment DS, explicit where the base is ESP or EBP.
+#[derive(Clone, Copy)]
+struct Operand {
+    base: Register,
+    index: Register,
+    scale: u32,
+    disp: u32,
+}
+
+fn final_operand(i: &Instruction, r: Register) -> Operand {
+    let (base, index, scale, disp) = (
+        i.memory_base(),
+        i.memory_index(),
+        i.memory_index_scale(),
+        i.memory_displacement32(),
+    );
+    match (base, index) {
+        (Register::None, Register::None) => Operand { base: r, index: Register::None, scale: 1, disp },
+        (base, Register::None) => Operand { base, index: r, scale: 1, disp },
+        (_, index) => Operand { base: r, index, scale, disp },
+    }
+}
+
+/// The instruction with its memory operand replaced by `op` (segment DS); moffs forms become
 /// their ModRM forms. None if that does not encode.
-fn at_register(i: &Instruction, r: Register) -> Option<Instruction> {
+fn at_operand(i: &Instruction, op: Operand) -> Option<Instruction> {
     let mut c = *i;
     c.set_ip(0);
     let code = match i.code() {
@@ -177,12 +205,13 @@ fn at_register(i: &Instruction, r: Register) -> Option<Instruction> {
     if let Some(code) = code {
         c.set_code(code);
     }
-    c.set_segment_prefix(Register::None);
-    c.set_memory_base(r);
-    c.set_memory_index(Register::None);
-    c.set_memory_index_scale(1);
-    c.set_memory_displacement32(0);
-    c.set_memory_displ_size(0);
+    let ss_default = matches!(op.base, Register::ESP | Register::EBP);
+    c.set_segment_prefix(if ss_default { Register::DS } else { Register::None });
+    c.set_memory_base(op.base);
+    c.set_memory_index(op.index);
+    c.set_memory_index_scale(op.scale);
+    c.set_memory_displacement32(op.disp);
+    c.set_memory_displ_size(if op.disp == 0 { 0 } else { 4 });
     encodable(&c).then_some(c)
 }
 
@@ -195,7 +224,8 @@ fn lea(r: Register, base: Register, index: Register, scale: u32, disp: u32) -> I
     ))
 }
 
-/// R (already saved) = GS base + the operand's offset, after the BOUND check if there is one.
+/// R (already saved) = the GS base, plus the guest's base register when the operand also
+/// has an index (see [`final_operand`]), after the BOUND check of the offset if there is one.
 fn linear_address(b: &mut Builder<'_>, i: &Instruction, r: Register, check: Check, rec: Recovery) {
     let (base, index, scale, disp) = (
         i.memory_base(),
@@ -208,19 +238,8 @@ fn linear_address(b: &mut Builder<'_>, i: &Instruction, r: Register, check: Chec
         b.ins_rec(mk(Instruction::with2(Code::Bound_r32_m3232, r, super::gs(pair))), rec);
     }
     b.ins_rec(mk(Instruction::with2(Code::Mov_r32_rm32, r, super::gs(b.abi.ugs_base))), rec);
-    match (base, index) {
-        (Register::None, Register::None) => {
-            if disp != 0 {
-                b.ins_rec(lea(r, r, Register::None, 1, disp), rec);
-            }
-        }
-        // The guest's base stays the base (ESP cannot be an index).
-        (base, Register::None) => b.ins_rec(lea(r, base, r, 1, disp), rec),
-        (Register::None, index) => b.ins_rec(lea(r, r, index, scale, disp), rec),
-        (base, index) => {
-            b.ins_rec(lea(r, base, r, 1, disp), rec);
-            b.ins_rec(lea(r, r, index, scale, 0), rec);
-        }
+    if base != Register::None && index != Register::None {
+        b.ins_rec(lea(r, base, r, 1, 0), rec);
     }
 }
 
@@ -241,12 +260,13 @@ fn branch(b: &mut Builder<'_>, i: &Instruction, next: u32) -> Option<Done> {
     } else {
         (Register::EDX, s0)
     };
-    let mut ld = mk(Instruction::with2(
+    let op = final_operand(i, r);
+    let seg = if matches!(op.base, Register::ESP | Register::EBP) { Register::DS } else { Register::None };
+    let ld = mk(Instruction::with2(
         if size16 { Code::Movzx_r32_rm16 } else { Code::Mov_r32_rm32 },
         Register::EAX,
-        MemoryOperand::new(r, Register::None, 1, 0, 0, false, Register::None),
+        MemoryOperand::new(op.base, op.index, op.scale, op.disp as i32 as i64, if op.disp == 0 { 0 } else { 4 }, false, seg),
     ));
-    ld.set_ip(0);
     b.st32(sa, Register::EAX);
     b.st32(sc, Register::ECX);
     if r == Register::EDX {
