@@ -726,12 +726,12 @@ fn user_emit(a: &mut CodeAssembler, (k, x, y): Step) -> Result<(), IcedError> {
             0 => a.mov(r, dword_ptr(esp + (y % 8) * 4).gs()),
             // EBP as the base (its default segment is SS: the rewritten operand names DS).
             1 => {
-                a.mov(ebp, (x % 250) as u32)?;
+                a.mov(ebp, x % 250)?;
                 a.mov(r, dword_ptr(ebp + W).gs())
             }
             _ => {
-                a.mov(ebp, (x % 120) as u32)?;
-                a.mov(esi, (y % 60) as u32)?;
+                a.mov(ebp, x % 120)?;
+                a.mov(esi, y % 60)?;
                 a.sub(dword_ptr(ebp + esi * 2 + W).gs(), r)
             }
         },
