@@ -555,3 +555,407 @@ fn translated_kernel_code_matches_the_interpreter() {
         Err(e) => panic!("{e}\n{runner}"),
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// User code (CPL 3) under `--user-engine bt`: GS-relative accesses (i386 TLS), which are inline
+// code when the guest GS is a flat data segment and DS has base 0 (scanner's
+// `mangle/user_gs.rs`, `Mode::user_gs`), and callouts otherwise.
+
+/// The TLS window: every flat GS selector's base puts offsets `W..W+0x100` in plain RAM.
+const W: u32 = 0x2_8000;
+/// A supervisor-only page (with paging).
+const SUPER: u32 = 0x6000;
+/// The user stack (top). GS-relative stack operands (`gs:[esp+x]`) under the GS whose base is
+/// DATA - W land 0x8000 below it: in the page that is not present, not in the page tables
+/// (a write there without INVLPG would leave the TLBs of the two engines disagreeing, as two
+/// CPUs may).
+const USTACK: u32 = 0xf000;
+/// `add eax, 3; ret` (the target of `call gs:[x]`).
+const SUB: u32 = 0x1_9000;
+/// `add eax, 5; int 0x80` (the target of `jmp gs:[x]`: ends the run).
+const SUB_JMP: u32 = 0x1_9010;
+/// The handler of `int 0x80` (a DPL-3 gate): the debug exit with 0.
+const HANDLER0: u32 = 0x1_8100;
+
+/// GS selectors: flat with base DATA - W (offsets wrap around 4 GiB to DATA), flat base 0,
+/// flat base 0x1000, a limit inside the window (W + 0x7f), read-only flat, expand-down,
+/// null, and flat with base DATA + 0x100, where an offset near 4 GiB reaches RAM (the flat
+/// ones are the inline path; the others the callout).
+const GS_SELS: [u32; 8] = [0x3b, 0x43, 0x4b, 0x53, 0x5b, 0x6b, 0x00, 0x73];
+/// DS selectors: the flat user data segment and one with base 0x1000 (GS accesses then are
+/// callouts).
+const DS_SELS: [u32; 2] = [0x23, 0x63];
+
+fn user_gdt() -> Vec<u64> {
+    let wrap = DATA.wrapping_sub(W);
+    vec![
+        0u64,
+        desc(0, 0xfffff, 0x9a, 0xc),        // 0x08 kernel code
+        desc(0, 0xfffff, 0x92, 0xc),        // 0x10 kernel data
+        desc(0, 0xfffff, 0xfa, 0xc),        // 0x1b user code
+        desc(0, 0xfffff, 0xf2, 0xc),        // 0x23 user data
+        desc(0x3000, 0x67, 0x89, 0),        // 0x28 TSS
+        desc(DATA, 0xfff, 0x92, 0x4),       // 0x30
+        desc(wrap, 0xfffff, 0xf2, 0xc),     // 0x3b flat, base DATA - W
+        desc(0, 0xfffff, 0xf2, 0xc),        // 0x43 flat, base 0
+        desc(0x1000, 0xfffff, 0xf2, 0xc),   // 0x4b flat, base 0x1000
+        desc(wrap, W + 0x7f, 0xf2, 0x4),    // 0x53 limit inside the window
+        desc(0, 0xfffff, 0xf0, 0xc),        // 0x5b read-only
+        desc(0x1000, 0xfffff, 0xf2, 0xc),   // 0x63 user data, base 0x1000 (for DS)
+        desc(wrap, W - 1, 0xf6, 0x4),       // 0x6b expand-down: offsets from W on
+        desc(DATA + 0x100, 0xfffff, 0xf2, 0xc), // 0x73 flat, base in DATA: offsets near 4 GiB reach RAM
+    ]
+}
+
+fn user_emit(a: &mut CodeAssembler, (k, x, y): Step) -> Result<(), IcedError> {
+    const R16: [AsmRegister16; 6] = [ax, cx, dx, bx, si, di];
+    const R8: [AsmRegister8; 4] = [al, cl, dl, bl];
+    let r = REGS[(x % 6) as usize];
+    let r2 = REGS[(y % 6) as usize];
+    let o = W + (y % 64) * 4;
+    match k % 16 {
+        0 => a.mov(r2, dword_ptr(o).gs()),
+        1 => a.mov(dword_ptr(o).gs(), r),
+        2 => {
+            // Base register (unaligned offsets too).
+            a.mov(r, y % 250)?;
+            a.mov(r2, dword_ptr(r + W).gs())
+        }
+        3 => {
+            // Index register, scaled.
+            a.mov(r, y % 64)?;
+            a.mov(dword_ptr(r * 4 + W).gs(), r2)
+        }
+        4 => {
+            // Base and index (read-modify-write).
+            a.mov(ebx, y % 128)?;
+            a.mov(esi, x % 32)?;
+            a.add(dword_ptr(ebx + esi * 4 + W).gs(), r)
+        }
+        5 => match y % 5 {
+            0 => a.add(dword_ptr(o).gs(), r),
+            1 => a.inc(byte_ptr(o + x % 4).gs()),
+            2 => a.xchg(dword_ptr(o).gs(), r),
+            3 => a.cmpxchg(dword_ptr(o).gs(), r),
+            _ => a.lock().or(dword_ptr(o).gs(), r),
+        },
+        6 => match y % 8 {
+            0..=2 => {
+                a.mov(dword_ptr(W + 0xf8).gs(), SUB)?;
+                a.call(dword_ptr(W + 0xf8).gs())
+            }
+            3 | 4 => {
+                a.mov(ecx, 0xf8u32)?;
+                a.mov(dword_ptr(ecx + W).gs(), SUB)?;
+                a.call(dword_ptr(ecx + W).gs())
+            }
+            5 | 6 => {
+                a.mov(eax, 0x78u32)?;
+                a.mov(ecx, 0x80u32)?;
+                a.mov(dword_ptr(eax + ecx + W).gs(), SUB)?;
+                a.call(dword_ptr(eax + ecx + W).gs())
+            }
+            _ => {
+                a.mov(dword_ptr(W + 0xf4).gs(), SUB_JMP)?;
+                a.jmp(dword_ptr(W + 0xf4).gs())
+            }
+        },
+        7 => {
+            // A new GS (base, limit, type): the inline accesses after it must use it.
+            a.mov(eax, GS_SELS[(y % 8) as usize])?;
+            a.mov(gs, ax)
+        }
+        8 => {
+            a.mov(eax, DS_SELS[(y % 2) as usize])?;
+            a.mov(ds, ax)
+        }
+        9 => match y % 5 {
+            // Faults: a page that is not present, a supervisor page (with paging), an access
+            // that runs past offset 0xFFFFFFFF (#GP) or ends at it (no fault), statically.
+            0 => {
+                a.mov(eax, 0x43u32)?;
+                a.mov(gs, ax)?;
+                a.mov(r, dword_ptr(HOLE + (x % 16) * 4).gs())
+            }
+            1 => {
+                a.mov(eax, 0x43u32)?;
+                a.mov(gs, ax)?;
+                a.mov(dword_ptr(SUPER + (x % 16) * 4).gs(), r2)
+            }
+            2 => {
+                a.mov(esi, 0xffff_fffcu32 + x % 4)?;
+                a.mov(r, dword_ptr(esi).gs())
+            }
+            3 => a.mov(r, dword_ptr(0xffff_fffcu32 + x % 4).gs()),
+            _ => a.mov(r16_of(r, &R16), word_ptr(0xffff_fffeu32 + x % 2).gs()),
+        },
+        10 => match y % 3 {
+            0 => a.mov(R16[(x % 6) as usize], word_ptr(o).gs()),
+            1 => a.movzx(r, byte_ptr(o + 1).gs()),
+            _ => a.mov(byte_ptr(o + 3).gs(), R8[(x % 4) as usize]),
+        },
+        11 => match y % 4 {
+            0 => {
+                a.push(dword_ptr(o).gs())?;
+                a.pop(r)
+            }
+            1 => {
+                a.push(r)?;
+                a.pop(dword_ptr(o).gs())
+            }
+            // ESP in the operand: PUSH computes the address before it decrements ESP, POP
+            // after it increments ESP (a callout).
+            2 => {
+                a.push(dword_ptr(esp + 4).gs())?;
+                a.pop(r)
+            }
+            _ => {
+                a.push(r)?;
+                a.push(r2)?;
+                a.pop(dword_ptr(esp + 4).gs())?;
+                a.pop(r)
+            }
+        },
+        12 => a.cmpxchg8b(qword_ptr(W + (y % 32) * 8).gs()),
+        13 => a.lea(r, dword_ptr(r2 + (y & 0xff)).gs()),
+        14 => {
+            a.add(r, y as i32)?;
+            a.mov(dword_ptr(DATA + (y % 64) * 4), r)
+        }
+        _ => match y % 3 {
+            0 => a.mov(r, dword_ptr(esp + (y % 8) * 4).gs()),
+            // EBP as the base (its default segment is SS: the rewritten operand names DS).
+            1 => {
+                a.mov(ebp, x % 250)?;
+                a.mov(r, dword_ptr(ebp + W).gs())
+            }
+            _ => {
+                a.mov(ebp, x % 120)?;
+                a.mov(esi, y % 60)?;
+                a.sub(dword_ptr(ebp + esi * 2 + W).gs(), r)
+            }
+        },
+    }
+}
+
+fn r16_of(r: AsmRegister32, r16: &[AsmRegister16; 6]) -> AsmRegister16 {
+    r16[REGS.iter().position(|&q| q == r).unwrap_or(0)]
+}
+
+/// The user code of `steps`, then `int 0x80` (the handler ends the run with 0).
+fn user_code(steps: &[Step]) -> Vec<u8> {
+    let mut a = CodeAssembler::new(32).unwrap();
+    for s in steps {
+        user_emit(&mut a, *s).unwrap();
+    }
+    a.int(0x80).unwrap();
+    a.assemble(CODE as u64).unwrap()
+}
+
+fn user_disassembly(steps: &[Step]) -> String {
+    use iced_x86::{Decoder, DecoderOptions, Formatter, IntelFormatter};
+    let bytes = user_code(steps);
+    let mut d = Decoder::with_ip(32, &bytes, CODE as u64, DecoderOptions::NONE);
+    let mut f = IntelFormatter::new();
+    let mut out = String::new();
+    for insn in &mut d {
+        let mut text = String::new();
+        f.format(&insn, &mut text);
+        out += &format!("  {:08x}  {text}\n", insn.ip());
+    }
+    out
+}
+
+/// Guest RAM and the CPU state at the first step: CPL 3, GS = `gs_sel`, the TSS's ring-0
+/// stack for exceptions (handled at CPL 0: the debug exit with 0x21, the frame on KSTACK).
+fn user_image_of(code: &[u8], paging: bool, gs_sel: u32) -> (Vec<u8>, CpuState) {
+    let mut ram = GuestRam::heap(RAM);
+    let gdt = user_gdt();
+    for (i, d) in gdt.iter().enumerate() {
+        ram.write((GDT + 8 * i as u32) as u64, &d.to_le_bytes()).unwrap();
+    }
+    let gate = |v: u32, handler: u32, dpl: u32| ((0x08u32 << 16) | (handler & 0xffff), (handler & 0xffff_0000) | 0x8e00 | dpl << 13, v);
+    for (lo, hi, v) in (0..32u32).map(|v| gate(v, HANDLER, 0)).chain([gate(0x80, HANDLER0, 3)]) {
+        ram.write_u32((IDT + v * 8) as u64, lo).unwrap();
+        ram.write_u32((IDT + v * 8 + 4) as u64, hi).unwrap();
+    }
+    ram.write_u32(0x3004, KSTACK).unwrap(); // TSS.esp0
+    ram.write_u32(0x3008, 0x10).unwrap(); // TSS.ss0
+    ram.write(CODE as u64, code).unwrap();
+    for (at, f) in [(HANDLER, 0x21u32), (HANDLER0, 0)] {
+        let mut h = CodeAssembler::new(32).unwrap();
+        h.mov(al, f).unwrap();
+        h.out(0xf4, al).unwrap();
+        h.hlt().unwrap();
+        ram.write(at as u64, &h.assemble(at as u64).unwrap()).unwrap();
+    }
+    let mut sub = CodeAssembler::new(32).unwrap();
+    sub.add(eax, 3).unwrap();
+    sub.ret().unwrap();
+    ram.write(SUB as u64, &sub.assemble(SUB as u64).unwrap()).unwrap();
+    let mut sub = CodeAssembler::new(32).unwrap();
+    sub.add(eax, 5).unwrap();
+    sub.int(0x80).unwrap();
+    ram.write(SUB_JMP as u64, &sub.assemble(SUB_JMP as u64).unwrap()).unwrap();
+    for i in 0..64u32 {
+        ram.write_u32((DATA + 4 * i) as u64, i.wrapping_mul(0x9e37_79b9)).unwrap();
+        ram.write_u32((W + 4 * i) as u64, i.wrapping_mul(0x85eb_ca6b)).unwrap();
+        ram.write_u32((W + 0x1000 + 4 * i) as u64, i.wrapping_mul(0xc2b2_ae35)).unwrap();
+    }
+    let mut s = CpuState::flat_protected(3);
+    if paging {
+        ram.write_u32(PD as u64, PT | 7).unwrap();
+        for i in 0..1024u32 {
+            // Code pages Accessed already: bt translates code without a guest-visible fetch
+            // (a page that only translated code runs from stays not Accessed; the
+            // interpreter's fetches set the bit), a difference outside this test's subject.
+            let pte = match i << 12 {
+                HOLE => 0,
+                SUPER => (i << 12) | 3,
+                CODE | SUB | HANDLER => (i << 12) | 0x27,
+                _ => (i << 12) | 7,
+            };
+            ram.write_u32((PT + 4 * i) as u64, pte).unwrap();
+        }
+        s.cr3 = PD;
+        s.cr0 |= vmm_interp::state::cr::CR0_PG;
+    }
+    let seg = |sel: u32| {
+        if sel == 0 {
+            Segment::default()
+        } else {
+            vmm_interp::seg::Descriptor(gdt[(sel >> 3) as usize] | 1 << 40).to_segment(sel as u16)
+        }
+    };
+    s.seg = [seg(0x23), seg(0x1b), seg(0x23), seg(0x23), seg(0x23), seg(gs_sel)];
+    s.eip = CODE;
+    s.gpr = [1, 2, 3, 4, USTACK, 6, 7, 8];
+    s.gdtr = TableReg { base: GDT, limit: (gdt.len() * 8 - 1) as u16 };
+    s.idtr = TableReg { base: IDT, limit: 0x80 * 8 + 7 };
+    s.tr = Segment { selector: 0x28, base: 0x3000, limit: 0x67, attr: attr::P | 11 };
+    let GuestRam::Heap(bytes) = ram else { unreachable!("heap RAM") };
+    (bytes, s)
+}
+
+fn user_image(steps: &[Step], paging: bool, gs_sel: u32) -> (Vec<u8>, CpuState) {
+    user_image_of(&user_code(steps), paging, gs_sel)
+}
+
+fn user_opts(user: EngineKind) -> RunOptions {
+    RunOptions {
+        kernel_engine: if user == EngineKind::Interp { EngineKind::Interp } else { EngineKind::Bt },
+        user_engine: user,
+        timeout: Some(Duration::from_secs(20)),
+        ..RunOptions::default()
+    }
+}
+
+/// [`visible`] plus the TLS windows and the user stack.
+fn user_visible(r: &RunResult) -> String {
+    let mem = |a: u32, n: usize| r.machine.ram.slice(a as u64, n).unwrap().to_vec();
+    format!("{}\nwindow {:02x?}\nustack {:02x?}", visible(r), mem(W, 256), mem(USTACK - 64, 64))
+}
+
+/// The user generator's steps reach the end (`int 0x80`, exit 0) where they should, under the
+/// interpreter and under bt; and the GS accesses of flat segments are inline code: a loop of
+/// them makes few callouts.
+#[test]
+fn user_gs_accesses_are_inline_and_match_the_interpreter() {
+    // 200 iterations of: load, store, RMW with registers, call gs:[x].
+    let mut a = CodeAssembler::new(32).unwrap();
+    let mut top = a.create_label();
+    a.mov(edi, 200u32).unwrap();
+    a.set_label(&mut top).unwrap();
+    for s in [(0u8, 1u32, 2u32), (1, 2, 7), (4, 3, 9), (5, 0, 10), (6, 0, 0), (6, 0, 3), (6, 0, 5), (10, 1, 1), (12, 0, 3)] {
+        user_emit(&mut a, s).unwrap();
+    }
+    a.dec(edi).unwrap();
+    a.jnz(top).unwrap();
+    a.int(0x80).unwrap();
+    let code = a.assemble(CODE as u64).unwrap();
+    for (gs_sel, paging, inline) in [(0x3b, true, true), (0x43, false, true), (0x4b, true, true), (0x6b, true, false), (0x6b, false, false)] {
+        let (ram, s) = user_image_of(&code, paging, gs_sel);
+        let i = engine::run_interp(machine(ram.clone()), s.clone(), &user_opts(EngineKind::Interp));
+        let b = engine::run(machine(ram), s, &user_opts(EngineKind::Bt)).unwrap();
+        assert_eq!(i.outcome, vmm_monitor::engine::Outcome::DebugExit { value: 0 }, "GS {gs_sel:#x}");
+        let (vb, vi) = (user_visible(&b), user_visible(&i));
+        assert!(vb == vi && ram_differences(&b, &i).is_empty(), "GS {gs_sel:#x}:{}{}", differences(&vb, &vi), ram_differences(&b, &i));
+        // 200 x 12 GS instructions: as callouts each is one `bt-emulate`.
+        let emulated = b.stats.exits.get("bt-emulate").copied().unwrap_or(0);
+        if inline {
+            assert!(emulated < 50, "GS {gs_sel:#x}: {emulated} callouts\n{}", b.stats.render());
+        } else {
+            assert!(emulated >= 200 * 12, "GS {gs_sel:#x} (not flat): {emulated} callouts\n{}", b.stats.render());
+        }
+    }
+}
+
+/// A GS base change between two executions of the same fragment is seen: the loop reads
+/// gs:[W] and switches GS between two flat segments with different bases (the `mov gs`
+/// callout returns into the fragment), adding up what it read. With the inline code reading a
+/// stale base, the sum differs from the interpreter's.
+#[test]
+fn user_gs_base_changes_are_seen() {
+    let mut a = CodeAssembler::new(32).unwrap();
+    let mut top = a.create_label();
+    a.mov(edi, 50u32).unwrap();
+    a.xor(ebx, ebx).unwrap();
+    a.set_label(&mut top).unwrap();
+    a.add(ebx, dword_ptr(W + 4).gs()).unwrap();
+    a.mov(eax, 0x43u32).unwrap();
+    a.mov(gs, ax).unwrap();
+    a.add(ebx, dword_ptr(W + 4).gs()).unwrap();
+    a.imul_2(ebx, ebx).unwrap();
+    a.mov(eax, 0x3bu32).unwrap();
+    a.mov(gs, ax).unwrap();
+    a.dec(edi).unwrap();
+    a.jnz(top).unwrap();
+    a.int(0x80).unwrap();
+    let code = a.assemble(CODE as u64).unwrap();
+    let (ram, s) = user_image_of(&code, true, 0x3b);
+    let i = engine::run_interp(machine(ram.clone()), s.clone(), &user_opts(EngineKind::Interp));
+    let b = engine::run(machine(ram), s, &user_opts(EngineKind::Bt)).unwrap();
+    assert_eq!(i.outcome, vmm_monitor::engine::Outcome::DebugExit { value: 0 });
+    assert_eq!(user_visible(&b), user_visible(&i), "{}", b.stats.render());
+    // The loads are inline: only the two GS loads per iteration are callouts.
+    let emulated = b.stats.exits.get("bt-emulate").copied().unwrap_or(0);
+    assert!(emulated <= 2 * 50 + 10, "{emulated} callouts\n{}", b.stats.render());
+}
+
+/// Cases of the user-mode property test in the default run (`VMM_BT_USER_PROP_CASES`).
+const DEFAULT_USER_CASES: u32 = 3_000;
+
+/// The property for user code: generated CPL-3 code rich in GS-relative accesses (loads,
+/// stores, read-modify-write, `call`/`jmp gs:[x]`, base and index registers, GS segments that
+/// are flat with bases 0, 0x1000 and one whose offsets wrap around 4 GiB, and ones that are not
+/// (a limit inside the window, read-only, expand-down, null), DS with base 0 or not, faults:
+/// a page not present, a supervisor page, an access past offset 0xFFFFFFFF) ends under
+/// `--kernel-engine bt --user-engine bt` as under the interpreter.
+#[test]
+fn translated_user_code_matches_the_interpreter() {
+    use proptest::test_runner::{TestCaseError, TestError, TestRunner};
+    let cases = std::env::var("VMM_BT_USER_PROP_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(DEFAULT_USER_CASES);
+    let mut runner = TestRunner::new(ProptestConfig { cases, source_file: Some(file!()), ..ProptestConfig::default() });
+    let strategy = (prop::collection::vec((0u8..16, any::<u32>(), any::<u32>()), 1..30), any::<bool>(), 0usize..8);
+    let session = std::cell::RefCell::new(Session::new());
+    let result = runner.run(&strategy, |(steps, paging, g)| {
+        let (ram, s) = user_image(&steps, paging, GS_SELS[g]);
+        let i = engine::run_interp(machine(ram.clone()), s.clone(), &user_opts(EngineKind::Interp));
+        let b = session.borrow_mut().run(machine(ram), s, &user_opts(EngineKind::Bt)).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        prop_assert!(b.stats.translated > 0, "bt translated nothing: {}", b.stats.render());
+        let (vb, vi) = (user_visible(&b), user_visible(&i));
+        let ram = ram_differences(&b, &i);
+        prop_assert!(vb == vi && ram.is_empty(), "{}{ram}", differences(&vb, &vi));
+        Ok(())
+    });
+    drop(session);
+    match result {
+        Ok(()) => {}
+        Err(TestError::Fail(why, (steps, paging, g))) => panic!(
+            "bt and the interpreter differ in user code: {why}\nminimal failing case (paging {paging}, GS {:#x}): {steps:?}\n{}{runner}",
+            GS_SELS[g],
+            user_disassembly(&steps)
+        ),
+        Err(e) => panic!("{e}\n{runner}"),
+    }
+}

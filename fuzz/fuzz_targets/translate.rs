@@ -19,6 +19,7 @@ fuzz_target!(|data: &[u8]| {
         stack32: hdr[0] & 4 == 0,
         paging: hdr[0] & 8 == 0,
         fpu_trap: hdr[0] & 16 != 0,
+        user_gs: hdr[0] & 32 != 0,
     };
     let cfg = Config {
         limits: Limits {

@@ -155,6 +155,15 @@ pub struct Abi {
     pub cpuid_table: u32,
     /// Capacity of `cpuid_table` in leaves.
     pub cpuid_max: u32,
+    /// u32: the guest GS segment's base (user code, `Mode::user_gs`): an inline GS access
+    /// goes to this + offset through DS. The runtime keeps it current (GS loads are callouts).
+    pub ugs_base: u32,
+    /// [`UGS_BOUND_SIZES`]`.len()` × 8 bytes, constant: per access size n, the BOUND pair
+    /// `{ i32::MIN, i32::MAX - (n - 1) }` against which an inline GS access checks its
+    /// offset plus 2^31: an access that runs past offset 0xFFFFFFFF raises #BR there (the
+    /// guest's #GP, raised by the interpreter re-executing the instruction). Written by the runtime
+    /// ([`Abi::ugs_bounds_bytes`]).
+    pub ugs_bounds: u32,
     /// The indirect-branch lookup table: `1 << ibl_bits` entries of 8 bytes
     /// `{ -guest_eip: u32, tc_address: u32 }`, indexed by the low `ibl_bits` bits of the guest
     /// target EIP. An empty entry is `{ 0, address of the miss routine }`... see
@@ -172,6 +181,9 @@ pub struct Abi {
 
 /// Number of u32 scratch slots.
 pub const SCRATCH_SLOTS: u32 = 8;
+
+/// The access sizes with a BOUND pair at [`Abi::ugs_bounds`] (in this order).
+pub const UGS_BOUND_SIZES: [u32; 6] = [2, 4, 8, 10, 16, 32];
 
 impl Default for Abi {
     fn default() -> Self {
@@ -200,6 +212,8 @@ impl Default for Abi {
             cpuid_count: 0x0c8,
             cpuid_table: 0x100,
             cpuid_max: 16,
+            ugs_base: 0x800,
+            ugs_bounds: 0x840,
             ibl_table: 0x1000,
             ibl_user_table: 0x1000 + (8 << ibl_bits),
             ibl_bits,
@@ -236,6 +250,21 @@ impl Abi {
             _ => panic!("not a segment register: {sreg:?}"),
         };
         self.vseg + 4 * i
+    }
+
+    /// Offset of the BOUND pair for an inline GS access of `size` bytes, if there is one.
+    pub fn ugs_bound_of(&self, size: u32) -> Option<u32> {
+        UGS_BOUND_SIZES.iter().position(|&n| n == size).map(|i| self.ugs_bounds + 8 * i as u32)
+    }
+
+    /// The constant contents of [`Abi::ugs_bounds`].
+    pub fn ugs_bounds_bytes(&self) -> Vec<u8> {
+        let mut v = Vec::new();
+        for n in UGS_BOUND_SIZES {
+            v.extend_from_slice(&0x8000_0000u32.to_le_bytes());
+            v.extend_from_slice(&(0x7fff_ffffu32 - (n - 1)).to_le_bytes());
+        }
+        v
     }
 
     /// Offset of virtual CRn (n in 0..=4).
@@ -307,6 +336,8 @@ impl Abi {
             ("tsc_offset", self.tsc_offset, 8),
             ("cpuid_count", self.cpuid_count, 4),
             ("cpuid_table", self.cpuid_table, 16 * self.cpuid_max),
+            ("ugs_base", self.ugs_base, 4),
+            ("ugs_bounds", self.ugs_bounds, 8 * UGS_BOUND_SIZES.len() as u32),
             ("ibl_table", self.ibl_table, 8 << self.ibl_bits),
             ("ibl_user_table", self.ibl_user_table, 8 << self.ibl_bits),
         ];

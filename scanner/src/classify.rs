@@ -278,7 +278,7 @@ pub static TABLE: &[Class] = &[
     class!("Reserved segment register (GS) in a memory operand or prefix", Matcher::Special(Special::ReservedSegment),
         priv false, sens true, RI::None, Different("GS is the translator's: it would reach the vCPU page"),
         Callout(CK::ReservedSegment), ends false,
-        "The guest's GS selector and base are virtual; the runtime interprets the instruction with them. Loads and reads of GS itself are the segment-register classes below."),
+        "The guest's GS selector and base are virtual; the runtime interprets the instruction with them. In user code whose GS is flat (`Mode::user_gs`) an explicit GS operand is inline instead: GS base + offset through DS (mangle/user_gs.rs). Loads and reads of GS itself are the segment-register classes below."),
     class!("CS-relative data access", Matcher::Special(Special::CsData),
         priv false, sens true, RI::None, Different("translated code runs in the monitor's code segment, not the guest's"),
         Callout(CK::CsData), ends false,

@@ -46,6 +46,13 @@ pub struct Mode {
     pub paging: bool,
     /// The guest's CR0.TS or CR0.EM is set: x87/MMX/SSE instructions are callouts (#NM/#UD).
     pub fpu_trap: bool,
+    /// User code (CPL 3) whose guest GS can be reached through the flat DS: GS is a present,
+    /// writable, expand-up data segment with a 4 GiB limit and DS has base 0. Then an
+    /// instruction with a GS memory operand is inline code (`mangle/user_gs.rs`: linear
+    /// address = [`Abi::ugs_base`] + offset, accessed through DS) instead of a callout. The
+    /// runtime sets it ([`Mode::kernel32`]: false); a GS or DS load that changes it is a
+    /// change of mode (the fragment is left).
+    pub user_gs: bool,
 }
 
 impl Mode {
@@ -57,6 +64,7 @@ impl Mode {
             stack32: true,
             paging: true,
             fpu_trap: false,
+            user_gs: false,
         }
     }
 
@@ -67,6 +75,7 @@ impl Mode {
             | (self.stack32 as u8) << 3
             | (self.paging as u8) << 4
             | (self.fpu_trap as u8) << 5
+            | (self.user_gs as u8) << 6
     }
 }
 

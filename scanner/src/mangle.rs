@@ -27,6 +27,8 @@ use iced_x86::{
     Code, ConditionCode, Encoder, Instruction, MemoryOperand, Mnemonic, OpKind, Register,
 };
 
+mod user_gs;
+
 use crate::abi::{Abi, CalloutOp, VIRT_MASK};
 use crate::classify::{classify, CalloutKind, InlineKind, Translation};
 use crate::units::{GuestInsn, Unit, UnitEnd};
@@ -642,6 +644,12 @@ fn mangle_insn(b: &mut Builder<'_>, gi: &GuestInsn, unit: &Unit, cfg: &Config) -
     };
     let c = classify(i, unit.mode, model);
     let next = gi.next_eip() & if unit.mode.code32 { u32::MAX } else { 0xffff };
+    if unit.mode.user_gs && crate::classify::uses_reserved_segment(i) {
+        // User code's GS operands through the guest GS base (mangle/user_gs.rs).
+        if let Some(done) = user_gs::user_gs(b, gi, unit, cfg, next) {
+            return done;
+        }
+    }
     let emulate = |b: &mut Builder<'_>, kind: CalloutKind| {
         b.callout(CalloutOp::Emulate, CoEip::Imm(gi.eip), next, kind as u32);
         FALL

@@ -10,7 +10,8 @@
 //!   UD2 (the tripwire after callouts that never return);
 //! * the translator's own accesses to the vCPU region through GS: MOV/MOVZX/PUSH/AND/OR/ADD/
 //!   ADC/CMP/TEST with a GS memory operand, `jmp dword gs:[slot]`, `mov gs:[callout_ss], ss`,
-//!   `lss esp, gs:[callout_stack or callout_esp]` and the far call `call far gs:[gate]`;
+//!   `lss esp, gs:[callout_stack or callout_esp]`, the far call `call far gs:[gate]` and
+//!   `bound r32, gs:[ugs_bounds + 8n]` (the offset check of user GS accesses);
 //!   every GS displacement inside the vCPU region.
 //!
 //! Never allowed, whatever else holds: INT n, INT3, INTO, INT1, SYSCALL, SYSENTER, SYSEXIT,
@@ -73,6 +74,14 @@ fn gs_form_allowed(i: &Instruction, abi: &Abi) -> Result<(), String> {
             Ok(())
         }
         C::Call_m1632 if !has_base && disp == abi.gate => Ok(()),
+        // The offset check of a user GS access (mangle/user_gs.rs) against a constant pair.
+        C::Bound_r32_m3232
+            if !has_base
+                && disp >= abi.ugs_bounds
+                && disp + 8 <= abi.ugs_bounds + 8 * crate::abi::UGS_BOUND_SIZES.len() as u32 =>
+        {
+            Ok(())
+        }
         _ => Err(format!("{code:?} is not one of the translator's GS forms")),
     }
 }

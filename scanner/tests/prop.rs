@@ -12,13 +12,15 @@ fn mode() -> impl Strategy<Value = Mode> {
         any::<bool>(),
         any::<bool>(),
         any::<bool>(),
+        any::<bool>(),
     )
-        .prop_map(|(cpl, code32, stack32, paging, fpu_trap)| Mode {
+        .prop_map(|(cpl, code32, stack32, paging, fpu_trap, user_gs)| Mode {
             cpl: if cpl == 1 { 0 } else { cpl },
             code32,
             stack32,
             paging,
             fpu_trap,
+            user_gs,
         })
 }
 
@@ -61,6 +63,18 @@ fn code() -> impl Strategy<Value = Vec<u8>> {
         vec![0x0f, 0x34],
         vec![0x90],
         vec![0x01, 0xd8],
+        // GS operands (inline in user code with Mode::user_gs): mov eax, gs:[0x14];
+        // call gs:[0x10]; mov eax, gs:[eax+ecx*4]; add gs:[ebx+8], ecx; push gs:[esp+4];
+        // jmp gs:[eax]; movsd with GS.
+        vec![0x65, 0xa1, 0x14, 0, 0, 0],
+        vec![0x65, 0xff, 0x15, 0x10, 0, 0, 0],
+        vec![0x65, 0x8b, 0x04, 0x88],
+        vec![0x65, 0x01, 0x4b, 0x08],
+        vec![0x65, 0xff, 0x74, 0x24, 0x04],
+        vec![0x65, 0xff, 0x20],
+        vec![0x65, 0xa5],
+        // vpgatherdd xmm0, gs:[eax+xmm1*4], xmm2 (a vector index: stays a callout)
+        vec![0x65, 0xc4, 0xe2, 0x69, 0x90, 0x04, 0x88],
     ];
     let piece = prop_oneof![
         3 => proptest::sample::select(interesting),

@@ -606,3 +606,81 @@ fn tzcnt_and_lzcnt_run_as_bsf_and_bsr_on_the_p6_model() {
     let bsr = is.iter().find(|i| i.mnemonic() == Mnemonic::Bsr).unwrap();
     assert_eq!(f.guest_state_at(bsr.ip() as u32 - f.tc_addr).unwrap().guest_eip, 0x1004);
 }
+
+/// User code with a flat GS (`Mode::user_gs`): GS operands are inline, through DS at the
+/// guest GS base (`ugs_base`) plus the offset; a register offset is checked with BOUND;
+/// `call gs:[x]` goes through the lookup; without the mode bit, or in kernel code, they stay
+/// `ReservedSegment` callouts.
+#[test]
+fn user_gs_operands_are_inline_in_flat_user_mode() {
+    let a = Abi::default();
+    let user = Mode { cpl: 3, user_gs: true, ..Mode::kernel32() };
+    // mov eax, gs:[0x14]; mov edx, gs:[eax+ecx*4+8]; call dword gs:[0x10]
+    let code = [0x65, 0xa1, 0x14, 0, 0, 0, 0x65, 0x8b, 0x54, 0x88, 0x08, 0x65, 0xff, 0x15, 0x10, 0, 0, 0];
+    let (_, f) = tr_mode(&code, 0x0804_8000, user);
+    assert!(callouts(&f).iter().all(|c| c.0 != EMU), "no Emulate callout: {:?}\n{}", callouts(&f), listing(&f).join("\n"));
+    let base = format!("mov ecx,gs:[{:X}h]", a.ugs_base);
+    let pair4 = format!("bound ebx,qword ptr gs:[{:X}h]", a.ugs_bound_of(4).unwrap());
+    assert_has(
+        &f,
+        &[
+            // mov eax, gs:[0x14]: the constant offset needs no check.
+            &base,
+            "mov eax,[ecx+14h]",
+            // mov edx, gs:[eax+ecx*4+8]: EBX is the first free register (EDX is the
+            // destination, ECX and EAX the operand's).
+            // offset + 2^31 against the pair for 4 bytes
+            "lea ebx,[eax+ecx*4-7FFFFFF8h]",
+            &pair4,
+            &format!("mov ebx,gs:[{:X}h]", a.ugs_base),
+            "lea ebx,[eax+ebx]",
+            "mov edx,[ebx+ecx*4+8]",
+            // call dword gs:[0x10]: the target into EAX through ECX, the return address, the
+            // lookup.
+            &base,
+            "mov eax,[ecx+10h]",
+            "push 8048012h",
+        ],
+    );
+    for mode in [Mode { user_gs: false, ..user }, Mode { user_gs: true, ..Mode::kernel32() }] {
+        let (_, f) = tr_mode(&code[..6], 0x0804_8000, mode);
+        let k = callouts(&f);
+        assert!(
+            k.iter().any(|c| c.0 == EMU && c.3 == CalloutKind::ReservedSegment as u32),
+            "{mode:?}: {k:?}\n{}",
+            listing(&f).join("\n")
+        );
+    }
+    // An access that runs past offset 0xFFFFFFFF with a constant offset: the callout (#GP).
+    let (_, f) = tr_mode(&[0x65, 0xa1, 0xfe, 0xff, 0xff, 0xff], 0x0804_8000, user);
+    assert!(callouts(&f).iter().any(|c| c.0 == EMU && c.3 == CalloutKind::ReservedSegment as u32));
+    // LEA with a GS prefix: the offset, no memory access, no base added.
+    let (_, f) = tr_mode(&[0x65, 0x8d, 0x43, 0x05], 0x0804_8000, user);
+    assert!(has(&f, "lea eax,[ebx+5]") && !listing(&f).iter().any(|l| l.contains(&format!("{:X}h]", a.ugs_base))), "{}", listing(&f).join("\n"));
+    // String instructions with GS stay callouts.
+    let (_, f) = tr_mode(&[0x65, 0xa5], 0x0804_8000, user);
+    assert!(callouts(&f).iter().any(|c| c.0 == EMU && c.3 == CalloutKind::ReservedSegment as u32));
+}
+
+/// With the host's CPU model for user code (`Config::user_model`), a GS operand with a vector
+/// index (an AVX2 gather) stays a callout; an SSE load through GS with a register offset is
+/// inline.
+#[test]
+fn user_gs_vector_operands() {
+    use vmm_scanner::classify::Model;
+    use vmm_scanner::units::SliceCode;
+    use vmm_scanner::{translate, Config};
+    let cfg = Config { user_model: Some(Model { features: Vec::new(), any: true }), ..Config::default() };
+    let user = Mode { cpl: 3, user_gs: true, ..Mode::kernel32() };
+    let go = |code: &[u8]| translate(&mut SliceCode { base: 0x0804_8000, bytes: code }, 0, 0x0804_8000, user, TC, &cfg).expect("encodes").1;
+    // vpgatherdd xmm0, gs:[eax+xmm1*4], xmm2
+    let f = go(&[0x65, 0xc4, 0xe2, 0x69, 0x90, 0x04, 0x88]);
+    assert!(callouts(&f).iter().any(|c| c.0 == EMU && c.3 == CalloutKind::ReservedSegment as u32), "{}", listing(&f).join("\n"));
+    // movdqu xmm0, gs:[esi+0x10]
+    let f = go(&[0x65, 0xf3, 0x0f, 0x6f, 0x46, 0x10]);
+    assert!(callouts(&f).iter().all(|c| c.0 != EMU), "{}", listing(&f).join("\n"));
+    assert!(has(&f, "movdqu xmm0,[esi+ecx+10h]"), "{}", listing(&f).join("\n"));
+    // EBP as the base: the rewritten operand names DS (EBP's default segment is SS).
+    let f = go(&[0x65, 0x8b, 0x45, 0x08]); // mov eax, gs:[ebp+8]
+    assert!(has(&f, "mov eax,ds:[ebp+ecx+8]"), "{}", listing(&f).join("\n"));
+}

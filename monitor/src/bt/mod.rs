@@ -212,6 +212,8 @@ impl Bt {
         bt.vw16(bt.abi.callout_stack + 4, sys::USER_DS);
         bt.clear_ibl(0);
         bt.clear_ibl(1);
+        let bounds = bt.abi.ugs_bounds_bytes();
+        bt.vw(bt.abi.ugs_bounds, &bounds);
         Ok(bt)
     }
 
@@ -423,6 +425,9 @@ impl Bt {
             self.vw32(a.dr_of(n), s.dr[n as usize]);
         }
         self.vw32(a.cpuid_count, 0);
+        // User code's inline GS accesses (Mode::user_gs) read the base; GS loads are
+        // callouts, so it changes only between entries.
+        self.vw32(a.ugs_base, s.seg(SegReg::Gs).base);
     }
 
     /// The guest's EFLAGS from the host's and the virtual bits.
@@ -441,7 +446,29 @@ pub fn mode_of(s: &CpuState) -> Mode {
         stack32: s.seg(SegReg::Ss).big(),
         paging: s.cr0 & cr::CR0_PG != 0,
         fpu_trap: s.cr0 & (cr::CR0_TS | cr::CR0_EM) != 0,
+        user_gs: user_gs_flat(s),
     }
+}
+
+/// Whether user code's GS accesses can be inline (`Mode::user_gs`, scanner's
+/// `mangle/user_gs.rs`): CPL 3 in protected mode (not virtual-8086), GS a present, writable,
+/// expand-up data segment with a 4 GiB limit (no access can fail its segment checks but one
+/// running past offset 0xFFFFFFFF, which the inline code checks), DS with base 0 (the access
+/// goes through DS to GS base + offset). Anything the DS shadow refuses faults in the host
+/// and the interpreter re-executes the instruction with the guest's GS.
+pub fn user_gs_flat(s: &CpuState) -> bool {
+    use vmm_interp::state::attr;
+    let gs = s.seg(SegReg::Gs);
+    s.cpl == 3
+        && s.cr0 & cr::CR0_PE != 0
+        && s.eflags & flags::VM == 0
+        && gs.present()
+        && gs.attr & attr::S != 0
+        && gs.attr & attr::CODE == 0
+        && gs.writable()
+        && !gs.expand_down()
+        && gs.limit == 0xffff_ffff
+        && s.seg(SegReg::Ds).base == 0
 }
 
 /// Guest code through the guest's page tables (no side effects).
