@@ -32,13 +32,14 @@ pub mod area;
 pub mod gate;
 pub mod hot;
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 use std::time::Instant;
 
 use vmm_interp::state::{cr, flags, SegReg};
 use vmm_interp::{Cpu, CpuState};
 use vmm_scanner::abi::{HOST_FLAGS, VIRT_MASK};
 use vmm_scanner::cache::{Cache, FragId};
+use vmm_scanner::units::GuestInsn;
 use vmm_scanner::{Abi, CalloutOp, Config, GuestCode, Mode};
 
 use crate::direct::entry::{self, EntryState, ExitRecord};
@@ -71,6 +72,11 @@ pub struct Bt {
     pub vcpu_sel: u16,
     /// Per fragment: the (linear page, guest frame) pairs it was translated from.
     pages: HashMap<FragId, Vec<(u32, u32)>>,
+    /// Per fragment (indexed by `FragId`): the guest instructions of its `Emulate` callouts as
+    /// the translator decoded them (a callout executes its instruction without decoding it
+    /// again: `Direct::emulate_decoded`). The fragment's guest bytes are write-watched, so
+    /// while it lives they are these instructions' bytes (the callout still compares them).
+    sites: Vec<Option<Box<[GuestInsn]>>>,
     /// The two lookup tables' state: kernel-mode fragments (index 0), user-mode (index 1).
     ibl: [IblState; 2],
     /// A lookup miss for this guest EIP: fill its table entry once its fragment is known.
@@ -141,7 +147,8 @@ impl Bt {
             cfg,
             abi,
             vcpu_sel: vmm_shadow_mmu::desc::ldt_selector(VCPU_LDT_INDEX),
-            pages: HashMap::new(),
+            pages: HashMap::default(),
+            sites: Vec::new(),
             ibl: Default::default(),
             pending_ibl: None,
             pending_chain: None,
@@ -214,7 +221,7 @@ impl Bt {
                 self.vw(self.table_offset(t), &table);
             }
         }
-        self.ibl[t].filled = Some(HashMap::new());
+        self.ibl[t].filled = Some(HashMap::default());
     }
 
     /// Fills entry of guest `eip` in table `t` with TC address `tc`; `global`: the
@@ -237,7 +244,7 @@ impl Bt {
             self.reset_ibl(t);
             return;
         };
-        let mut kept = HashMap::new();
+        let mut kept = HashMap::default();
         for (i, global) in filled {
             if global {
                 kept.insert(i, true);
@@ -270,11 +277,25 @@ impl Bt {
         }
     }
 
+    /// Forgets what the runtime keeps about removed fragment `id`.
+    pub(crate) fn forget(&mut self, id: FragId) -> Vec<(u32, u32)> {
+        if let Some(s) = self.sites.get_mut(id.0 as usize) {
+            *s = None;
+        }
+        self.pages.remove(&id).unwrap_or_default()
+    }
+
+    /// The decoded instruction of fragment `id`'s `Emulate` callout at guest `eip`.
+    fn site(&self, id: FragId, eip: u32) -> Option<&GuestInsn> {
+        self.sites.get(id.0 as usize)?.as_ref()?.iter().find(|g| g.eip == eip)
+    }
+
     /// Drops every fragment.
     fn flush(&mut self) {
         self.user_chains.clear();
         self.cache.flush(TC_RESERVED);
         self.pages.clear();
+        self.sites.clear();
         self.reset_ibl(0);
         self.reset_ibl(1);
     }
@@ -446,10 +467,15 @@ impl Direct<'_> {
             bt.reset_ibl_slot(i);
         }
         for r in inv.removed {
-            bt.pages.remove(&r);
+            bt.forget(r);
         }
         bt.cache.set_code_ranges(id, adaptive::unit_code_ranges(&unit, &pages));
         bt.pages.insert(id, pages);
+        let i = id.0 as usize;
+        if bt.sites.len() <= i {
+            bt.sites.resize_with(i + 1, || None);
+        }
+        bt.sites[i] = Some(unit.insns.iter().filter(|g| seq.emulate_eips.contains(&g.eip)).cloned().collect());
         bt.translated += 1;
         self.stats.exit("bt-translate");
         Ok((id, frag.tc_addr + frag.entry_off))
@@ -472,7 +498,7 @@ impl Direct<'_> {
             bt.reset_ibl_slot(i);
         }
         for r in inv.removed {
-            bt.pages.remove(&r);
+            bt.forget(r);
         }
         bt.invalidations += 1;
         true
@@ -480,12 +506,17 @@ impl Direct<'_> {
 
     /// The guest-linear ranges the instruction at CS:EIP writes (explicit operands and the
     /// stack, REP strings by their count), decoded before the interpreter executes it.
-    pub(crate) fn bt_predict_writes(&mut self) -> Vec<(u32, u32)> {
+    /// `decoded`: the instruction at CS:EIP, if the caller has it.
+    pub(crate) fn bt_predict_writes(&mut self, decoded: Option<&iced_x86::Instruction>) -> Vec<(u32, u32)> {
         let s = &self.cpu.state;
         if !s.protected_mode() || self.shadow.map.code_frames.is_empty() {
             return Vec::new();
         }
-        let Some((ranges, _)) = self.memory_ranges_at_eip() else { return Vec::new() };
+        let ranges = match decoded {
+            Some(i) => self.memory_ranges_of(i),
+            None => self.memory_ranges_at_eip(),
+        };
+        let Some((ranges, _)) = ranges else { return Vec::new() };
         ranges.into_iter().filter(|r| r.2).map(|(start, len, _)| (start, len)).collect()
     }
 
@@ -583,7 +614,7 @@ impl Direct<'_> {
                 (*sh).bt_stale_limit = limit;
             }
             let t0 = Instant::now();
-            let ex = entry::enter(lock, &st, &mut self.cpu.state.fpu.0);
+            let ex = entry::enter(lock, &st, &mut self.cpu.state.fpu);
             self.stats.guest_time += t0.elapsed();
             self.stats.native_exits += 1;
             if ex.exited == 0 {
@@ -616,16 +647,28 @@ impl Direct<'_> {
         s.eflags = eflags;
         let before = (mode_of(s), s.seg(SegReg::Cs).base);
         match CalloutOp::from_u32(op) {
-            Some(CalloutOp::Emulate | CalloutOp::Invalid | CalloutOp::FetchFault) => {
+            Some(kind @ (CalloutOp::Emulate | CalloutOp::Invalid | CalloutOp::FetchFault)) => {
                 self.stats.exit("bt-emulate");
-                self.bt_note_callout(ex.eip);
+                // The calling fragment, and its decoded instruction for this callout if the
+                // bytes at CS:EIP are still the ones it was translated from.
+                let Some(bt) = self.bt.as_ref() else { return Err(outcome("no translation cache")) };
+                let (frag, flushes) = (bt.cache.fragment_at(ex.eip), bt.cache.flushes());
+                let site = match (kind, frag) {
+                    (CalloutOp::Emulate, Some(id)) => bt.site(id, eip).cloned(),
+                    _ => None,
+                };
+                let site = site.filter(|g| self.site_matches(g));
+                self.bt_note_callout(ex.eip, site.as_ref().map(|g| &g.instr));
                 if self.cpu.state.cpl == 3 {
                     let arg = self.bt.as_mut().map_or(0, |bt| bt.vr32(a.callout_arg));
                     self.hot_user_callout(arg == vmm_scanner::classify::CalloutKind::Interrupt as u32);
                 }
-                self.emulate(deadline)?;
-                // The instruction may have overwritten the calling fragment's guest code.
-                let live = self.bt.as_ref().is_some_and(|bt| bt.cache.fragment_at(ex.eip).is_some());
+                self.emulate_decoded(deadline, site.as_ref())?;
+                // The instruction may have overwritten the calling fragment's guest code (no
+                // flush happens in between: fragment ids are not reused).
+                let live = self.bt.as_ref().is_some_and(|bt| {
+                    frag.is_some_and(|id| bt.cache.flushes() == flushes && bt.cache.get(id).is_some())
+                });
                 let s = &self.cpu.state;
                 let same = next != 0
                     && live
@@ -670,6 +713,30 @@ impl Direct<'_> {
             }
             None => Err(outcome(format!("unknown callout operation {op} at eip {eip:#010x}"))),
         }
+    }
+
+    /// Whether the guest bytes at CS:EIP (through the guest's page tables, as
+    /// `Direct::insn_at_eip` reads them) are `g`'s, decoded in the current code size.
+    fn site_matches(&mut self, g: &GuestInsn) -> bool {
+        let s = &self.cpu.state;
+        let size = if s.code32() { iced_x86::CodeSize::Code32 } else { iced_x86::CodeSize::Code16 };
+        if s.eip != g.eip || g.instr.code_size() != size {
+            return false;
+        }
+        let lin = s.seg(SegReg::Cs).base.wrapping_add(g.eip);
+        let len = g.len as usize;
+        let mut off = 0;
+        while off < len {
+            let a = lin.wrapping_add(off as u32);
+            let n = ((0x1000 - (a & 0xfff)) as usize).min(len - off);
+            let Some(p) = self.cpu.probe_translation(a) else { return false };
+            let p = p as usize;
+            if self.cpu.bus.ram.as_slice().get(p..p + n) != Some(&g.bytes[off..off + n]) {
+                return false;
+            }
+            off += n;
+        }
+        true
     }
 
     /// Continue after the far call of a callout: the guest state is `cpu.state` at
@@ -771,7 +838,7 @@ mod tests {
         let _thread = entry::Thread::prepare().unwrap();
         let mut bt = Bt::new(&res, DEFAULT_MONITOR_BASE).unwrap();
         bt.install(&lock);
-        let mut fpu = CpuState::reset().fpu.0;
+        let mut fpu = CpuState::reset().fpu;
 
         // 1. The echo gate: `retf` in 64-bit mode pops the 4-byte EIP and CS slots.
         bt.set_gate(true);
@@ -831,7 +898,7 @@ mod tests {
         let _thread = entry::Thread::prepare().unwrap();
         let mut bt = Bt::new(&res, DEFAULT_MONITOR_BASE).unwrap();
         bt.install(&lock);
-        let mut fpu = CpuState::reset().fpu.0;
+        let mut fpu = CpuState::reset().fpu;
         // mov eax, gs:[vcpu_size - 4]; mov dword gs:[scratch], eax; mov [tc], eax (must fault)
         let last = bt.abi.vcpu_size - 4;
         bt.vw32(last, 0xfeed_f00d);

@@ -141,6 +141,7 @@ pub(crate) fn run_held(held: &mut session::Held, mut machine: Machine, state: Cp
         fatal: None,
         bt,
         count_emulated: opts.detailed_stats,
+        info: iced_x86::InstructionInfoFactory::new(),
         hot: crate::bt::hot::HotUser::default(),
     };
     e.stats.engine = match (opts.kernel_engine, opts.user_engine) {
@@ -211,6 +212,8 @@ pub(crate) struct Direct<'a> {
     pub(crate) hot: crate::bt::hot::HotUser,
     /// Count emulated instructions by mnemonic (`RunOptions::detailed_stats`).
     count_emulated: bool,
+    /// Kept for its buffers (memory operands of emulated instructions).
+    info: iced_x86::InstructionInfoFactory,
 }
 
 /// Continue, or end the run.
@@ -350,15 +353,32 @@ impl Direct<'_> {
 
     /// Execute one instruction with the interpreter (the guest's view, the guest's CPL).
     pub(crate) fn emulate(&mut self, deadline: Option<u64>) -> Flow {
+        self.emulate_decoded(deadline, None)
+    }
+
+    /// [`Direct::emulate`] with the instruction at CS:EIP already decoded (`site`: a `bt`
+    /// callout's instruction, decoded when its fragment was translated, whose bytes the caller
+    /// found at CS:EIP): the statistics, the special-instruction peek, the write prediction
+    /// and the interpreter (`Cpu::step_decoded`) use it instead of decoding again.
+    pub(crate) fn emulate_decoded(&mut self, deadline: Option<u64>, site: Option<&vmm_scanner::units::GuestInsn>) -> Flow {
         self.stats.emulated += 1;
         if self.count_emulated {
-            let m = self.mnemonic_at_eip();
+            let m = match site {
+                Some(g) => g.instr.mnemonic(),
+                None => self.mnemonic_at_eip(),
+            };
             *self.stats.emulated_by.entry((m, self.cpu.state.cpl)).or_default() += 1;
         }
-        let special = self.peek_special();
-        let writes = if self.bt.is_some() { self.bt_predict_writes() } else { Vec::new() };
+        let special = match site {
+            Some(g) => self.special_in(&g.bytes[..g.len as usize], Some(&g.instr)),
+            None => self.peek_special(),
+        };
+        let writes = if self.bt.is_some() { self.bt_predict_writes(site.map(|g| &g.instr)) } else { Vec::new() };
         let n = self.cpu.icount;
-        let exit = self.cpu.step();
+        let exit = match site {
+            Some(g) => self.cpu.step_decoded(&g.instr, &g.bytes[..g.len as usize]),
+            None => self.cpu.step(),
+        };
         if self.bt.is_some() {
             self.bt_after_writes(&writes);
         }
@@ -447,6 +467,17 @@ impl Direct<'_> {
         let lin = self.cpu.state.seg(SegReg::Cs).base.wrapping_add(eip);
         let mut b = [0u8; 15];
         let n = self.read_linear(lin, &mut b);
+        self.special_in(&b[..n], None)
+    }
+
+    /// INVLPG and MOV CR3 in the bytes `b` at CS:EIP (`decoded`: their instruction, if the
+    /// caller has it).
+    fn special_in(&self, b: &[u8], decoded: Option<&iced_x86::Instruction>) -> Option<Special> {
+        if !self.cpu.state.protected_mode() {
+            return None;
+        }
+        let eip = self.cpu.state.eip;
+        let n = b.len();
         let mut i = 0;
         while i < n.min(5) && matches!(b[i], 0x26 | 0x2e | 0x36 | 0x3e | 0x64 | 0x65 | 0x66 | 0x67 | 0xf0 | 0xf2 | 0xf3) {
             i += 1;
@@ -458,9 +489,13 @@ impl Direct<'_> {
         match b[i + 1] {
             0x22 if (modrm >> 3) & 7 == 3 => Some(Special::Cr3Write),
             0x01 if (modrm >> 3) & 7 == 7 && modrm >> 6 != 3 => {
-                let bits = if self.cpu.state.code32() { 32 } else { 16 };
-                let mut d = iced_x86::Decoder::with_ip(bits, &b[..n], eip as u64, iced_x86::DecoderOptions::NONE);
-                let insn = d.decode();
+                let insn = match decoded {
+                    Some(i) => *i,
+                    None => {
+                        let bits = if self.cpu.state.code32() { 32 } else { 16 };
+                        iced_x86::Decoder::with_ip(bits, b, eip as u64, iced_x86::DecoderOptions::NONE).decode()
+                    }
+                };
                 if insn.code() != iced_x86::Code::Invlpg_m {
                     return None;
                 }
@@ -481,16 +516,21 @@ impl Direct<'_> {
         self.after_change();
         let top = if user { self.shadow.user_limit().min(self.monitor_base) } else { self.monitor_base };
         let mut sel = [0u16; 6];
+        let mut ldt = std::mem::take(&mut self.ldt);
+        let mut shadowable = true;
         for (i, out) in sel.iter_mut().enumerate() {
             let seg = self.cpu.state.seg[i];
-            let Direct { ldt, .. } = self;
-            let mut ldt_taken = std::mem::take(ldt);
-            let r = ldt_taken.selector_for(i, &seg, top, user, &mut |s| self.table_entry(s));
-            self.ldt = ldt_taken;
-            match r {
+            match ldt.selector_for(i, &seg, top, user, &mut |s| self.table_entry(s)) {
                 Ok(h) => *out = h,
-                Err(_) => return Ok(None),
+                Err(_) => {
+                    shadowable = false;
+                    break;
+                }
             }
+        }
+        self.ldt = ldt;
+        if !shadowable {
+            return Ok(None);
         }
         if sel[SegReg::Cs as usize] == 0 || sel[SegReg::Ss as usize] == 0 {
             return Ok(None);
@@ -515,7 +555,7 @@ impl Direct<'_> {
             bt.area.set_open(false).map_err(|e| Outcome::Unexpected(format!("bt: {e}")))?;
         }
         let t0 = Instant::now();
-        let ex = entry::enter(lock, &st, &mut self.cpu.state.fpu.0);
+        let ex = entry::enter(lock, &st, &mut self.cpu.state.fpu);
         self.stats.guest_time += t0.elapsed();
         self.stats.native_exits += 1;
         if ex.exited == 0 {
@@ -582,16 +622,20 @@ impl Direct<'_> {
     /// count in ECX or CX, downwards with DF), and whether some operand's address could not be
     /// computed. None: the instruction does not decode.
     pub(crate) fn memory_ranges_at_eip(&mut self) -> Option<(Vec<MemRange>, bool)> {
-        use iced_x86::{InstructionInfoFactory, OpAccess};
         let insn = self.insn_at_eip();
+        self.memory_ranges_of(&insn)
+    }
+
+    /// [`Direct::memory_ranges_at_eip`] for `insn`, the instruction at CS:EIP.
+    pub(crate) fn memory_ranges_of(&mut self, insn: &iced_x86::Instruction) -> Option<(Vec<MemRange>, bool)> {
+        use iced_x86::OpAccess;
         if insn.is_invalid() {
             return None;
         }
         let s = &self.cpu.state;
-        let mut f = InstructionInfoFactory::new();
         let mut ranges = Vec::new();
         let mut unresolved = false;
-        for m in f.info(&insn).used_memory() {
+        for m in self.info.info(insn).used_memory() {
             let write = matches!(m.access(), OpAccess::Write | OpAccess::CondWrite | OpAccess::ReadWrite | OpAccess::ReadCondWrite);
             let Some(va) = m.virtual_address(0, |r, _, _| reg_value(s, r)) else {
                 unresolved = true;
