@@ -209,7 +209,7 @@ impl Direct<'_> {
     /// address): for an adaptive one, count it (`--stats`) and drop the hint if the
     /// instruction stopped faulting.
     /// `decoded`: the instruction at CS:EIP, if the caller has it.
-    pub(crate) fn bt_note_callout(&mut self, tc: u32, decoded: Option<&iced_x86::Instruction>) {
+    pub(crate) fn bt_note_callout(&mut self, tc: u32, decoded: Option<&super::Decoded>) {
         let Some(bt) = self.bt.as_mut() else { return };
         let (op, arg) = (bt.abi.callout_op, bt.abi.callout_arg);
         if bt.vr32(op) != CalloutOp::Emulate as u32 || bt.vr32(arg) != CalloutKind::Adaptive as u32 {
@@ -230,9 +230,9 @@ impl Direct<'_> {
     /// an access into page 0 or the monitor area, a write into a frame holding translated
     /// code, an access where no RAM is (its memory operands decoded with the current
     /// registers; REP strings by ECX). Undecodable: true.
-    pub(crate) fn bt_would_fault(&mut self, decoded: Option<&iced_x86::Instruction>) -> bool {
+    pub(crate) fn bt_would_fault(&mut self, decoded: Option<&super::Decoded>) -> bool {
         let ranges = match decoded {
-            Some(i) => self.memory_ranges_of(i),
+            Some(d) => self.memory_ranges_decoded(d),
             None => self.memory_ranges_at_eip(),
         };
         let Some((ranges, unresolved)) = ranges else { return true };

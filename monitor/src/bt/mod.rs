@@ -32,8 +32,9 @@ pub mod area;
 pub mod gate;
 pub mod hot;
 
+use std::sync::Arc;
+
 use rustc_hash::FxHashMap as HashMap;
-use std::time::Instant;
 
 use vmm_interp::state::{cr, flags, SegReg};
 use vmm_interp::{Cpu, CpuState};
@@ -76,7 +77,12 @@ pub struct Bt {
     /// the translator decoded them (a callout executes its instruction without decoding it
     /// again: `Direct::emulate_decoded`). The fragment's guest bytes are write-watched, so
     /// while it lives they are these instructions' bytes (the callout still compares them).
-    sites: Vec<Option<Box<[GuestInsn]>>>,
+    sites: Vec<Option<Box<[(u32, Arc<Decoded>)]>>>,
+    /// Fragments recently found by [`Bt::fragment_at`], by TC address bits (a hint: checked
+    /// against the live fragment's range before use).
+    recent: [FragId; 64],
+    /// What `sync_in` last wrote of the registers translated code only reads (None: unknown).
+    synced_sys: Option<SysRegs>,
     /// The two lookup tables' state: kernel-mode fragments (index 0), user-mode (index 1).
     ibl: [IblState; 2],
     /// A lookup miss for this guest EIP: fill its table entry once its fragment is known.
@@ -96,6 +102,25 @@ pub struct Bt {
     pub translated: u64,
     /// Adaptive retranslation: faults per guest instruction (`adaptive.rs`).
     pub faults: adaptive::FaultCounters,
+}
+
+/// An `Emulate` callout's guest instruction as the translator decoded it, and its memory
+/// operands (iced's `InstructionInfo::used_memory`: the write prediction computes their
+/// addresses with the registers of the moment).
+pub(crate) struct Decoded {
+    pub g: GuestInsn,
+    pub used: Box<[iced_x86::UsedMemory]>,
+}
+
+/// The registers [`Bt::sync_in`] copies into the vCPU region that translated code only reads.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct SysRegs {
+    ldtr: u16,
+    tr: u16,
+    gdtr: (u16, u32),
+    idtr: (u16, u32),
+    cr: [u32; 5],
+    dr: [u32; 8],
 }
 
 /// One lookup table's bookkeeping.
@@ -149,6 +174,8 @@ impl Bt {
             vcpu_sel: vmm_shadow_mmu::desc::ldt_selector(VCPU_LDT_INDEX),
             pages: HashMap::default(),
             sites: Vec::new(),
+            recent: [FragId(u32::MAX); 64],
+            synced_sys: None,
             ibl: Default::default(),
             pending_ibl: None,
             pending_chain: None,
@@ -285,9 +312,23 @@ impl Bt {
         self.pages.remove(&id).unwrap_or_default()
     }
 
+    /// The live fragment whose code contains TC address `tc` (`Cache::fragment_at`, with the
+    /// answer remembered for the next callout from the same place).
+    pub(crate) fn fragment_at(&mut self, tc: u32) -> Option<FragId> {
+        let slot = (tc >> 4) as usize % self.recent.len();
+        let hint = self.recent[slot];
+        if self.cache.get(hint).is_some_and(|f| tc >= f.tc_addr && tc - f.tc_addr < f.size) {
+            return Some(hint); // live fragments do not overlap: this is the one
+        }
+        let id = self.cache.fragment_at(tc)?;
+        self.recent[slot] = id;
+        Some(id)
+    }
+
     /// The decoded instruction of fragment `id`'s `Emulate` callout at guest `eip`.
-    fn site(&self, id: FragId, eip: u32) -> Option<&GuestInsn> {
-        self.sites.get(id.0 as usize)?.as_ref()?.iter().find(|g| g.eip == eip)
+    fn site(&self, id: FragId, eip: u32) -> Option<&Arc<Decoded>> {
+        let sites = self.sites.get(id.0 as usize)?.as_ref()?;
+        sites.binary_search_by_key(&eip, |s| s.0).ok().map(|i| &sites[i].1)
     }
 
     /// Drops every fragment.
@@ -309,6 +350,7 @@ impl Bt {
         self.flush();
         let vcpu = self.area.vcpu;
         self.area.write(vcpu, header);
+        self.synced_sys = None;
         self.ibl[0].key = None;
         self.ibl[1].key = None;
         self.pending_ibl = None;
@@ -348,28 +390,43 @@ impl Bt {
 
     /// The vCPU region from the guest state (everything inline sequences read).
     fn sync_in(&mut self, s: &CpuState, ss_shadow: u16, irq: bool) {
-        let a = self.abi.clone();
-        self.vw8(a.vif, (s.eflags & flags::IF != 0) as u8);
-        self.vw8(a.irq, irq as u8);
-        self.vw32(a.vflags, s.eflags & VIRT_MASK & !flags::IF);
-        self.vw32(a.callout_esp, s.gpr[4]);
-        self.vw32(a.callout_ss, ss_shadow as u32);
+        let (a, vcpu) = (&self.abi, self.area.vcpu);
+        let area = &mut self.area;
+        let mut w = |off: u32, b: &[u8]| area.write(vcpu + off, b);
+        w(a.vif, &[(s.eflags & flags::IF != 0) as u8]);
+        w(a.irq, &[irq as u8]);
+        w(a.vflags, &(s.eflags & VIRT_MASK & !flags::IF).to_le_bytes());
+        w(a.callout_esp, &s.gpr[4].to_le_bytes());
+        w(a.callout_ss, &(ss_shadow as u32).to_le_bytes());
         for i in 0..6 {
-            self.vw32(a.vseg + 4 * i as u32, s.seg[i].selector as u32);
+            w(a.vseg + 4 * i as u32, &(s.seg[i].selector as u32).to_le_bytes());
         }
-        self.vw32(a.ldtr, s.ldtr.selector as u32);
-        self.vw32(a.tr, s.tr.selector as u32);
-        self.vw16(a.gdtr, s.gdtr.limit);
-        self.vw32(a.gdtr + 2, s.gdtr.base);
-        self.vw16(a.idtr, s.idtr.limit);
-        self.vw32(a.idtr + 2, s.idtr.base);
-        for (n, v) in [s.cr0, 0, s.cr2, s.cr3, s.cr4].into_iter().enumerate() {
-            self.vw32(a.cr_of(n as u32), v);
+        // Translated code only reads these (SLDT, STR, SGDT, SIDT, MOV from CRn/DRn, SMSW):
+        // written when they differ from what was written last.
+        let sys = SysRegs {
+            ldtr: s.ldtr.selector,
+            tr: s.tr.selector,
+            gdtr: (s.gdtr.limit, s.gdtr.base),
+            idtr: (s.idtr.limit, s.idtr.base),
+            cr: [s.cr0, 0, s.cr2, s.cr3, s.cr4],
+            dr: s.dr,
+        };
+        if self.synced_sys != Some(sys) {
+            w(a.ldtr, &(sys.ldtr as u32).to_le_bytes());
+            w(a.tr, &(sys.tr as u32).to_le_bytes());
+            w(a.gdtr, &sys.gdtr.0.to_le_bytes());
+            w(a.gdtr + 2, &sys.gdtr.1.to_le_bytes());
+            w(a.idtr, &sys.idtr.0.to_le_bytes());
+            w(a.idtr + 2, &sys.idtr.1.to_le_bytes());
+            for (n, v) in sys.cr.into_iter().enumerate() {
+                w(a.cr_of(n as u32), &v.to_le_bytes());
+            }
+            for (n, v) in sys.dr.into_iter().enumerate() {
+                w(a.dr_of(n as u32), &v.to_le_bytes());
+            }
+            self.synced_sys = Some(sys);
         }
-        for n in 0..8 {
-            self.vw32(a.dr_of(n), s.dr[n as usize]);
-        }
-        self.vw32(a.cpuid_count, 0);
+        w(a.cpuid_count, &0u32.to_le_bytes());
     }
 
     /// The guest's EFLAGS from the host's and the virtual bits.
@@ -412,7 +469,7 @@ impl Direct<'_> {
     /// The TC address of the fragment for the guest's CS:EIP in its current mode, translated
     /// now if there is none (or the one there came from other guest frames).
     fn bt_fragment(&mut self) -> Result<(FragId, u32), Outcome> {
-        let Direct { bt, cpu, shadow, .. } = self;
+        let Direct { bt, cpu, shadow, info, .. } = self;
         let bt = bt.as_mut().ok_or_else(|| outcome("no translation cache"))?;
         let s = &cpu.state;
         let mode = mode_of(s);
@@ -475,7 +532,10 @@ impl Direct<'_> {
         if bt.sites.len() <= i {
             bt.sites.resize_with(i + 1, || None);
         }
-        bt.sites[i] = Some(unit.insns.iter().filter(|g| seq.emulate_eips.contains(&g.eip)).cloned().collect());
+        let decoded = |g: &GuestInsn| (g.eip, Arc::new(Decoded { g: g.clone(), used: info.info(&g.instr).used_memory().into() }));
+        let mut sites: Vec<_> = unit.insns.iter().filter(|g| seq.emulate_eips.contains(&g.eip)).map(decoded).collect();
+        sites.sort_unstable_by_key(|s| s.0);
+        bt.sites[i] = Some(sites.into_boxed_slice());
         bt.translated += 1;
         self.stats.exit("bt-translate");
         Ok((id, frag.tc_addr + frag.entry_off))
@@ -507,13 +567,13 @@ impl Direct<'_> {
     /// The guest-linear ranges the instruction at CS:EIP writes (explicit operands and the
     /// stack, REP strings by their count), decoded before the interpreter executes it.
     /// `decoded`: the instruction at CS:EIP, if the caller has it.
-    pub(crate) fn bt_predict_writes(&mut self, decoded: Option<&iced_x86::Instruction>) -> Vec<(u32, u32)> {
+    pub(crate) fn bt_predict_writes(&mut self, decoded: Option<&Decoded>) -> Vec<(u32, u32)> {
         let s = &self.cpu.state;
         if !s.protected_mode() || self.shadow.map.code_frames.is_empty() {
             return Vec::new();
         }
         let ranges = match decoded {
-            Some(i) => self.memory_ranges_of(i),
+            Some(d) => self.memory_ranges_decoded(d),
             None => self.memory_ranges_at_eip(),
         };
         let Some((ranges, _)) = ranges else { return Vec::new() };
@@ -613,9 +673,9 @@ impl Direct<'_> {
                 (*sh).bt_stale = 0;
                 (*sh).bt_stale_limit = limit;
             }
-            let t0 = Instant::now();
+            let t0 = crate::native::tsc::read();
             let ex = entry::enter(lock, &st, &mut self.cpu.state.fpu);
-            self.stats.guest_time += t0.elapsed();
+            self.guest_ticks += crate::native::tsc::read().wrapping_sub(t0);
             self.stats.native_exits += 1;
             if ex.exited == 0 {
                 return Err(outcome("returned from translated code without an exit record"));
@@ -634,11 +694,11 @@ impl Direct<'_> {
     /// Returns the entry state to continue in the TC, or None to go back to the run loop.
     fn bt_callout(&mut self, ex: &ExitRecord, deadline: Option<u64>) -> Result<Option<EntryState>, Outcome> {
         let bt = self.bt.as_mut().ok_or_else(|| outcome("no translation cache"))?;
-        let a = bt.abi.clone();
-        let op = bt.vr32(a.callout_op);
-        let eip = bt.vr32(a.callout_eip);
-        let next = bt.vr32(a.callout_next);
-        let esp = bt.vr32(a.callout_esp);
+        let callout_arg = bt.abi.callout_arg;
+        let op = bt.vr32(bt.abi.callout_op);
+        let eip = bt.vr32(bt.abi.callout_eip);
+        let next = bt.vr32(bt.abi.callout_next);
+        let esp = bt.vr32(bt.abi.callout_esp);
         let eflags = bt.eflags(ex.eflags);
         let s = &mut self.cpu.state;
         s.gpr = ex.gpr;
@@ -651,19 +711,19 @@ impl Direct<'_> {
                 self.stats.exit("bt-emulate");
                 // The calling fragment, and its decoded instruction for this callout if the
                 // bytes at CS:EIP are still the ones it was translated from.
-                let Some(bt) = self.bt.as_ref() else { return Err(outcome("no translation cache")) };
-                let (frag, flushes) = (bt.cache.fragment_at(ex.eip), bt.cache.flushes());
+                let Some(bt) = self.bt.as_mut() else { return Err(outcome("no translation cache")) };
+                let (frag, flushes) = (bt.fragment_at(ex.eip), bt.cache.flushes());
                 let site = match (kind, frag) {
                     (CalloutOp::Emulate, Some(id)) => bt.site(id, eip).cloned(),
                     _ => None,
                 };
-                let site = site.filter(|g| self.site_matches(g));
-                self.bt_note_callout(ex.eip, site.as_ref().map(|g| &g.instr));
+                let site = site.filter(|d| self.site_matches(&d.g));
+                self.bt_note_callout(ex.eip, site.as_deref());
                 if self.cpu.state.cpl == 3 {
-                    let arg = self.bt.as_mut().map_or(0, |bt| bt.vr32(a.callout_arg));
+                    let arg = self.bt.as_mut().map_or(0, |bt| bt.vr32(callout_arg));
                     self.hot_user_callout(arg == vmm_scanner::classify::CalloutKind::Interrupt as u32);
                 }
-                self.emulate_decoded(deadline, site.as_ref())?;
+                self.emulate_decoded(deadline, site.as_deref())?;
                 // The instruction may have overwritten the calling fragment's guest code (no
                 // flush happens in between: fragment ids are not reused).
                 let live = self.bt.as_ref().is_some_and(|bt| {
@@ -686,9 +746,9 @@ impl Direct<'_> {
             Some(CalloutOp::Exit) => {
                 self.stats.exit("bt-exit");
                 if let Some(bt) = self.bt.as_mut() {
-                    let arg = bt.vr32(a.callout_arg);
+                    let arg = bt.vr32(callout_arg);
                     // The return address lies in the calling fragment's exit stub.
-                    if let Some(from) = bt.cache.fragment_at(ex.eip) {
+                    if let Some(from) = bt.fragment_at(ex.eip) {
                         bt.pending_chain = Some((from, arg, eip, bt.cache.flushes()));
                     }
                 }
@@ -794,6 +854,7 @@ impl Direct<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Instant;
     use crate::space::{Reservation, SpaceError, DEFAULT_MONITOR_BASE};
 
     /// The process-wide resources of one guest run: RUN_LOCK, then the reservation.

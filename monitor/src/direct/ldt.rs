@@ -32,9 +32,12 @@ pub struct HostLdt {
     pub writes: u64,
     /// Changes of `written` so far (an entry written or the segment it shadows replaced).
     generation: u64,
-    /// Per segment register: the last answer of [`HostLdt::selector_for`] that the same
-    /// question will get again while `written` does not change (see there).
-    memo: [Option<Memo>; 6],
+    /// Per guest mode (kernel, user) and segment register: the last two answers of
+    /// [`HostLdt::selector_for`] that the same question will get again while `written` does
+    /// not change (see there). Per mode and two of them, since the guest goes back and forth
+    /// between modes and between two segments in a register (a system call's entry loads the
+    /// kernel's, its exit pops the user's).
+    memo: [[[Option<Memo>; 2]; 6]; 2],
 }
 
 /// A remembered [`HostLdt::selector_for`]: its inputs, the `generation` after it, its answer.
@@ -42,7 +45,6 @@ pub struct HostLdt {
 struct Memo {
     seg: Segment,
     top: u32,
-    user: bool,
     generation: u64,
     selector: u16,
 }
@@ -132,13 +134,16 @@ impl HostLdt {
         user: bool,
         table_entry: &mut dyn FnMut(u16) -> Option<u64>,
     ) -> Result<u16, NotShadowable> {
-        if let Some(m) = &self.memo[sreg] {
-            if m.generation == self.generation && m.seg == *seg && m.top == top && m.user == user {
+        let memo = &mut self.memo[usize::from(user)][sreg];
+        for m in memo.iter().flatten() {
+            if m.generation == self.generation && m.seg == *seg && m.top == top {
                 return Ok(m.selector);
             }
         }
         let (selector, from_memory) = self.compute_selector(sreg, seg, top, user, table_entry)?;
-        self.memo[sreg] = (!from_memory).then_some(Memo { seg: *seg, top, user, generation: self.generation, selector });
+        let memo = &mut self.memo[usize::from(user)][sreg];
+        memo[1] = memo[0].take();
+        memo[0] = (!from_memory).then_some(Memo { seg: *seg, top, generation: self.generation, selector });
         Ok(selector)
     }
 

@@ -30,7 +30,7 @@ pub mod ldt;
 pub(crate) mod session;
 pub mod shadow;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use vmm_interp::state::{cr, flags, SegReg};
 use vmm_interp::{exception, Bus, Cpu, CpuState, Exit};
@@ -142,6 +142,7 @@ pub(crate) fn run_held(held: &mut session::Held, mut machine: Machine, state: Cp
         bt,
         count_emulated: opts.detailed_stats,
         info: iced_x86::InstructionInfoFactory::new(),
+        guest_ticks: 0,
         hot: crate::bt::hot::HotUser::default(),
     };
     e.stats.engine = match (opts.kernel_engine, opts.user_engine) {
@@ -156,9 +157,12 @@ pub(crate) fn run_held(held: &mut session::Held, mut machine: Machine, state: Cp
     };
     let start = e.cpu.bus.now_ns();
     let outcome = e.run_loop(lock, start);
+    entry::restore_host_selectors(lock);
     let _ = thread.set_timer(0);
     e.cpu.bus.flush();
     let mut stats = e.stats;
+    let hz = crate::native::tsc::hz().max(1) as u128;
+    stats.guest_time = Duration::from_nanos(u64::try_from(e.guest_ticks as u128 * 1_000_000_000 / hz).unwrap_or(u64::MAX));
     stats.instructions = e.cpu.icount;
     stats.elapsed = Duration::from_nanos(e.cpu.bus.now_ns().saturating_sub(start));
     stats.halted = Duration::from_nanos(e.halted_ns);
@@ -213,7 +217,10 @@ pub(crate) struct Direct<'a> {
     /// Count emulated instructions by mnemonic (`RunOptions::detailed_stats`).
     count_emulated: bool,
     /// Kept for its buffers (memory operands of emulated instructions).
-    info: iced_x86::InstructionInfoFactory,
+    pub(crate) info: iced_x86::InstructionInfoFactory,
+    /// Host TSC ticks spent in guest code (`RunStats::guest_time` at the end: two TSC reads
+    /// per entry cost less than two clock reads, and this is only a statistic).
+    pub(crate) guest_ticks: u64,
 }
 
 /// Continue, or end the run.
@@ -360,7 +367,8 @@ impl Direct<'_> {
     /// callout's instruction, decoded when its fragment was translated, whose bytes the caller
     /// found at CS:EIP): the statistics, the special-instruction peek, the write prediction
     /// and the interpreter (`Cpu::step_decoded`) use it instead of decoding again.
-    pub(crate) fn emulate_decoded(&mut self, deadline: Option<u64>, site: Option<&vmm_scanner::units::GuestInsn>) -> Flow {
+    pub(crate) fn emulate_decoded(&mut self, deadline: Option<u64>, decoded: Option<&crate::bt::Decoded>) -> Flow {
+        let site = decoded.map(|d| &d.g);
         self.stats.emulated += 1;
         if self.count_emulated {
             let m = match site {
@@ -373,7 +381,7 @@ impl Direct<'_> {
             Some(g) => self.special_in(&g.bytes[..g.len as usize], Some(&g.instr)),
             None => self.peek_special(),
         };
-        let writes = if self.bt.is_some() { self.bt_predict_writes(site.map(|g| &g.instr)) } else { Vec::new() };
+        let writes = if self.bt.is_some() { self.bt_predict_writes(decoded) } else { Vec::new() };
         let n = self.cpu.icount;
         let exit = match site {
             Some(g) => self.cpu.step_decoded(&g.instr, &g.bytes[..g.len as usize]),
@@ -441,21 +449,7 @@ impl Direct<'_> {
 
     /// The guest's descriptor for `sel` from its GDT or LDT.
     fn table_entry(&mut self, sel: u16) -> Option<u64> {
-        let s = &self.cpu.state;
-        let (base, limit) = if sel & 4 != 0 {
-            if s.ldtr.attr == 0 {
-                return None;
-            }
-            (s.ldtr.base, s.ldtr.limit)
-        } else {
-            (s.gdtr.base, s.gdtr.limit as u32)
-        };
-        let off = (sel & !7) as u32;
-        if off + 7 > limit {
-            return None;
-        }
-        let mut b = [0u8; 8];
-        (self.read_linear(base.wrapping_add(off), &mut b) == 8).then(|| u64::from_le_bytes(b))
+        table_entry(&mut self.cpu, sel)
     }
 
     /// INVLPG and MOV CR3 at CS:EIP, decoded before the interpreter executes them.
@@ -516,21 +510,13 @@ impl Direct<'_> {
         self.after_change();
         let top = if user { self.shadow.user_limit().min(self.monitor_base) } else { self.monitor_base };
         let mut sel = [0u16; 6];
-        let mut ldt = std::mem::take(&mut self.ldt);
-        let mut shadowable = true;
+        let Direct { ldt, cpu, .. } = self;
         for (i, out) in sel.iter_mut().enumerate() {
-            let seg = self.cpu.state.seg[i];
-            match ldt.selector_for(i, &seg, top, user, &mut |s| self.table_entry(s)) {
+            let seg = cpu.state.seg[i];
+            match ldt.selector_for(i, &seg, top, user, &mut |s| table_entry(cpu, s)) {
                 Ok(h) => *out = h,
-                Err(_) => {
-                    shadowable = false;
-                    break;
-                }
+                Err(_) => return Ok(None),
             }
-        }
-        self.ldt = ldt;
-        if !shadowable {
-            return Ok(None);
         }
         if sel[SegReg::Cs as usize] == 0 || sel[SegReg::Ss as usize] == 0 {
             return Ok(None);
@@ -554,9 +540,9 @@ impl Direct<'_> {
             // Code run directly must not reach the bt engine's monitor area (see bt::area).
             bt.area.set_open(false).map_err(|e| Outcome::Unexpected(format!("bt: {e}")))?;
         }
-        let t0 = Instant::now();
+        let t0 = crate::native::tsc::read();
         let ex = entry::enter(lock, &st, &mut self.cpu.state.fpu);
-        self.stats.guest_time += t0.elapsed();
+        self.guest_ticks += crate::native::tsc::read().wrapping_sub(t0);
         self.stats.native_exits += 1;
         if ex.exited == 0 {
             return Err(Outcome::Unexpected("returned from guest code without an exit record".into()));
@@ -628,33 +614,49 @@ impl Direct<'_> {
 
     /// [`Direct::memory_ranges_at_eip`] for `insn`, the instruction at CS:EIP.
     pub(crate) fn memory_ranges_of(&mut self, insn: &iced_x86::Instruction) -> Option<(Vec<MemRange>, bool)> {
-        use iced_x86::OpAccess;
         if insn.is_invalid() {
             return None;
         }
-        let s = &self.cpu.state;
-        let mut ranges = Vec::new();
-        let mut unresolved = false;
-        for m in self.info.info(insn).used_memory() {
-            let write = matches!(m.access(), OpAccess::Write | OpAccess::CondWrite | OpAccess::ReadWrite | OpAccess::ReadCondWrite);
-            let Some(va) = m.virtual_address(0, |r, _, _| reg_value(s, r)) else {
-                unresolved = true;
-                continue;
-            };
-            let size = m.memory_size().size().max(1) as u32;
-            let count = if insn.has_rep_prefix() || insn.has_repne_prefix() {
-                let c = if !s.code32() && insn.memory_size().size() > 0 { s.gpr[1] & 0xffff } else { s.gpr[1] };
-                c.clamp(1, 1 << 20)
-            } else {
-                1
-            };
-            let len = size.saturating_mul(count);
-            let start = if s.eflags & flags::DF != 0 { (va as u32).wrapping_sub(len - size) } else { va as u32 };
-            ranges.push((start, len, write));
-        }
-        Some((ranges, unresolved))
+        Some(memory_ranges(&self.cpu.state, insn, self.info.info(insn).used_memory()))
     }
 
+    /// [`Direct::memory_ranges_of`] for a decoded instruction whose memory operands (`used`,
+    /// iced's `InstructionInfo::used_memory`) are known.
+    pub(crate) fn memory_ranges_decoded(&self, d: &crate::bt::Decoded) -> Option<(Vec<MemRange>, bool)> {
+        if d.g.instr.is_invalid() {
+            return None;
+        }
+        Some(memory_ranges(&self.cpu.state, &d.g.instr, &d.used))
+    }
+}
+
+/// The [`MemRange`]s of `insn`'s memory operands `used` (iced's `InstructionInfo::used_memory`)
+/// with the registers of `s`, and whether some address could not be computed.
+fn memory_ranges(s: &CpuState, insn: &iced_x86::Instruction, used: &[iced_x86::UsedMemory]) -> (Vec<MemRange>, bool) {
+    use iced_x86::OpAccess;
+    let mut ranges = Vec::new();
+    let mut unresolved = false;
+    for m in used {
+        let write = matches!(m.access(), OpAccess::Write | OpAccess::CondWrite | OpAccess::ReadWrite | OpAccess::ReadCondWrite);
+        let Some(va) = m.virtual_address(0, |r, _, _| reg_value(s, r)) else {
+            unresolved = true;
+            continue;
+        };
+        let size = m.memory_size().size().max(1) as u32;
+        let count = if insn.has_rep_prefix() || insn.has_repne_prefix() {
+            let c = if !s.code32() && insn.memory_size().size() > 0 { s.gpr[1] & 0xffff } else { s.gpr[1] };
+            c.clamp(1, 1 << 20)
+        } else {
+            1
+        };
+        let len = size.saturating_mul(count);
+        let start = if s.eflags & flags::DF != 0 { (va as u32).wrapping_sub(len - size) } else { va as u32 };
+        ranges.push((start, len, write));
+    }
+    (ranges, unresolved)
+}
+
+impl Direct<'_> {
     fn byte_at(&mut self, eip: u32) -> Option<u8> {
         let lin = self.cpu.state.seg(SegReg::Cs).base.wrapping_add(eip);
         let mut b = [0u8; 1];
@@ -793,6 +795,25 @@ impl Direct<'_> {
             }
         }
     }
+}
+
+/// The guest's descriptor for `sel` from its GDT or LDT (None: outside the table or unreadable).
+fn table_entry(cpu: &mut Cpu<Machine>, sel: u16) -> Option<u64> {
+    let s = &cpu.state;
+    let (base, limit) = if sel & 4 != 0 {
+        if s.ldtr.attr == 0 {
+            return None;
+        }
+        (s.ldtr.base, s.ldtr.limit)
+    } else {
+        (s.gdtr.base, s.gdtr.limit as u32)
+    };
+    let off = (sel & !7) as u32;
+    if off + 7 > limit {
+        return None;
+    }
+    let mut b = [0u8; 8];
+    (read_linear(cpu, base.wrapping_add(off), &mut b) == 8).then(|| u64::from_le_bytes(b))
 }
 
 /// Bytes of guest-linear memory (no side effects; stops at an unmapped page).
