@@ -77,7 +77,7 @@ pub struct Bt {
     /// the translator decoded them (a callout executes its instruction without decoding it
     /// again: `Direct::emulate_decoded`). The fragment's guest bytes are write-watched, so
     /// while it lives they are these instructions' bytes (the callout still compares them).
-    sites: Vec<Option<Box<[(u32, Arc<Decoded>)]>>>,
+    sites: Vec<Option<Sites>>,
     /// Fragments recently found by [`Bt::fragment_at`], by TC address bits (a hint: checked
     /// against the live fragment's range before use).
     recent: [FragId; 64],
@@ -111,6 +111,9 @@ pub(crate) struct Decoded {
     pub g: GuestInsn,
     pub used: Box<[iced_x86::UsedMemory]>,
 }
+
+/// A fragment's `Emulate` callout sites: (guest EIP, its instruction), by EIP.
+type Sites = Box<[(u32, Arc<Decoded>)]>;
 
 /// The registers [`Bt::sync_in`] copies into the vCPU region that translated code only reads.
 #[derive(Clone, Copy, PartialEq, Eq)]
