@@ -126,6 +126,30 @@ struct SysRegs {
     dr: [u32; 8],
 }
 
+impl SysRegs {
+    fn of(s: &CpuState) -> SysRegs {
+        SysRegs {
+            ldtr: s.ldtr.selector,
+            tr: s.tr.selector,
+            gdtr: (s.gdtr.limit, s.gdtr.base),
+            idtr: (s.idtr.limit, s.idtr.base),
+            cr: [s.cr0, 0, s.cr2, s.cr3, s.cr4],
+            dr: s.dr,
+        }
+    }
+
+    /// `*self == SysRegs::of(s)`, without building the value (a wide load of a value just
+    /// stored in narrow pieces stalls: it showed in profiles).
+    fn same_as(&self, s: &CpuState) -> bool {
+        self.ldtr == s.ldtr.selector
+            && self.tr == s.tr.selector
+            && self.gdtr == (s.gdtr.limit, s.gdtr.base)
+            && self.idtr == (s.idtr.limit, s.idtr.base)
+            && self.cr == [s.cr0, 0, s.cr2, s.cr3, s.cr4]
+            && self.dr == s.dr
+    }
+}
+
 /// One lookup table's bookkeeping.
 #[derive(Default)]
 struct IblState {
@@ -406,15 +430,8 @@ impl Bt {
         }
         // Translated code only reads these (SLDT, STR, SGDT, SIDT, MOV from CRn/DRn, SMSW):
         // written when they differ from what was written last.
-        let sys = SysRegs {
-            ldtr: s.ldtr.selector,
-            tr: s.tr.selector,
-            gdtr: (s.gdtr.limit, s.gdtr.base),
-            idtr: (s.idtr.limit, s.idtr.base),
-            cr: [s.cr0, 0, s.cr2, s.cr3, s.cr4],
-            dr: s.dr,
-        };
-        if self.synced_sys != Some(sys) {
+        if !self.synced_sys.as_ref().is_some_and(|r| r.same_as(s)) {
+            let sys = SysRegs::of(s);
             w(a.ldtr, &(sys.ldtr as u32).to_le_bytes());
             w(a.tr, &(sys.tr as u32).to_le_bytes());
             w(a.gdtr, &sys.gdtr.0.to_le_bytes());
@@ -711,7 +728,7 @@ impl Direct<'_> {
         let before = (mode_of(s), s.seg(SegReg::Cs).base);
         match CalloutOp::from_u32(op) {
             Some(kind @ (CalloutOp::Emulate | CalloutOp::Invalid | CalloutOp::FetchFault)) => {
-                self.stats.exit("bt-emulate");
+                self.bt_emulate_exits += 1; // stats.exits["bt-emulate"] at the end of the run
                 // The calling fragment, and its decoded instruction for this callout if the
                 // bytes at CS:EIP are still the ones it was translated from.
                 let Some(bt) = self.bt.as_mut() else { return Err(outcome("no translation cache")) };

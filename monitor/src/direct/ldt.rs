@@ -126,6 +126,7 @@ impl HostLdt {
     /// exactly this shadow and segment), so the remembered answer is returned without it.
     /// Answers that depended on the guest's table (its entry no longer matched the cache, the
     /// register got its cached slot) are not remembered: the table is read again next time.
+    #[inline]
     pub fn selector_for(
         &mut self,
         sreg: usize,
@@ -149,6 +150,7 @@ impl HostLdt {
 
     /// [`HostLdt::selector_for`] without the memo; also whether the answer depended on the
     /// guest's table (or on a failed write), so that the same question may get another one.
+    #[inline(never)]
     fn compute_selector(
         &mut self,
         sreg: usize,
