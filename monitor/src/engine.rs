@@ -238,7 +238,7 @@ pub struct RunStats {
     pub shadow: vmm_shadow_mmu::ShadowStats,
     /// Instructions the interpreter executed for the `direct`/`bt` engines, by mnemonic and
     /// the privilege level they ran at (what to translate inline next).
-    pub emulated_by: std::collections::HashMap<(iced_x86::Mnemonic, u8), u64>,
+    pub emulated_by: rustc_hash::FxHashMap<(iced_x86::Mnemonic, u8), u64>,
 }
 
 impl RunStats {

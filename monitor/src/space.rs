@@ -314,11 +314,11 @@ pub struct LowMap {
     pub unmaps: u64,
     /// Guest frames (physical page numbers) holding translated code (`bt`): always mapped
     /// without write permission, so that a guest write to them faults.
-    pub code_frames: std::collections::HashSet<u32>,
+    pub code_frames: rustc_hash::FxHashSet<u32>,
     /// Writable shadow mappings: linear page -> guest frame (page numbers), and the reverse,
     /// so that a frame that becomes a code frame loses write permission at every alias.
     writable_by_lin: std::collections::BTreeMap<u32, u32>,
-    writable_by_frame: std::collections::HashMap<u32, Vec<u32>>,
+    writable_by_frame: rustc_hash::FxHashMap<u32, Vec<u32>>,
 }
 
 impl LowMap {

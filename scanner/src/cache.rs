@@ -18,7 +18,7 @@
 //!    its fragments and returns the patches that unchain every exit that jumped into them
 //!    (restoring the jump to their stubs) and the lookup-table slots to reset.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 
 use crate::abi::Abi;
 use crate::emit::{ExitSite, Fragment, PcEntry};
@@ -151,9 +151,9 @@ impl Cache {
             size,
             top: reserved,
             frags: Vec::new(),
-            by_key: HashMap::new(),
-            by_frame: HashMap::new(),
-            incoming: HashMap::new(),
+            by_key: HashMap::default(),
+            by_frame: HashMap::default(),
+            incoming: HashMap::default(),
             order: Vec::new(),
             flushes: 0,
         }

@@ -101,6 +101,9 @@ pub struct Seq {
     pub entry: Option<Label>,
     /// Guest EIP of the unit.
     pub start_eip: u32,
+    /// Guest EIPs of the `Emulate` callouts, in emission order (the runtime keeps their
+    /// decoded instructions, so that a callout does not decode again).
+    pub emulate_eips: Vec<u32>,
 }
 
 // Scratch slot numbers.
@@ -288,6 +291,9 @@ impl<'a> Builder<'a> {
         self.st_imm32(a.callout_op, op as u32);
         if let CoEip::Imm(e) = eip {
             self.st_imm32(a.callout_eip, e);
+            if op == CalloutOp::Emulate {
+                self.seq.emulate_eips.push(e);
+            }
         }
         self.st_imm32(a.callout_next, next);
         self.st_imm32(a.callout_arg, arg);

@@ -272,6 +272,69 @@ impl<B: Bus> Cpu<B> {
         self.execute_decoded(&insn)
     }
 
+    /// [`Cpu::step`] for an instruction the caller has already decoded: `insn`, decoded from
+    /// `bytes` (exactly its encoding) at CS:EIP with the current code size. It behaves as
+    /// `step` does: a pending interrupt first, then every check of the fetch that can differ
+    /// from the caller's decode: the CS limit (first and last byte: #GP(0)), the page-level
+    /// fetch check of the instruction's page (#PF, accessed bits, through the TLB as a fetch
+    /// goes), and that the bytes at the physical address it translates to are `bytes`. Where
+    /// they are not (the code changed or is mapped elsewhere now), the instruction crosses a
+    /// page, lies outside RAM or `insn` is not for CS:EIP in this mode, it fetches and decodes
+    /// as `step` does. Saves the decoder where the caller (the monitor's callouts) decoded the
+    /// instruction once when it translated it.
+    pub fn step_decoded(&mut self, insn: &Instruction, bytes: &[u8]) -> Option<Exit> {
+        if let Some(exit) = self.poll_interrupt() {
+            return Some(exit);
+        }
+        self.state.int_shadow = false;
+        self.cur_eip = self.state.eip;
+        self.saved_gpr = self.state.gpr;
+        self.saved_eflags = self.state.eflags;
+        match self.fetch_check(insn, bytes) {
+            Ok(true) => self.execute_decoded(insn),
+            Ok(false) => {
+                let slot = match self.fetch_decode() {
+                    Ok(s) => s,
+                    Err(f) => return self.fault(f, None),
+                };
+                let insn = *self.cached_insn(slot);
+                self.execute_decoded(&insn)
+            }
+            Err(f) => self.fault(f, None),
+        }
+    }
+
+    /// The fetch of [`Cpu::step_decoded`]: Ok(true) if `insn` is the instruction at CS:EIP,
+    /// Ok(false) if the ordinary fetch must decide, Err for the faults the fetch raises in
+    /// the order it raises them (limit of the first byte, the page, limit of the last byte).
+    fn fetch_check(&mut self, insn: &Instruction, bytes: &[u8]) -> Res<bool> {
+        let cs = self.state.seg[SegReg::Cs as usize];
+        let eip = self.state.eip;
+        let len = insn.len();
+        let code32 = self.state.code32();
+        let size_ok = insn.code_size() == if code32 { iced_x86::CodeSize::Code32 } else { iced_x86::CodeSize::Code16 };
+        if insn.is_invalid() || !size_ok || insn.ip() != eip as u64 || len == 0 || len != bytes.len() {
+            return Ok(false);
+        }
+        if eip > cs.limit {
+            return Err(exc::gp0());
+        }
+        let lin = cs.base.wrapping_add(eip);
+        if (lin & 0xfff) as usize + len > 0x1000 {
+            return Ok(false); // crosses a page: the ordinary fetch translates both
+        }
+        let p0 = self.translate(lin, mmu::Access::fetch(self.state.cpl == 3))? as usize;
+        let same = self.bus.ram().get(p0..p0 + len).is_some_and(|b| b == bytes);
+        if !same {
+            return Ok(false);
+        }
+        let last = eip.wrapping_add(len as u32 - 1);
+        if last > cs.limit || last < eip {
+            return Err(exc::gp0());
+        }
+        Ok(true)
+    }
+
     /// Execute instructions from the block at CS:EIP, at most `*left` of them (decremented
     /// per instruction). EFLAGS.TF and the interrupt shadow are clear. `NoBlock` (nothing
     /// done) where the single-instruction path must handle CS:EIP: a fetch fault, a CS limit

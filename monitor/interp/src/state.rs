@@ -211,8 +211,10 @@ pub struct TableReg {
     pub limit: u16,
 }
 
-/// The x87/SSE state, kept as the 512-byte FXSAVE image (Intel SDM vol. 1, 10.5.1).
+/// The x87/SSE state, kept as the 512-byte FXSAVE image (Intel SDM vol. 1, 10.5.1), 16-byte
+/// aligned as FXSAVE/FXRSTOR require of their operand (the monitor loads and saves it in place).
 #[derive(Clone, PartialEq, Eq)]
+#[repr(C, align(16))]
 pub struct FpuState(pub [u8; 512]);
 
 impl FpuState {

@@ -44,7 +44,7 @@
 //! Instructions with translations other than IDENT (branches, lookups, inline sequences)
 //! ignore hints.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 
 use vmm_scanner::cache::{CodeRange, FragId, Invalidation};
 use vmm_scanner::classify::CalloutKind;
@@ -208,7 +208,8 @@ impl Direct<'_> {
     /// At an `Emulate` callout (guest state = before the instruction, `tc` = the return
     /// address): for an adaptive one, count it (`--stats`) and drop the hint if the
     /// instruction stopped faulting.
-    pub(crate) fn bt_note_callout(&mut self, tc: u32) {
+    /// `decoded`: the instruction at CS:EIP, if the caller has it.
+    pub(crate) fn bt_note_callout(&mut self, tc: u32, decoded: Option<&super::Decoded>) {
         let Some(bt) = self.bt.as_mut() else { return };
         let (op, arg) = (bt.abi.callout_op, bt.abi.callout_arg);
         if bt.vr32(op) != CalloutOp::Emulate as u32 || bt.vr32(arg) != CalloutKind::Adaptive as u32 {
@@ -217,7 +218,7 @@ impl Direct<'_> {
         self.stats.exit("bt-adaptive-callout");
         let s = &self.cpu.state;
         let (lin, mode) = (s.seg(SegReg::Cs).base.wrapping_add(s.eip), super::mode_of(s));
-        let would = self.bt_would_fault();
+        let would = self.bt_would_fault(decoded);
         let Some(bt) = self.bt.as_mut() else { return };
         if bt.faults.callout(lin, mode, would) && bt.cfg.hints.remove(lin, mode) {
             self.bt_retranslate(lin, mode, Some(tc));
@@ -229,8 +230,12 @@ impl Direct<'_> {
     /// an access into page 0 or the monitor area, a write into a frame holding translated
     /// code, an access where no RAM is (its memory operands decoded with the current
     /// registers; REP strings by ECX). Undecodable: true.
-    pub(crate) fn bt_would_fault(&mut self) -> bool {
-        let Some((ranges, unresolved)) = self.memory_ranges_at_eip() else { return true };
+    pub(crate) fn bt_would_fault(&mut self, decoded: Option<&super::Decoded>) -> bool {
+        let ranges = match decoded {
+            Some(d) => self.memory_ranges_decoded(d),
+            None => self.memory_ranges_at_eip(),
+        };
+        let Some((ranges, unresolved)) = ranges else { return true };
         if unresolved {
             return true;
         }
@@ -265,7 +270,7 @@ impl Direct<'_> {
             bt.reset_ibl_slot(i);
         }
         for r in inv.removed {
-            for (_, frame) in bt.pages.remove(&r).unwrap_or_default() {
+            for (_, frame) in bt.forget(r) {
                 if !bt.cache.frame_has_code(frame) {
                     self.shadow.map.code_frames.remove(&frame);
                 }

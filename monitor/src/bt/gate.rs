@@ -10,8 +10,8 @@
 //! 4-byte slots pushed by the 32-bit far call) stores the guest's GPRs, EFLAGS, the return EIP
 //! and the segment selectors into the direct engine's exit record with `signal` = 0 (the mark
 //! of a callout), clears DF, switches to the monitor stack saved by the entry stub and jumps to
-//! the direct engine's exit landing, which restores the host selectors and FS/GS bases, saves
-//! the guest's x87/SSE state and restores the host's, and returns into the run loop: the
+//! the direct engine's exit landing, which restores the host FS/GS bases, saves
+//! the guest's x87/SSE state and restores the host's MXCSR and x87 control word, and returns into the run loop: the
 //! "Rust" the gate calls is the run loop's callout handling, after `entry::enter` returns. No
 //! signal is involved. Continuing is an entry like any other (`iretq` to the 32-bit TC code
 //! selector): either at the return address with the callout stack popped (the callout

@@ -27,7 +27,7 @@
 //! `--user-engine bt` runs (tested against the interpreter), and either engine may run any
 //! user instruction.
 
-use std::collections::{HashMap, HashSet};
+use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 
 /// System calls trapped from a page before it becomes hot. High enough that a short-lived
 /// process (a fork and exec of `/bin/true`: ~40 system calls from a few pages) stays direct:

@@ -32,13 +32,15 @@ pub mod area;
 pub mod gate;
 pub mod hot;
 
-use std::collections::{HashMap, HashSet};
-use std::time::Instant;
+use std::sync::Arc;
+
+use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 
 use vmm_interp::state::{cr, flags, SegReg};
 use vmm_interp::{Cpu, CpuState};
 use vmm_scanner::abi::{HOST_FLAGS, VIRT_MASK};
 use vmm_scanner::cache::{Cache, FragId};
+use vmm_scanner::units::GuestInsn;
 use vmm_scanner::{Abi, CalloutOp, Config, GuestCode, Mode};
 
 use crate::direct::entry::{self, EntryState, ExitRecord};
@@ -71,6 +73,16 @@ pub struct Bt {
     pub vcpu_sel: u16,
     /// Per fragment: the (linear page, guest frame) pairs it was translated from.
     pages: HashMap<FragId, Vec<(u32, u32)>>,
+    /// Per fragment (indexed by `FragId`): the guest instructions of its `Emulate` callouts as
+    /// the translator decoded them (a callout executes its instruction without decoding it
+    /// again: `Direct::emulate_decoded`). The fragment's guest bytes are write-watched, so
+    /// while it lives they are these instructions' bytes (the callout still compares them).
+    sites: Vec<Option<Sites>>,
+    /// Fragments recently found by [`Bt::fragment_at`], by TC address bits (a hint: checked
+    /// against the live fragment's range before use).
+    recent: [FragId; 64],
+    /// What `sync_in` last wrote of the registers translated code only reads (None: unknown).
+    synced_sys: Option<SysRegs>,
     /// The two lookup tables' state: kernel-mode fragments (index 0), user-mode (index 1).
     ibl: [IblState; 2],
     /// A lookup miss for this guest EIP: fill its table entry once its fragment is known.
@@ -101,6 +113,52 @@ pub struct Bt {
     pub translated: u64,
     /// Adaptive retranslation: faults per guest instruction (`adaptive.rs`).
     pub faults: adaptive::FaultCounters,
+}
+
+/// An `Emulate` callout's guest instruction as the translator decoded it, and its memory
+/// operands (iced's `InstructionInfo::used_memory`: the write prediction computes their
+/// addresses with the registers of the moment).
+pub(crate) struct Decoded {
+    pub g: GuestInsn,
+    pub used: Box<[iced_x86::UsedMemory]>,
+}
+
+/// A fragment's `Emulate` callout sites: (guest EIP, its instruction), by EIP.
+type Sites = Box<[(u32, Arc<Decoded>)]>;
+
+/// The registers [`Bt::sync_in`] copies into the vCPU region that translated code only reads.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct SysRegs {
+    ldtr: u16,
+    tr: u16,
+    gdtr: (u16, u32),
+    idtr: (u16, u32),
+    cr: [u32; 5],
+    dr: [u32; 8],
+}
+
+impl SysRegs {
+    fn of(s: &CpuState) -> SysRegs {
+        SysRegs {
+            ldtr: s.ldtr.selector,
+            tr: s.tr.selector,
+            gdtr: (s.gdtr.limit, s.gdtr.base),
+            idtr: (s.idtr.limit, s.idtr.base),
+            cr: [s.cr0, 0, s.cr2, s.cr3, s.cr4],
+            dr: s.dr,
+        }
+    }
+
+    /// `*self == SysRegs::of(s)`, without building the value (a wide load of a value just
+    /// stored in narrow pieces stalls: it showed in profiles).
+    fn same_as(&self, s: &CpuState) -> bool {
+        self.ldtr == s.ldtr.selector
+            && self.tr == s.tr.selector
+            && self.gdtr == (s.gdtr.limit, s.gdtr.base)
+            && self.idtr == (s.idtr.limit, s.idtr.base)
+            && self.cr == [s.cr0, 0, s.cr2, s.cr3, s.cr4]
+            && self.dr == s.dr
+    }
 }
 
 /// One lookup table's bookkeeping.
@@ -193,7 +251,10 @@ impl Bt {
             cfg,
             abi,
             vcpu_sel: vmm_shadow_mmu::desc::ldt_selector(VCPU_LDT_INDEX),
-            pages: HashMap::new(),
+            pages: HashMap::default(),
+            sites: Vec::new(),
+            recent: [FragId(u32::MAX); 64],
+            synced_sys: None,
             ibl: Default::default(),
             pending_ibl: None,
             pending_chain: None,
@@ -201,7 +262,7 @@ impl Bt {
             user_chains: Vec::new(),
             last_cr3: None,
             revalidate: false,
-            user_code_pages: HashSet::new(),
+            user_code_pages: HashSet::default(),
             invalidations: 0,
             translated: 0,
             faults: adaptive::FaultCounters::default(),
@@ -344,12 +405,40 @@ impl Bt {
         self.user_chains = kept;
     }
 
+    /// Forgets what the runtime keeps about removed fragment `id`.
+    pub(crate) fn forget(&mut self, id: FragId) -> Vec<(u32, u32)> {
+        if let Some(s) = self.sites.get_mut(id.0 as usize) {
+            *s = None;
+        }
+        self.pages.remove(&id).unwrap_or_default()
+    }
+
+    /// The live fragment whose code contains TC address `tc` (`Cache::fragment_at`, with the
+    /// answer remembered for the next callout from the same place).
+    pub(crate) fn fragment_at(&mut self, tc: u32) -> Option<FragId> {
+        let slot = (tc >> 4) as usize % self.recent.len();
+        let hint = self.recent[slot];
+        if self.cache.get(hint).is_some_and(|f| tc >= f.tc_addr && tc - f.tc_addr < f.size) {
+            return Some(hint); // live fragments do not overlap: this is the one
+        }
+        let id = self.cache.fragment_at(tc)?;
+        self.recent[slot] = id;
+        Some(id)
+    }
+
+    /// The decoded instruction of fragment `id`'s `Emulate` callout at guest `eip`.
+    fn site(&self, id: FragId, eip: u32) -> Option<&Arc<Decoded>> {
+        let sites = self.sites.get(id.0 as usize)?.as_ref()?;
+        sites.binary_search_by_key(&eip, |s| s.0).ok().map(|i| &sites[i].1)
+    }
+
     /// Drops every fragment.
     fn flush(&mut self) {
         self.user_chains.clear();
         self.user_code_pages.clear();
         self.cache.flush(TC_RESERVED);
         self.pages.clear();
+        self.sites.clear();
         self.reset_ibl(0);
         self.reset_ibl(1);
     }
@@ -363,6 +452,7 @@ impl Bt {
         self.flush();
         let vcpu = self.area.vcpu;
         self.area.write(vcpu, header);
+        self.synced_sys = None;
         self.ibl[0].key = None;
         self.ibl[1].key = None;
         self.pending_ibl = None;
@@ -403,31 +493,39 @@ impl Bt {
 
     /// The vCPU region from the guest state (everything inline sequences read).
     fn sync_in(&mut self, s: &CpuState, ss_shadow: u16, irq: bool) {
-        let a = self.abi.clone();
-        self.vw8(a.vif, (s.eflags & flags::IF != 0) as u8);
-        self.vw8(a.irq, irq as u8);
-        self.vw32(a.vflags, s.eflags & VIRT_MASK & !flags::IF);
-        self.vw32(a.callout_esp, s.gpr[4]);
-        self.vw32(a.callout_ss, ss_shadow as u32);
+        let (a, vcpu) = (&self.abi, self.area.vcpu);
+        let area = &mut self.area;
+        let mut w = |off: u32, b: &[u8]| area.write(vcpu + off, b);
+        w(a.vif, &[(s.eflags & flags::IF != 0) as u8]);
+        w(a.irq, &[irq as u8]);
+        w(a.vflags, &(s.eflags & VIRT_MASK & !flags::IF).to_le_bytes());
+        w(a.callout_esp, &s.gpr[4].to_le_bytes());
+        w(a.callout_ss, &(ss_shadow as u32).to_le_bytes());
         for i in 0..6 {
-            self.vw32(a.vseg + 4 * i as u32, s.seg[i].selector as u32);
+            w(a.vseg + 4 * i as u32, &(s.seg[i].selector as u32).to_le_bytes());
         }
-        self.vw32(a.ldtr, s.ldtr.selector as u32);
-        self.vw32(a.tr, s.tr.selector as u32);
-        self.vw16(a.gdtr, s.gdtr.limit);
-        self.vw32(a.gdtr + 2, s.gdtr.base);
-        self.vw16(a.idtr, s.idtr.limit);
-        self.vw32(a.idtr + 2, s.idtr.base);
-        for (n, v) in [s.cr0, 0, s.cr2, s.cr3, s.cr4].into_iter().enumerate() {
-            self.vw32(a.cr_of(n as u32), v);
+        // Translated code only reads these (SLDT, STR, SGDT, SIDT, MOV from CRn/DRn, SMSW):
+        // written when they differ from what was written last.
+        if !self.synced_sys.as_ref().is_some_and(|r| r.same_as(s)) {
+            let sys = SysRegs::of(s);
+            w(a.ldtr, &(sys.ldtr as u32).to_le_bytes());
+            w(a.tr, &(sys.tr as u32).to_le_bytes());
+            w(a.gdtr, &sys.gdtr.0.to_le_bytes());
+            w(a.gdtr + 2, &sys.gdtr.1.to_le_bytes());
+            w(a.idtr, &sys.idtr.0.to_le_bytes());
+            w(a.idtr + 2, &sys.idtr.1.to_le_bytes());
+            for (n, v) in sys.cr.into_iter().enumerate() {
+                w(a.cr_of(n as u32), &v.to_le_bytes());
+            }
+            for (n, v) in sys.dr.into_iter().enumerate() {
+                w(a.dr_of(n as u32), &v.to_le_bytes());
+            }
+            self.synced_sys = Some(sys);
         }
-        for n in 0..8 {
-            self.vw32(a.dr_of(n), s.dr[n as usize]);
-        }
-        self.vw32(a.cpuid_count, 0);
+        w(a.cpuid_count, &0u32.to_le_bytes());
         // User code's inline GS accesses (Mode::user_gs) read the base; GS loads are
         // callouts, so it changes only between entries.
-        self.vw32(a.ugs_base, s.seg(SegReg::Gs).base);
+        w(a.ugs_base, &s.seg(SegReg::Gs).base.to_le_bytes());
     }
 
     /// The guest's EFLAGS from the host's and the virtual bits.
@@ -492,7 +590,7 @@ impl Direct<'_> {
     /// The TC address of the fragment for the guest's CS:EIP in its current mode, translated
     /// now if there is none (or the one there came from other guest frames).
     fn bt_fragment(&mut self) -> Result<(FragId, u32), Outcome> {
-        let Direct { bt, cpu, shadow, .. } = self;
+        let Direct { bt, cpu, shadow, info, .. } = self;
         let bt = bt.as_mut().ok_or_else(|| outcome("no translation cache"))?;
         let s = &cpu.state;
         let mode = mode_of(s);
@@ -502,7 +600,7 @@ impl Direct<'_> {
         let key = (mode, cs_base, s.cr3, s.cr4 & cr::CR4_PGE != 0);
         // Whether fragment `f`'s guest pages map the frames it was translated from, in the
         // address space now current (memoised for one CR3 change).
-        let mut memo: HashMap<FragId, bool> = HashMap::new();
+        let mut memo: HashMap<FragId, bool> = HashMap::default();
         let mut valid = |bt: &Bt, f: FragId| {
             *memo.entry(f).or_insert_with(|| bt.pages.get(&f).is_some_and(|pp| pp.iter().all(|&(p, fr)| cpu.probe_translation(p << 12).map(|x| x >> 12) == Some(fr))))
         };
@@ -561,13 +659,21 @@ impl Direct<'_> {
             bt.reset_ibl_slot(i);
         }
         for r in inv.removed {
-            bt.pages.remove(&r);
+            bt.forget(r);
         }
         bt.cache.set_code_ranges(id, adaptive::unit_code_ranges(&unit, &pages));
         if mode.cpl == 3 {
             bt.user_code_pages.extend(unit.pages.iter().copied());
         }
         bt.pages.insert(id, pages);
+        let i = id.0 as usize;
+        if bt.sites.len() <= i {
+            bt.sites.resize_with(i + 1, || None);
+        }
+        let decoded = |g: &GuestInsn| (g.eip, Arc::new(Decoded { g: g.clone(), used: info.info(&g.instr).used_memory().into() }));
+        let mut sites: Vec<_> = unit.insns.iter().filter(|g| seq.emulate_eips.contains(&g.eip)).map(decoded).collect();
+        sites.sort_unstable_by_key(|s| s.0);
+        bt.sites[i] = Some(sites.into_boxed_slice());
         bt.translated += 1;
         self.stats.exit("bt-translate");
         Ok((id, frag.tc_addr + frag.entry_off))
@@ -600,7 +706,7 @@ impl Direct<'_> {
             bt.reset_ibl_slot(i);
         }
         for r in inv.removed {
-            bt.pages.remove(&r);
+            bt.forget(r);
         }
         bt.invalidations += 1;
         true
@@ -608,12 +714,17 @@ impl Direct<'_> {
 
     /// The guest-linear ranges the instruction at CS:EIP writes (explicit operands and the
     /// stack, REP strings by their count), decoded before the interpreter executes it.
-    pub(crate) fn bt_predict_writes(&mut self) -> Vec<(u32, u32)> {
+    /// `decoded`: the instruction at CS:EIP, if the caller has it.
+    pub(crate) fn bt_predict_writes(&mut self, decoded: Option<&Decoded>) -> Vec<(u32, u32)> {
         let s = &self.cpu.state;
         if !s.protected_mode() || self.shadow.map.code_frames.is_empty() {
             return Vec::new();
         }
-        let Some((ranges, _)) = self.memory_ranges_at_eip() else { return Vec::new() };
+        let ranges = match decoded {
+            Some(d) => self.memory_ranges_decoded(d),
+            None => self.memory_ranges_at_eip(),
+        };
+        let Some((ranges, _)) = ranges else { return Vec::new() };
         ranges.into_iter().filter(|r| r.2).map(|(start, len, _)| (start, len)).collect()
     }
 
@@ -710,9 +821,9 @@ impl Direct<'_> {
                 (*sh).bt_stale = 0;
                 (*sh).bt_stale_limit = limit;
             }
-            let t0 = Instant::now();
-            let ex = entry::enter(lock, &st, &mut self.cpu.state.fpu.0);
-            self.stats.guest_time += t0.elapsed();
+            let t0 = crate::native::tsc::read();
+            let ex = entry::enter(lock, &st, &mut self.cpu.state.fpu);
+            self.guest_ticks += crate::native::tsc::read().wrapping_sub(t0);
             self.stats.native_exits += 1;
             if ex.exited == 0 {
                 return Err(outcome("returned from translated code without an exit record"));
@@ -731,11 +842,11 @@ impl Direct<'_> {
     /// Returns the entry state to continue in the TC, or None to go back to the run loop.
     fn bt_callout(&mut self, ex: &ExitRecord, deadline: Option<u64>) -> Result<Option<EntryState>, Outcome> {
         let bt = self.bt.as_mut().ok_or_else(|| outcome("no translation cache"))?;
-        let a = bt.abi.clone();
-        let op = bt.vr32(a.callout_op);
-        let eip = bt.vr32(a.callout_eip);
-        let next = bt.vr32(a.callout_next);
-        let esp = bt.vr32(a.callout_esp);
+        let callout_arg = bt.abi.callout_arg;
+        let op = bt.vr32(bt.abi.callout_op);
+        let eip = bt.vr32(bt.abi.callout_eip);
+        let next = bt.vr32(bt.abi.callout_next);
+        let esp = bt.vr32(bt.abi.callout_esp);
         let eflags = bt.eflags(ex.eflags);
         let s = &mut self.cpu.state;
         s.gpr = ex.gpr;
@@ -744,16 +855,28 @@ impl Direct<'_> {
         s.eflags = eflags;
         let before = (mode_of(s), s.seg(SegReg::Cs).base);
         match CalloutOp::from_u32(op) {
-            Some(CalloutOp::Emulate | CalloutOp::Invalid | CalloutOp::FetchFault) => {
-                self.stats.exit("bt-emulate");
-                self.bt_note_callout(ex.eip);
+            Some(kind @ (CalloutOp::Emulate | CalloutOp::Invalid | CalloutOp::FetchFault)) => {
+                self.bt_emulate_exits += 1; // stats.exits["bt-emulate"] at the end of the run
+                // The calling fragment, and its decoded instruction for this callout if the
+                // bytes at CS:EIP are still the ones it was translated from.
+                let Some(bt) = self.bt.as_mut() else { return Err(outcome("no translation cache")) };
+                let (frag, flushes) = (bt.fragment_at(ex.eip), bt.cache.flushes());
+                let site = match (kind, frag) {
+                    (CalloutOp::Emulate, Some(id)) => bt.site(id, eip).cloned(),
+                    _ => None,
+                };
+                let site = site.filter(|d| self.site_matches(&d.g));
+                self.bt_note_callout(ex.eip, site.as_deref());
                 if self.cpu.state.cpl == 3 {
-                    let arg = self.bt.as_mut().map_or(0, |bt| bt.vr32(a.callout_arg));
+                    let arg = self.bt.as_mut().map_or(0, |bt| bt.vr32(callout_arg));
                     self.hot_user_callout(arg == vmm_scanner::classify::CalloutKind::Interrupt as u32);
                 }
-                self.emulate(deadline)?;
-                // The instruction may have overwritten the calling fragment's guest code.
-                let live = self.bt.as_ref().is_some_and(|bt| bt.cache.fragment_at(ex.eip).is_some());
+                self.emulate_decoded(deadline, site.as_deref())?;
+                // The instruction may have overwritten the calling fragment's guest code (no
+                // flush happens in between: fragment ids are not reused).
+                let live = self.bt.as_ref().is_some_and(|bt| {
+                    frag.is_some_and(|id| bt.cache.flushes() == flushes && bt.cache.get(id).is_some())
+                });
                 let s = &self.cpu.state;
                 let same = next != 0
                     && live
@@ -771,9 +894,9 @@ impl Direct<'_> {
             Some(CalloutOp::Exit) => {
                 self.stats.exit(if self.cpu.state.cpl == 3 { "bt-exit-user" } else { "bt-exit" });
                 if let Some(bt) = self.bt.as_mut() {
-                    let arg = bt.vr32(a.callout_arg);
+                    let arg = bt.vr32(callout_arg);
                     // The return address lies in the calling fragment's exit stub.
-                    if let Some(from) = bt.cache.fragment_at(ex.eip) {
+                    if let Some(from) = bt.fragment_at(ex.eip) {
                         bt.pending_chain = Some((from, arg, eip, bt.cache.flushes()));
                     }
                 }
@@ -798,6 +921,30 @@ impl Direct<'_> {
             }
             None => Err(outcome(format!("unknown callout operation {op} at eip {eip:#010x}"))),
         }
+    }
+
+    /// Whether the guest bytes at CS:EIP (through the guest's page tables, as
+    /// `Direct::insn_at_eip` reads them) are `g`'s, decoded in the current code size.
+    fn site_matches(&mut self, g: &GuestInsn) -> bool {
+        let s = &self.cpu.state;
+        let size = if s.code32() { iced_x86::CodeSize::Code32 } else { iced_x86::CodeSize::Code16 };
+        if s.eip != g.eip || g.instr.code_size() != size {
+            return false;
+        }
+        let lin = s.seg(SegReg::Cs).base.wrapping_add(g.eip);
+        let len = g.len as usize;
+        let mut off = 0;
+        while off < len {
+            let a = lin.wrapping_add(off as u32);
+            let n = ((0x1000 - (a & 0xfff)) as usize).min(len - off);
+            let Some(p) = self.cpu.probe_translation(a) else { return false };
+            let p = p as usize;
+            if self.cpu.bus.ram.as_slice().get(p..p + n) != Some(&g.bytes[off..off + n]) {
+                return false;
+            }
+            off += n;
+        }
+        true
     }
 
     /// Continue after the far call of a callout: the guest state is `cpu.state` at
@@ -855,6 +1002,7 @@ impl Direct<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Instant;
     use crate::space::{Reservation, SpaceError, DEFAULT_MONITOR_BASE};
 
     /// The process-wide resources of one guest run: RUN_LOCK, then the reservation.
@@ -899,7 +1047,7 @@ mod tests {
         let _thread = entry::Thread::prepare().unwrap();
         let mut bt = Bt::new(&res, DEFAULT_MONITOR_BASE).unwrap();
         bt.install(&lock);
-        let mut fpu = CpuState::reset().fpu.0;
+        let mut fpu = CpuState::reset().fpu;
 
         // 1. The echo gate: `retf` in 64-bit mode pops the 4-byte EIP and CS slots.
         bt.set_gate(true);
@@ -959,7 +1107,7 @@ mod tests {
         let _thread = entry::Thread::prepare().unwrap();
         let mut bt = Bt::new(&res, DEFAULT_MONITOR_BASE).unwrap();
         bt.install(&lock);
-        let mut fpu = CpuState::reset().fpu.0;
+        let mut fpu = CpuState::reset().fpu;
         // mov eax, gs:[vcpu_size - 4]; mov dword gs:[scratch], eax; mov [tc], eax (must fault)
         let last = bt.abi.vcpu_size - 4;
         bt.vw32(last, 0xfeed_f00d);

@@ -3,8 +3,10 @@
 //! `unsafe` code (assembly stubs, signal handlers, sigaltstack, timer, seccomp, CPUID faulting).
 //!
 //! * `vmm_direct_enter` (64-bit, called from Rust): saves the callee-saved registers, the host
-//!   RSP, FS/GS bases, DS/ES/FS/GS selectors and the host's x87/SSE state (`fxsave64`), loads
-//!   the guest's x87/SSE image (`fxrstor`, 32-bit format: the vCPU's `FpuState`), builds an
+//!   RSP, FS/GS bases (the DS/ES/FS/GS selectors once per run: [`restore_host_selectors`])
+//!   and the host's MXCSR and x87 control word (the
+//!   only x87/SSE state the C ABI has a callee preserve), loads the guest's x87/SSE image in
+//!   place (`fxrstor`, 32-bit format: the vCPU's 16-byte aligned `FpuState`), builds an
 //!   IRETQ frame (guest SS:ESP, EFLAGS, CS:EIP, all shadow selectors in the host LDT), loads
 //!   ES/DS/GS/FS with the guest's shadow selectors, the eight GPRs, and `iretq`s.
 //! * `vmm_direct_signal` (handler of SIGSEGV, SIGILL, SIGTRAP, SIGFPE, SIGBUS, SIGSYS and the
@@ -18,7 +20,9 @@
 //!   from the table captured before CPUID faulting was turned on; anything else re-raises with
 //!   the previous action.
 //! * `vmm_direct_landing` (64-bit, reached by sigreturn on the host stack): restores the host
-//!   selectors and bases, saves the guest x87/SSE state and restores the host's, clears
+//!   FS/GS bases (the selectors stay the guest's until the run ends), saves the guest x87/SSE
+//!   state in place, leaves the x87 unit as the
+//!   ABI wants it at a return (`fninit`, the host's control word) with the host's MXCSR, clears
 //!   EFLAGS (0x202), pops the callee-saved registers and returns to the caller of the entry.
 
 use std::cell::{RefCell, UnsafeCell};
@@ -28,14 +32,22 @@ use std::sync::atomic::{compiler_fence, AtomicBool, Ordering};
 use std::sync::OnceLock;
 
 use crate::native::sys;
+use vmm_interp::FpuState;
 
 /// State shared between Rust, the stubs and the handler. One thread at a time runs a guest
 /// (the engine holds [`RUN_LOCK`]); the handler writes it only for signals from guest code on
 /// that thread.
 #[repr(C, align(64))]
 pub(crate) struct Shared {
-    pub host_fx: [u8; 512],
-    pub guest_fx: [u8; 512],
+    /// The guest's FXSAVE image (the vCPU's `FpuState`, 16-byte aligned) for this entry:
+    /// loaded by the entry stub, saved in place by the landing.
+    pub guest_fx: *mut FpuState,
+    /// The host's MXCSR and x87 control word, the only x87/SSE state the C ABI has the
+    /// callee preserve (SysV x86-64 ABI §3.2.1: every XMM register and the x87 stack are
+    /// caller-saved; the x87 stack is empty at a call).
+    pub host_mxcsr: u32,
+    pub host_fcw: u16,
+    pub _pad_fx: u16,
     pub in_gpr: [u32; 8],
     pub in_eip: u32,
     pub in_eflags: u32,
@@ -49,6 +61,8 @@ pub(crate) struct Shared {
     pub host_es: u16,
     pub host_fs: u16,
     pub host_gs: u16,
+    /// `host_ds`..`host_gs` hold the host's selectors (see [`restore_host_selectors`]).
+    pub host_sels_saved: u32,
     pub running: u32,
     pub _pad1: u32,
     pub exit: ExitRecord,
@@ -93,8 +107,10 @@ pub(crate) struct SharedCell(UnsafeCell<Shared>);
 unsafe impl Sync for SharedCell {}
 
 pub(crate) static SHARED: SharedCell = SharedCell(UnsafeCell::new(Shared {
-    host_fx: [0; 512],
-    guest_fx: [0; 512],
+    guest_fx: std::ptr::null_mut(),
+    host_mxcsr: 0,
+    host_fcw: 0,
+    _pad_fx: 0,
     in_gpr: [0; 8],
     in_eip: 0,
     in_eflags: 0,
@@ -107,6 +123,7 @@ pub(crate) static SHARED: SharedCell = SharedCell(UnsafeCell::new(Shared {
     host_es: 0,
     host_fs: 0,
     host_gs: 0,
+    host_sels_saved: 0,
     running: 0,
     _pad1: 0,
     exit: ExitRecord {
@@ -161,16 +178,10 @@ std::arch::global_asm!(
     "mov [r11 + {host_fsbase}], rax",
     "rdgsbase rax",
     "mov [r11 + {host_gsbase}], rax",
-    "mov ax, ds",
-    "mov [r11 + {host_ds}], ax",
-    "mov ax, es",
-    "mov [r11 + {host_es}], ax",
-    "mov ax, fs",
-    "mov [r11 + {host_fs}], ax",
-    "mov ax, gs",
-    "mov [r11 + {host_gs}], ax",
-    "fxsave64 [r11 + {host_fx}]",
-    "fxrstor [r11 + {guest_fx}]",
+    "stmxcsr [r11 + {host_mxcsr}]",
+    "fnstcw [r11 + {host_fcw}]",
+    "mov rax, [r11 + {guest_fx}]",
+    "fxrstor [rax]",
     // IRETQ frame: SS, RSP, RFLAGS, CS, RIP
     "movzx eax, word ptr [r11 + {in_sel} + 4]",
     "push rax",
@@ -269,21 +280,33 @@ std::arch::global_asm!(
     ".type vmm_direct_landing,@function",
     ".p2align 4",
     "vmm_direct_landing:",
+    // DS, ES, FS and GS keep the guest's shadow selectors (see `restore_host_selectors`):
+    // 64-bit code ignores DS and ES, and FS and GS matter only by their bases, which are
+    // the host's again.
     "lea r11, [rip + {shared}]",
-    "movzx eax, word ptr [r11 + {host_ds}]",
-    "mov ds, eax",
-    "movzx eax, word ptr [r11 + {host_es}]",
-    "mov es, eax",
-    "movzx eax, word ptr [r11 + {host_fs}]",
-    "mov fs, eax",
-    "movzx eax, word ptr [r11 + {host_gs}]",
-    "mov gs, eax",
     "mov rax, [r11 + {host_fsbase}]",
     "wrfsbase rax",
     "mov rax, [r11 + {host_gsbase}]",
     "wrgsbase rax",
-    "fxsave [r11 + {guest_fx}]",
-    "fxrstor64 [r11 + {host_fx}]",
+    // The guest's x87/SSE state saved in place; the host's as the ABI wants it at a return:
+    // an empty x87 stack without a pending exception, the host's control word (`fninit`,
+    // `fldcw`, skipped when the image shows all that already), the host's MXCSR. The XMM
+    // registers are caller-saved: the guest's values may stay.
+    "mov rax, [r11 + {guest_fx}]",
+    "fxsave [rax]",
+    "movzx ecx, word ptr [rax]", // FCW
+    "cmp cx, word ptr [r11 + {host_fcw}]",
+    "jne 7f",
+    "cmp byte ptr [rax + 4], 0", // abridged tag word: every register empty
+    "jne 7f",
+    "test byte ptr [rax + 2], 0x80", // FSW.ES: an unmasked exception pending
+    "jnz 7f",
+    "8:",
+    "mov ecx, [rax + 24]", // MXCSR
+    "cmp ecx, [r11 + {host_mxcsr}]",
+    "je 9f",
+    "ldmxcsr [r11 + {host_mxcsr}]",
+    "9:",
     "push 0x202",
     "popfq",
     "pop r15",
@@ -293,13 +316,39 @@ std::arch::global_asm!(
     "pop rbx",
     "pop rbp",
     "ret",
+    "7:",
+    "fninit",
+    "fldcw [r11 + {host_fcw}]",
+    "jmp 8b",
     ".size vmm_direct_landing, . - vmm_direct_landing",
+    // ------------------------------------------------------------------ host selectors
+    ".globl vmm_direct_restore_selectors",
+    ".hidden vmm_direct_restore_selectors",
+    ".type vmm_direct_restore_selectors,@function",
+    ".p2align 4",
+    "vmm_direct_restore_selectors:",
+    "lea r11, [rip + {shared}]",
+    "rdfsbase rcx",
+    "rdgsbase rdx",
+    "movzx eax, word ptr [r11 + {host_ds}]",
+    "mov ds, eax",
+    "movzx eax, word ptr [r11 + {host_es}]",
+    "mov es, eax",
+    "movzx eax, word ptr [r11 + {host_fs}]",
+    "mov fs, eax",
+    "movzx eax, word ptr [r11 + {host_gs}]",
+    "mov gs, eax",
+    "wrfsbase rcx",
+    "wrgsbase rdx",
+    "ret",
+    ".size vmm_direct_restore_selectors, . - vmm_direct_restore_selectors",
     ".popsection",
     shared = sym SHARED,
     guest_exit = sym guest_exit,
     host_signal = sym host_signal,
-    host_fx = const offset_of!(Shared, host_fx),
     guest_fx = const offset_of!(Shared, guest_fx),
+    host_mxcsr = const offset_of!(Shared, host_mxcsr),
+    host_fcw = const offset_of!(Shared, host_fcw),
     host_rsp = const offset_of!(Shared, host_rsp),
     host_fsbase = const offset_of!(Shared, host_fsbase),
     host_gsbase = const offset_of!(Shared, host_gsbase),
@@ -331,6 +380,49 @@ extern "C" {
     fn vmm_direct_enter();
     fn vmm_direct_signal();
     fn vmm_direct_landing();
+    fn vmm_direct_restore_selectors();
+}
+
+/// Records the host's DS, ES, FS and GS selectors if they are not recorded yet: the first
+/// entry after a [`restore_host_selectors`] (or ever) finds the host's own in the registers.
+///
+/// # Safety
+/// RUN_LOCK is held by the caller (SHARED is not used by anyone else).
+unsafe fn save_host_selectors(sh: *mut Shared) {
+    // SAFETY: the caller's; reading segment registers has no other effect.
+    unsafe {
+        if (*sh).host_sels_saved != 0 {
+            return;
+        }
+        let (ds, es, fs, gs): (u16, u16, u16, u16);
+        std::arch::asm!("mov {0:x}, ds", "mov {1:x}, es", "mov {2:x}, fs", "mov {3:x}, gs",
+            out(reg) ds, out(reg) es, out(reg) fs, out(reg) gs, options(nomem, nostack, preserves_flags));
+        (*sh).host_ds = ds;
+        (*sh).host_es = es;
+        (*sh).host_fs = fs;
+        (*sh).host_gs = gs;
+        (*sh).host_sels_saved = 1;
+    }
+}
+
+/// Puts the host's DS, ES, FS and GS selectors back (keeping the FS and GS bases) after a run.
+/// The exit landing leaves the guest's shadow selectors in them: a selector load costs more
+/// than the rest of the landing, 64-bit code ignores DS and ES, and FS and GS are used only
+/// by their bases, which the landing restores with `wrfsbase`/`wrgsbase` (with FSGSBASE the
+/// kernel saves and restores both selector and base at a context switch; the signal handler
+/// already ran Rust with the guest's selectors loaded). Call when the run's guest code is done.
+pub(crate) fn restore_host_selectors(_lock: &std::sync::MutexGuard<'_, ()>) {
+    let sh = SHARED.0.get();
+    // SAFETY: RUN_LOCK is held (borrowed guard). The stub reloads the four selectors recorded
+    // at the first entry (valid host selectors, or zero) and writes back the FS and GS bases
+    // it read before, so TLS is what it was; it touches only caller-saved registers.
+    unsafe {
+        if (*sh).host_sels_saved == 0 {
+            return;
+        }
+        vmm_direct_restore_selectors();
+        (*sh).host_sels_saved = 0;
+    }
 }
 
 /// What to load for one entry.
@@ -344,27 +436,31 @@ pub struct EntryState {
 }
 
 /// Runs guest code until it raises a signal; returns what the handler recorded.
-/// `fpu` is the guest's FXSAVE image, loaded before and saved after.
-pub(crate) fn enter(_lock: &std::sync::MutexGuard<'_, ()>, st: &EntryState, fpu: &mut [u8; 512]) -> ExitRecord {
+/// `fpu` is the guest's FXSAVE image, loaded before and saved (in place) after.
+pub(crate) fn enter(_lock: &std::sync::MutexGuard<'_, ()>, st: &EntryState, fpu: &mut FpuState) -> ExitRecord {
+    const _: () = assert!(std::mem::align_of::<FpuState>() >= 16 && std::mem::size_of::<FpuState>() == 512);
     let sh = SHARED.0.get();
     // SAFETY: RUN_LOCK is held (the guard is borrowed), so nothing else uses SHARED; the
     // handlers, this thread's sigaltstack and the guest mappings were set up by `Thread::prepare`
-    // before (the caller obtained `Prepared`). The stub returns through the landing, which
-    // restores everything the C ABI requires (callee-saved registers, RSP, DF=0, MXCSR and
-    // x87 control word through fxrstor64, FS/GS).
+    // before (the caller obtained `Prepared`). `fpu` is a 512-byte, 16-byte aligned (the
+    // assertion above) buffer borrowed mutably for the whole call: fxrstor/fxsave read and
+    // write only it, and the pointer is cleared before the borrow ends. The stub returns
+    // through the landing, which restores everything the C ABI requires (callee-saved
+    // registers, RSP, DF=0, MXCSR and the x87 control word, an empty x87 stack, FS/GS).
     unsafe {
         (*sh).in_gpr = st.gpr;
         (*sh).in_eip = st.eip;
         (*sh).in_eflags = st.eflags;
         (*sh).in_sel = st.sel;
-        (*sh).guest_fx = *fpu;
+        save_host_selectors(sh);
+        (*sh).guest_fx = fpu as *mut FpuState;
         (*sh).exit = ExitRecord::default();
         std::ptr::write_volatile(std::ptr::addr_of_mut!((*sh).running), 1);
         compiler_fence(Ordering::SeqCst);
         vmm_direct_enter();
         compiler_fence(Ordering::SeqCst);
         std::ptr::write_volatile(std::ptr::addr_of_mut!((*sh).running), 0);
-        *fpu = (*sh).guest_fx;
+        (*sh).guest_fx = std::ptr::null_mut();
         (*sh).exit
     }
 }

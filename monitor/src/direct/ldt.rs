@@ -17,7 +17,7 @@
 //! [`HostLdt::guest_segment_for`] maps a hardware selector found at an exit back to the guest's
 //! selector and descriptor cache.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 
 use vmm_interp::state::{attr, Segment};
 
@@ -30,6 +30,23 @@ pub struct HostLdt {
     /// index -> (what was written, the guest descriptor cache it shadows).
     written: HashMap<u16, (UserDesc, Segment)>,
     pub writes: u64,
+    /// Changes of `written` so far (an entry written or the segment it shadows replaced).
+    generation: u64,
+    /// Per guest mode (kernel, user) and segment register: the last two answers of
+    /// [`HostLdt::selector_for`] that the same question will get again while `written` does
+    /// not change (see there). Per mode and two of them, since the guest goes back and forth
+    /// between modes and between two segments in a register (a system call's entry loads the
+    /// kernel's, its exit pops the user's).
+    memo: [[[Option<Memo>; 2]; 6]; 2],
+}
+
+/// A remembered [`HostLdt::selector_for`]: its inputs, the `generation` after it, its answer.
+#[derive(Clone, Copy)]
+struct Memo {
+    seg: Segment,
+    top: u32,
+    generation: u64,
+    selector: u16,
 }
 
 /// The raw 8-byte descriptor a descriptor cache was loaded from (accessed bit set).
@@ -84,13 +101,17 @@ impl HostLdt {
     fn ensure(&mut self, index: u16, ud: UserDesc, seg: &Segment) -> std::io::Result<()> {
         match self.written.get_mut(&index) {
             Some((w, s)) if *w == ud => {
-                *s = *seg;
+                if s != seg {
+                    *s = *seg;
+                    self.generation += 1;
+                }
                 return Ok(());
             }
             _ => {}
         }
         modify_ldt(&ud)?;
         self.writes += 1;
+        self.generation += 1;
         self.written.insert(index, (ud, *seg));
         Ok(())
     }
@@ -98,6 +119,14 @@ impl HostLdt {
     /// The host selector to load for segment register `sreg` holding `seg`, with segments
     /// truncated below `top`. `table_entry` reads the guest's GDT/LDT entry for a selector
     /// (None if outside the table or unreadable).
+    ///
+    /// The answer is remembered per segment register: asked again with the same `seg`, `top`
+    /// and `user` while `written` has not changed since, the computation would take the same
+    /// path without side effects (the table shadow it chose, or the cached slot, now holds
+    /// exactly this shadow and segment), so the remembered answer is returned without it.
+    /// Answers that depended on the guest's table (its entry no longer matched the cache, the
+    /// register got its cached slot) are not remembered: the table is read again next time.
+    #[inline]
     pub fn selector_for(
         &mut self,
         sreg: usize,
@@ -106,11 +135,37 @@ impl HostLdt {
         user: bool,
         table_entry: &mut dyn FnMut(u16) -> Option<u64>,
     ) -> Result<u16, NotShadowable> {
+        let memo = &mut self.memo[usize::from(user)][sreg];
+        for m in memo.iter().flatten() {
+            if m.generation == self.generation && m.seg == *seg && m.top == top {
+                return Ok(m.selector);
+            }
+        }
+        let (selector, from_memory) = self.compute_selector(sreg, seg, top, user, table_entry)?;
+        let memo = &mut self.memo[usize::from(user)][sreg];
+        memo[1] = memo[0].take();
+        memo[0] = (!from_memory).then_some(Memo { seg: *seg, top, generation: self.generation, selector });
+        Ok(selector)
+    }
+
+    /// [`HostLdt::selector_for`] without the memo; also whether the answer depended on the
+    /// guest's table (or on a failed write), so that the same question may get another one.
+    #[inline(never)]
+    fn compute_selector(
+        &mut self,
+        sreg: usize,
+        seg: &Segment,
+        top: u32,
+        user: bool,
+        table_entry: &mut dyn FnMut(u16) -> Option<u64>,
+    ) -> Result<(u16, bool), NotShadowable> {
         if seg.attr == 0 || !seg.present() {
-            return Ok(0);
+            return Ok((0, false));
         }
         let raw = encode(seg);
         let desc = shadow::shadow_descriptor(raw, top).ok_or(NotShadowable)?;
+        // The table shadow was refused: the guest's entry did not match (or its write failed).
+        let mut refused = false;
         if let Some(hs) = shadow::host_selector_for_guest(seg.selector, user).filter(|h| h & !3 != 0) {
             let index = hs >> 3;
             let ud = user_desc(index, &desc);
@@ -119,13 +174,14 @@ impl HostLdt {
                 _ => table_entry(seg.selector).is_some_and(|t| t | (1 << 40) == raw),
             };
             if ok && self.ensure(index, ud, seg).is_ok() {
-                return Ok(hs);
+                return Ok((hs, false));
             }
+            refused = true;
         }
         let hs = shadow::cached_slot_selector(sreg);
         let ud = user_desc(hs >> 3, &desc);
         self.ensure(hs >> 3, ud, seg).map_err(|_| NotShadowable)?;
-        Ok(hs)
+        Ok((hs, refused))
     }
 
     /// The guest's segment for a hardware selector `hw` found in a segment register at an exit.

@@ -30,7 +30,7 @@ pub mod ldt;
 pub(crate) mod session;
 pub mod shadow;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use vmm_interp::state::{cr, flags, SegReg};
 use vmm_interp::{exception, Bus, Cpu, CpuState, Exit};
@@ -141,6 +141,9 @@ pub(crate) fn run_held(held: &mut session::Held, mut machine: Machine, state: Cp
         fatal: None,
         bt,
         count_emulated: opts.detailed_stats,
+        info: iced_x86::InstructionInfoFactory::new(),
+        guest_ticks: 0,
+        bt_emulate_exits: 0,
         hot: crate::bt::hot::HotUser::default(),
     };
     e.stats.engine = match (opts.kernel_engine, opts.user_engine) {
@@ -155,9 +158,15 @@ pub(crate) fn run_held(held: &mut session::Held, mut machine: Machine, state: Cp
     };
     let start = e.cpu.bus.now_ns();
     let outcome = e.run_loop(lock, start);
+    entry::restore_host_selectors(lock);
     let _ = thread.set_timer(0);
     e.cpu.bus.flush();
     let mut stats = e.stats;
+    if e.bt_emulate_exits > 0 {
+        *stats.exits.entry("bt-emulate").or_default() += e.bt_emulate_exits;
+    }
+    let hz = crate::native::tsc::hz().max(1) as u128;
+    stats.guest_time = Duration::from_nanos(u64::try_from(e.guest_ticks as u128 * 1_000_000_000 / hz).unwrap_or(u64::MAX));
     stats.instructions = e.cpu.icount;
     stats.elapsed = Duration::from_nanos(e.cpu.bus.now_ns().saturating_sub(start));
     stats.halted = Duration::from_nanos(e.halted_ns);
@@ -211,6 +220,15 @@ pub(crate) struct Direct<'a> {
     pub(crate) hot: crate::bt::hot::HotUser,
     /// Count emulated instructions by mnemonic (`RunOptions::detailed_stats`).
     count_emulated: bool,
+    /// Kept for its buffers (memory operands of emulated instructions).
+    pub(crate) info: iced_x86::InstructionInfoFactory,
+    /// Host TSC ticks spent in guest code (`RunStats::guest_time` at the end: two TSC reads
+    /// per entry cost less than two clock reads, and this is only a statistic).
+    pub(crate) guest_ticks: u64,
+    /// The `bt-emulate` exits, the most frequent by far, counted here and added to
+    /// `stats.exits` at the end of the run (a `BTreeMap` update by name per callout showed in
+    /// profiles; nothing reads this counter during the run).
+    pub(crate) bt_emulate_exits: u64,
 }
 
 /// Continue, or end the run.
@@ -350,15 +368,33 @@ impl Direct<'_> {
 
     /// Execute one instruction with the interpreter (the guest's view, the guest's CPL).
     pub(crate) fn emulate(&mut self, deadline: Option<u64>) -> Flow {
+        self.emulate_decoded(deadline, None)
+    }
+
+    /// [`Direct::emulate`] with the instruction at CS:EIP already decoded (`site`: a `bt`
+    /// callout's instruction, decoded when its fragment was translated, whose bytes the caller
+    /// found at CS:EIP): the statistics, the special-instruction peek, the write prediction
+    /// and the interpreter (`Cpu::step_decoded`) use it instead of decoding again.
+    pub(crate) fn emulate_decoded(&mut self, deadline: Option<u64>, decoded: Option<&crate::bt::Decoded>) -> Flow {
+        let site = decoded.map(|d| &d.g);
         self.stats.emulated += 1;
         if self.count_emulated {
-            let m = self.mnemonic_at_eip();
+            let m = match site {
+                Some(g) => g.instr.mnemonic(),
+                None => self.mnemonic_at_eip(),
+            };
             *self.stats.emulated_by.entry((m, self.cpu.state.cpl)).or_default() += 1;
         }
-        let special = self.peek_special();
-        let writes = if self.bt.is_some() { self.bt_predict_writes() } else { Vec::new() };
+        let special = match site {
+            Some(g) => self.special_in(&g.bytes[..g.len as usize], Some(&g.instr)),
+            None => self.peek_special(),
+        };
+        let writes = if self.bt.is_some() { self.bt_predict_writes(decoded) } else { Vec::new() };
         let n = self.cpu.icount;
-        let exit = self.cpu.step();
+        let exit = match site {
+            Some(g) => self.cpu.step_decoded(&g.instr, &g.bytes[..g.len as usize]),
+            None => self.cpu.step(),
+        };
         if self.bt.is_some() {
             self.bt_after_writes(&writes);
         }
@@ -427,21 +463,7 @@ impl Direct<'_> {
 
     /// The guest's descriptor for `sel` from its GDT or LDT.
     fn table_entry(&mut self, sel: u16) -> Option<u64> {
-        let s = &self.cpu.state;
-        let (base, limit) = if sel & 4 != 0 {
-            if s.ldtr.attr == 0 {
-                return None;
-            }
-            (s.ldtr.base, s.ldtr.limit)
-        } else {
-            (s.gdtr.base, s.gdtr.limit as u32)
-        };
-        let off = (sel & !7) as u32;
-        if off + 7 > limit {
-            return None;
-        }
-        let mut b = [0u8; 8];
-        (self.read_linear(base.wrapping_add(off), &mut b) == 8).then(|| u64::from_le_bytes(b))
+        table_entry(&mut self.cpu, sel)
     }
 
     /// INVLPG and MOV CR3 at CS:EIP, decoded before the interpreter executes them.
@@ -453,6 +475,17 @@ impl Direct<'_> {
         let lin = self.cpu.state.seg(SegReg::Cs).base.wrapping_add(eip);
         let mut b = [0u8; 15];
         let n = self.read_linear(lin, &mut b);
+        self.special_in(&b[..n], None)
+    }
+
+    /// INVLPG and MOV CR3 in the bytes `b` at CS:EIP (`decoded`: their instruction, if the
+    /// caller has it).
+    fn special_in(&self, b: &[u8], decoded: Option<&iced_x86::Instruction>) -> Option<Special> {
+        if !self.cpu.state.protected_mode() {
+            return None;
+        }
+        let eip = self.cpu.state.eip;
+        let n = b.len();
         let mut i = 0;
         while i < n.min(5) && matches!(b[i], 0x26 | 0x2e | 0x36 | 0x3e | 0x64 | 0x65 | 0x66 | 0x67 | 0xf0 | 0xf2 | 0xf3) {
             i += 1;
@@ -464,9 +497,13 @@ impl Direct<'_> {
         match b[i + 1] {
             0x22 if (modrm >> 3) & 7 == 3 => Some(Special::Cr3Write),
             0x01 if (modrm >> 3) & 7 == 7 && modrm >> 6 != 3 => {
-                let bits = if self.cpu.state.code32() { 32 } else { 16 };
-                let mut d = iced_x86::Decoder::with_ip(bits, &b[..n], eip as u64, iced_x86::DecoderOptions::NONE);
-                let insn = d.decode();
+                let insn = match decoded {
+                    Some(i) => *i,
+                    None => {
+                        let bits = if self.cpu.state.code32() { 32 } else { 16 };
+                        iced_x86::Decoder::with_ip(bits, b, eip as u64, iced_x86::DecoderOptions::NONE).decode()
+                    }
+                };
                 if insn.code() != iced_x86::Code::Invlpg_m {
                     return None;
                 }
@@ -487,13 +524,10 @@ impl Direct<'_> {
         self.after_change();
         let top = if user { self.shadow.user_limit().min(self.monitor_base) } else { self.monitor_base };
         let mut sel = [0u16; 6];
+        let Direct { ldt, cpu, .. } = self;
         for (i, out) in sel.iter_mut().enumerate() {
-            let seg = self.cpu.state.seg[i];
-            let Direct { ldt, .. } = self;
-            let mut ldt_taken = std::mem::take(ldt);
-            let r = ldt_taken.selector_for(i, &seg, top, user, &mut |s| self.table_entry(s));
-            self.ldt = ldt_taken;
-            match r {
+            let seg = cpu.state.seg[i];
+            match ldt.selector_for(i, &seg, top, user, &mut |s| table_entry(cpu, s)) {
                 Ok(h) => *out = h,
                 Err(_) => return Ok(None),
             }
@@ -520,9 +554,9 @@ impl Direct<'_> {
             // Code run directly must not reach the bt engine's monitor area (see bt::area).
             bt.area.set_open(false).map_err(|e| Outcome::Unexpected(format!("bt: {e}")))?;
         }
-        let t0 = Instant::now();
-        let ex = entry::enter(lock, &st, &mut self.cpu.state.fpu.0);
-        self.stats.guest_time += t0.elapsed();
+        let t0 = crate::native::tsc::read();
+        let ex = entry::enter(lock, &st, &mut self.cpu.state.fpu);
+        self.guest_ticks += crate::native::tsc::read().wrapping_sub(t0);
         self.stats.native_exits += 1;
         if ex.exited == 0 {
             return Err(Outcome::Unexpected("returned from guest code without an exit record".into()));
@@ -588,35 +622,55 @@ impl Direct<'_> {
     /// count in ECX or CX, downwards with DF), and whether some operand's address could not be
     /// computed. None: the instruction does not decode.
     pub(crate) fn memory_ranges_at_eip(&mut self) -> Option<(Vec<MemRange>, bool)> {
-        use iced_x86::{InstructionInfoFactory, OpAccess};
         let insn = self.insn_at_eip();
+        self.memory_ranges_of(&insn)
+    }
+
+    /// [`Direct::memory_ranges_at_eip`] for `insn`, the instruction at CS:EIP.
+    pub(crate) fn memory_ranges_of(&mut self, insn: &iced_x86::Instruction) -> Option<(Vec<MemRange>, bool)> {
         if insn.is_invalid() {
             return None;
         }
-        let s = &self.cpu.state;
-        let mut f = InstructionInfoFactory::new();
-        let mut ranges = Vec::new();
-        let mut unresolved = false;
-        for m in f.info(&insn).used_memory() {
-            let write = matches!(m.access(), OpAccess::Write | OpAccess::CondWrite | OpAccess::ReadWrite | OpAccess::ReadCondWrite);
-            let Some(va) = m.virtual_address(0, |r, _, _| reg_value(s, r)) else {
-                unresolved = true;
-                continue;
-            };
-            let size = m.memory_size().size().max(1) as u32;
-            let count = if insn.has_rep_prefix() || insn.has_repne_prefix() {
-                let c = if !s.code32() && insn.memory_size().size() > 0 { s.gpr[1] & 0xffff } else { s.gpr[1] };
-                c.clamp(1, 1 << 20)
-            } else {
-                1
-            };
-            let len = size.saturating_mul(count);
-            let start = if s.eflags & flags::DF != 0 { (va as u32).wrapping_sub(len - size) } else { va as u32 };
-            ranges.push((start, len, write));
-        }
-        Some((ranges, unresolved))
+        Some(memory_ranges(&self.cpu.state, insn, self.info.info(insn).used_memory()))
     }
 
+    /// [`Direct::memory_ranges_of`] for a decoded instruction whose memory operands (`used`,
+    /// iced's `InstructionInfo::used_memory`) are known.
+    pub(crate) fn memory_ranges_decoded(&self, d: &crate::bt::Decoded) -> Option<(Vec<MemRange>, bool)> {
+        if d.g.instr.is_invalid() {
+            return None;
+        }
+        Some(memory_ranges(&self.cpu.state, &d.g.instr, &d.used))
+    }
+}
+
+/// The [`MemRange`]s of `insn`'s memory operands `used` (iced's `InstructionInfo::used_memory`)
+/// with the registers of `s`, and whether some address could not be computed.
+fn memory_ranges(s: &CpuState, insn: &iced_x86::Instruction, used: &[iced_x86::UsedMemory]) -> (Vec<MemRange>, bool) {
+    use iced_x86::OpAccess;
+    let mut ranges = Vec::new();
+    let mut unresolved = false;
+    for m in used {
+        let write = matches!(m.access(), OpAccess::Write | OpAccess::CondWrite | OpAccess::ReadWrite | OpAccess::ReadCondWrite);
+        let Some(va) = m.virtual_address(0, |r, _, _| reg_value(s, r)) else {
+            unresolved = true;
+            continue;
+        };
+        let size = m.memory_size().size().max(1) as u32;
+        let count = if insn.has_rep_prefix() || insn.has_repne_prefix() {
+            let c = if !s.code32() && insn.memory_size().size() > 0 { s.gpr[1] & 0xffff } else { s.gpr[1] };
+            c.clamp(1, 1 << 20)
+        } else {
+            1
+        };
+        let len = size.saturating_mul(count);
+        let start = if s.eflags & flags::DF != 0 { (va as u32).wrapping_sub(len - size) } else { va as u32 };
+        ranges.push((start, len, write));
+    }
+    (ranges, unresolved)
+}
+
+impl Direct<'_> {
     fn byte_at(&mut self, eip: u32) -> Option<u8> {
         let lin = self.cpu.state.seg(SegReg::Cs).base.wrapping_add(eip);
         let mut b = [0u8; 1];
@@ -755,6 +809,25 @@ impl Direct<'_> {
             }
         }
     }
+}
+
+/// The guest's descriptor for `sel` from its GDT or LDT (None: outside the table or unreadable).
+fn table_entry(cpu: &mut Cpu<Machine>, sel: u16) -> Option<u64> {
+    let s = &cpu.state;
+    let (base, limit) = if sel & 4 != 0 {
+        if s.ldtr.attr == 0 {
+            return None;
+        }
+        (s.ldtr.base, s.ldtr.limit)
+    } else {
+        (s.gdtr.base, s.gdtr.limit as u32)
+    };
+    let off = (sel & !7) as u32;
+    if off + 7 > limit {
+        return None;
+    }
+    let mut b = [0u8; 8];
+    (read_linear(cpu, base.wrapping_add(off), &mut b) == 8).then(|| u64::from_le_bytes(b))
 }
 
 /// Bytes of guest-linear memory (no side effects; stops at an unmapped page).
