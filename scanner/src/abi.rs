@@ -166,12 +166,22 @@ pub struct Abi {
     pub ibl_user_table: u32,
     /// 8 or 16: the index is `movzx ecx, al` or `movzx ecx, ax` (flag-free).
     pub ibl_bits: u32,
+    /// The selector table of inline data-segment loads (MOV/POP to DS, ES, FS at CPL 0):
+    /// [`SEG_TABLE_ENTRIES`] u16 entries indexed by the guest selector (`movzx ecx, selector`,
+    /// flag-free, no bounds check), each the host selector that loads that guest selector's
+    /// shadow in kernel mode, or 0: unknown, make the `Emulate` callout. Written by the
+    /// runtime only (read-only for guest code, like the lookup tables); see
+    /// docs/translator.md, "Inline segment loads", for when an entry may be nonzero.
+    pub seg_table: u32,
     /// Size of the whole vCPU region in bytes (the GS limit + 1).
     pub vcpu_size: u32,
 }
 
 /// Number of u32 scratch slots.
 pub const SCRATCH_SLOTS: u32 = 8;
+
+/// Entries of [`Abi::seg_table`]: one per 16-bit selector value.
+pub const SEG_TABLE_ENTRIES: u32 = 1 << 16;
 
 impl Default for Abi {
     fn default() -> Self {
@@ -203,7 +213,8 @@ impl Default for Abi {
             ibl_table: 0x1000,
             ibl_user_table: 0x1000 + (8 << ibl_bits),
             ibl_bits,
-            vcpu_size: 0x1000 + 2 * (8 << ibl_bits),
+            seg_table: 0x1000 + 2 * (8 << ibl_bits),
+            vcpu_size: 0x1000 + 2 * (8 << ibl_bits) + 2 * SEG_TABLE_ENTRIES,
         }
     }
 }
@@ -248,6 +259,11 @@ impl Abi {
     pub fn dr_of(&self, n: u32) -> u32 {
         assert!(n <= 7);
         self.dr + 4 * n
+    }
+
+    /// Offset of the selector-table entry of guest selector `sel`.
+    pub fn seg_entry(&self, sel: u16) -> u32 {
+        self.seg_table + 2 * sel as u32
     }
 
     /// Index in the lookup table for a guest target EIP.
@@ -309,6 +325,7 @@ impl Abi {
             ("cpuid_table", self.cpuid_table, 16 * self.cpuid_max),
             ("ibl_table", self.ibl_table, 8 << self.ibl_bits),
             ("ibl_user_table", self.ibl_user_table, 8 << self.ibl_bits),
+            ("seg_table", self.seg_table, 2 * SEG_TABLE_ENTRIES),
         ];
         for (name, off, len) in &fields {
             if off.checked_add(*len).is_none_or(|end| end > self.vcpu_size) {
@@ -339,7 +356,8 @@ mod tests {
         let a = Abi {
             ibl_bits: 8,
             ibl_user_table: 0x1000 + (8 << 8),
-            vcpu_size: 0x1000 + 2 * (8 << 8),
+            seg_table: 0x1000 + 2 * (8 << 8),
+            vcpu_size: 0x1000 + 2 * (8 << 8) + 2 * SEG_TABLE_ENTRIES,
             ..Abi::default()
         };
         a.check().unwrap();

@@ -6,8 +6,9 @@
 //! set:
 //!
 //! * instructions the table classifies IDENT (at CPL 0, with the model), plus near relative
-//!   branches, LAHF/SAHF/SETO/CLD/STD/BT, PUSHF/POPF (the inline flag sequences), RDTSC and
-//!   UD2 (the tripwire after callouts that never return);
+//!   branches, LAHF/SAHF/SETO/CLD/STD/BT, PUSHF/POPF (the inline flag sequences), RDTSC,
+//!   UD2 (the tripwire after callouts that never return) and `mov ds/es/fs, ecx` (the inline
+//!   segment load, ECX read from the selector table);
 //! * the translator's own accesses to the vCPU region through GS: MOV/MOVZX/PUSH/AND/OR/ADD/
 //!   ADC/CMP/TEST with a GS memory operand, `jmp dword gs:[slot]`, `mov gs:[callout_ss], ss`,
 //!   `lss esp, gs:[callout_stack or callout_esp]` and the far call `call far gs:[gate]`;
@@ -130,6 +131,14 @@ pub fn check_instruction(i: &Instruction, abi: &Abi, model: &Model) -> Result<()
             | M::Cld
             | M::Std
     ) {
+        return Ok(());
+    }
+    if i.code() == Code::Mov_Sreg_r32m16
+        && i.op1_kind() == OpKind::Register
+        && matches!(i.op1_register(), Register::ECX | Register::CX)
+        && matches!(i.op0_register(), Register::DS | Register::ES | Register::FS)
+    {
+        // The inline segment load's `mov sreg, ecx` (ECX from the selector table).
         return Ok(());
     }
     let c = classify(i, Mode::kernel32(), model);
