@@ -138,9 +138,6 @@ impl Direct<'_> {
     /// before the vCPU region replaces it): check that the table still holds, then fill the
     /// entries of the selectors the guest's ES, DS, FS, GS hold (module documentation).
     pub(crate) fn bt_seg_fill(&mut self, hw: &[u16; 6]) {
-        if std::env::var_os("VMM_TMP_NO_SEGTABLE").is_some() {
-            return;
-        }
         let key = Key::of(&self.cpu.state);
         let invlpgs = self.shadow.stats().invlpgs;
         let s = &self.cpu.state;
