@@ -81,7 +81,7 @@ fn emit(a: &mut CodeAssembler, (k, x, y): Step) -> Result<(), IcedError> {
     let r = REGS[(x % 6) as usize];
     let r2 = REGS[(y % 6) as usize];
     let mem = DATA + (y % 64) * 4;
-    match k % 50 {
+    match k % 51 {
         0 => a.add(r, y as i32),
         1 => a.xor(r, r2),
         2 => a.imul_2(r, r2),
@@ -303,7 +303,7 @@ fn emit(a: &mut CodeAssembler, (k, x, y): Step) -> Result<(), IcedError> {
             a.mov(eax, if y % 3 == 0 { 0 } else { LDT_SEL })?;
             a.lldt(ax)
         }
-        _ => {
+        49 => {
             // A read through a loaded data segment (its base and limit).
             let at = (y % 16) * 4;
             match x % 3 {
@@ -311,6 +311,21 @@ fn emit(a: &mut CodeAssembler, (k, x, y): Step) -> Result<(), IcedError> {
                 1 => a.mov(r2, dword_ptr(at).es()),
                 _ => a.mov(r2, dword_ptr(at).fs()),
             }
+        }
+        _ => {
+            // VERR/VERW of the load selectors (ZF into a register), from a register or memory.
+            let sel = LOAD_SELS[(y % 18) as usize];
+            a.mov(r, sel)?;
+            let r16 = REGS16[(x % 6) as usize];
+            match (y >> 8) % 3 {
+                0 => a.verr(r16)?,
+                1 => a.verw(r16)?,
+                _ => {
+                    a.mov(dword_ptr(mem), r)?;
+                    a.verw(word_ptr(mem))?
+                }
+            }
+            a.setz(al)
         }
     }
 }
@@ -650,10 +665,10 @@ fn generated_control_transfers_reach_their_targets() {
     }
 }
 
-/// The generated cases: up to 40 steps of any kind (kinds 43-49: data-segment loads, descriptor
-/// writes, LGDT/LLDT, reads through the loaded segments), paging on or off.
+/// The generated cases: up to 40 steps of any kind (kinds 43-50: data-segment loads, descriptor
+/// writes, LGDT/LLDT, reads through the loaded segments, VERR/VERW), paging on or off.
 fn generated_cases() -> impl Strategy<Value = (Vec<Step>, bool)> {
-    (prop::collection::vec((0u8..50, any::<u32>(), any::<u32>()), 1..40), any::<bool>())
+    (prop::collection::vec((0u8..51, any::<u32>(), any::<u32>()), 1..40), any::<bool>())
 }
 
 /// A session's runs (which reuse the host setup) end as one-shot runs of the same guests do:

@@ -107,6 +107,8 @@ pub enum InlineKind {
     /// MOV/POP to DS, ES or FS: the host selector from the selector table on the vCPU region
     /// (a callout when the entry is 0).
     LoadSreg,
+    /// VERR/VERW: on the host selector from the selector table (a callout when the entry is 0).
+    Verify,
 }
 
 /// Why a callout is made (passed as the callout argument with `CalloutOp::Emulate`).
@@ -382,7 +384,11 @@ pub static TABLE: &[Class] = &[
     class!("LDS / LES / LFS / LGS / LSS", Mnemonics(&[M::Lds, M::Les, M::Lfs, M::Lgs, M::Lss]),
         priv false, sens true, RI::ProtectionSystem, Depends("as MOV to a segment register"),
         Callout(CK::SegmentLoad), ends true, ""),
-    class!("LAR / LSL / VERR / VERW", Mnemonics(&[M::Lar, M::Lsl, M::Verr, M::Verw]),
+    class!("VERR / VERW", Mnemonics(&[M::Verr, M::Verw]),
+        priv false, sens true, RI::ProtectionSystem, Different("answers from the host's GDT and the shadow LDT (DPL 3)"),
+        Inline(IK::Verify), ends false,
+        "A selector with a selector-table entry (loadable at CPL 0) is verified on its host shadow, which is readable and, exactly when the guest's segment is writable data, writable (null: the host's null selector, ZF = 0); an empty entry makes the `Emulate` callout (DescriptorCheck)."),
+    class!("LAR / LSL", Mnemonics(&[M::Lar, M::Lsl]),
         priv false, sens true, RI::ProtectionSystem, Different("answers from the host's GDT and the shadow LDT (DPL 3, truncated limits)"),
         Callout(CK::DescriptorCheck), ends false, ""),
     class!("far CALL / JMP", Codes(&[
@@ -801,8 +807,8 @@ mod tests {
             (&[0x0f, 0xb5, 0x00], T::Callout(CK::SegmentLoad)), // lgs
             (&[0x0f, 0x02, 0xc0], T::Callout(CK::DescriptorCheck)), // lar
             (&[0x0f, 0x03, 0xc0], T::Callout(CK::DescriptorCheck)), // lsl
-            (&[0x0f, 0x00, 0xe0], T::Callout(CK::DescriptorCheck)), // verr
-            (&[0x0f, 0x00, 0xe8], T::Callout(CK::DescriptorCheck)), // verw
+            (&[0x0f, 0x00, 0xe0], T::Inline(IK::Verify)), // verr
+            (&[0x0f, 0x00, 0xe8], T::Inline(IK::Verify)), // verw
             (&[0x9a, 0, 0, 0, 0, 0x33, 0], T::Callout(CK::FarTransfer)), // call far 33:0
             (&[0xea, 0, 0, 0, 0, 0x33, 0], T::Callout(CK::FarTransfer)), // jmp far
             (&[0xff, 0x18], T::Callout(CK::FarTransfer)), // call far [eax]

@@ -1070,6 +1070,7 @@ fn inline(b: &mut Builder<'_>, gi: &GuestInsn, k: InlineKind, next: u32) -> Done
             FALL
         }
         InlineKind::LoadSreg => load_sreg(b, gi, next),
+        InlineKind::Verify => verify_seg(b, gi, next),
         InlineKind::ReadCr => {
             let n = i.op1_register().number() as u32;
             if n > 4 || n == 1 {
@@ -1267,6 +1268,68 @@ fn gpr16(r: Register) -> Register {
     }
 }
 
+/// `movzx ecx, <the r/m16 operand number n of i>` (register or memory, recovery `rec`).
+/// False if the memory form cannot be encoded.
+fn selector_to_ecx(b: &mut Builder<'_>, i: &Instruction, n: u32, rec: Recovery) -> bool {
+    if i.op_kind(n) == OpKind::Register {
+        b.ins(mk(Instruction::with2(Code::Movzx_r32_rm16, Register::ECX, gpr16(i.op_register(n)))));
+        return true;
+    }
+    let mut ld = *i;
+    ld.set_ip(0);
+    ld.set_code(Code::Movzx_r32_rm16);
+    ld.set_op0_kind(OpKind::Register);
+    ld.set_op0_register(Register::ECX);
+    ld.set_op1_kind(OpKind::Memory);
+    if !encodable(&ld) {
+        return false;
+    }
+    b.ins_rec(ld, rec);
+    true
+}
+
+/// VERR/VERW (docs/translator.md): a selector with a nonzero selector-table entry is
+/// loadable at CPL 0, so it is readable, and it is writable exactly when its host shadow is
+/// (a writable data segment; code and read-only data are shadowed read-only); null
+/// selectors map to the host's null selector. The host's VERR/VERW on the entry therefore
+/// sets ZF as the guest's would; an empty entry makes the `Emulate` callout. Only ZF
+/// changes, as for the guest instruction.
+fn verify_seg(b: &mut Builder<'_>, gi: &GuestInsn, next: u32) -> Done {
+    let i = &gi.instr;
+    let a = b.abi;
+    let sc = b.slot(S_C);
+    let rec = Recovery::reg(Register::ECX, sc);
+    let host = if i.mnemonic() == Mnemonic::Verr { Code::Verr_r32m16 } else { Code::Verw_r32m16 };
+    b.st32(sc, Register::ECX);
+    if !selector_to_ecx(b, i, 0, rec) {
+        b.ld32(Register::ECX, sc);
+        return emulate_here(b, gi, next, CalloutKind::DescriptorCheck);
+    }
+    b.ins(mk(Instruction::with2(
+        Code::Movzx_r32_rm16,
+        Register::ECX,
+        MemoryOperand::new(Register::None, Register::ECX, 2, a.seg_table as i64, 4, false, Register::GS),
+    )));
+    let slow = b.label();
+    let tramp = b.label();
+    let done = b.label();
+    b.branch(Code::Jecxz_rel8_32, tramp);
+    b.ins(mk(Instruction::with1(host, Register::ECX)));
+    b.ld32(Register::ECX, sc);
+    b.branch(Code::Jmp_rel8_32, done);
+    b.bind(tramp);
+    b.branch(Code::Jmp_rel32_32, slow);
+    b.bind(done);
+    let eip = gi.eip;
+    b.defer(slow, move |b| {
+        b.eip = eip;
+        b.ld32(Register::ECX, sc);
+        b.callout(CalloutOp::Emulate, CoEip::Imm(eip), next, CalloutKind::DescriptorCheck as u32);
+        b.branch(Code::Jmp_rel32_32, done);
+    });
+    FALL
+}
+
 /// MOV/POP to DS, ES or FS (docs/translator.md, "Inline segment loads"): the guest selector
 /// indexes the selector table; a nonzero entry is the host selector to load (the runtime
 /// filled it after validating that selector for CPL 0), then the virtual selector is
@@ -1298,21 +1361,11 @@ fn load_sreg(b: &mut Builder<'_>, gi: &GuestInsn, next: u32) -> Done {
             b.ins(mk(Instruction::with2(Code::Movzx_r32_rm16, Register::ECX, Register::CX)));
         }
         2 => b.ins_rec(mk(Instruction::with2(Code::Movzx_r32_rm16, Register::ECX, stack(0))), rec),
-        _ if i.op1_kind() == OpKind::Register => {
-            b.ins(mk(Instruction::with2(Code::Movzx_r32_rm16, Register::ECX, gpr16(i.op1_register()))));
-        }
         _ => {
-            let mut ld = *i;
-            ld.set_ip(0);
-            ld.set_code(Code::Movzx_r32_rm16);
-            ld.set_op0_kind(OpKind::Register);
-            ld.set_op0_register(Register::ECX);
-            ld.set_op1_kind(OpKind::Memory);
-            if !encodable(&ld) {
+            if !selector_to_ecx(b, i, 1, rec) {
                 b.ld32(Register::ECX, sc);
                 return emulate_here(b, gi, next, CalloutKind::SegmentLoad);
             }
-            b.ins_rec(ld, rec);
         }
     }
     b.st32(s1, Register::ECX);

@@ -7,8 +7,8 @@
 //!
 //! * instructions the table classifies IDENT (at CPL 0, with the model), plus near relative
 //!   branches, LAHF/SAHF/SETO/CLD/STD/BT, PUSHF/POPF (the inline flag sequences), RDTSC,
-//!   UD2 (the tripwire after callouts that never return) and `mov ds/es/fs, ecx` (the inline
-//!   segment load, ECX read from the selector table);
+//!   UD2 (the tripwire after callouts that never return), `mov ds/es/fs, ecx` and
+//!   `verr/verw cx` (the inline segment load and check, ECX read from the selector table);
 //! * the translator's own accesses to the vCPU region through GS: MOV/MOVZX/PUSH/AND/OR/ADD/
 //!   ADC/CMP/TEST with a GS memory operand, `jmp dword gs:[slot]`, `mov gs:[callout_ss], ss`,
 //!   `lss esp, gs:[callout_stack or callout_esp]` and the far call `call far gs:[gate]`;
@@ -139,6 +139,13 @@ pub fn check_instruction(i: &Instruction, abi: &Abi, model: &Model) -> Result<()
         && matches!(i.op0_register(), Register::DS | Register::ES | Register::FS)
     {
         // The inline segment load's `mov sreg, ecx` (ECX from the selector table).
+        return Ok(());
+    }
+    if matches!(i.code(), Code::Verr_r32m16 | Code::Verw_r32m16 | Code::Verr_rm16 | Code::Verw_rm16)
+        && i.op0_kind() == OpKind::Register
+        && matches!(i.op0_register(), Register::ECX | Register::CX)
+    {
+        // Inline VERR/VERW on the host selector from the selector table.
         return Ok(());
     }
     let c = classify(i, Mode::kernel32(), model);

@@ -581,6 +581,39 @@ fn data_segment_loads_use_the_selector_table() {
 }
 
 #[test]
+fn verr_verw_use_the_selector_table() {
+    // verw ax; verr word [ebx+2]; ret
+    let (u, f) = tr(&[0x0f, 0x00, 0xe8, 0x0f, 0x00, 0x63, 0x02, 0xc3]);
+    assert_eq!(u.insns.len(), 3);
+    assert_has(
+        &f,
+        &[
+            "mov gs:[44h],ecx",
+            "movzx ecx,ax",
+            "movzx ecx,word ptr gs:[ecx*2+101000h]",
+            "verw cx",
+            "mov ecx,gs:[44h]",
+            "movzx ecx,word ptr [ebx+2]",
+            "movzx ecx,word ptr gs:[ecx*2+101000h]",
+            "verr cx",
+            "mov ecx,gs:[44h]",
+        ],
+    );
+    let c = callouts(&f);
+    assert!(c.contains(&(EMU, Some(0x1000), 0x1003, CalloutKind::DescriptorCheck as u32)), "{c:?}");
+    assert!(c.contains(&(EMU, Some(0x1003), 0x1007, CalloutKind::DescriptorCheck as u32)), "{c:?}");
+    // Only the host VERR/VERW writes flags (ZF, as the guest's does).
+    for i in decode(&f) {
+        if !matches!(i.mnemonic(), Mnemonic::Verr | Mnemonic::Verw) {
+            assert_eq!(i.rflags_modified(), 0, "{:?}", i.code());
+        }
+    }
+    // LAR and LSL stay callouts.
+    let (_, f) = tr(&[0x0f, 0x02, 0xc0, 0xc3]);
+    assert!(callouts(&f).contains(&(EMU, Some(0x1000), 0x1003, CalloutKind::DescriptorCheck as u32)));
+}
+
+#[test]
 fn user_mode_makes_inline_rules_callouts() {
     let m = Mode {
         cpl: 3,

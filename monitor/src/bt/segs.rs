@@ -9,7 +9,8 @@
 //! being true:
 //!
 //! * **Filling** (before each entry into the TC, [`Direct::bt_seg_fill`]): for each of the
-//!   guest's ES, DS, FS, GS whose host selector is the table shadow of its selector (the direct
+//!   guest's ES, DS, FS, GS, SS (Linux's `__KERNEL_DS` is only ever in SS, and VERW checks
+//!   it on every return to user mode) whose host selector is the table shadow of its selector (the direct
 //!   engine's `HostLdt::selector_for` chose the shadow slot because the guest's descriptor
 //!   matches the register's cache), the guest's descriptor is read again and must equal the
 //!   cache exactly (accessed bit included, so a load would write nothing), be a present data
@@ -136,7 +137,7 @@ impl Direct<'_> {
 
     /// Before an entry into the TC with host selectors `hw` (the guest's GS shadow at index 5,
     /// before the vCPU region replaces it): check that the table still holds, then fill the
-    /// entries of the selectors the guest's ES, DS, FS, GS hold (module documentation).
+    /// entries of the selectors the guest's ES, DS, FS, GS, SS hold (module documentation).
     pub(crate) fn bt_seg_fill(&mut self, hw: &[u16; 6]) {
         let key = Key::of(&self.cpu.state);
         let invlpgs = self.shadow.stats().invlpgs;
@@ -171,7 +172,7 @@ impl Direct<'_> {
         if cpl != 0 {
             return;
         }
-        for sreg in [SegReg::Es, SegReg::Ds, SegReg::Fs, SegReg::Gs] {
+        for sreg in [SegReg::Es, SegReg::Ds, SegReg::Fs, SegReg::Gs, SegReg::Ss] {
             let seg = self.cpu.state.seg[sreg as usize];
             let sel = seg.selector;
             if self.bt.as_ref().is_none_or(|bt| bt.seg.filled.contains_key(&sel)) {
