@@ -317,12 +317,21 @@ fn emit(a: &mut CodeAssembler, (k, x, y): Step) -> Result<(), IcedError> {
             let sel = LOAD_SELS[(y % 18) as usize];
             a.mov(r, sel)?;
             let r16 = REGS16[(x % 6) as usize];
-            match (y >> 8) % 3 {
+            match (y >> 8) % 4 {
                 0 => a.verr(r16)?,
                 1 => a.verw(r16)?,
-                _ => {
+                2 => {
                     a.mov(dword_ptr(mem), r)?;
                     a.verw(word_ptr(mem))?
+                }
+                _ if x % 2 == 0 => {
+                    // A `cs:` operand (as Linux's `verw %cs:mds_verw_sel`).
+                    a.mov(dword_ptr(mem), r)?;
+                    a.verr(word_ptr(mem).cs())?
+                }
+                _ => {
+                    // ... in the hole (a #PF with paging on, while ES holds the CS shadow).
+                    a.verw(word_ptr(HOLE + (y % 16) * 2).cs())?
                 }
             }
             a.setz(al)

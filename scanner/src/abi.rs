@@ -151,6 +151,9 @@ pub struct Abi {
     /// u32: number of basic CPUID leaves (0..n) answered inline from `cpuid_table`; other leaves
     /// are an `Emulate` callout. Leaves whose answer depends on ECX must not be in the table.
     pub cpuid_count: u32,
+    /// u32 (a u16 selector, zero-extended): the host selector of the guest CS's shadow, for
+    /// inline sequences that read a `cs:` operand (VERR/VERW) through ES.
+    pub cs_shadow: u32,
     /// 16 bytes × `cpuid_max`: EAX EBX ECX EDX of leaf 0, 1, ...
     pub cpuid_table: u32,
     /// Capacity of `cpuid_table` in leaves.
@@ -208,6 +211,7 @@ impl Default for Abi {
             dr: 0x0a0,
             tsc_offset: 0x0c0,
             cpuid_count: 0x0c8,
+            cs_shadow: 0x0cc,
             cpuid_table: 0x100,
             cpuid_max: 16,
             ibl_table: 0x1000,
@@ -322,6 +326,7 @@ impl Abi {
             ("dr", self.dr, 32),
             ("tsc_offset", self.tsc_offset, 8),
             ("cpuid_count", self.cpuid_count, 4),
+            ("cs_shadow", self.cs_shadow, 4),
             ("cpuid_table", self.cpuid_table, 16 * self.cpuid_max),
             ("ibl_table", self.ibl_table, 8 << self.ibl_bits),
             ("ibl_user_table", self.ibl_user_table, 8 << self.ibl_bits),

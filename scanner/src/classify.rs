@@ -387,7 +387,7 @@ pub static TABLE: &[Class] = &[
     class!("VERR / VERW", Mnemonics(&[M::Verr, M::Verw]),
         priv false, sens true, RI::ProtectionSystem, Different("answers from the host's GDT and the shadow LDT (DPL 3)"),
         Inline(IK::Verify), ends false,
-        "A selector with a selector-table entry (loadable at CPL 0) is verified on its host shadow, which is readable and, exactly when the guest's segment is writable data, writable (null: the host's null selector, ZF = 0); an empty entry makes the `Emulate` callout (DescriptorCheck)."),
+        "A selector with a selector-table entry (loadable at CPL 0) is verified on its host shadow, which is readable and, exactly when the guest's segment is writable data, writable (null: the host's null selector, ZF = 0); an empty entry makes the `Emulate` callout (DescriptorCheck). A `cs:` operand is read through ES loaded with the CS shadow (`Abi::cs_shadow`)."),
     class!("LAR / LSL", Mnemonics(&[M::Lar, M::Lsl]),
         priv false, sens true, RI::ProtectionSystem, Different("answers from the host's GDT and the shadow LDT (DPL 3, truncated limits)"),
         Callout(CK::DescriptorCheck), ends false, ""),
@@ -593,6 +593,10 @@ pub fn classify(instr: &Instruction, mode: Mode, model: &Model) -> Classificatio
 fn lookup(instr: &Instruction, mode: Mode, model: &Model) -> &'static Class {
     if uses_reserved_segment(instr) {
         return &TABLE[0];
+    }
+    if matches!(instr.mnemonic(), Mnemonic::Verr | Mnemonic::Verw) {
+        // Also with a `cs:` operand: the inline sequence reads it through the CS shadow.
+        return class_named("VERR / VERW");
     }
     if has_memory_operand(instr) && instr.memory_segment() == Register::CS {
         return &TABLE[1];
@@ -809,6 +813,7 @@ mod tests {
             (&[0x0f, 0x03, 0xc0], T::Callout(CK::DescriptorCheck)), // lsl
             (&[0x0f, 0x00, 0xe0], T::Inline(IK::Verify)), // verr
             (&[0x0f, 0x00, 0xe8], T::Inline(IK::Verify)), // verw
+            (&[0x2e, 0x0f, 0x00, 0x28], T::Inline(IK::Verify)), // verw cs:[eax]
             (&[0x9a, 0, 0, 0, 0, 0x33, 0], T::Callout(CK::FarTransfer)), // call far 33:0
             (&[0xea, 0, 0, 0, 0, 0x33, 0], T::Callout(CK::FarTransfer)), // jmp far
             (&[0xff, 0x18], T::Callout(CK::FarTransfer)), // call far [eax]

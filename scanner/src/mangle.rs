@@ -1301,7 +1301,32 @@ fn verify_seg(b: &mut Builder<'_>, gi: &GuestInsn, next: u32) -> Done {
     let rec = Recovery::reg(Register::ECX, sc);
     let host = if i.mnemonic() == Mnemonic::Verr { Code::Verr_r32m16 } else { Code::Verw_r32m16 };
     b.st32(sc, Register::ECX);
-    if !selector_to_ecx(b, i, 0, rec) {
+    if i.op0_kind() == OpKind::Memory && i.memory_segment() == Register::CS {
+        // A `cs:` operand (Linux: `verw %cs:mds_verw_sel`): read through ES loaded with the
+        // guest CS's shadow (readable code, or the load faults as the guest's read would),
+        // ES restored after; a fault in between restores ECX and ES.
+        let ses = b.slot(S2);
+        let rec2 = Recovery {
+            restore: [Some((Register::ECX, sc)), Some((Register::ES, ses))],
+            esp_adjust: 0,
+        };
+        b.ins(mk(Instruction::with2(Code::Mov_rm16_Sreg, gs(ses), Register::ES)));
+        b.ins_rec(mk(Instruction::with2(Code::Mov_Sreg_rm16, Register::ES, gs(a.cs_shadow))), rec2);
+        let mut ld = *i;
+        ld.set_ip(0);
+        ld.set_code(Code::Movzx_r32_rm16);
+        ld.set_op0_kind(OpKind::Register);
+        ld.set_op0_register(Register::ECX);
+        ld.set_op1_kind(OpKind::Memory);
+        ld.set_segment_prefix(Register::ES);
+        if !encodable(&ld) {
+            b.ins(mk(Instruction::with2(Code::Mov_Sreg_rm16, Register::ES, gs(ses))));
+            b.ld32(Register::ECX, sc);
+            return emulate_here(b, gi, next, CalloutKind::DescriptorCheck);
+        }
+        b.ins_rec(ld, rec2);
+        b.ins_rec(mk(Instruction::with2(Code::Mov_Sreg_rm16, Register::ES, gs(ses))), rec2);
+    } else if !selector_to_ecx(b, i, 0, rec) {
         b.ld32(Register::ECX, sc);
         return emulate_here(b, gi, next, CalloutKind::DescriptorCheck);
     }

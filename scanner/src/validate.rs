@@ -66,6 +66,23 @@ fn gs_form_allowed(i: &Instruction, abi: &Abi) -> Result<(), String> {
         {
             Ok(())
         }
+        // VERR/VERW of a `cs:` operand: ES saved to a scratch slot, loaded with the CS
+        // shadow, restored.
+        C::Mov_rm16_Sreg
+            if i.op1_register() == Register::ES
+                && !has_base
+                && (abi.scratch..abi.scratch + 4 * crate::abi::SCRATCH_SLOTS).contains(&disp) =>
+        {
+            Ok(())
+        }
+        C::Mov_Sreg_rm16
+            if i.op0_register() == Register::ES
+                && !has_base
+                && (disp == abi.cs_shadow
+                    || (abi.scratch..abi.scratch + 4 * crate::abi::SCRATCH_SLOTS).contains(&disp)) =>
+        {
+            Ok(())
+        }
         C::Lss_r32_m1632
             if i.op0_register() == Register::ESP
                 && !has_base

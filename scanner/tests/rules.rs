@@ -608,6 +608,26 @@ fn verr_verw_use_the_selector_table() {
             assert_eq!(i.rflags_modified(), 0, "{:?}", i.code());
         }
     }
+    // A `cs:` operand: read through ES loaded with the CS shadow; a fault restores ES too.
+    let a = Abi::default();
+    let (_, f) = tr(&[0x2e, 0x0f, 0x00, 0x28, 0xc3]); // verw cs:[eax]
+    assert_has(
+        &f,
+        &[
+            "mov gs:[44h],ecx",
+            "mov gs:[38h],es",
+            "mov es,gs:[0CCh]",
+            "movzx ecx,word ptr es:[eax]",
+            "mov es,gs:[38h]",
+            "movzx ecx,word ptr gs:[ecx*2+101000h]",
+            "verw cx",
+        ],
+    );
+    let is = decode(&f);
+    let rd = is.iter().find(|i| i.code() == Code::Movzx_r32_rm16 && i.memory_segment() == Register::ES).unwrap();
+    let pc = f.guest_state_at(rd.ip() as u32 - f.tc_addr).unwrap();
+    assert_eq!(pc.recovery.restore, [Some((Register::ECX, a.slot(5))), Some((Register::ES, a.slot(2)))]);
+    assert!(callouts(&f).contains(&(EMU, Some(0x1000), 0x1004, CalloutKind::DescriptorCheck as u32)));
     // LAR and LSL stay callouts.
     let (_, f) = tr(&[0x0f, 0x02, 0xc0, 0xc3]);
     assert!(callouts(&f).contains(&(EMU, Some(0x1000), 0x1003, CalloutKind::DescriptorCheck as u32)));

@@ -145,6 +145,9 @@ impl Direct<'_> {
         let usable = s.protected_mode() && !s.v86();
         let (cpl, cr3) = (s.cpl, s.cr3);
         let Some(bt) = self.bt.as_mut() else { return };
+        // For `cs:` operands of inline VERR/VERW (read through ES).
+        let off = bt.abi.cs_shadow;
+        bt.vw16(off, hw[SegReg::Cs as usize]);
         if bt.seg.key != Some(key) || !usable {
             self.bt_seg_drop("bt-seg-drop-tables");
             if !usable {
@@ -225,20 +228,32 @@ impl Direct<'_> {
     /// vCPU region).
     pub(crate) fn bt_seg_copy_back(&mut self, ex: &ExitRecord, st: &EntryState) {
         let Some(bt) = self.bt.as_mut() else { return };
-        if bt.seg.filled.is_empty() {
+        let mut hw = ex.sel;
+        if ex.signal != 0 {
+            // A fault while an inline VERR/VERW had ES loaded with the CS shadow: the recovery
+            // names the slot holding the guest's ES selector.
+            if let Some(pc) = bt.cache.guest_state_at(ex.eip) {
+                for (r, off) in pc.recovery.restore.iter().flatten() {
+                    if *r == iced_x86::Register::ES {
+                        hw[SegReg::Es as usize] = bt.vr32(*off) as u16;
+                    }
+                }
+            }
+        }
+        if bt.seg.filled.is_empty() && hw == st.sel {
             return;
         }
         for sreg in [SegReg::Es, SegReg::Ds, SegReg::Fs] {
             let i = sreg as usize;
             let v = bt.vr32(bt.abi.vseg + 4 * i as u32) as u16;
             let cur = self.cpu.state.seg[i];
-            if ex.sel[i] == st.sel[i] && v == cur.selector {
+            if hw[i] == st.sel[i] && v == cur.selector {
                 continue;
             }
-            let seg = if ex.sel[i] & !3 == 0 {
+            let seg = if hw[i] & !3 == 0 {
                 Some(Segment { selector: v, ..Segment::default() })
             } else {
-                self.ldt.guest_segment_for(ex.sel[i]).map(|g| Segment { selector: v, ..g })
+                self.ldt.guest_segment_for(hw[i]).map(|g| Segment { selector: v, ..g })
             };
             if let Some(seg) = seg {
                 self.cpu.state.seg[i] = seg;
