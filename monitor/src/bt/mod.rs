@@ -23,6 +23,9 @@
 //!   (`Cache::guest_state_at`), then classified as the direct engine does. The timer signal
 //!   in the TC only sets the vCPU's `irq` byte (the signal handler does it, no exit).
 //!
+//! * [`segs`]: the selector table of inline segment loads and VERR/VERW (filled for
+//!   selectors validated at CPL 0, emptied when a descriptor, the tables or the mode change),
+//!   and the guest segments rebuilt after an exit;
 //! * [`adaptive`]: an instruction that keeps faulting in translated code (a store next to code,
 //!   an access into the monitor area) is retranslated as a callout; emulated writes invalidate
 //!   only the fragments whose guest bytes they overlap.
