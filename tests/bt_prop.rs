@@ -32,7 +32,7 @@ const PT: u32 = 0x5000;
 /// A page that is not present with paging on.
 const HOLE: u32 = 0x7000;
 
-fn desc(base: u32, limit: u32, access: u8, flags: u8) -> u64 {
+const fn desc(base: u32, limit: u32, access: u8, flags: u8) -> u64 {
     (limit as u64 & 0xffff)
         | ((base as u64 & 0xff_ffff) << 16)
         | ((access as u64) << 40)
@@ -42,7 +42,37 @@ fn desc(base: u32, limit: u32, access: u8, flags: u8) -> u64 {
 }
 
 const REGS: [AsmRegister32; 6] = [eax, ecx, edx, ebx, esi, edi];
+const REGS16: [AsmRegister16; 6] = [ax, cx, dx, bx, si, di];
 const SELS: [u32; 6] = [0x08, 0x10, 0x1b, 0x23, 0x28, 0x30];
+/// The guest's LDT (three entries) and its selector in the GDT.
+const LDT: u32 = 0x6000;
+const LDT_SEL: u32 = 0x38;
+/// A second GDT (LGDT switches to it) and the LGDT operands of both tables.
+const GDT2: u32 = 0x1800;
+const GDTRS: u32 = 0x1f00;
+/// Selectors the data-segment loads use: null (two RPLs), readable code, data, data with RPL 3
+/// over DPL 0 (#GP), ring-3 code and data, TSS (#GP), a 4 KiB data segment, not present
+/// (#NP), a small 16-bit data segment, the spare entry the descriptor writes change, beyond
+/// the GDT (#GP), the LDT's entries (flat, not present, 4 KiB), beyond the LDT, the LDT's
+/// own descriptor (a system segment: #GP).
+const LOAD_SELS: [u32; 18] = [0x00, 0x03, 0x08, 0x10, 0x13, 0x1b, 0x23, 0x28, 0x30, 0x40, 0x48, 0x50, 0x58, 0x04, 0x0c, 0x14, 0x1c, LDT_SEL];
+/// Descriptors the descriptor-write steps store: flat data (accessed or not), a 4 KiB data
+/// segment, not present, DPL 3, readable code, execute-only code (#GP when loaded).
+const NEW_DESCS: [u64; 7] = [
+    desc(0, 0xfffff, 0x92, 0xc),
+    desc(0, 0xfffff, 0x93, 0xc),
+    desc(DATA, 0xfff, 0x93, 0x4),
+    desc(0, 0xfffff, 0x12, 0xc),
+    desc(0, 0xfffff, 0xf3, 0xc),
+    desc(0, 0xfffff, 0x9b, 0xc),
+    desc(0, 0xfffff, 0x98, 0xc),
+];
+/// The descriptor slots the writes change: GDT entries 9 and 10, LDT entries 0 and 2.
+const WRITTEN_SLOTS: [u32; 4] = [GDT + 0x48, GDT + 0x50, LDT, LDT + 0x10];
+
+fn data_sreg(n: u32) -> AsmRegisterSegment {
+    [ds, es, fs][(n % 3) as usize]
+}
 
 /// One generated step: a kind and two random words.
 type Step = (u8, u32, u32);
@@ -51,7 +81,7 @@ fn emit(a: &mut CodeAssembler, (k, x, y): Step) -> Result<(), IcedError> {
     let r = REGS[(x % 6) as usize];
     let r2 = REGS[(y % 6) as usize];
     let mem = DATA + (y % 64) * 4;
-    match k % 43 {
+    match k % 51 {
         0 => a.add(r, y as i32),
         1 => a.xor(r, r2),
         2 => a.imul_2(r, r2),
@@ -224,9 +254,87 @@ fn emit(a: &mut CodeAssembler, (k, x, y): Step) -> Result<(), IcedError> {
             a.nop()
         }
         41 => a.int3(),
-        _ => {
+        42 => {
             a.xchg(dword_ptr(mem), r)?;
             a.cmpxchg(dword_ptr(mem), r2)
+        }
+        43 => {
+            // Data-segment loads from a register: the same selector twice (the second one
+            // inline once the first has filled the selector table).
+            let r16 = REGS16[(x % 6) as usize];
+            a.mov(REGS[(x % 6) as usize], LOAD_SELS[(y % 18) as usize])?;
+            a.mov(data_sreg(y >> 8), r16)?;
+            a.mov(data_sreg(y >> 12), r16)
+        }
+        44 => {
+            // POP of a data segment register (32-bit; 16-bit: `push word imm8; pop ds`).
+            let sel = LOAD_SELS[(y % 18) as usize];
+            if x % 4 == 0 {
+                a.db(&[0x66, 0x6a, sel as u8])?;
+                a.db(match (y >> 8) % 3 {
+                    0 => &[0x66, 0x1f],
+                    1 => &[0x66, 0x07],
+                    _ => &[0x66, 0x0f, 0xa1],
+                })
+            } else {
+                a.push(sel as i32)?;
+                a.pop(data_sreg(y >> 8))
+            }
+        }
+        45 => {
+            // A load from memory.
+            a.mov(dword_ptr(mem), LOAD_SELS[(x % 18) as usize])?;
+            a.mov(data_sreg(y >> 8), word_ptr(mem))
+        }
+        46 => {
+            // A descriptor write (GDT or LDT entry; one or both halves).
+            let slot = WRITTEN_SLOTS[(x % 4) as usize];
+            let d = NEW_DESCS[(y % 7) as usize];
+            if (x >> 8) % 3 != 1 {
+                a.mov(dword_ptr(slot + 4), (d >> 32) as u32)?;
+            }
+            if (x >> 8) % 3 != 0 {
+                a.mov(dword_ptr(slot), d as u32)?;
+            }
+            a.nop()
+        }
+        47 => a.lgdt(fword_ptr(GDTRS + 8 * (y % 2))),
+        48 => {
+            a.mov(eax, if y % 3 == 0 { 0 } else { LDT_SEL })?;
+            a.lldt(ax)
+        }
+        49 => {
+            // A read through a loaded data segment (its base and limit).
+            let at = (y % 16) * 4;
+            match x % 3 {
+                0 => a.mov(r2, dword_ptr(at).ds()),
+                1 => a.mov(r2, dword_ptr(at).es()),
+                _ => a.mov(r2, dword_ptr(at).fs()),
+            }
+        }
+        _ => {
+            // VERR/VERW of the load selectors (ZF into a register), from a register or memory.
+            let sel = LOAD_SELS[(y % 18) as usize];
+            a.mov(r, sel)?;
+            let r16 = REGS16[(x % 6) as usize];
+            match (y >> 8) % 4 {
+                0 => a.verr(r16)?,
+                1 => a.verw(r16)?,
+                2 => {
+                    a.mov(dword_ptr(mem), r)?;
+                    a.verw(word_ptr(mem))?
+                }
+                _ if x % 2 == 0 => {
+                    // A `cs:` operand (as Linux's `verw %cs:mds_verw_sel`).
+                    a.mov(dword_ptr(mem), r)?;
+                    a.verr(word_ptr(mem).cs())?
+                }
+                _ => {
+                    // ... in the hole (a #PF with paging on, while ES holds the CS shadow).
+                    a.verw(word_ptr(HOLE + (y % 16) * 2).cs())?
+                }
+            }
+            a.setz(al)
         }
     }
 }
@@ -283,9 +391,24 @@ fn image(steps: &[Step], paging: bool) -> (Vec<u8>, CpuState) {
         desc(0, 0xfffff, 0xf2, 0xc),
         desc(0x3000, 0x67, 0x89, 0),
         desc(DATA, 0xfff, 0x92, 0x4),
+        desc(LDT, 0x17, 0x82, 0),
+        desc(0, 0xfffff, 0x12, 0xc),
+        desc(DATA + 0x100, 0xff, 0x92, 0),
+        desc(0, 0xfffff, 0x92, 0xc),
     ];
     for (i, d) in gdt.iter().enumerate() {
         ram.write((GDT + 8 * i as u32) as u64, &d.to_le_bytes()).unwrap();
+        // The second GDT: the same but for the last two entries.
+        let d2 = if i >= 9 { desc(DATA + 0x40 * i as u32, 0xfff, 0x93, 0x4) } else { *d };
+        ram.write((GDT2 + 8 * i as u32) as u64, &d2.to_le_bytes()).unwrap();
+    }
+    let limit = (gdt.len() * 8 - 1) as u16;
+    for (k, base) in [GDT, GDT2].into_iter().enumerate() {
+        ram.write((GDTRS + 8 * k as u32) as u64, &limit.to_le_bytes()).unwrap();
+        ram.write_u32((GDTRS + 8 * k as u32 + 2) as u64, base).unwrap();
+    }
+    for (i, d) in [desc(0, 0xfffff, 0x92, 0xc), desc(0, 0xfffff, 0x12, 0xc), desc(DATA, 0xfff, 0x92, 0x4)].iter().enumerate() {
+        ram.write((LDT + 8 * i as u32) as u64, &d.to_le_bytes()).unwrap();
     }
     for v in 0..32u32 {
         let lo = (0x08u32 << 16) | (HANDLER & 0xffff);
@@ -317,6 +440,7 @@ fn image(steps: &[Step], paging: bool) -> (Vec<u8>, CpuState) {
     s.gdtr = TableReg { base: GDT, limit: (gdt.len() * 8 - 1) as u16 };
     s.idtr = TableReg { base: IDT, limit: 0xff };
     s.tr = Segment { selector: 0x28, base: 0x3000, limit: 0x67, attr: attr::P | 11 };
+    s.ldtr = Segment { selector: LDT_SEL as u16, base: LDT, limit: 0x17, attr: attr::P | 2 };
     let GuestRam::Heap(bytes) = ram else { unreachable!("heap RAM") };
     (bytes, s)
 }
@@ -441,6 +565,104 @@ fn self_modifying_kernel_code() {
     }
 }
 
+/// Inline segment loads never use a stale selector-table entry: a loop loads DS with the same
+/// selector (GDT entry 10) five times per iteration and reads through it, then changes that
+/// descriptor's base (0x20000 <-> 0x30000) by a store from translated code, by a GS-relative
+/// store (emulated by the interpreter), by a store through another linear alias of the GDT's
+/// frame (paging on), or by LGDT of a second table. Every load must see the descriptor as it
+/// is (the sums of what the reads found are computed here from the bases), as under the
+/// interpreter, and most loads must have been inline (fewer callouts than loads).
+#[test]
+fn segment_loads_see_descriptor_changes() {
+    #[derive(Clone, Copy, Debug, PartialEq)]
+    enum How {
+        Store,
+        GsStore,
+        Alias,
+        Lgdt,
+    }
+    const N: u32 = 40;
+    const LOADS: u32 = 4;
+    for how in [How::Store, How::GsStore, How::Alias, How::Lgdt] {
+        let build = || {
+            let (mut m, s) = guest_with(&[], how == How::Alias);
+            m.ram.write((GDT + 0x50) as u64, &desc(DATA, 0xffff, 0x93, 0).to_le_bytes()).unwrap();
+            m.ram.write((GDT2 + 0x50) as u64, &desc(DATA + 0x1_0000, 0xffff, 0x93, 0).to_le_bytes()).unwrap();
+            m.ram.write_u32((DATA + 0x1_0000) as u64, 0x5555).unwrap();
+            m.ram.write_u32((DATA + 0x1_0004) as u64, 0x7777).unwrap();
+            if how == How::Alias {
+                m.ram.write_u32((PT + 4 * (HOLE >> 12)) as u64, GDT | 3).unwrap();
+            }
+            let mut a = CodeAssembler::new(32).unwrap();
+            let mut top = a.create_label();
+            a.mov(ecx, N).unwrap();
+            a.xor(esi, esi).unwrap();
+            a.xor(edi, edi).unwrap();
+            a.mov(eax, 0x10u32).unwrap();
+            a.mov(gs, ax).unwrap();
+            a.set_label(&mut top).unwrap();
+            a.mov(eax, 0x50u32).unwrap();
+            for _ in 0..LOADS {
+                a.mov(ds, ax).unwrap();
+                a.add(esi, dword_ptr(0)).unwrap();
+                a.add(edi, dword_ptr(4)).unwrap();
+            }
+            a.mov(eax, 0x10u32).unwrap();
+            a.mov(ds, ax).unwrap();
+            // Base bits 23:16 of entry 10: 0x02 <-> 0x03.
+            match how {
+                How::Store => a.xor(byte_ptr(GDT + 0x54), 1).unwrap(),
+                How::GsStore => a.xor(byte_ptr(GDT + 0x54).gs(), 1).unwrap(),
+                How::Alias => a.xor(byte_ptr(HOLE + 0x54), 1).unwrap(),
+                How::Lgdt => {
+                    let mut odd = a.create_label();
+                    let mut done = a.create_label();
+                    a.test(ecx, 1).unwrap();
+                    a.jnz(odd).unwrap();
+                    a.lgdt(fword_ptr(GDTRS + 8)).unwrap();
+                    a.jmp(done).unwrap();
+                    a.set_label(&mut odd).unwrap();
+                    a.lgdt(fword_ptr(GDTRS)).unwrap();
+                    a.set_label(&mut done).unwrap();
+                    a.nop().unwrap();
+                }
+            }
+            a.dec(ecx).unwrap();
+            a.jnz(top).unwrap();
+            a.mov(al, 0u32).unwrap();
+            a.out(0xf4, al).unwrap();
+            m.ram.write(CODE as u64, &a.assemble(CODE as u64).unwrap()).unwrap();
+            (m, s)
+        };
+        let go = |k: EngineKind| {
+            let (m, s) = build();
+            let opts = RunOptions { kernel_engine: k, user_engine: EngineKind::Interp, timeout: Some(Duration::from_secs(20)), ..RunOptions::default() };
+            engine::run(m, s, &opts).unwrap()
+        };
+        // What the reads find: the base alternates between DATA and DATA + 0x10000, starting
+        // with DATA (the generated data at DATA: dword i is i * 0x9e3779b9).
+        let (mut esi_want, mut edi_want) = (0u32, 0u32);
+        for k in 0..N {
+            let (lo, hi) = if k % 2 == 0 { (0, 0x9e37_79b9) } else { (0x5555, 0x7777) };
+            esi_want = esi_want.wrapping_add(LOADS * lo);
+            edi_want = edi_want.wrapping_add(LOADS * hi);
+        }
+        let i = go(EngineKind::Interp);
+        let b = go(EngineKind::Bt);
+        assert_eq!(i.outcome, vmm_monitor::engine::Outcome::DebugExit { value: 0 }, "{how:?}");
+        assert_eq!((i.state.gpr[6], i.state.gpr[7]), (esi_want, edi_want), "{how:?}: the interpreter");
+        assert_eq!(visible(&b), visible(&i), "{how:?}\n{}", b.stats.render());
+        let exits = |k: &str| b.stats.exits.get(k).copied().unwrap_or(0);
+        if std::env::var("SHOW_STATS").is_ok() {
+            eprintln!("{how:?}\n{}", b.stats.render());
+        }
+        let loads = N * (LOADS + 1);
+        assert!(exits("bt-emulate") < loads as u64, "{how:?}: every load a callout\n{}", b.stats.render());
+        let drops = exits("bt-seg-drop-write") + exits("bt-seg-drop-tables");
+        assert!(drops >= (N / 2) as u64, "{how:?}: the table was not emptied\n{}", b.stats.render());
+    }
+}
+
 /// The generator's indirect-jump and IRET steps reach their targets (no INT3, no fault).
 #[test]
 fn generated_control_transfers_reach_their_targets() {
@@ -452,9 +674,10 @@ fn generated_control_transfers_reach_their_targets() {
     }
 }
 
-/// The generated cases: up to 40 steps of any kind, paging on or off.
+/// The generated cases: up to 40 steps of any kind (kinds 43-50: data-segment loads, descriptor
+/// writes, LGDT/LLDT, reads through the loaded segments, VERR/VERW), paging on or off.
 fn generated_cases() -> impl Strategy<Value = (Vec<Step>, bool)> {
-    (prop::collection::vec((0u8..43, any::<u32>(), any::<u32>()), 1..40), any::<bool>())
+    (prop::collection::vec((0u8..51, any::<u32>(), any::<u32>()), 1..40), any::<bool>())
 }
 
 /// A session's runs (which reuse the host setup) end as one-shot runs of the same guests do:

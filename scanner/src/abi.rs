@@ -151,6 +151,9 @@ pub struct Abi {
     /// u32: number of basic CPUID leaves (0..n) answered inline from `cpuid_table`; other leaves
     /// are an `Emulate` callout. Leaves whose answer depends on ECX must not be in the table.
     pub cpuid_count: u32,
+    /// u32 (a u16 selector, zero-extended): the host selector of the guest CS's shadow, for
+    /// inline sequences that read a `cs:` operand (VERR/VERW) through ES.
+    pub cs_shadow: u32,
     /// 16 bytes × `cpuid_max`: EAX EBX ECX EDX of leaf 0, 1, ...
     pub cpuid_table: u32,
     /// Capacity of `cpuid_table` in leaves.
@@ -175,6 +178,13 @@ pub struct Abi {
     pub ibl_user_table: u32,
     /// 8 or 16: the index is `movzx ecx, al` or `movzx ecx, ax` (flag-free).
     pub ibl_bits: u32,
+    /// The selector table of inline data-segment loads (MOV/POP to DS, ES, FS at CPL 0):
+    /// [`SEG_TABLE_ENTRIES`] u16 entries indexed by the guest selector (`movzx ecx, selector`,
+    /// flag-free, no bounds check), each the host selector that loads that guest selector's
+    /// shadow in kernel mode, or 0: unknown, make the `Emulate` callout. Written by the
+    /// runtime only (read-only for guest code, like the lookup tables); see
+    /// docs/translator.md, "Inline segment loads", for when an entry may be nonzero.
+    pub seg_table: u32,
     /// Size of the whole vCPU region in bytes (the GS limit + 1).
     pub vcpu_size: u32,
 }
@@ -184,6 +194,9 @@ pub const SCRATCH_SLOTS: u32 = 8;
 
 /// The access sizes with a BOUND pair at [`Abi::ugs_bounds`] (in this order).
 pub const UGS_BOUND_SIZES: [u32; 6] = [2, 4, 8, 10, 16, 32];
+
+/// Entries of [`Abi::seg_table`]: one per 16-bit selector value.
+pub const SEG_TABLE_ENTRIES: u32 = 1 << 16;
 
 impl Default for Abi {
     fn default() -> Self {
@@ -210,6 +223,7 @@ impl Default for Abi {
             dr: 0x0a0,
             tsc_offset: 0x0c0,
             cpuid_count: 0x0c8,
+            cs_shadow: 0x0cc,
             cpuid_table: 0x100,
             cpuid_max: 16,
             ugs_base: 0x800,
@@ -217,7 +231,8 @@ impl Default for Abi {
             ibl_table: 0x1000,
             ibl_user_table: 0x1000 + (8 << ibl_bits),
             ibl_bits,
-            vcpu_size: 0x1000 + 2 * (8 << ibl_bits),
+            seg_table: 0x1000 + 2 * (8 << ibl_bits),
+            vcpu_size: 0x1000 + 2 * (8 << ibl_bits) + 2 * SEG_TABLE_ENTRIES,
         }
     }
 }
@@ -279,6 +294,11 @@ impl Abi {
         self.dr + 4 * n
     }
 
+    /// Offset of the selector-table entry of guest selector `sel`.
+    pub fn seg_entry(&self, sel: u16) -> u32 {
+        self.seg_table + 2 * sel as u32
+    }
+
     /// Index in the lookup table for a guest target EIP.
     pub fn ibl_index(&self, eip: u32) -> u32 {
         eip & ((1u32 << self.ibl_bits) - 1)
@@ -335,11 +355,13 @@ impl Abi {
             ("dr", self.dr, 32),
             ("tsc_offset", self.tsc_offset, 8),
             ("cpuid_count", self.cpuid_count, 4),
+            ("cs_shadow", self.cs_shadow, 4),
             ("cpuid_table", self.cpuid_table, 16 * self.cpuid_max),
             ("ugs_base", self.ugs_base, 4),
             ("ugs_bounds", self.ugs_bounds, 8 * UGS_BOUND_SIZES.len() as u32),
             ("ibl_table", self.ibl_table, 8 << self.ibl_bits),
             ("ibl_user_table", self.ibl_user_table, 8 << self.ibl_bits),
+            ("seg_table", self.seg_table, 2 * SEG_TABLE_ENTRIES),
         ];
         for (name, off, len) in &fields {
             if off.checked_add(*len).is_none_or(|end| end > self.vcpu_size) {
@@ -370,7 +392,8 @@ mod tests {
         let a = Abi {
             ibl_bits: 8,
             ibl_user_table: 0x1000 + (8 << 8),
-            vcpu_size: 0x1000 + 2 * (8 << 8),
+            seg_table: 0x1000 + 2 * (8 << 8),
+            vcpu_size: 0x1000 + 2 * (8 << 8) + 2 * SEG_TABLE_ENTRIES,
             ..Abi::default()
         };
         a.check().unwrap();

@@ -104,6 +104,11 @@ pub enum InlineKind {
     Cpuid,
     /// TZCNT/LZCNT on a model without BMI1/LZCNT: BSF/BSR (the prefix dropped).
     BitScan,
+    /// MOV/POP to DS, ES or FS: the host selector from the selector table on the vCPU region
+    /// (a callout when the entry is 0).
+    LoadSreg,
+    /// VERR/VERW: on the host selector from the selector table (a callout when the entry is 0).
+    Verify,
 }
 
 /// Why a callout is made (passed as the callout argument with `CalloutOp::Emulate`).
@@ -214,6 +219,8 @@ pub enum Special {
     ReservedSegment,
     /// A memory operand through CS.
     CsData,
+    /// MOV or POP to DS, ES or FS.
+    DataSegmentLoad,
     /// Requires a CPUID feature outside the virtual CPU model.
     NotInModel,
     /// x87/MMX/SSE/FXSR with the guest's CR0.TS or CR0.EM set.
@@ -283,6 +290,10 @@ pub static TABLE: &[Class] = &[
         priv false, sens true, RI::None, Different("translated code runs in the monitor's code segment, not the guest's"),
         Callout(CK::CsData), ends false,
         "A `cs:` memory operand would read through the monitor's flat code segment, which reaches the monitor area."),
+    class!("MOV / POP to DS, ES, FS", Matcher::Special(Special::DataSegmentLoad),
+        priv false, sens true, RI::ProtectionSystem, Depends("#GP for most guest selectors; a host GDT selector loads the host's descriptor"),
+        Inline(IK::LoadSreg), ends false,
+        "The selector table on the vCPU region gives the host selector of the guest selector's shadow, filled by the runtime only for selectors it has validated for CPL 0 and dropped when the descriptor, the tables or the mode change; an empty entry makes the `Emulate` callout (SegmentLoad). SS and GS loads are the rows below."),
     class!("CLI / STI", Mnemonics(&[M::Cli, M::Sti]),
         priv true, sens true, RI::None, Gp("IOPL 0 < CPL 3"),
         Inline(IK::SetIf), ends false,
@@ -359,7 +370,7 @@ pub static TABLE: &[Class] = &[
         Inline(IK::ReadSreg), ends false, "The virtual selector (GS's too); r32 destinations zero-extended."),
     class!("MOV to a segment register", Codes(&[Code::Mov_Sreg_rm16, Code::Mov_Sreg_r32m16]),
         priv false, sens true, RI::ProtectionSystem, Depends("#GP for most guest selectors; a host GDT selector loads the host's descriptor"),
-        Callout(CK::SegmentLoad), ends true, "The runtime loads the shadow descriptor (MOV SS: stack size and interrupt shadow)."),
+        Callout(CK::SegmentLoad), ends true, "SS and GS (DS, ES, FS: the row above). The runtime loads the shadow descriptor (MOV SS: stack size and interrupt shadow; GS: the virtual selector and base)."),
     class!("PUSH segment register", Codes(&[
             Code::Pushw_ES, Code::Pushd_ES, Code::Pushw_CS, Code::Pushd_CS, Code::Pushw_SS, Code::Pushd_SS,
             Code::Pushw_DS, Code::Pushd_DS, Code::Pushw_FS, Code::Pushd_FS, Code::Pushw_GS, Code::Pushd_GS]),
@@ -373,7 +384,11 @@ pub static TABLE: &[Class] = &[
     class!("LDS / LES / LFS / LGS / LSS", Mnemonics(&[M::Lds, M::Les, M::Lfs, M::Lgs, M::Lss]),
         priv false, sens true, RI::ProtectionSystem, Depends("as MOV to a segment register"),
         Callout(CK::SegmentLoad), ends true, ""),
-    class!("LAR / LSL / VERR / VERW", Mnemonics(&[M::Lar, M::Lsl, M::Verr, M::Verw]),
+    class!("VERR / VERW", Mnemonics(&[M::Verr, M::Verw]),
+        priv false, sens true, RI::ProtectionSystem, Different("answers from the host's GDT and the shadow LDT (DPL 3)"),
+        Inline(IK::Verify), ends false,
+        "A selector with a selector-table entry (loadable at CPL 0) is verified on its host shadow, which is readable and, exactly when the guest's segment is writable data, writable (null: the host's null selector, ZF = 0); an empty entry makes the `Emulate` callout (DescriptorCheck). A `cs:` operand is read through ES loaded with the CS shadow (`Abi::cs_shadow`)."),
+    class!("LAR / LSL", Mnemonics(&[M::Lar, M::Lsl]),
         priv false, sens true, RI::ProtectionSystem, Different("answers from the host's GDT and the shadow LDT (DPL 3, truncated limits)"),
         Callout(CK::DescriptorCheck), ends false, ""),
     class!("far CALL / JMP", Codes(&[
@@ -525,6 +540,18 @@ pub fn uses_reserved_segment(instr: &Instruction) -> bool {
         || (has_memory_operand(instr) && instr.memory_segment() == RESERVED_SEGMENT)
 }
 
+/// MOV or POP to DS, ES or FS (the loads the translator makes inline).
+pub fn is_data_segment_load(instr: &Instruction) -> bool {
+    let sreg = match instr.code() {
+        Code::Mov_Sreg_rm16 | Code::Mov_Sreg_r32m16 => instr.op0_register(),
+        Code::Popw_DS | Code::Popd_DS => Register::DS,
+        Code::Popw_ES | Code::Popd_ES => Register::ES,
+        Code::Popw_FS | Code::Popd_FS => Register::FS,
+        _ => return false,
+    };
+    matches!(sreg, Register::DS | Register::ES | Register::FS)
+}
+
 fn is_fpu_like(instr: &Instruction) -> bool {
     use CpuidFeature as F;
     matches!(instr.mnemonic(), M::Wait)
@@ -567,8 +594,15 @@ fn lookup(instr: &Instruction, mode: Mode, model: &Model) -> &'static Class {
     if uses_reserved_segment(instr) {
         return &TABLE[0];
     }
+    if matches!(instr.mnemonic(), Mnemonic::Verr | Mnemonic::Verw) {
+        // Also with a `cs:` operand: the inline sequence reads it through the CS shadow.
+        return class_named("VERR / VERW");
+    }
     if has_memory_operand(instr) && instr.memory_segment() == Register::CS {
         return &TABLE[1];
+    }
+    if is_data_segment_load(instr) {
+        return &TABLE[2];
     }
     let code = instr.code();
     let mnemonic = instr.mnemonic();
@@ -634,6 +668,9 @@ fn covers_text(m: Matcher) -> String {
             "any memory operand whose segment is GS, any GS prefix".into()
         }
         Matcher::Special(Special::CsData) => "any memory operand whose segment is CS".into(),
+        Matcher::Special(Special::DataSegmentLoad) => {
+            "`Mov_Sreg_rm16` `Mov_Sreg_r32m16` with DS ES FS, `Popw_DS` `Popd_DS` `Popw_ES` `Popd_ES` `Popw_FS` `Popd_FS`".into()
+        }
         Matcher::Special(Special::NotInModel) => "`cpuid_features()` not all in `Model`".into(),
         Matcher::Special(Special::BitScanAlias) => {
             "`Tzcnt` `Lzcnt` when the model lacks BMI1 / LZCNT".into()
@@ -758,19 +795,25 @@ mod tests {
             (&[0xf3, 0x6f], T::Callout(CK::Io)), // rep outsd
             (&[0x8c, 0xd8], T::Inline(IK::ReadSreg)), // mov eax, ds
             (&[0x8c, 0x28], T::Inline(IK::ReadSreg)), // mov [eax], gs
-            (&[0x8e, 0xd8], T::Callout(CK::SegmentLoad)), // mov ds, eax
+            (&[0x8e, 0xd8], T::Inline(IK::LoadSreg)), // mov ds, eax
+            (&[0x8e, 0x20], T::Inline(IK::LoadSreg)), // mov fs, [eax]
+            (&[0x8e, 0xd0], T::Callout(CK::SegmentLoad)), // mov ss, eax
+            (&[0x17], T::Callout(CK::SegmentLoad)),       // pop ss
+            (&[0x07], T::Inline(IK::LoadSreg)),           // pop es
+            (&[0x0f, 0xa1], T::Inline(IK::LoadSreg)),     // pop fs
             (&[0x8e, 0xe8], T::Callout(CK::SegmentLoad)), // mov gs, eax
             (&[0x1e], T::Inline(IK::PushSreg)),  // push ds
             (&[0x0f, 0xa8], T::Inline(IK::PushSreg)), // push gs
-            (&[0x1f], T::Callout(CK::SegmentLoad)), // pop ds
+            (&[0x1f], T::Inline(IK::LoadSreg)), // pop ds
             (&[0x0f, 0xa9], T::Callout(CK::SegmentLoad)), // pop gs
             (&[0xc5, 0x00], T::Callout(CK::SegmentLoad)), // lds eax, [eax]
             (&[0x0f, 0xb2, 0x00], T::Callout(CK::SegmentLoad)), // lss
             (&[0x0f, 0xb5, 0x00], T::Callout(CK::SegmentLoad)), // lgs
             (&[0x0f, 0x02, 0xc0], T::Callout(CK::DescriptorCheck)), // lar
             (&[0x0f, 0x03, 0xc0], T::Callout(CK::DescriptorCheck)), // lsl
-            (&[0x0f, 0x00, 0xe0], T::Callout(CK::DescriptorCheck)), // verr
-            (&[0x0f, 0x00, 0xe8], T::Callout(CK::DescriptorCheck)), // verw
+            (&[0x0f, 0x00, 0xe0], T::Inline(IK::Verify)), // verr
+            (&[0x0f, 0x00, 0xe8], T::Inline(IK::Verify)), // verw
+            (&[0x2e, 0x0f, 0x00, 0x28], T::Inline(IK::Verify)), // verw cs:[eax]
             (&[0x9a, 0, 0, 0, 0, 0x33, 0], T::Callout(CK::FarTransfer)), // call far 33:0
             (&[0xea, 0, 0, 0, 0, 0x33, 0], T::Callout(CK::FarTransfer)), // jmp far
             (&[0xff, 0x18], T::Callout(CK::FarTransfer)), // call far [eax]

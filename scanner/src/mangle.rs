@@ -685,7 +685,8 @@ fn mangle_insn(b: &mut Builder<'_>, gi: &GuestInsn, unit: &Unit, cfg: &Config) -
             STOP
         }
         Translation::Inline(k) => {
-            let needs_stack32 = matches!(k, InlineKind::Pushf | InlineKind::Popf);
+            let needs_stack32 = matches!(k, InlineKind::Pushf | InlineKind::Popf)
+                || (k == InlineKind::LoadSreg && i.mnemonic() == Mnemonic::Pop);
             if needs_stack32 && !stack32 {
                 return emulate(b, CalloutKind::Stack16);
             }
@@ -1082,6 +1083,8 @@ fn inline(b: &mut Builder<'_>, gi: &GuestInsn, k: InlineKind, next: u32) -> Done
             b.ins(mk(Instruction::with1(code, gs(off))));
             FALL
         }
+        InlineKind::LoadSreg => load_sreg(b, gi, next),
+        InlineKind::Verify => verify_seg(b, gi, next),
         InlineKind::ReadCr => {
             let n = i.op1_register().number() as u32;
             if n > 4 || n == 1 {
@@ -1108,20 +1111,19 @@ fn inline(b: &mut Builder<'_>, gi: &GuestInsn, k: InlineKind, next: u32) -> Done
             let r = free_reg(i);
             let rec = Recovery::reg(r, s0);
             b.st32(s0, r);
-            let mut probe_ld = *i;
-            probe_ld.set_ip(0);
-            probe_ld.set_code(Code::Mov_r8_rm8);
-            probe_ld.set_op0_kind(OpKind::Register);
-            probe_ld.set_op0_register(reg8(r));
-            probe_ld.set_op1_kind(OpKind::Memory);
-            b.ins_rec(probe_ld, rec);
+            // The probe: the first byte swapped out and back (XCHG checks for a write first:
+            // a read-only segment, such as a readable code segment in DS, is a #GP before any
+            // page is touched, as for SGDT itself; a read probe would set the page's accessed
+            // bit first).
             let mut probe_st = *i;
             probe_st.set_ip(0);
-            probe_st.set_code(Code::Mov_rm8_r8);
+            probe_st.set_code(Code::Xchg_rm8_r8);
             probe_st.set_op0_kind(OpKind::Memory);
             probe_st.set_op1_kind(OpKind::Register);
             probe_st.set_op1_register(reg8(r));
             b.ins_rec(probe_st, rec);
+            b.ins_rec(probe_st, rec);
+            probe_st.set_code(Code::Mov_rm8_r8);
             b.ld32(r, base + 2);
             let mut hi = probe_st;
             hi.set_code(Code::Mov_rm32_r32);
@@ -1262,6 +1264,181 @@ fn inline(b: &mut Builder<'_>, gi: &GuestInsn, k: InlineKind, next: u32) -> Done
             FALL
         }
     }
+}
+
+/// The 16-bit register of a general register (any size).
+fn gpr16(r: Register) -> Register {
+    use Register as R;
+    match r.full_register32() {
+        R::EAX => R::AX,
+        R::ECX => R::CX,
+        R::EDX => R::DX,
+        R::EBX => R::BX,
+        R::ESP => R::SP,
+        R::EBP => R::BP,
+        R::ESI => R::SI,
+        R::EDI => R::DI,
+        other => unreachable!("not a general register: {other:?}"),
+    }
+}
+
+/// `movzx ecx, <the r/m16 operand number n of i>` (register or memory, recovery `rec`).
+/// False if the memory form cannot be encoded.
+fn selector_to_ecx(b: &mut Builder<'_>, i: &Instruction, n: u32, rec: Recovery) -> bool {
+    if i.op_kind(n) == OpKind::Register {
+        b.ins(mk(Instruction::with2(Code::Movzx_r32_rm16, Register::ECX, gpr16(i.op_register(n)))));
+        return true;
+    }
+    let mut ld = *i;
+    ld.set_ip(0);
+    ld.set_code(Code::Movzx_r32_rm16);
+    ld.set_op0_kind(OpKind::Register);
+    ld.set_op0_register(Register::ECX);
+    ld.set_op1_kind(OpKind::Memory);
+    if !encodable(&ld) {
+        return false;
+    }
+    b.ins_rec(ld, rec);
+    true
+}
+
+/// VERR/VERW (docs/translator.md): a selector with a nonzero selector-table entry is
+/// loadable at CPL 0, so it is readable, and it is writable exactly when its host shadow is
+/// (a writable data segment; code and read-only data are shadowed read-only); null
+/// selectors map to the host's null selector. The host's VERR/VERW on the entry therefore
+/// sets ZF as the guest's would; an empty entry makes the `Emulate` callout. Only ZF
+/// changes, as for the guest instruction.
+fn verify_seg(b: &mut Builder<'_>, gi: &GuestInsn, next: u32) -> Done {
+    let i = &gi.instr;
+    let a = b.abi;
+    let sc = b.slot(S_C);
+    let rec = Recovery::reg(Register::ECX, sc);
+    let host = if i.mnemonic() == Mnemonic::Verr { Code::Verr_r32m16 } else { Code::Verw_r32m16 };
+    b.st32(sc, Register::ECX);
+    if i.op0_kind() == OpKind::Memory && i.memory_segment() == Register::CS {
+        // A `cs:` operand (Linux: `verw %cs:mds_verw_sel`): read through ES loaded with the
+        // guest CS's shadow (readable code, or the load faults as the guest's read would),
+        // ES restored after; a fault in between restores ECX and ES.
+        let ses = b.slot(S2);
+        let rec2 = Recovery {
+            restore: [Some((Register::ECX, sc)), Some((Register::ES, ses))],
+            esp_adjust: 0,
+        };
+        b.ins(mk(Instruction::with2(Code::Mov_rm16_Sreg, gs(ses), Register::ES)));
+        b.ins_rec(mk(Instruction::with2(Code::Mov_Sreg_rm16, Register::ES, gs(a.cs_shadow))), rec2);
+        let mut ld = *i;
+        ld.set_ip(0);
+        ld.set_code(Code::Movzx_r32_rm16);
+        ld.set_op0_kind(OpKind::Register);
+        ld.set_op0_register(Register::ECX);
+        ld.set_op1_kind(OpKind::Memory);
+        ld.set_segment_prefix(Register::ES);
+        if !encodable(&ld) {
+            b.ins(mk(Instruction::with2(Code::Mov_Sreg_rm16, Register::ES, gs(ses))));
+            b.ld32(Register::ECX, sc);
+            return emulate_here(b, gi, next, CalloutKind::DescriptorCheck);
+        }
+        b.ins_rec(ld, rec2);
+        b.ins_rec(mk(Instruction::with2(Code::Mov_Sreg_rm16, Register::ES, gs(ses))), rec2);
+    } else if !selector_to_ecx(b, i, 0, rec) {
+        b.ld32(Register::ECX, sc);
+        return emulate_here(b, gi, next, CalloutKind::DescriptorCheck);
+    }
+    b.ins(mk(Instruction::with2(
+        Code::Movzx_r32_rm16,
+        Register::ECX,
+        MemoryOperand::new(Register::None, Register::ECX, 2, a.seg_table as i64, 4, false, Register::GS),
+    )));
+    let slow = b.label();
+    let tramp = b.label();
+    let done = b.label();
+    b.branch(Code::Jecxz_rel8_32, tramp);
+    b.ins(mk(Instruction::with1(host, Register::ECX)));
+    b.ld32(Register::ECX, sc);
+    b.branch(Code::Jmp_rel8_32, done);
+    b.bind(tramp);
+    b.branch(Code::Jmp_rel32_32, slow);
+    b.bind(done);
+    let eip = gi.eip;
+    b.defer(slow, move |b| {
+        b.eip = eip;
+        b.ld32(Register::ECX, sc);
+        b.callout(CalloutOp::Emulate, CoEip::Imm(eip), next, CalloutKind::DescriptorCheck as u32);
+        b.branch(Code::Jmp_rel32_32, done);
+    });
+    FALL
+}
+
+/// MOV/POP to DS, ES or FS (docs/translator.md, "Inline segment loads"): the guest selector
+/// indexes the selector table; a nonzero entry is the host selector to load (the runtime
+/// filled it after validating that selector for CPL 0), then the virtual selector is
+/// stored; an empty entry makes the `Emulate` callout, as before. Flag-free; every emitted
+/// instruction that can fault restores ECX (its only change to the guest state).
+fn load_sreg(b: &mut Builder<'_>, gi: &GuestInsn, next: u32) -> Done {
+    let i = &gi.instr;
+    let a = b.abi;
+    let (sc, s1) = (b.slot(S_C), b.slot(S1));
+    let rec = Recovery::reg(Register::ECX, sc);
+    let (sreg, pop) = match i.code() {
+        Code::Mov_Sreg_rm16 | Code::Mov_Sreg_r32m16 => (i.op0_register(), 0),
+        Code::Popw_DS => (Register::DS, 2),
+        Code::Popd_DS => (Register::DS, 4),
+        Code::Popw_ES => (Register::ES, 2),
+        Code::Popd_ES => (Register::ES, 4),
+        Code::Popw_FS => (Register::FS, 2),
+        Code::Popd_FS => (Register::FS, 4),
+        _ => return emulate_here(b, gi, next, CalloutKind::SegmentLoad),
+    };
+    if !matches!(sreg, Register::DS | Register::ES | Register::FS) {
+        return emulate_here(b, gi, next, CalloutKind::SegmentLoad);
+    }
+    b.st32(sc, Register::ECX);
+    // ECX = the guest selector, zero-extended (a POP reads what the guest's POP reads).
+    match pop {
+        4 => {
+            b.ins_rec(mk(Instruction::with2(Code::Mov_r32_rm32, Register::ECX, stack(0))), rec);
+            b.ins(mk(Instruction::with2(Code::Movzx_r32_rm16, Register::ECX, Register::CX)));
+        }
+        2 => b.ins_rec(mk(Instruction::with2(Code::Movzx_r32_rm16, Register::ECX, stack(0))), rec),
+        _ => {
+            if !selector_to_ecx(b, i, 1, rec) {
+                b.ld32(Register::ECX, sc);
+                return emulate_here(b, gi, next, CalloutKind::SegmentLoad);
+            }
+        }
+    }
+    b.st32(s1, Register::ECX);
+    b.ins(mk(Instruction::with2(
+        Code::Movzx_r32_rm16,
+        Register::ECX,
+        MemoryOperand::new(Register::None, Register::ECX, 2, a.seg_table as i64, 4, false, Register::GS),
+    )));
+    let slow = b.label();
+    let tramp = b.label();
+    let done = b.label();
+    b.branch(Code::Jecxz_rel8_32, tramp);
+    // Cannot fault while the runtime keeps its promise; if it did, the guest instruction
+    // restarts (as a callout) with ECX restored.
+    b.ins_rec(mk(Instruction::with2(Code::Mov_Sreg_r32m16, sreg, Register::ECX)), rec);
+    b.ld32(Register::ECX, s1);
+    b.st32(a.vseg_of(sreg), Register::ECX);
+    b.ld32(Register::ECX, sc);
+    if pop != 0 {
+        b.ins(mk(Instruction::with2(Code::Lea_r32_m, Register::ESP, stack(pop))));
+    }
+    // JECXZ reaches 127 bytes: a trampoline to the out-of-line callout.
+    b.branch(Code::Jmp_rel8_32, done);
+    b.bind(tramp);
+    b.branch(Code::Jmp_rel32_32, slow);
+    b.bind(done);
+    let eip = gi.eip;
+    b.defer(slow, move |b| {
+        b.eip = eip;
+        b.ld32(Register::ECX, sc);
+        b.callout(CalloutOp::Emulate, CoEip::Imm(eip), next, CalloutKind::SegmentLoad as u32);
+        b.branch(Code::Jmp_rel32_32, done);
+    });
+    FALL
 }
 
 fn emulate_here(b: &mut Builder<'_>, gi: &GuestInsn, next: u32, kind: CalloutKind) -> Done {

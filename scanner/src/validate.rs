@@ -6,8 +6,9 @@
 //! set:
 //!
 //! * instructions the table classifies IDENT (at CPL 0, with the model), plus near relative
-//!   branches, LAHF/SAHF/SETO/CLD/STD/BT, PUSHF/POPF (the inline flag sequences), RDTSC and
-//!   UD2 (the tripwire after callouts that never return);
+//!   branches, LAHF/SAHF/SETO/CLD/STD/BT, PUSHF/POPF (the inline flag sequences), RDTSC,
+//!   UD2 (the tripwire after callouts that never return), `mov ds/es/fs, ecx` and
+//!   `verr/verw cx` (the inline segment load and check, ECX read from the selector table);
 //! * the translator's own accesses to the vCPU region through GS: MOV/MOVZX/PUSH/AND/OR/ADD/
 //!   ADC/CMP/TEST with a GS memory operand, `jmp dword gs:[slot]`, `mov gs:[callout_ss], ss`,
 //!   `lss esp, gs:[callout_stack or callout_esp]`, the far call `call far gs:[gate]` and
@@ -63,6 +64,23 @@ fn gs_form_allowed(i: &Instruction, abi: &Abi) -> Result<(), String> {
         C::Jmp_rm32 if !has_base => Ok(()),
         C::Mov_rm16_Sreg
             if i.op1_register() == Register::SS && !has_base && disp == abi.callout_ss =>
+        {
+            Ok(())
+        }
+        // VERR/VERW of a `cs:` operand: ES saved to a scratch slot, loaded with the CS
+        // shadow, restored.
+        C::Mov_rm16_Sreg
+            if i.op1_register() == Register::ES
+                && !has_base
+                && (abi.scratch..abi.scratch + 4 * crate::abi::SCRATCH_SLOTS).contains(&disp) =>
+        {
+            Ok(())
+        }
+        C::Mov_Sreg_rm16
+            if i.op0_register() == Register::ES
+                && !has_base
+                && (disp == abi.cs_shadow
+                    || (abi.scratch..abi.scratch + 4 * crate::abi::SCRATCH_SLOTS).contains(&disp)) =>
         {
             Ok(())
         }
@@ -139,6 +157,21 @@ pub fn check_instruction(i: &Instruction, abi: &Abi, model: &Model) -> Result<()
             | M::Cld
             | M::Std
     ) {
+        return Ok(());
+    }
+    if i.code() == Code::Mov_Sreg_r32m16
+        && i.op1_kind() == OpKind::Register
+        && matches!(i.op1_register(), Register::ECX | Register::CX)
+        && matches!(i.op0_register(), Register::DS | Register::ES | Register::FS)
+    {
+        // The inline segment load's `mov sreg, ecx` (ECX from the selector table).
+        return Ok(());
+    }
+    if matches!(i.code(), Code::Verr_r32m16 | Code::Verw_r32m16 | Code::Verr_rm16 | Code::Verw_rm16)
+        && i.op0_kind() == OpKind::Register
+        && matches!(i.op0_register(), Register::ECX | Register::CX)
+    {
+        // Inline VERR/VERW on the host selector from the selector table.
         return Ok(());
     }
     let c = classify(i, Mode::kernel32(), model);

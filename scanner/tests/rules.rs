@@ -283,16 +283,16 @@ fn descriptor_table_stores() {
         &f,
         &[
             "mov gs:[30h],ecx",
-            "mov cl,[eax]",
-            "mov [eax],cl",
+            "xchg [eax],cl",
+            "xchg [eax],cl",
             "mov ecx,gs:[72h]",
             "mov [eax+2],ecx",
             "mov cx,gs:[70h]",
             "mov [eax],cx",
             "mov ecx,gs:[30h]",
             "mov gs:[30h],eax",
-            "mov al,[ebx+8]",
-            "mov [ebx+8],al",
+            "xchg [ebx+8],al",
+            "xchg [ebx+8],al",
             "mov eax,gs:[7Ah]",
             "mov [ebx+0Ah],eax",
             "mov ax,gs:[78h]",
@@ -355,9 +355,9 @@ fn cpuid_from_the_table() {
 
 #[test]
 fn heavy_instructions_are_callouts() {
-    // out dx, al; mov ds, ax; in al, 60h; hlt; wrmsr; invlpg [eax]; lgdt [eax]; ret
-    let (u, f) = tr(&[0xee, 0x8e, 0xd8, 0x90]);
-    assert_eq!(u.insns.len(), 2, "MOV DS ends the unit");
+    // out dx, al; mov ss, ax; in al, 60h; hlt; wrmsr; invlpg [eax]; lgdt [eax]; ret
+    let (u, f) = tr(&[0xee, 0x8e, 0xd0, 0x90]);
+    assert_eq!(u.insns.len(), 2, "MOV SS ends the unit");
     let c = callouts(&f);
     assert!(c.contains(&(EMU, Some(0x1000), 0x1001, CalloutKind::Io as u32)));
     assert!(c.contains(&(EMU, Some(0x1001), 0x1003, CalloutKind::SegmentLoad as u32)));
@@ -512,6 +512,125 @@ fn unit_end_markers() {
     assert!(callouts(&f).contains(&(CalloutOp::FetchFault as u32, Some(0x1001), 0, 0)));
     // Never-returning callouts are followed by a UD2 tripwire.
     assert!(decode(&f).iter().any(|i| i.code() == Code::Ud2));
+}
+
+#[test]
+fn data_segment_loads_use_the_selector_table() {
+    let a = Abi::default();
+    // mov ds, ax; pop es; mov fs, [ecx+4]; pop ds (16-bit); ret
+    let code = [0x8e, 0xd8, 0x07, 0x8e, 0x61, 0x04, 0x66, 0x1f, 0xc3];
+    let (u, f) = tr(&code);
+    assert_eq!(u.insns.len(), 5, "data-segment loads do not end the unit");
+    assert_eq!((a.slot(5), a.slot(1), a.seg_table), (0x44, 0x34, 0x101000));
+    assert_has(
+        &f,
+        &[
+            "mov gs:[44h],ecx",
+            "movzx ecx,ax",
+            "mov gs:[34h],ecx",
+            "movzx ecx,word ptr gs:[ecx*2+101000h]",
+            "mov ds,cx",
+            "mov ecx,gs:[34h]",
+            "mov gs:[5Ch],ecx",
+            "mov ecx,gs:[44h]",
+            // pop es: the guest's 32-bit POP reads a dword.
+            "mov ecx,[esp]",
+            "movzx ecx,cx",
+            "mov es,cx",
+            "mov gs:[50h],ecx",
+            "lea esp,[esp+4]",
+            "movzx ecx,word ptr [ecx+4]",
+            "mov fs,cx",
+            "mov gs:[60h],ecx",
+            "movzx ecx,word ptr [esp]",
+            "mov ds,cx",
+            "lea esp,[esp+2]",
+        ],
+    );
+    // An empty entry: the callout of before, then the fragment goes on.
+    let c = callouts(&f);
+    for (eip, next) in [(0x1000, 0x1002), (0x1002, 0x1003), (0x1003, 0x1006), (0x1006, 0x1008)] {
+        assert!(c.contains(&(EMU, Some(eip), next, CalloutKind::SegmentLoad as u32)), "{eip:#x}: {c:?}");
+    }
+    let is = decode(&f);
+    for i in &is {
+        assert_eq!(i.rflags_modified(), 0, "flag-free: {:?}", i.code());
+    }
+    // What can fault (the guest's operand, the segment load) restores ECX.
+    for i in &is {
+        let faults = matches!(i.code(), Code::Mov_Sreg_r32m16)
+            || (matches!(i.code(), Code::Mov_r32_rm32 | Code::Movzx_r32_rm16)
+                && i.op1_kind() == iced_x86::OpKind::Memory
+                && i.memory_segment() != Register::GS);
+        if faults {
+            let pc = f.guest_state_at(i.ip() as u32 - f.tc_addr).unwrap();
+            assert_eq!(pc.recovery.restore[0], Some((Register::ECX, a.slot(5))), "{i}");
+        }
+    }
+    // SS and GS: callouts that end the unit; at CPL 3: callouts.
+    for code in [&[0x8e, 0xd0, 0x90][..], &[0x17, 0x90], &[0x8e, 0xe8, 0x90], &[0x0f, 0xa9, 0x90]] {
+        let (u, f) = tr(code);
+        assert_eq!(u.insns.len(), 1, "{code:02x?}");
+        assert!(callouts(&f).iter().any(|c| c.0 == EMU && c.3 == CalloutKind::SegmentLoad as u32));
+    }
+    let (_, f) = tr_mode(&code, 0x1000, Mode { cpl: 3, ..Mode::kernel32() });
+    assert!(callouts(&f).contains(&(EMU, Some(0x1000), 0x1002, CalloutKind::UserMode as u32)));
+    // With a 16-bit stack, POP is a callout.
+    let (_, f) = tr_mode(&[0x1f, 0xc3], 0x1000, Mode { stack32: false, ..Mode::kernel32() });
+    assert!(callouts(&f).contains(&(EMU, Some(0x1000), 0x1001, CalloutKind::Stack16 as u32)));
+}
+
+#[test]
+fn verr_verw_use_the_selector_table() {
+    // verw ax; verr word [ebx+2]; ret
+    let (u, f) = tr(&[0x0f, 0x00, 0xe8, 0x0f, 0x00, 0x63, 0x02, 0xc3]);
+    assert_eq!(u.insns.len(), 3);
+    assert_has(
+        &f,
+        &[
+            "mov gs:[44h],ecx",
+            "movzx ecx,ax",
+            "movzx ecx,word ptr gs:[ecx*2+101000h]",
+            "verw cx",
+            "mov ecx,gs:[44h]",
+            "movzx ecx,word ptr [ebx+2]",
+            "movzx ecx,word ptr gs:[ecx*2+101000h]",
+            "verr cx",
+            "mov ecx,gs:[44h]",
+        ],
+    );
+    let c = callouts(&f);
+    assert!(c.contains(&(EMU, Some(0x1000), 0x1003, CalloutKind::DescriptorCheck as u32)), "{c:?}");
+    assert!(c.contains(&(EMU, Some(0x1003), 0x1007, CalloutKind::DescriptorCheck as u32)), "{c:?}");
+    // Only the host VERR/VERW writes flags (ZF, as the guest's does).
+    for i in decode(&f) {
+        if !matches!(i.mnemonic(), Mnemonic::Verr | Mnemonic::Verw) {
+            assert_eq!(i.rflags_modified(), 0, "{:?}", i.code());
+        }
+    }
+    // A `cs:` operand: read through ES loaded with the CS shadow; a fault restores ES too.
+    let a = Abi::default();
+    let (_, f) = tr(&[0x2e, 0x0f, 0x00, 0x28, 0xc3]); // verw cs:[eax]
+    assert_has(
+        &f,
+        &[
+            "mov gs:[44h],ecx",
+            "mov gs:[38h],es",
+            "mov es,gs:[0CCh]",
+            "movzx ecx,word ptr es:[eax]",
+            "mov es,gs:[38h]",
+            "movzx ecx,word ptr gs:[ecx*2+101000h]",
+            "verw cx",
+        ],
+    );
+    let is = decode(&f);
+    let rd = is.iter().find(|i| i.code() == Code::Movzx_r32_rm16 && i.memory_segment() == Register::ES).unwrap();
+    let pc = f.guest_state_at(rd.ip() as u32 - f.tc_addr).unwrap();
+    assert_eq!(pc.recovery.restore, [Some((Register::ECX, a.slot(5))), Some((Register::ES, a.slot(2)))]);
+    assert!(callouts(&f).contains(&(EMU, Some(0x1000), 0x1004, CalloutKind::DescriptorCheck as u32)));
+    // LAR and LSL stay callouts.
+    let (_, f) = tr(&[0x0f, 0x02, 0xc0, 0xc3]);
+    assert!(callouts(&f).contains(&(EMU, Some(0x1000), 0x1003, CalloutKind::DescriptorCheck as u32)));
 }
 
 #[test]

@@ -271,7 +271,7 @@ impl Direct<'_> {
         }
         for r in inv.removed {
             for (_, frame) in bt.forget(r) {
-                if !bt.cache.frame_has_code(frame) {
+                if !bt.cache.frame_has_code(frame) && !bt.seg.frames.contains(&frame) {
                     self.shadow.map.code_frames.remove(&frame);
                 }
             }
@@ -296,6 +296,10 @@ impl Direct<'_> {
             let (s, e) = (lin & 0xfff, (stop - (at & !0xfff)) as u32);
             at = stop;
             let Some(frame) = self.cpu.probe_translation(lin).map(|p| p >> 12) else { continue };
+            if self.bt_seg_watches(frame) {
+                // A descriptor-table frame the selector table relies on (segs.rs).
+                self.bt_seg_drop("bt-seg-drop-write");
+            }
             if !self.shadow.map.code_frames.contains(&frame) {
                 continue;
             }

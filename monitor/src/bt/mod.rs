@@ -23,6 +23,9 @@
 //!   (`Cache::guest_state_at`), then classified as the direct engine does. The timer signal
 //!   in the TC only sets the vCPU's `irq` byte (the signal handler does it, no exit).
 //!
+//! * [`segs`]: the selector table of inline segment loads and VERR/VERW (filled for
+//!   selectors validated at CPL 0, emptied when a descriptor, the tables or the mode change),
+//!   and the guest segments rebuilt after an exit;
 //! * [`adaptive`]: an instruction that keeps faulting in translated code (a store next to code,
 //!   an access into the monitor area) is retranslated as a callout; emulated writes invalidate
 //!   only the fragments whose guest bytes they overlap.
@@ -31,6 +34,7 @@ pub mod adaptive;
 pub mod area;
 pub mod gate;
 pub mod hot;
+pub mod segs;
 
 use std::sync::Arc;
 
@@ -113,6 +117,8 @@ pub struct Bt {
     pub translated: u64,
     /// Adaptive retranslation: faults per guest instruction (`adaptive.rs`).
     pub faults: adaptive::FaultCounters,
+    /// The selector table of inline segment loads (`segs.rs`).
+    pub seg: segs::SegTable,
 }
 
 /// An `Emulate` callout's guest instruction as the translator decoded it, and its memory
@@ -266,6 +272,7 @@ impl Bt {
             invalidations: 0,
             translated: 0,
             faults: adaptive::FaultCounters::default(),
+            seg: segs::SegTable::default(),
         };
         bt.set_gate(false);
         let stack_top = bt.area.stack + area::STACK_SIZE;
@@ -434,6 +441,9 @@ impl Bt {
 
     /// Drops every fragment.
     fn flush(&mut self) {
+        // Every frame protection goes with the fragments (the callers clear them): the
+        // selector table relied on some.
+        self.seg_clear();
         self.user_chains.clear();
         self.user_code_pages.clear();
         self.cache.flush(TC_RESERVED);
@@ -693,8 +703,16 @@ impl Direct<'_> {
     /// fragments (unchaining their callers, resetting lookup-table slots) and stop protecting
     /// it. True if it did.
     pub(crate) fn bt_code_write(&mut self, lin: u32) -> bool {
-        let Some(bt) = self.bt.as_mut() else { return false };
+        if self.bt.is_none() {
+            return false;
+        }
         let Some(frame) = self.cpu.probe_translation(lin).map(|p| p >> 12) else { return false };
+        if self.bt_seg_watches(frame) {
+            // A descriptor-table frame the selector table relies on (segs.rs): emptied; the
+            // frame stays protected only if it also holds translated code.
+            self.bt_seg_drop("bt-seg-drop-write");
+        }
+        let Some(bt) = self.bt.as_mut() else { return false };
         if !self.shadow.map.code_frames.remove(&frame) {
             return false;
         }
@@ -749,6 +767,7 @@ impl Direct<'_> {
     /// 32-bit code (the TC), GS = the vCPU region. Also syncs the vCPU region.
     fn bt_entry_state(&mut self) -> Result<Option<EntryState>, Outcome> {
         let Some(mut st) = self.entry_state()? else { return Ok(None) };
+        self.bt_seg_fill(&st.sel);
         let irq = self.cpu.bus.interrupt_requested();
         let bt = self.bt.as_mut().ok_or_else(|| outcome("no translation cache"))?;
         bt.sync_in(&self.cpu.state, st.sel[SegReg::Ss as usize], irq);
@@ -828,6 +847,7 @@ impl Direct<'_> {
             if ex.exited == 0 {
                 return Err(outcome("returned from translated code without an exit record"));
             }
+            self.bt_seg_copy_back(&ex, &st);
             if ex.signal != 0 {
                 return self.bt_signal(&ex, deadline);
             }

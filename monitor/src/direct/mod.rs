@@ -204,7 +204,7 @@ enum Special {
 pub(crate) struct Direct<'a> {
     pub(crate) cpu: Cpu<Machine>,
     pub(crate) shadow: Shadow,
-    ldt: HostLdt,
+    pub(crate) ldt: HostLdt,
     opts: &'a RunOptions,
     pub(crate) stats: RunStats,
     synced_paging: Option<(u32, u32)>,
@@ -353,6 +353,7 @@ impl Direct<'_> {
     /// The interpreter runs the guest while it is at a privilege level (or in a mode) the
     /// direct engine does not take.
     fn interp_slice(&mut self, deadline: Option<u64>) -> Flow {
+        self.bt_seg_drop("bt-seg-drop-interp"); // its writes are not watched (bt/segs.rs)
         for _ in 0..self.opts.slice.max(1) {
             let special = self.peek_special();
             let n = self.cpu.icount;
@@ -462,7 +463,7 @@ impl Direct<'_> {
     }
 
     /// The guest's descriptor for `sel` from its GDT or LDT.
-    fn table_entry(&mut self, sel: u16) -> Option<u64> {
+    pub(crate) fn table_entry(&mut self, sel: u16) -> Option<u64> {
         table_entry(&mut self.cpu, sel)
     }
 
