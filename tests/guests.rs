@@ -932,6 +932,74 @@ fn user_chains_after_a_cr3_reload_reach_the_new_frames_code() {
     user_callee_remapped(Remap::PteAndCr3Reload);
 }
 
+/// User code calls a function whose page is not present at first: the call's target is
+/// translated while the page does not map (a fragment that is only a fetch-fault callout),
+/// the guest's page-fault handler maps the page, and from then on the function must run from
+/// a translation of its code, not from that callout: the fragment was valid only while the
+/// page did not map. 1,000 calls, translated user code: fewer than 100 callouts.
+#[test]
+fn a_fragment_of_an_unmapped_page_is_retranslated_once_it_maps() {
+    const F: u32 = 0x0100_0000; // the callee's linear address, not present at first
+    const A: u32 = 0x20_0000; // "mov eax, 1; ret"
+    const N: u32 = 1000;
+    let build = || {
+        let mut g = Guest::new();
+        let mut p = standard_paging();
+        p.map_4k(F, A, 0);
+        let pte_f = p.pte_addr(F);
+        g.paging = Some(p);
+        ok((|| {
+            let k = &mut g.k;
+            k.mov(byte_ptr(A), 0xb8u32)?;
+            k.mov(dword_ptr(A + 1), 1u32)?;
+            k.mov(byte_ptr(A + 5), 0xc3u32)
+        })());
+        g.enable_paging(true, false);
+        g.install_syscalls();
+        g.enter_user(0x202);
+        // #PF: map F and retry.
+        g.interrupt_handler(14, 0);
+        ok((|| {
+            let k = &mut g.k;
+            k.mov(dword_ptr(pte_f), A | PTE_P | PTE_U)?;
+            k.invlpg(byte_ptr(F))?;
+            k.add(esp, 4)?;
+            k.iretd()
+        })());
+        ok((|| {
+            let u = &mut g.u;
+            let mut top = u.create_label();
+            u.mov(edi, N)?;
+            u.xor(esi, esi)?;
+            u.set_label(&mut top)?;
+            u.call(F as u64)?;
+            u.add(esi, eax)?;
+            u.dec(edi)?;
+            u.jnz(top)?;
+            u.cmp(esi, N)
+        })());
+        let mut bad = g.u.create_label();
+        ok(g.u.jne(bad));
+        g.user_print("user: mapped on demand\r\n");
+        g.user_exit(OK);
+        ok(g.u.set_label(&mut bad));
+        g.user_exit(0x55);
+        g
+    };
+    let so = run_ok(build(), &["--mem", "32M", "--timeout", "30"]);
+    assert_eq!(so, "user: mapped on demand\r\n");
+    let mut args = vec!["--mem", "32M", "--timeout", "30", "--stats"];
+    args.extend_from_slice(ALL_BT);
+    let out = run_vmm(&build().build(), &args);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(OK_STATUS), "{err}");
+    let callouts = err
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("bt-emulate").map(|r| r.trim().parse::<u64>().unwrap()))
+        .unwrap_or(0);
+    assert!(callouts < 100, "{callouts} callouts for {N} calls: the fetch-fault fragment was kept\n{err}");
+}
+
 /// Adaptive user-mode translation: a user loop of 2,000 null system calls (`int 0x80`) under
 /// the default engines (kernel bt, user direct). Its page becomes hot, runs translated, and
 /// its system calls become callouts: the host signals stop after the first few. The result is

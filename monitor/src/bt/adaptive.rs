@@ -298,7 +298,7 @@ impl Direct<'_> {
             let Some(frame) = self.cpu.probe_translation(lin).map(|p| p >> 12) else { continue };
             if self.bt_seg_watches(frame) {
                 // A descriptor-table frame the selector table relies on (segs.rs).
-                self.bt_seg_drop("bt-seg-drop-write");
+                self.bt_seg_drop_range(frame, s, e);
             }
             if !self.shadow.map.code_frames.contains(&frame) {
                 continue;

@@ -546,6 +546,14 @@ impl Bt {
     }
 }
 
+/// The frame of a page that does not translate (`Bt::pages`).
+const NO_FRAME: u32 = u32::MAX;
+
+/// The frame linear page `page` translates to now, or [`NO_FRAME`].
+fn frame_of<B: vmm_interp::Bus>(cpu: &mut Cpu<B>, page: u32) -> u32 {
+    cpu.probe_translation(page << 12).map_or(NO_FRAME, |f| f >> 12)
+}
+
 /// The translation mode of the current guest state.
 pub fn mode_of(s: &CpuState) -> Mode {
     Mode {
@@ -612,7 +620,7 @@ impl Direct<'_> {
         // address space now current (memoised for one CR3 change).
         let mut memo: HashMap<FragId, bool> = HashMap::default();
         let mut valid = |bt: &Bt, f: FragId| {
-            *memo.entry(f).or_insert_with(|| bt.pages.get(&f).is_some_and(|pp| pp.iter().all(|&(p, fr)| cpu.probe_translation(p << 12).map(|x| x >> 12) == Some(fr))))
+            *memo.entry(f).or_insert_with(|| bt.pages.get(&f).is_some_and(|pp| pp.iter().all(|&(p, fr)| frame_of(cpu, p) == fr)))
         };
         if bt.last_cr3 != Some(key.2) || bt.revalidate {
             bt.rechain_user(&mut valid);
@@ -634,7 +642,7 @@ impl Direct<'_> {
         drop(valid);
         bt.ibl[t].key = Some(key);
         if let Some(id) = bt.cache.lookup(lin, mode) {
-            let ok = bt.pages.get(&id).is_some_and(|pp| pp.iter().all(|&(p, f)| cpu.probe_translation(p << 12).map(|x| x >> 12) == Some(f)));
+            let ok = bt.pages.get(&id).is_some_and(|pp| pp.iter().all(|&(p, f)| frame_of(cpu, p) == f));
             if let (true, Some(r)) = (ok, bt.cache.get(id)) {
                 return Ok((id, r.entry()));
             }
@@ -655,12 +663,14 @@ impl Direct<'_> {
             return Err(outcome("a fragment's length depends on its address"));
         }
         bt.area.write(addr, &frag.code);
-        let pages: Vec<(u32, u32)> = unit.pages.iter().filter_map(|&p| cpu.probe_translation(p << 12).map(|f| (p, f >> 12))).collect();
+        // A page the unit could not be fetched from (it ends in a `FetchFault` callout) is
+        // recorded as NO_FRAME: the fragment is valid only while that page stays unmapped.
+        let pages: Vec<(u32, u32)> = unit.pages.iter().map(|&p| (p, frame_of(cpu, p))).collect();
         // Coherence: the frames become code frames, mapped without write from now on.
-        for &(_, f) in &pages {
+        for &(_, f) in pages.iter().filter(|p| p.1 != NO_FRAME) {
             shadow.map.protect_code_frame(f).map_err(outcome)?;
         }
-        let frames: Vec<u32> = pages.iter().map(|p| p.1).collect();
+        let frames: Vec<u32> = pages.iter().map(|p| p.1).filter(|&f| f != NO_FRAME).collect();
         let (id, inv) = bt.cache.insert(&frag, lin, mode, &frames);
         for p in inv.unchain {
             bt.area.write(p.addr, &p.bytes);
@@ -707,14 +717,18 @@ impl Direct<'_> {
             return false;
         }
         let Some(frame) = self.cpu.probe_translation(lin).map(|p| p >> 12) else { return false };
-        if self.bt_seg_watches(frame) {
-            // A descriptor-table frame the selector table relies on (segs.rs): emptied; the
-            // frame stays protected only if it also holds translated code.
-            self.bt_seg_drop("bt-seg-drop-write");
-        }
+        // A descriptor-table frame the selector table relies on (segs.rs) stays protected: the
+        // interpreter performs the write, and the entries whose descriptors it changes go.
+        let watched = self.bt_seg_watches(frame);
         let Some(bt) = self.bt.as_mut() else { return false };
-        if !self.shadow.map.code_frames.remove(&frame) {
+        if !self.shadow.map.code_frames.contains(&frame) {
             return false;
+        }
+        if !watched {
+            self.shadow.map.code_frames.remove(&frame);
+        }
+        if !bt.cache.frame_has_code(frame) {
+            return watched;
         }
         let inv = bt.cache.invalidate_frame(frame, &bt.abi);
         for p in inv.unchain {

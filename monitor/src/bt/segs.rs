@@ -20,8 +20,11 @@
 //!   CPL-0 fragments read the table (inline rules are callouts at other CPLs).
 //! * **Watching**: the frames the descriptors were read from become protected frames (the
 //!   same write protection as frames holding translated code, `LowMap::protect_code_frame`):
-//!   a guest write to one (native: the write fault, `bt_code_write`; emulated: the predicted
-//!   write ranges, `bt_code_write_range`) empties the table. So do a change of GDTR, of the
+//!   a guest write to one is performed by the interpreter (a native write faults,
+//!   `bt_code_write`, and the faulting instruction is emulated; after a few faults adaptive
+//!   retranslation makes it an `Emulate` callout), whose predicted write ranges
+//!   (`bt_code_write_range`) empty the entries whose descriptors they overlap
+//!   ([`Direct::bt_seg_drop_range`]); the frame stays protected. The table is emptied by a change of GDTR, of the
 //!   LDTR's selector or cache, of the paging mode or of protected / virtual-8086 mode, a
 //!   CR3 write or INVLPG that maps a descriptor page to another frame (the pages are walked
 //!   again), a full TC flush (it clears every protection), a stretch run by the interpreter
@@ -128,6 +131,53 @@ impl Direct<'_> {
                 self.shadow.map.code_frames.remove(&f);
             }
         }
+    }
+
+    /// The interpreter wrote bytes `[start, end)` of `frame` (page offsets), a frame the table
+    /// watches: the entries whose descriptors the bytes overlap are emptied, wherever in the
+    /// linear space the write was made (another mapping of the frame too); the others stay,
+    /// and so does the frame's protection (Linux rewrites its GDT's TLS entries at every
+    /// context switch; the kernel's own selectors are in other entries).
+    pub(crate) fn bt_seg_drop_range(&mut self, frame: u32, start: u32, end: u32) {
+        let s = &self.cpu.state;
+        let (gdt, ldt) = (s.gdtr.base, s.ldtr.base);
+        let Some(bt) = self.bt.as_mut() else { return };
+        let pages = &bt.seg.pages;
+        // Whether the 8 bytes at linear `d` touch [start, end) of `frame` (yes where a page of
+        // them is not among the walked pages: cannot tell).
+        let overlaps = |d: u32| {
+            let mut at = d as u64;
+            let stop = d as u64 + 8;
+            while at < stop {
+                let page = ((at >> 12) & 0xf_ffff) as u32;
+                let next = stop.min(((at >> 12) + 1) << 12);
+                let (lo, hi) = ((at & 0xfff) as u32, (next - (at & !0xfff)) as u32);
+                match pages.iter().find(|&&(p, _)| p == page) {
+                    None => return true,
+                    Some(&(_, f)) if f == frame && lo < end && hi > start => return true,
+                    _ => {}
+                }
+                at = next;
+            }
+            false
+        };
+        let hit: Vec<u16> = bt
+            .seg
+            .filled
+            .keys()
+            .copied()
+            .filter(|&sel| sel & !3 != 0 && overlaps((if sel & 4 != 0 { ldt } else { gdt }).wrapping_add((sel & !7) as u32)))
+            .collect();
+        if hit.is_empty() {
+            return;
+        }
+        for sel in hit {
+            let off = bt.abi.seg_entry(sel);
+            bt.vw16(off, 0);
+            bt.seg.filled.remove(&sel);
+        }
+        bt.seg.drops += 1;
+        self.stats.exit("bt-seg-drop-write");
     }
 
     /// Whether a guest write to `frame` must empty the selector table.

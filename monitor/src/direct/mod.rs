@@ -757,8 +757,9 @@ impl Direct<'_> {
             return self.emulate(deadline);
         }
         if ex.err & 2 != 0 && self.bt_code_write(lin) {
-            // A write to a frame holding translated code: its fragments are gone; the
-            // interpreter performs the write (and raises the guest's #PF if there is one).
+            // A write to a frame holding translated code (its fragments are gone) or descriptors
+            // the selector table relies on (bt/segs.rs): the interpreter performs the write
+            // (and raises the guest's #PF if there is one).
             self.stats.exit("bt-code-write");
             return self.emulate(deadline);
         }
