@@ -84,6 +84,22 @@ pub struct Exit {
     pub target_eip: u32,
     /// The stub (its first instruction).
     pub stub: Label,
+    /// A *checked* exit (a backward branch, or one that must check for interrupts at its
+    /// target): `jmp dword gs:[check slot]` instead of a patchable rel32; chaining writes the
+    /// slot's continuation. The check slot number.
+    pub slot: Option<u32>,
+}
+
+/// A pending-interrupt check site: `jmp dword gs:[Abi::check_slot(slot)]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Site {
+    /// The check slot.
+    pub slot: u32,
+    /// Where it continues while no interrupt is pending (for a checked exit: its exit stub,
+    /// until chaining changes the slot's continuation).
+    pub cont: Label,
+    /// Its check stub (the full check, then the continuation).
+    pub stub: Label,
 }
 
 /// A mangled unit, ready to encode.
@@ -95,8 +111,14 @@ pub struct Seq {
     pub labels: Vec<Option<usize>>,
     /// Exits, by number.
     pub exits: Vec<Exit>,
-    /// Where execution enters the fragment.
+    /// Where execution enters the fragment (the runtime's entries: through the
+    /// pending-interrupt check).
     pub entry: Option<Label>,
+    /// The first guest instruction, past the entry's check: where chained exits and lookup
+    /// hits enter (they check elsewhere, see [`mangle`]).
+    pub body: Option<Label>,
+    /// The check sites, by slot.
+    pub sites: Vec<Site>,
     /// Guest EIP of the unit.
     pub start_eip: u32,
 }
@@ -111,8 +133,17 @@ const S_C: u32 = 5;
 
 enum CoEip {
     Imm(u32),
-    /// Already stored in `callout_eip`.
+    /// Already stored in `callout_eip` (or `callout_next`).
     Preset,
+}
+
+/// Where a check stub goes on.
+#[derive(Clone, Copy)]
+enum Then {
+    /// To a label in the fragment.
+    Label(Label),
+    /// Through a check slot's continuation (a checked exit).
+    Cont(u32),
 }
 
 /// Out-of-line code emitted after the body.
@@ -128,6 +159,10 @@ pub struct Builder<'a> {
     eip: u32,
     rec: Recovery,
     deferred: Vec<(Label, Deferred<'a>)>,
+    /// The first check slot of this fragment.
+    slot_base: u32,
+    /// Exits made now are checked exits (the instruction in the STI shadow).
+    force_checked: bool,
 }
 
 fn mk(r: Result<Instruction, iced_x86::IcedError>) -> Instruction {
@@ -207,6 +242,8 @@ impl<'a> Builder<'a> {
             eip: start_eip,
             rec: Recovery::NONE,
             deferred: Vec::new(),
+            slot_base: 0,
+            force_checked: false,
         }
     }
 
@@ -271,6 +308,10 @@ impl<'a> Builder<'a> {
     /// The callout sequence: switch to the callout stack, store the operation, far call the
     /// gate, reload the guest's SS:ESP.
     fn callout(&mut self, op: CalloutOp, eip: CoEip, next: u32, arg: u32) {
+        self.callout_full(op, eip, CoEip::Imm(next), arg);
+    }
+
+    fn callout_full(&mut self, op: CalloutOp, eip: CoEip, next: CoEip, arg: u32) {
         let a = self.abi;
         self.st32(a.callout_esp, Register::ESP);
         self.ins(mk(Instruction::with2(
@@ -287,7 +328,9 @@ impl<'a> Builder<'a> {
         if let CoEip::Imm(e) = eip {
             self.st_imm32(a.callout_eip, e);
         }
-        self.st_imm32(a.callout_next, next);
+        if let CoEip::Imm(n) = next {
+            self.st_imm32(a.callout_next, n);
+        }
         self.st_imm32(a.callout_arg, arg);
         self.ins(mk(Instruction::with1(Code::Call_m1632, gs(a.gate))));
         self.ins(mk(Instruction::with2(
@@ -301,16 +344,55 @@ impl<'a> Builder<'a> {
         self.ins(Instruction::with(Code::Ud2));
     }
 
-    /// An exit to guest `target`: a patchable `jmp rel32` (or `jcc rel32`) to a stub.
-    fn exit(&mut self, code: Code, target: u32) {
+    /// An exit to guest `target` from the guest instruction at `from` (taken if `cc` holds;
+    /// always without). A forward exit (`target > from`) is a patchable `jmp rel32` (or
+    /// `jcc rel32`) to a stub; a backward one, or any exit while `force_checked`, is a
+    /// *checked* exit: `jmp dword gs:[check slot]` (behind the inverted condition as a short
+    /// branch), whose slot holds the stub, or once chained the target, or while an interrupt
+    /// is pending a check stub at the target EIP.
+    fn exit(&mut self, cc: Option<ConditionCode>, target: u32, from: u32) {
         let stub = self.label();
         let n = self.seq.exits.len() as u32;
-        self.seq.exits.push(Exit {
-            target_eip: target,
-            stub,
-        });
-        let i = mk(Instruction::with_branch(code, 0));
-        self.push_item(i, Some(stub), Some(n));
+        if self.force_checked || target <= from {
+            let slot = self.slot_base + self.seq.sites.len() as u32;
+            let k = self.label();
+            self.seq.sites.push(Site {
+                slot,
+                cont: stub,
+                stub: k,
+            });
+            self.seq.exits.push(Exit {
+                target_eip: target,
+                stub,
+                slot: Some(slot),
+            });
+            let skip = cc.map(|cc| {
+                let skip = self.label();
+                self.branch(cond_short(negate(cc)), skip);
+                skip
+            });
+            let jmp = mk(Instruction::with1(
+                Code::Jmp_rm32,
+                gs(self.abi.check_slot(slot)),
+            ));
+            self.ins(jmp);
+            if let Some(skip) = skip {
+                self.bind(skip);
+            }
+            self.defer(k, move |b| {
+                b.eip = target;
+                b.full_check(target, Then::Cont(slot));
+            });
+        } else {
+            self.seq.exits.push(Exit {
+                target_eip: target,
+                stub,
+                slot: None,
+            });
+            let code = cc.map_or(Code::Jmp_rel32_32, cond_near);
+            let i = mk(Instruction::with_branch(code, 0));
+            self.push_item(i, Some(stub), Some(n));
+        }
         self.defer(stub, move |b| {
             b.eip = target;
             b.callout(CalloutOp::Exit, CoEip::Imm(target), target, n);
@@ -353,6 +435,7 @@ impl<'a> Builder<'a> {
         self.branch(Code::Jecxz_rel8_32, t);
         self.ld32(Register::ECX, chk);
         self.bind(go);
+        self.seq.body = Some(go);
         self.defer(stub, move |b| {
             b.eip = eip;
             b.ld32(Register::ECX, chk);
@@ -361,15 +444,34 @@ impl<'a> Builder<'a> {
         });
     }
 
-    /// The pending-interrupt check at guest `eip` (guest state exact there).
-    fn irq_check(&mut self, eip: u32) {
-        let a = self.abi;
+    /// A pending-interrupt check site at guest `eip` (guest state exact there):
+    /// `jmp dword gs:[check slot]`, a jump to the next instruction while no interrupt is
+    /// pending; armed, to a stub with the full check.
+    fn check_site(&mut self, eip: u32) {
         let saved = self.eip;
         self.eip = eip;
-        let chk = self.slot(S_CHK);
-        let t = self.label();
-        let go = self.label();
+        let slot = self.slot_base + self.seq.sites.len() as u32;
+        let cont = self.label();
         let stub = self.label();
+        self.seq.sites.push(Site { slot, cont, stub });
+        self.ins(mk(Instruction::with1(
+            Code::Jmp_rm32,
+            gs(self.abi.check_slot(slot)),
+        )));
+        self.bind(cont);
+        self.defer(stub, move |b| {
+            b.eip = eip;
+            b.full_check(eip, Then::Label(cont));
+        });
+        self.eip = saved;
+    }
+
+    /// The full check (flag-free, ECX through a slot): the `PendingIrq` callout at `eip` if
+    /// `irq` and `vif` are both set; then on to `then`.
+    fn full_check(&mut self, eip: u32, then: Then) {
+        let a = self.abi;
+        let chk = self.slot(S_CHK);
+        let irq = self.label();
         self.st32(chk, Register::ECX);
         self.ins(mk(Instruction::with2(
             Code::Movzx_r32_rm16,
@@ -389,19 +491,23 @@ impl<'a> Builder<'a> {
                 Register::None,
             ),
         )));
-        self.branch(Code::Jecxz_rel8_32, t);
+        self.branch(Code::Jecxz_rel8_32, irq);
         self.ld32(Register::ECX, chk);
-        self.branch(Code::Jmp_rel8_32, go);
-        self.bind(t);
-        self.branch(Code::Jmp_rel32_32, stub);
-        self.bind(go);
-        self.defer(stub, move |b| {
-            b.eip = eip;
-            b.ld32(Register::ECX, chk);
-            b.callout(CalloutOp::PendingIrq, CoEip::Imm(eip), eip, 0);
-            b.branch(Code::Jmp_rel32_32, go);
-        });
-        self.eip = saved;
+        self.go_on(then);
+        self.bind(irq);
+        self.ld32(Register::ECX, chk);
+        self.callout(CalloutOp::PendingIrq, CoEip::Imm(eip), eip, 0);
+        self.go_on(then);
+    }
+
+    fn go_on(&mut self, then: Then) {
+        match then {
+            Then::Label(l) => self.branch(Code::Jmp_rel32_32, l),
+            Then::Cont(slot) => self.ins(mk(Instruction::with1(
+                Code::Jmp_rm32,
+                gs(self.abi.check_cont(slot)),
+            ))),
+        }
     }
 
     /// Restores CF PF AF ZF SF OF and DF from the EFLAGS image in slot `s` (clobbers EAX).
@@ -508,7 +614,8 @@ impl<'a> Builder<'a> {
         self.ld32(Register::ECX, sc);
         self.callout(CalloutOp::IndirectMiss, CoEip::Preset, 0, 0);
         self.ud2();
-        // Hit.
+        // Hit: the fragment's address into a slot, then the pending-interrupt check of the
+        // target (ECX is free: table entries lead past their fragments' entry checks).
         self.bind(hit);
         self.ins(mk(Instruction::with2(idx.0, Register::ECX, idx.1)));
         self.ins(mk(Instruction::with2(
@@ -517,8 +624,36 @@ impl<'a> Builder<'a> {
             entry(4),
         )));
         self.st32(sj, Register::ECX);
+        self.ins(mk(Instruction::with2(
+            Code::Movzx_r32_rm16,
+            Register::ECX,
+            gs(a.vif),
+        )));
+        self.ins(mk(Instruction::with2(
+            Code::Lea_r32_m,
+            Register::ECX,
+            MemoryOperand::new(
+                Register::ECX,
+                Register::None,
+                1,
+                -0x101,
+                4,
+                false,
+                Register::None,
+            ),
+        )));
+        let irq = self.label();
+        self.branch(Code::Jecxz_rel8_32, irq);
         self.ld32(Register::EAX, sa);
         self.ld32(Register::ECX, sc);
+        self.ins(mk(Instruction::with1(Code::Jmp_rm32, gs(sj))));
+        // Pending and enabled: the callout at the target (EAX), guest EAX and ECX back.
+        self.bind(irq);
+        self.st32(a.callout_eip, Register::EAX);
+        self.st32(a.callout_next, Register::EAX);
+        self.ld32(Register::EAX, sa);
+        self.ld32(Register::ECX, sc);
+        self.callout_full(CalloutOp::PendingIrq, CoEip::Preset, CoEip::Preset, 0);
         self.ins(mk(Instruction::with1(Code::Jmp_rm32, gs(sj))));
     }
 
@@ -554,28 +689,31 @@ pub fn mangle(unit: &Unit, cfg: &Config) -> Seq {
     let abi = &cfg.abi;
     let mut b = Builder::new(abi, unit.start);
     b.ibl_table = abi.ibl_table_for(unit.mode.cpl);
+    b.slot_base = cfg.slot_base;
     let entry = b.label();
     b.entry_check(unit.start, entry);
     let mut check_after: Option<usize> = None;
     let mut falls_through = true;
-    let n = unit.insns.len();
     for (k, gi) in unit.insns.iter().enumerate() {
         b.eip = gi.eip;
         b.rec = Recovery::NONE;
-        let is_last = k + 1 == n;
+        // The instruction in the STI shadow: if it leaves the fragment, the check is at the
+        // target (its exits are checked exits; a lookup hit checks anyway).
+        let shadow = check_after == Some(k);
+        b.force_checked = shadow;
         let r = mangle_insn(&mut b, gi, unit, cfg);
+        b.force_checked = false;
         falls_through = r.falls_through;
         if r.check_after_next {
             check_after = Some(k + 1);
         }
-        if r.check_after && falls_through && !is_last {
-            b.irq_check(gi.next_eip());
-        }
-        if check_after == Some(k) {
+        if shadow {
             check_after = None;
-            if falls_through && !is_last {
-                b.irq_check(gi.next_eip());
-            }
+        }
+        // Also at the unit's end: a chained fall-through exit enters past the next
+        // fragment's entry check.
+        if (r.check_after || shadow) && falls_through {
+            b.check_site(gi.next_eip());
         }
     }
     b.rec = Recovery::NONE;
@@ -591,8 +729,9 @@ pub fn mangle(unit: &Unit, cfg: &Config) -> Seq {
             b.ud2();
         }
         UnitEnd::Limit { next } => {
+            let from = unit.insns.last().map_or(next, |l| l.eip);
             b.eip = next;
-            b.exit(Code::Jmp_rel32_32, next);
+            b.exit(None, next, from);
         }
         UnitEnd::Branch => {
             if falls_through {
@@ -602,8 +741,9 @@ pub fn mangle(unit: &Unit, cfg: &Config) -> Seq {
                     .expect("a branch-ended unit has instructions");
                 b.eip = last.next_eip();
                 b.exit(
-                    Code::Jmp_rel32_32,
+                    None,
                     last.next_eip() & if unit.mode.code32 { u32::MAX } else { 0xffff },
+                    last.eip,
                 );
             }
         }
@@ -703,6 +843,54 @@ fn cond_near(cc: ConditionCode) -> Code {
     }
 }
 
+/// The short (rel8) form of a conditional branch.
+fn cond_short(cc: ConditionCode) -> Code {
+    use ConditionCode as C;
+    match cc {
+        C::o => Code::Jo_rel8_32,
+        C::no => Code::Jno_rel8_32,
+        C::b => Code::Jb_rel8_32,
+        C::ae => Code::Jae_rel8_32,
+        C::e => Code::Je_rel8_32,
+        C::ne => Code::Jne_rel8_32,
+        C::be => Code::Jbe_rel8_32,
+        C::a => Code::Ja_rel8_32,
+        C::s => Code::Js_rel8_32,
+        C::ns => Code::Jns_rel8_32,
+        C::p => Code::Jp_rel8_32,
+        C::np => Code::Jnp_rel8_32,
+        C::l => Code::Jl_rel8_32,
+        C::ge => Code::Jge_rel8_32,
+        C::le => Code::Jle_rel8_32,
+        C::g => Code::Jg_rel8_32,
+        C::None => unreachable!(),
+    }
+}
+
+/// The opposite condition.
+fn negate(cc: ConditionCode) -> ConditionCode {
+    use ConditionCode as C;
+    match cc {
+        C::o => C::no,
+        C::no => C::o,
+        C::b => C::ae,
+        C::ae => C::b,
+        C::e => C::ne,
+        C::ne => C::e,
+        C::be => C::a,
+        C::a => C::be,
+        C::s => C::ns,
+        C::ns => C::s,
+        C::p => C::np,
+        C::np => C::p,
+        C::l => C::ge,
+        C::ge => C::l,
+        C::le => C::g,
+        C::g => C::le,
+        C::None => C::None,
+    }
+}
+
 /// LOOPcc/JCXZ with the same counter register, 32-bit operand size (the target is a TC
 /// address).
 fn counter_branch(code: Code) -> Code {
@@ -731,19 +919,19 @@ fn relink(b: &mut Builder<'_>, gi: &GuestInsn, next: u32) -> Done {
         } else {
             b.ins(mk(Instruction::with1(Code::Pushd_imm32, next)));
         }
-        b.exit(Code::Jmp_rel32_32, target);
+        b.exit(None, target, gi.eip);
     } else if code.is_jmp_short_or_near() {
-        b.exit(Code::Jmp_rel32_32, target);
+        b.exit(None, target, gi.eip);
     } else if code.is_jcc_short_or_near() {
-        b.exit(cond_near(i.condition_code()), target);
-        b.exit(Code::Jmp_rel32_32, next);
+        b.exit(Some(i.condition_code()), target, gi.eip);
+        b.exit(None, next, gi.eip);
     } else {
         // LOOPcc / JCXZ: a short branch over the fall-through exit to the taken exit.
         let taken = b.label();
         b.branch(counter_branch(code), taken);
-        b.exit(Code::Jmp_rel32_32, next);
+        b.exit(None, next, gi.eip);
         b.bind(taken);
-        b.exit(Code::Jmp_rel32_32, target);
+        b.exit(None, target, gi.eip);
     }
     STOP
 }

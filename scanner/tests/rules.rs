@@ -126,11 +126,22 @@ fn cli_sti() {
             "mov byte ptr gs:[0],0",
             "mov byte ptr gs:[0],1",
             "nop",
+            // The check site: a jump through check slot 0 (to the next instruction while no
+            // interrupt is pending), then the next guest instruction.
+            "jmp dword ptr gs:[101000h]",
+            "nop",
+            // Its stub, out of line: the full check.
             "mov gs:[3Ch],ecx",
             "movzx ecx,word ptr gs:[0]",
-            "nop",
+            "lea ecx,[ecx-101h]",
         ],
     );
+    assert_eq!(f.sites.len(), 1);
+    assert_eq!(f.sites[0].slot, 0);
+    let is = decode(&f);
+    let site = is.iter().position(|i| i.code() == Code::Jmp_rm32).unwrap();
+    assert_eq!(f.sites[0].cont_off, is[site + 1].ip() as u32 - f.tc_addr, "continues at the next instruction");
+    assert!(is.iter().any(|i| i.ip() as u32 - f.tc_addr == f.sites[0].stub_off && i.code() == Code::Mov_rm32_r32));
     // The check after STI comes after the shadow instruction, reporting its successor.
     assert!(callouts(&f).contains(&(CalloutOp::PendingIrq as u32, Some(0x1003), 0x1003, 0)));
     assert!(!callouts(&f).iter().any(|c| c.1 == Some(0x1002)));
@@ -203,11 +214,12 @@ fn popf() {
             "add al,7Fh",
             "sahf",
             "mov eax,gs:[30h]",
-            // The pending-interrupt check, then the next guest instruction.
-            "movzx ecx,word ptr gs:[0]",
+            // The pending-interrupt check site, then the next guest instruction.
+            "jmp dword ptr gs:[101000h]",
             "nop",
         ],
     );
+    assert_eq!(f.sites.len(), 1);
     let c = callouts(&f);
     assert!(c.contains(&(CalloutOp::PendingIrq as u32, Some(0x1001), 0x1001, 0)));
     assert!(c.contains(&(
@@ -534,9 +546,11 @@ fn miss_routine_validates() {
         tc_addr: TC,
         code,
         entry_off: 0,
+        body_off: 0,
         start_eip: 0,
         exits: vec![],
         pc_map: vec![],
+        sites: vec![],
     };
     vmm_scanner::validate::check_fragment(&f, &abi, &Default::default()).unwrap();
     // Only target 0 reaches it (an empty entry's tag is 0): the callout is for target 0, with
@@ -582,9 +596,11 @@ fn validator_rejects_what_must_never_be_emitted() {
             tc_addr: TC,
             code: b.to_vec(),
             entry_off: 0,
+            body_off: 0,
             start_eip: 0,
             exits: vec![],
             pc_map: vec![],
+            sites: vec![],
         };
         assert!(
             vmm_scanner::validate::check_fragment(&f, &abi, &Default::default()).is_err(),

@@ -135,9 +135,11 @@ impl Bt {
         }
         area.write(base + MISS_OFF, &miss);
         let tc_size = area.tc_size;
+        let mut cache = Cache::new(base, tc_size, TC_RESERVED);
+        cache.set_check_conts(area.vcpu + abi.check_conts);
         let mut bt = Bt {
             area,
-            cache: Cache::new(base, tc_size, TC_RESERVED),
+            cache,
             cfg,
             abi,
             vcpu_sel: vmm_shadow_mmu::desc::ldt_selector(VCPU_LDT_INDEX),
@@ -262,11 +264,9 @@ impl Bt {
     /// Points every recorded user-mode chained exit back at its stub.
     fn unchain_user(&mut self) {
         for (from, n) in std::mem::take(&mut self.user_chains) {
-            let Some(site) = self.cache.get(from).and_then(|r| r.exits.get(n as usize).map(|e| (r.tc_addr, e.0))) else { continue };
-            let (base, site) = site;
-            let at = base + site.patch_off;
-            let rel = (base + site.stub_off).wrapping_sub(at + 4);
-            self.area.write(at, &rel.to_le_bytes());
+            if let Some(p) = self.cache.unchain_patch(from, n) {
+                self.write_patch(p);
+            }
         }
     }
 
@@ -274,6 +274,7 @@ impl Bt {
     fn flush(&mut self) {
         self.user_chains.clear();
         self.cache.flush(TC_RESERVED);
+        self.publish_slots();
         self.pages.clear();
         self.reset_ibl(0);
         self.reset_ibl(1);
@@ -298,9 +299,13 @@ impl Bt {
         self.translated = 0;
     }
 
-    /// Tells the signal handler where the TC, the `irq` byte and the trampolines are.
+    /// Tells the signal handler where the TC, the `irq` byte, the trampolines and the check
+    /// slots are. (Whether the slots are armed, `bt_armed`, stays: every slot in use holds
+    /// what the flag says, and a new or reset `Bt` uses none.)
     pub(crate) fn install(&self, _lock: &std::sync::MutexGuard<'_, ()>) {
         let sh = entry::shared();
+        let slots = self.area.alias_of(self.area.vcpu + self.abi.check_slots);
+        let stubs = self.area.alias_of(self.area.vcpu + self.abi.check_stubs);
         // SAFETY: RUN_LOCK is held (borrowed guard) and no guest code runs now: nothing else
         // reads or writes these fields of the shared area.
         unsafe {
@@ -309,7 +314,59 @@ impl Bt {
             (*sh).bt_irq = (self.area.vcpu + self.abi.irq) as u64;
             (*sh).bt_tramp_lo = self.area.base as u64;
             (*sh).bt_tramp_hi = (self.area.base + TRAMP_END) as u64;
+            (*sh).bt_slots = slots;
+            (*sh).bt_stubs = stubs;
+            (*sh).bt_nslots = self.cache.next_slot() as u64;
         }
+    }
+
+    /// Whether the check slots are armed (the signal handler may have armed them).
+    fn armed(&self) -> bool {
+        // SAFETY: read while no guest code runs (the caller holds RUN_LOCK through the engine).
+        unsafe { (*entry::shared()).bt_armed != 0 }
+    }
+
+    /// Arms (every check slot holds its stub: the sites do the full pending-interrupt check)
+    /// or disarms (every slot holds its continuation) the check slots in use.
+    fn set_armed(&mut self, on: bool) {
+        if self.armed() == on {
+            return;
+        }
+        let n = self.cache.next_slot() as usize;
+        let from = (self.area.vcpu - self.area.base + if on { self.abi.check_stubs } else { self.abi.check_conts }) as usize;
+        let to = (self.area.vcpu - self.area.base + self.abi.check_slots) as usize;
+        self.area.bytes().copy_within(from..from + 4 * n, to);
+        // SAFETY: as in `armed`.
+        unsafe { (*entry::shared()).bt_armed = on as u64 };
+    }
+
+    /// Writes a chaining or unchaining patch; a checked exit's continuation also goes into its
+    /// live slot unless the slots are armed.
+    fn write_patch(&mut self, p: vmm_scanner::cache::Patch) {
+        self.area.write(p.addr, &p.bytes);
+        let conts = self.area.vcpu + self.abi.check_conts;
+        if p.addr >= conts && p.addr < conts + 4 * self.abi.check_max && !self.armed() {
+            let n = (p.addr - conts) / 4;
+            self.vw(self.abi.check_slot(n), &p.bytes);
+        }
+    }
+
+    /// A new fragment's check slots: continuation, stub, and the live slot as armed or not.
+    fn set_sites(&mut self, tc: u32, sites: &[vmm_scanner::emit::CheckSite]) {
+        let armed = self.armed();
+        for s in sites {
+            let (cont, stub) = (tc + s.cont_off, tc + s.stub_off);
+            self.vw32(self.abi.check_cont(s.slot), cont);
+            self.vw32(self.abi.check_stubs + 4 * s.slot, stub);
+            self.vw32(self.abi.check_slot(s.slot), if armed { stub } else { cont });
+        }
+        self.publish_slots();
+    }
+
+    /// Tells the signal handler how many check slots are in use.
+    fn publish_slots(&self) {
+        // SAFETY: as in `armed`.
+        unsafe { (*entry::shared()).bt_nslots = self.cache.next_slot() as u64 };
     }
 
     /// Undoes [`Bt::install`].
@@ -322,6 +379,9 @@ impl Bt {
             (*sh).bt_irq = 0;
             (*sh).bt_tramp_lo = 0;
             (*sh).bt_tramp_hi = 0;
+            (*sh).bt_slots = 0;
+            (*sh).bt_stubs = 0;
+            (*sh).bt_nslots = 0;
         }
     }
 
@@ -330,6 +390,8 @@ impl Bt {
         let a = self.abi.clone();
         self.vw8(a.vif, (s.eflags & flags::IF != 0) as u8);
         self.vw8(a.irq, irq as u8);
+        // The check sites check fully exactly while an interrupt may be pending.
+        self.set_armed(irq);
         self.vw32(a.vflags, s.eflags & VIRT_MASK & !flags::IF);
         self.vw32(a.callout_esp, s.gpr[4]);
         self.vw32(a.callout_ss, ss_shadow as u32);
@@ -417,7 +479,15 @@ impl Direct<'_> {
             }
         }
         let unit = vmm_scanner::units::decode_unit(&mut Reader(cpu), cs_base, eip, mode, bt.cfg.limits);
-        let seq = vmm_scanner::mangle::mangle(&unit, &bt.cfg);
+        bt.cfg.slot_base = bt.cache.next_slot();
+        let mut seq = vmm_scanner::mangle::mangle(&unit, &bt.cfg);
+        if bt.cfg.slot_base + seq.sites.len() as u32 > bt.abi.check_max {
+            // Out of check slots: like a full TC.
+            bt.flush();
+            shadow.map.code_frames.clear();
+            bt.cfg.slot_base = 0;
+            seq = vmm_scanner::mangle::mangle(&unit, &bt.cfg);
+        }
         let len = vmm_scanner::emit::emit(&seq, bt.area.base + TC_RESERVED).map_err(outcome)?.code.len() as u32;
         let addr = match bt.cache.alloc(len) {
             Ok(a) => a,
@@ -439,8 +509,9 @@ impl Direct<'_> {
         }
         let frames: Vec<u32> = pages.iter().map(|p| p.1).collect();
         let (id, inv) = bt.cache.insert(&frag, lin, mode, &frames);
+        bt.set_sites(frag.tc_addr, &frag.sites);
         for p in inv.unchain {
-            bt.area.write(p.addr, &p.bytes);
+            bt.write_patch(p);
         }
         for i in inv.ibl_slots {
             bt.reset_ibl_slot(i);
@@ -466,7 +537,7 @@ impl Direct<'_> {
         }
         let inv = bt.cache.invalidate_frame(frame, &bt.abi);
         for p in inv.unchain {
-            bt.area.write(p.addr, &p.bytes);
+            bt.write_patch(p);
         }
         for i in inv.ibl_slots {
             bt.reset_ibl_slot(i);
@@ -539,7 +610,7 @@ impl Direct<'_> {
                 let same_mode = bt.cache.get(from).zip(bt.cache.get(to)).is_some_and(|(f, t)| f.mode == t.mode);
                 if target == self.cpu.state.eip && flushes == bt.cache.flushes() && same_mode {
                     if let Some(p) = bt.cache.chain(from, n, to) {
-                        bt.area.write(p.addr, &p.bytes);
+                        bt.write_patch(p);
                         bt.chained += 1;
                         if bt.cache.get(from).is_some_and(|f| f.mode.cpl == 3) {
                             bt.user_chains.push((from, n));
@@ -550,7 +621,9 @@ impl Direct<'_> {
             if let Some(eip) = bt.pending_ibl.take() {
                 if eip == self.cpu.state.eip {
                     let t = table_index(self.cpu.state.cpl);
-                    bt.fill_ibl(t, eip, tc, global);
+                    // Past the entry's check: the lookup's hit path checks.
+                    let body = bt.cache.get(to).map_or(tc, |r| r.body());
+                    bt.fill_ibl(t, eip, body, global);
                 }
             }
         }

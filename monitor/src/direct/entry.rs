@@ -67,6 +67,14 @@ pub(crate) struct Shared {
     /// (imprecise: the runtime uses it only to end the run at its deadline).
     pub bt_stale: u64,
     pub bt_stale_limit: u64,
+    /// The `bt` engine's pending-interrupt check slots (docs/bt.md): nonzero while they are
+    /// armed (each holds its check stub). A timer signal that sets `irq` arms them: it copies
+    /// `bt_nslots` u32s from `bt_stubs` over `bt_slots` (host addresses, the area's alias).
+    /// The monitor disarms them.
+    pub bt_armed: u64,
+    pub bt_slots: u64,
+    pub bt_stubs: u64,
+    pub bt_nslots: u64,
 }
 
 /// The raw facts of one exit.
@@ -129,6 +137,10 @@ pub(crate) static SHARED: SharedCell = SharedCell(UnsafeCell::new(Shared {
     bt_tramp_hi: 0,
     bt_stale: 0,
     bt_stale_limit: u64::MAX,
+    bt_armed: 0,
+    bt_slots: 0,
+    bt_stubs: 0,
+    bt_nslots: 0,
 }));
 
 /// The shared area (for the `bt` engine's gate, which exits through the same landing).
@@ -238,6 +250,16 @@ std::arch::global_asm!(
     "mov rax, [rip + {shared} + {bt_irq}]",
     "6:",
     "mov byte ptr [rax], 1",
+    // Arm the check slots: every site's stub over its slot (the monitor disarms them).
+    "cmp qword ptr [rip + {shared} + {bt_armed}], 0",
+    "jne 7f",
+    "mov qword ptr [rip + {shared} + {bt_armed}], 1",
+    "mov rsi, [rip + {shared} + {bt_stubs}]",
+    "mov rdi, [rip + {shared} + {bt_slots}]",
+    "mov rcx, [rip + {shared} + {bt_nslots}]",
+    "cld",
+    "rep movsd",
+    "7:",
     "ret",
     "5:",
     "mov ax, es",
@@ -319,6 +341,10 @@ std::arch::global_asm!(
     bt_tramp_hi = const offset_of!(Shared, bt_tramp_hi),
     bt_stale = const offset_of!(Shared, bt_stale),
     bt_stale_limit = const offset_of!(Shared, bt_stale_limit),
+    bt_armed = const offset_of!(Shared, bt_armed),
+    bt_slots = const offset_of!(Shared, bt_slots),
+    bt_stubs = const offset_of!(Shared, bt_stubs),
+    bt_nslots = const offset_of!(Shared, bt_nslots),
     exit_sel = const EXIT_SEL,
     uc_rip = const sys::UC_RIP_OFFSET,
     uc_cs = const sys::UC_CS_OFFSET,
