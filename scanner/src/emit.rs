@@ -54,6 +54,9 @@ pub struct PcEntry {
     pub guest_eip: u32,
     /// How to rebuild the guest state if an instruction of the run faults.
     pub recovery: Recovery,
+    /// The guest instruction is in an STI shadow: a fault or an `Emulate` callout there stops
+    /// before it, where no interrupt may be taken yet.
+    pub shadow: bool,
 }
 
 /// An encoded fragment, not yet in the cache.
@@ -152,10 +155,13 @@ pub fn emit(seq: &Seq, tc_addr: u32) -> Result<Fragment, EmitError> {
             off: offs[k],
             guest_eip: it.guest_eip,
             recovery: it.recovery,
+            shadow: it.shadow,
         };
-        if pc_map
-            .last()
-            .is_none_or(|p| p.guest_eip != entry.guest_eip || p.recovery != entry.recovery)
+        if pc_map.last().is_none_or(|p| {
+            p.guest_eip != entry.guest_eip
+                || p.recovery != entry.recovery
+                || p.shadow != entry.shadow
+        })
         {
             pc_map.push(entry);
         }

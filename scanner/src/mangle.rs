@@ -75,6 +75,8 @@ pub struct Item {
     pub recovery: Recovery,
     /// This is the patchable branch of exit number n.
     pub exit: Option<u32>,
+    /// The guest instruction is the one after STI (its interrupt shadow).
+    pub shadow: bool,
 }
 
 /// Why a fragment is left.
@@ -163,6 +165,8 @@ pub struct Builder<'a> {
     slot_base: u32,
     /// Exits made now are checked exits (the instruction in the STI shadow).
     force_checked: bool,
+    /// Guest EIPs of instructions in an STI shadow (their items are marked `shadow`).
+    shadow_eips: Vec<u32>,
 }
 
 fn mk(r: Result<Instruction, iced_x86::IcedError>) -> Instruction {
@@ -244,6 +248,7 @@ impl<'a> Builder<'a> {
             deferred: Vec::new(),
             slot_base: 0,
             force_checked: false,
+            shadow_eips: Vec::new(),
         }
     }
 
@@ -267,6 +272,7 @@ impl<'a> Builder<'a> {
             guest_eip: self.eip,
             recovery: self.rec,
             exit,
+            shadow: self.shadow_eips.contains(&self.eip),
         });
     }
 
@@ -701,6 +707,9 @@ pub fn mangle(unit: &Unit, cfg: &Config) -> Seq {
         // target (its exits are checked exits; a lookup hit checks anyway).
         let shadow = check_after == Some(k);
         b.force_checked = shadow;
+        if shadow {
+            b.shadow_eips.push(gi.eip);
+        }
         let r = mangle_insn(&mut b, gi, unit, cfg);
         b.force_checked = false;
         falls_through = r.falls_through;

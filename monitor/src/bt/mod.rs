@@ -503,6 +503,15 @@ impl Direct<'_> {
         }
         bt.area.write(addr, &frag.code);
         let pages: Vec<(u32, u32)> = unit.pages.iter().filter_map(|&p| cpu.probe_translation(p << 12).map(|f| (p, f >> 12))).collect();
+        // The fetch sets the code pages' Accessed bits, as the CPU's would (a walk that
+        // cannot fault: the pages translate; CR2 kept in any case).
+        if mode.paging {
+            let cr2 = cpu.state.cr2;
+            for &(p, _) in &pages {
+                let _ = cpu.translate(p << 12, vmm_interp::mmu::Access::fetch(mode.cpl == 3));
+            }
+            cpu.state.cr2 = cr2;
+        }
         // Coherence: the frames become code frames, mapped without write from now on.
         for &(_, f) in &pages {
             shadow.map.protect_code_frame(f).map_err(outcome)?;
@@ -691,6 +700,10 @@ impl Direct<'_> {
         match CalloutOp::from_u32(op) {
             Some(CalloutOp::Emulate | CalloutOp::Invalid | CalloutOp::FetchFault) => {
                 self.stats.exit("bt-emulate");
+                // The instruction after STI: no interrupt before it (the interpreter's step
+                // would take one first).
+                let shadow = self.bt.as_ref().and_then(|bt| bt.cache.guest_state_at(ex.eip)).is_some_and(|p| p.shadow);
+                self.cpu.state.int_shadow = shadow;
                 self.bt_note_callout(ex.eip);
                 if self.cpu.state.cpl == 3 {
                     let arg = self.bt.as_mut().map_or(0, |bt| bt.vr32(a.callout_arg));
@@ -790,6 +803,8 @@ impl Direct<'_> {
         s.gpr = gpr;
         s.eip = pc.guest_eip;
         s.eflags = eflags;
+        // A fault of the instruction after STI: no interrupt before it completes.
+        s.int_shadow = pc.shadow;
         let fault = self.bt_fault_begin(ex.eip);
         self.classify(ex, deadline)?;
         self.bt_fault_end(fault);
