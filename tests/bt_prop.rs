@@ -605,3 +605,70 @@ fn a_pending_interrupt_is_taken_where_if_becomes_set() {
         assert!(vb == vi, "{steps:?}\n{}{}\n{}", disassembly(steps), differences(&vb, &vi), b.stats.render());
     }
 }
+
+/// Endless loops of translated code with IF set take the timer's interrupt: the run of chained
+/// fragments passes a pending-interrupt check infinitely often (a backward branch's check
+/// slot, a lookup hit's check). Each loop: PIT channel 0 at 1 kHz on IRQ 0 (the only one
+/// unmasked), STI, then the loop; the handler ends the run (debug exit 0x21). Without those
+/// checks the run spins until its timeout.
+#[test]
+fn endless_translated_loops_take_the_timer_interrupt() {
+    type Loop = fn(&mut CodeAssembler) -> Result<(), IcedError>;
+    let loops: [(&str, Loop); 4] = [
+        ("jmp $", |a| {
+            let mut l = a.create_label();
+            a.set_label(&mut l)?;
+            a.jmp(l)
+        }),
+        ("inc; jmp back", |a| {
+            let mut l = a.create_label();
+            a.set_label(&mut l)?;
+            a.inc(eax)?;
+            a.jmp(l)
+        }),
+        ("jmp eax (lookup)", |a| {
+            // call n; n: pop eax; lea eax, [eax+4]; l: inc ecx; jmp eax (EAX = l)
+            let mut n = a.create_label();
+            a.call(n)?;
+            a.set_label(&mut n)?;
+            a.pop(eax)?; // 1 byte
+            a.lea(eax, dword_ptr(eax + 4))?; // 3 bytes
+            a.inc(ecx)?;
+            a.jmp(eax)
+        }),
+        ("call forward; ret; jmp back", |a| {
+            let mut l = a.create_label();
+            let mut sub = a.create_label();
+            a.set_label(&mut l)?;
+            a.call(sub)?;
+            a.jmp(l)?;
+            a.set_label(&mut sub)?;
+            a.ret()
+        }),
+    ];
+    for (name, body) in loops {
+        let (mut ram, s) = image(&[], false);
+        let mut a = CodeAssembler::new(32).unwrap();
+        for (port, v) in [(0x43u8, 0x34u32), (0x40, 0xa9), (0x40, 0x04)] {
+            a.mov(al, v).unwrap();
+            a.out(port as u32, al).unwrap();
+        }
+        a.sti().unwrap();
+        body(&mut a).unwrap();
+        let code = a.assemble(CODE as u64).unwrap();
+        ram[CODE as usize..CODE as usize + code.len()].copy_from_slice(&code);
+        let mut m = machine(ram);
+        for (port, v) in [(0x20, 0x11), (0x21, 0x20), (0x21, 0x04), (0x21, 0x01), (0x21, 0xfe)] {
+            m.pic.write(port, v);
+        }
+        let o = RunOptions { timeout: Some(Duration::from_secs(10)), ..opts(EngineKind::Bt) };
+        let r = engine::run(m, s, &o).unwrap();
+        assert_eq!(r.outcome, vmm_monitor::engine::Outcome::DebugExit { value: 0x21 }, "{name}\n{}", r.stats.render());
+        assert!(r.stats.translated > 0);
+        // The interrupt, not an exception: its frame's EIP lies in the loop.
+        assert!(r.stats.exits.get("interrupt").copied().unwrap_or(0) >= 1, "{name}\n{}", r.stats.render());
+        let at = r.state.gpr[4] as u64;
+        let eip = u32::from_le_bytes(r.machine.ram.slice(at, 4).unwrap().try_into().unwrap());
+        assert!((CODE..CODE + code.len() as u32).contains(&eip), "{name}: interrupted at {eip:#x}");
+    }
+}
