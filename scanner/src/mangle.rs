@@ -185,6 +185,11 @@ fn gs(off: u32) -> MemoryOperand {
     )
 }
 
+/// A byte at gs:[off].
+fn gs8(off: u32) -> MemoryOperand {
+    gs(off)
+}
+
 fn gs_base(base: Register, off: u32) -> MemoryOperand {
     MemoryOperand::new(base, Register::None, 1, off as i64, 4, false, Register::GS)
 }
@@ -1044,7 +1049,7 @@ fn load_reg_from_gs(b: &mut Builder<'_>, r: Register, off: u32) {
 fn inline(b: &mut Builder<'_>, gi: &GuestInsn, k: InlineKind, next: u32) -> Done {
     let i = &gi.instr;
     let a = b.abi;
-    let (s0, s1, s2) = (b.slot(S0), b.slot(S1), b.slot(S2));
+    let (s0, s1) = (b.slot(S0), b.slot(S1));
     match k {
         InlineKind::SetIf => {
             let v = (i.mnemonic() == Mnemonic::Sti) as u32;
@@ -1067,6 +1072,9 @@ fn inline(b: &mut Builder<'_>, gi: &GuestInsn, k: InlineKind, next: u32) -> Done
             }
         }
         InlineKind::Pushf => {
+            // PUSHF pushes the host's image (the guest's CF PF AF ZF SF OF DF); the image is
+            // then rewritten in place with the virtual system flags, the arithmetic flags
+            // saved (LAHF/SETO) and restored around it. No POPF: the host's is slow.
             let w = i.mnemonic() == Mnemonic::Pushf; // 16-bit
             b.ins(Instruction::with(if w {
                 Code::Pushfw
@@ -1074,6 +1082,7 @@ fn inline(b: &mut Builder<'_>, gi: &GuestInsn, k: InlineKind, next: u32) -> Done
                 Code::Pushfd
             }));
             b.st32(s0, Register::EAX);
+            b.save_flags_lahf(s1);
             if w {
                 b.ins(mk(Instruction::with2(
                     Code::Movzx_r32_rm16,
@@ -1092,55 +1101,33 @@ fn inline(b: &mut Builder<'_>, gi: &GuestInsn, k: InlineKind, next: u32) -> Done
                 Register::EAX,
                 !VIRT_MASK,
             )));
+            // IF (bit 9, clear now) = vif (0 or 1) added twice to AH.
+            for _ in 0..2 {
+                b.ins(mk(Instruction::with2(
+                    Code::Add_r8_rm8,
+                    Register::AH,
+                    gs8(a.vif),
+                )));
+            }
             b.ins(mk(Instruction::with2(
                 Code::Or_r32_rm32,
                 Register::EAX,
                 gs(a.vflags),
             )));
-            b.st32(s1, Register::EAX);
-            b.ins(mk(Instruction::with2(
-                Code::Movzx_r32_rm8,
-                Register::EAX,
-                gs(a.vif),
-            )));
-            b.ins(mk(Instruction::with2(
-                Code::Shl_rm32_imm8,
-                Register::EAX,
-                9u32,
-            )));
-            b.ins(mk(Instruction::with2(
-                Code::Or_r32_rm32,
-                Register::EAX,
-                gs(s1),
-            )));
-            b.st32(s1, Register::EAX);
-            // Back to the guest's flags (the host image just pushed), then the merged image
-            // goes where PUSHF put it.
-            b.ins(Instruction::with(if w { Code::Popfw } else { Code::Popfd }));
-            b.ld32(Register::EAX, s1);
             if w {
                 b.ins(mk(Instruction::with2(
                     Code::Mov_rm16_r16,
-                    stack(-2),
+                    stack(0),
                     Register::AX,
-                )));
-                b.ins(mk(Instruction::with2(
-                    Code::Lea_r32_m,
-                    Register::ESP,
-                    stack(-2),
                 )));
             } else {
                 b.ins(mk(Instruction::with2(
                     Code::Mov_rm32_r32,
-                    stack(-4),
+                    stack(0),
                     Register::EAX,
                 )));
-                b.ins(mk(Instruction::with2(
-                    Code::Lea_r32_m,
-                    Register::ESP,
-                    stack(-4),
-                )));
             }
+            b.restore_flags_lahf(s1);
             b.ld32(Register::EAX, s0);
             FALL
         }
@@ -1173,55 +1160,35 @@ fn inline(b: &mut Builder<'_>, gi: &GuestInsn, k: InlineKind, next: u32) -> Done
                 stack(if w { 2 } else { 4 }),
             )));
             b.st32(s1, Register::EAX);
+            // vif = IF; vflags = (vflags & keep) | (image & settable).
+            b.ins(mk(Instruction::with2(
+                Code::Bt_rm32_imm8,
+                Register::EAX,
+                9u32,
+            )));
+            b.ins(mk(Instruction::with1(Code::Setb_rm8, gs8(a.vif))));
             b.ins(mk(Instruction::with2(
                 Code::And_rm32_imm32,
                 Register::EAX,
                 settable,
             )));
-            b.st32(s2, Register::EAX);
-            b.ld32(Register::EAX, a.vflags);
             b.ins(mk(Instruction::with2(
                 Code::And_rm32_imm32,
-                Register::EAX,
+                gs(a.vflags),
                 keep,
             )));
             b.ins(mk(Instruction::with2(
-                Code::Or_r32_rm32,
+                Code::Or_rm32_r32,
+                gs(a.vflags),
                 Register::EAX,
-                gs(s2),
-            )));
-            b.st32(a.vflags, Register::EAX);
-            b.ld32(Register::EAX, s1);
-            b.ins(mk(Instruction::with2(
-                Code::Shr_rm32_imm8,
-                Register::EAX,
-                9u32,
-            )));
-            b.ins(mk(Instruction::with2(
-                Code::And_rm32_imm8,
-                Register::EAX,
-                1u32,
-            )));
-            b.ins(mk(Instruction::with2(
-                Code::Mov_rm8_r8,
-                MemoryOperand::new(
-                    Register::None,
-                    Register::None,
-                    1,
-                    a.vif as i64,
-                    4,
-                    false,
-                    Register::GS,
-                ),
-                Register::AL,
             )));
             // A POPF that sets TF: the runtime single-steps (a callout at the next EIP).
             let trap = b.label();
             let after = b.label();
             b.ins(mk(Instruction::with2(
-                Code::Test_rm32_imm32,
-                gs(s1),
-                0x100u32,
+                Code::Test_rm8_imm8,
+                Register::AH,
+                1u32,
             )));
             b.branch(Code::Jne_rel32_32, trap);
             b.flags_from_slot(s1);

@@ -10,7 +10,7 @@
 //!   branches, LAHF/SAHF/SETO/CLD/STD/BT, PUSHF/POPF (the inline flag sequences), RDTSC and
 //!   UD2 (the tripwire after callouts that never return);
 //! * the translator's own accesses to the vCPU region through GS: MOV/MOVZX/PUSH/AND/OR/ADD/
-//!   ADC/CMP/TEST with a GS memory operand, `jmp dword gs:[slot]` (a scratch slot, a check
+//!   ADC/CMP/TEST/SETB with a GS memory operand, `jmp dword gs:[slot]` (a scratch slot, a check
 //!   slot or a check slot's continuation), `mov gs:[callout_ss], ss`,
 //!   `lss esp, gs:[callout_stack or callout_esp]` and the far call `call far gs:[gate]`;
 //!   every GS displacement inside the vCPU region.
@@ -69,7 +69,11 @@ fn gs_form_allowed(i: &Instruction, abi: &Abi) -> Result<(), String> {
         | C::Add_r32_rm32
         | C::Adc_r32_rm32
         | C::Cmp_r32_rm32
-        | C::Test_rm32_imm32 => Ok(()),
+        | C::Test_rm32_imm32
+        | C::Add_r8_rm8
+        | C::And_rm32_imm32
+        | C::Or_rm32_r32
+        | C::Setb_rm8 => Ok(()),
         C::Jmp_rm32 if !has_base && jump_slot(disp, abi) => Ok(()),
         C::Mov_rm16_Sreg
             if i.op1_register() == Register::SS && !has_base && disp == abi.callout_ss =>
