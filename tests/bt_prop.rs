@@ -672,3 +672,58 @@ fn endless_translated_loops_take_the_timer_interrupt() {
         assert!((CODE..CODE + code.len() as u32).contains(&eip), "{name}: interrupted at {eip:#x}");
     }
 }
+
+/// Counted loops whose back edges are checked exits (a check slot), also with the check of an
+/// STI shadow or a POPF right before the back edge, end as under the interpreter (with and
+/// without an interrupt pending).
+#[test]
+fn loops_through_checked_exits_match_the_interpreter() {
+    type Body = fn(&mut CodeAssembler) -> Result<(), IcedError>;
+    let bodies: [(&str, Body); 5] = [
+        ("empty", |_| Ok(())),
+        ("cli; sti", |a| {
+            a.cli()?;
+            a.sti()
+        }),
+        ("pushfd; popfd", |a| {
+            a.pushfd()?;
+            a.popfd()
+        }),
+        ("cli; pushfd; sti; popfd", |a| {
+            a.cli()?;
+            a.pushfd()?;
+            a.sti()?;
+            a.popfd()
+        }),
+        ("add; cli; sti", |a| {
+            a.add(ebx, ecx)?;
+            a.cli()?;
+            a.sti()
+        }),
+    ];
+    for (name, body) in bodies {
+        for irq in [false, true] {
+            let build = || {
+                let (mut ram, s) = image(&[], false);
+                let mut a = CodeAssembler::new(32).unwrap();
+                let mut top = a.create_label();
+                a.mov(ecx, 1000u32).unwrap();
+                a.set_label(&mut top).unwrap();
+                body(&mut a).unwrap();
+                a.dec(ecx).unwrap();
+                a.jnz(top).unwrap();
+                a.mov(al, 0u32).unwrap();
+                a.out(0xf4, al).unwrap();
+                let code = a.assemble(CODE as u64).unwrap();
+                ram[CODE as usize..CODE as usize + code.len()].copy_from_slice(&code);
+                (machine_with(ram, irq), s)
+            };
+            let (m, s) = build();
+            let i = engine::run(m, s, &opts(EngineKind::Interp)).unwrap();
+            let (m, s) = build();
+            let b = engine::run(m, s, &opts(EngineKind::Bt)).unwrap();
+            let (vb, vi) = (visible(&b), visible(&i));
+            assert!(vb == vi, "{name}, interrupt pending {irq}:{}\n{}", differences(&vb, &vi), b.stats.render());
+        }
+    }
+}

@@ -167,6 +167,9 @@ pub struct Builder<'a> {
     force_checked: bool,
     /// Guest EIPs of instructions in an STI shadow (their items are marked `shadow`).
     shadow_eips: Vec<u32>,
+    /// The branch being mangled needs a pending-interrupt check before it (at this EIP, its
+    /// own): every exit is checked, with its stub checking at this EIP instead of the target.
+    check_at: Option<u32>,
 }
 
 fn mk(r: Result<Instruction, iced_x86::IcedError>) -> Instruction {
@@ -254,6 +257,7 @@ impl<'a> Builder<'a> {
             slot_base: 0,
             force_checked: false,
             shadow_eips: Vec::new(),
+            check_at: None,
         }
     }
 
@@ -364,7 +368,10 @@ impl<'a> Builder<'a> {
     fn exit(&mut self, cc: Option<ConditionCode>, target: u32, from: u32) {
         let stub = self.label();
         let n = self.seq.exits.len() as u32;
-        if self.force_checked || target <= from {
+        if self.force_checked || self.check_at.is_some() || target <= from {
+            // The check is at the target, or before the branch (which changes nothing but
+            // EIP: the state there is the branch's own, whichever way it went).
+            let at = self.check_at.unwrap_or(target);
             let slot = self.slot_base + self.seq.sites.len() as u32;
             let k = self.label();
             self.seq.sites.push(Site {
@@ -391,8 +398,8 @@ impl<'a> Builder<'a> {
                 self.bind(skip);
             }
             self.defer(k, move |b| {
-                b.eip = target;
-                b.full_check(target, Then::Cont(slot));
+                b.eip = at;
+                b.full_check(at, Then::Cont(slot));
             });
         } else {
             self.seq.exits.push(Exit {
@@ -704,10 +711,12 @@ pub fn mangle(unit: &Unit, cfg: &Config) -> Seq {
     let entry = b.label();
     b.entry_check(unit.start, entry);
     let mut check_after: Option<usize> = None;
+    let mut check_at_branch: Option<u32> = None;
     let mut falls_through = true;
     for (k, gi) in unit.insns.iter().enumerate() {
         b.eip = gi.eip;
         b.rec = Recovery::NONE;
+        b.check_at = check_at_branch.take();
         // The instruction in the STI shadow: if it leaves the fragment, the check is at the
         // target (its exits are checked exits; a lookup hit checks anyway).
         let shadow = check_after == Some(k);
@@ -717,6 +726,7 @@ pub fn mangle(unit: &Unit, cfg: &Config) -> Seq {
         }
         let r = mangle_insn(&mut b, gi, unit, cfg);
         b.force_checked = false;
+        b.check_at = None;
         falls_through = r.falls_through;
         if r.check_after_next {
             check_after = Some(k + 1);
@@ -727,7 +737,17 @@ pub fn mangle(unit: &Unit, cfg: &Config) -> Seq {
         // Also at the unit's end: a chained fall-through exit enters past the next
         // fragment's entry check.
         if (r.check_after || shadow) && falls_through {
-            b.check_site(gi.next_eip());
+            // Followed by a direct JMP/Jcc: its exits check (before it), one indirect jump
+            // fewer on the way.
+            let branch = unit.insns.get(k + 1).is_some_and(|n| {
+                let c = n.instr.code();
+                c.is_jcc_short_or_near() || c.is_jmp_short_or_near()
+            });
+            if branch {
+                check_at_branch = Some(gi.next_eip());
+            } else {
+                b.check_site(gi.next_eip());
+            }
         }
     }
     b.rec = Recovery::NONE;

@@ -618,3 +618,29 @@ fn tzcnt_and_lzcnt_run_as_bsf_and_bsr_on_the_p6_model() {
     let bsr = is.iter().find(|i| i.mnemonic() == Mnemonic::Bsr).unwrap();
     assert_eq!(f.guest_state_at(bsr.ip() as u32 - f.tc_addr).unwrap().guest_eip, 0x1004);
 }
+
+#[test]
+fn checks_before_a_direct_branch_go_into_its_exits() {
+    // popf; jz 0x1000 (backward); ret. The check after POPF is at the JZ: no check site there,
+    // both exits are checked (through slots), and their stubs check at the JZ's EIP.
+    let (_, f) = tr(&[0x9d, 0x74, 0xfd, 0xc3]);
+    let is = decode(&f);
+    assert_eq!(f.exits.len(), 2);
+    assert!(f.exits.iter().all(|e| e.slot.is_some()), "{:?}", f.exits);
+    assert_eq!(f.sites.len(), 2);
+    let a = Abi::default();
+    let slot_jumps = is
+        .iter()
+        .filter(|i| i.code() == Code::Jmp_rm32 && (a.check_slots..a.check_conts).contains(&i.memory_displacement32()))
+        .count();
+    assert_eq!(slot_jumps, 2, "one per exit, none before the branch");
+    let c = callouts(&f);
+    assert_eq!(c.iter().filter(|x| **x == (CalloutOp::PendingIrq as u32, Some(0x1001), 0x1001, 0)).count(), 2);
+    // A forward branch without a check before it stays a patchable rel32.
+    let (_, f) = tr(&[0x90, 0x74, 0x10]);
+    assert!(f.exits.iter().all(|e| e.slot.is_none()));
+    // A backward one is checked at its target.
+    let (_, f) = tr(&[0x90, 0x74, 0xfd]);
+    assert_eq!(f.exits.iter().map(|e| e.slot.is_some()).collect::<Vec<_>>(), [true, false]);
+    assert!(callouts(&f).contains(&(CalloutOp::PendingIrq as u32, Some(0x1000), 0x1000, 0)));
+}
