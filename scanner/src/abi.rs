@@ -188,7 +188,7 @@ pub const SCRATCH_SLOTS: u32 = 8;
 impl Default for Abi {
     fn default() -> Self {
         let ibl_bits = 16;
-        let check_max = 0x4000;
+        let check_max = 0x1_0000;
         let checks = 0x1000 + 2 * (8 << ibl_bits);
         Abi {
             vif: 0x000,

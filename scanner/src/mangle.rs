@@ -4,9 +4,13 @@
 //! the guest EIP and the recovery rule of each (for precise exceptions), and the fragment's
 //! exits. `emit.rs` encodes it. The rules (docs/translator.md has the sequences):
 //!
-//! * **Fragment entry**: a pending-interrupt check (flag-free: `movzx ecx, word gs:[vif]`,
-//!   `lea ecx, [ecx-101h]`, `jecxz`), also after POPF and after the instruction that follows
-//!   STI.
+//! * **Pending-interrupt checks**: at the fragment entry (flag-free: `movzx ecx, word
+//!   gs:[vif]`, `lea ecx, [ecx-101h]`, `jecxz`; only the runtime enters there), in the lookup
+//!   hit path, and as *check sites* (`jmp dword gs:[check slot]`: to the next instruction while
+//!   no interrupt is pending, to a stub with the full check while the runtime has the slots
+//!   armed) after POPF and after the instruction that follows STI; backward direct exits are
+//!   *checked exits* through a slot. Forward exits enter their targets past the entry check
+//!   (docs/translator.md has the argument).
 //! * **IDENT**: the instruction is copied (re-encoded as 32-bit code).
 //! * **Direct branches** (JMP, Jcc, CALL, LOOPcc, JCXZ): `jmp`/`jcc rel32` to an exit stub that
 //!   calls out with `Exit`; chaining patches the rel32 to the target's fragment. CALL first
