@@ -331,7 +331,11 @@ impl Cache {
         let (site, chained) = f.exits.get_mut(exit as usize)?;
         let patch = exit_patch(conts, f.tc_addr, site, target);
         *chained = Some(to);
-        self.incoming.entry(to).or_default().push((from, exit));
+        // Chained again (a checked exit's stub left through the exit stub): one edge.
+        let v = self.incoming.entry(to).or_default();
+        if !v.contains(&(from, exit)) {
+            v.push((from, exit));
+        }
         Some(patch)
     }
 

@@ -401,9 +401,16 @@ impl<'a> Builder<'a> {
             if let Some(skip) = skip {
                 self.bind(skip);
             }
+            let at_target = self.check_at.is_none();
             self.defer(k, move |b| {
                 b.eip = at;
-                b.full_check(at, Then::Cont(slot));
+                if at_target {
+                    // Pending: leave through the exit stub (the `Exit` callout to the target:
+                    // the run loop then takes the interrupt there), no callout of its own.
+                    b.short_check(Then::Cont(slot), stub);
+                } else {
+                    b.full_check(at, Then::Cont(slot));
+                }
             });
         } else {
             self.seq.exits.push(Exit {
@@ -522,6 +529,39 @@ impl<'a> Builder<'a> {
         self.go_on(then);
     }
 
+    /// The check of a checked exit's stub at its target: on to `then`, or, pending and
+    /// enabled, to the exit stub `exit` (guest ECX restored).
+    fn short_check(&mut self, then: Then, exit: Label) {
+        let a = self.abi;
+        let chk = self.slot(S_CHK);
+        let irq = self.label();
+        self.st32(chk, Register::ECX);
+        self.ins(mk(Instruction::with2(
+            Code::Movzx_r32_rm16,
+            Register::ECX,
+            gs(a.vif),
+        )));
+        self.ins(mk(Instruction::with2(
+            Code::Lea_r32_m,
+            Register::ECX,
+            MemoryOperand::new(
+                Register::ECX,
+                Register::None,
+                1,
+                -0x101,
+                4,
+                false,
+                Register::None,
+            ),
+        )));
+        self.branch(Code::Jecxz_rel8_32, irq);
+        self.ld32(Register::ECX, chk);
+        self.go_on(then);
+        self.bind(irq);
+        self.ld32(Register::ECX, chk);
+        self.branch(Code::Jmp_rel32_32, exit);
+    }
+
     fn go_on(&mut self, then: Then) {
         match then {
             Then::Label(l) => self.branch(Code::Jmp_rel32_32, l),
@@ -617,35 +657,10 @@ impl<'a> Builder<'a> {
         } else {
             (Code::Movzx_r32_rm16, Register::AX)
         };
-        self.ins(mk(Instruction::with2(idx.0, Register::ECX, idx.1)));
-        self.ins(mk(Instruction::with2(
-            Code::Mov_r32_rm32,
-            Register::ECX,
-            entry(0),
-        )));
-        self.ins(mk(Instruction::with2(
-            Code::Lea_r32_m,
-            Register::ECX,
-            MemoryOperand::new(Register::ECX, Register::EAX, 1, 0, 0, false, Register::None),
-        )));
-        let hit = self.label();
-        self.branch(Code::Jecxz_rel8_32, hit);
-        // Miss: EAX still holds the target.
-        self.st32(a.callout_eip, Register::EAX);
-        self.ld32(Register::EAX, sa);
-        self.ld32(Register::ECX, sc);
-        self.callout(CalloutOp::IndirectMiss, CoEip::Preset, 0, 0);
-        self.ud2();
-        // Hit: the fragment's address into a slot, then the pending-interrupt check of the
-        // target (ECX is free: table entries lead past their fragments' entry checks).
-        self.bind(hit);
-        self.ins(mk(Instruction::with2(idx.0, Register::ECX, idx.1)));
-        self.ins(mk(Instruction::with2(
-            Code::Mov_r32_rm32,
-            Register::ECX,
-            entry(4),
-        )));
-        self.st32(sj, Register::ECX);
+        // The target's pending-interrupt check (ECX is free; table entries lead past their
+        // fragments' entry checks): pending and enabled, the miss path's callout, after which
+        // the run loop takes the interrupt at the target.
+        let miss = self.label();
         self.ins(mk(Instruction::with2(
             Code::Movzx_r32_rm16,
             Register::ECX,
@@ -664,18 +679,38 @@ impl<'a> Builder<'a> {
                 Register::None,
             ),
         )));
-        let irq = self.label();
-        self.branch(Code::Jecxz_rel8_32, irq);
-        self.ld32(Register::EAX, sa);
-        self.ld32(Register::ECX, sc);
-        self.ins(mk(Instruction::with1(Code::Jmp_rm32, gs(sj))));
-        // Pending and enabled: the callout at the target (EAX), guest EAX and ECX back.
-        self.bind(irq);
+        self.branch(Code::Jecxz_rel8_32, miss);
+        self.ins(mk(Instruction::with2(idx.0, Register::ECX, idx.1)));
+        self.ins(mk(Instruction::with2(
+            Code::Mov_r32_rm32,
+            Register::ECX,
+            entry(0),
+        )));
+        self.ins(mk(Instruction::with2(
+            Code::Lea_r32_m,
+            Register::ECX,
+            MemoryOperand::new(Register::ECX, Register::EAX, 1, 0, 0, false, Register::None),
+        )));
+        let hit = self.label();
+        self.branch(Code::Jecxz_rel8_32, hit);
+        // Miss: EAX still holds the target.
+        self.bind(miss);
         self.st32(a.callout_eip, Register::EAX);
-        self.st32(a.callout_next, Register::EAX);
         self.ld32(Register::EAX, sa);
         self.ld32(Register::ECX, sc);
-        self.callout_full(CalloutOp::PendingIrq, CoEip::Preset, CoEip::Preset, 0);
+        self.callout(CalloutOp::IndirectMiss, CoEip::Preset, 0, 0);
+        self.ud2();
+        // Hit.
+        self.bind(hit);
+        self.ins(mk(Instruction::with2(idx.0, Register::ECX, idx.1)));
+        self.ins(mk(Instruction::with2(
+            Code::Mov_r32_rm32,
+            Register::ECX,
+            entry(4),
+        )));
+        self.st32(sj, Register::ECX);
+        self.ld32(Register::EAX, sa);
+        self.ld32(Register::ECX, sc);
         self.ins(mk(Instruction::with1(Code::Jmp_rm32, gs(sj))));
     }
 

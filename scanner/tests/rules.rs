@@ -639,8 +639,10 @@ fn checks_before_a_direct_branch_go_into_its_exits() {
     // A forward branch without a check before it stays a patchable rel32.
     let (_, f) = tr(&[0x90, 0x74, 0x10]);
     assert!(f.exits.iter().all(|e| e.slot.is_none()));
-    // A backward one is checked at its target.
-    let (_, f) = tr(&[0x90, 0x74, 0xfd]);
+    // A backward one (nop; nop; jz 0x1001) is checked at its target: pending, its stub leaves
+    // through the exit stub (the `Exit` callout to 0x1001), no callout of its own.
+    let (_, f) = tr(&[0x90, 0x90, 0x74, 0xfd]);
     assert_eq!(f.exits.iter().map(|e| e.slot.is_some()).collect::<Vec<_>>(), [true, false]);
-    assert!(callouts(&f).contains(&(CalloutOp::PendingIrq as u32, Some(0x1000), 0x1000, 0)));
+    assert!(!callouts(&f).iter().any(|c| c.0 == CalloutOp::PendingIrq as u32 && c.1 == Some(0x1001)));
+    assert!(callouts(&f).contains(&(CalloutOp::Exit as u32, Some(0x1001), 0x1001, 0)));
 }
