@@ -701,8 +701,10 @@ impl Direct<'_> {
             Some(CalloutOp::Emulate | CalloutOp::Invalid | CalloutOp::FetchFault) => {
                 self.stats.exit("bt-emulate");
                 // The instruction after STI: no interrupt before it (the interpreter's step
-                // would take one first).
-                let shadow = self.bt.as_ref().and_then(|bt| bt.cache.guest_state_at(ex.eip)).is_some_and(|p| p.shadow);
+                // would take one first). Looked up only when one would be taken.
+                let shadow = self.cpu.state.interrupts_enabled()
+                    && self.cpu.bus.interrupt_requested()
+                    && self.bt.as_ref().and_then(|bt| bt.cache.guest_state_at(ex.eip)).is_some_and(|p| p.shadow);
                 self.cpu.state.int_shadow = shadow;
                 self.bt_note_callout(ex.eip);
                 if self.cpu.state.cpl == 3 {
