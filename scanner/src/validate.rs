@@ -29,7 +29,7 @@ use crate::Mode;
 /// `jmp dword gs:[disp]` reads a scratch slot (the lookup's hit), a check slot or a check
 /// slot's continuation.
 fn jump_slot(disp: u32, abi: &Abi) -> bool {
-    let in_array = |base: u32| disp >= base && disp < base + 4 * abi.check_max && (disp - base) % 4 == 0;
+    let in_array = |base: u32| disp >= base && disp < base + 4 * abi.check_max && (disp - base).is_multiple_of(4);
     (disp >= abi.scratch && disp < abi.scratch + 4 * crate::abi::SCRATCH_SLOTS)
         || in_array(abi.check_slots)
         || in_array(abi.check_conts)
