@@ -5,8 +5,8 @@
 //! exits. `emit.rs` encodes it. The rules (docs/translator.md has the sequences):
 //!
 //! * **Pending-interrupt checks**: at the fragment entry (flag-free: `movzx ecx, word
-//!   gs:[vif]`, `lea ecx, [ecx-101h]`, `jecxz`; only the runtime enters there), in the lookup
-//!   hit path, and as *check sites* (`jmp dword gs:[check slot]`: to the next instruction while
+//!   gs:[vif]`, `lea ecx, [ecx-101h]`, `jecxz`; only the runtime enters there), in every lookup
+//!   (before the table read), and as *check sites* (`jmp dword gs:[check slot]`: to the next instruction while
 //!   no interrupt is pending, to a stub with the full check while the runtime has the slots
 //!   armed) after POPF and after the instruction that follows STI; backward direct exits are
 //!   *checked exits* through a slot. Forward exits enter their targets past the entry check
