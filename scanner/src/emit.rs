@@ -43,6 +43,9 @@ pub struct CheckSite {
     pub cont_off: u32,
     /// Offset of the check stub.
     pub stub_off: u32,
+    /// An enabling site (after POPF or the STI shadow): armed whenever an interrupt is
+    /// pending; the others only while the virtual IF is set too.
+    pub enable: bool,
 }
 
 /// One run of the PC map.
@@ -175,6 +178,7 @@ pub fn emit(seq: &Seq, tc_addr: u32) -> Result<Fragment, EmitError> {
             slot: x.slot,
             cont_off: label_off(x.cont),
             stub_off: label_off(x.stub),
+            enable: x.enable,
         })
         .collect();
     Ok(Fragment {

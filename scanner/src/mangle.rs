@@ -106,6 +106,10 @@ pub struct Site {
     pub cont: Label,
     /// Its check stub (the full check, then the continuation).
     pub stub: Label,
+    /// Where IF may just have become 1 (after POPF, after the STI shadow): armed whenever an
+    /// interrupt is pending. The others (backward exits) need arming only while the virtual
+    /// IF is set too: IF can only become 1 through an enabling site or a callout.
+    pub enable: bool,
 }
 
 /// A mangled unit, ready to encode.
@@ -382,6 +386,7 @@ impl<'a> Builder<'a> {
                 slot,
                 cont: stub,
                 stub: k,
+                enable: self.force_checked || self.check_at.is_some(),
             });
             self.seq.exits.push(Exit {
                 target_eip: target,
@@ -482,7 +487,12 @@ impl<'a> Builder<'a> {
         let slot = self.slot_base + self.seq.sites.len() as u32;
         let cont = self.label();
         let stub = self.label();
-        self.seq.sites.push(Site { slot, cont, stub });
+        self.seq.sites.push(Site {
+            slot,
+            cont,
+            stub,
+            enable: true,
+        });
         self.ins(mk(Instruction::with1(
             Code::Jmp_rm32,
             gs(self.abi.check_slot(slot)),

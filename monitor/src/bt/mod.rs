@@ -90,6 +90,11 @@ pub struct Bt {
     pub translated: u64,
     /// Adaptive retranslation: faults per guest instruction (`adaptive.rs`).
     pub faults: adaptive::FaultCounters,
+    /// What each check slot holds armed to level 1 (its stub for an enabling site, its
+    /// continuation otherwise); the signal handler copies from it.
+    stubs1: Box<[u32]>,
+    /// Which check slots are enabling sites.
+    enabling: Vec<bool>,
 }
 
 /// One lookup table's bookkeeping.
@@ -135,6 +140,7 @@ impl Bt {
         }
         area.write(base + MISS_OFF, &miss);
         let tc_size = area.tc_size;
+        let check_max = abi.check_max as usize;
         let mut cache = Cache::new(base, tc_size, TC_RESERVED);
         cache.set_check_conts(area.vcpu + abi.check_conts);
         let mut bt = Bt {
@@ -153,6 +159,8 @@ impl Bt {
             invalidations: 0,
             translated: 0,
             faults: adaptive::FaultCounters::default(),
+            stubs1: vec![0; check_max].into_boxed_slice(),
+            enabling: vec![false; check_max],
         };
         bt.set_gate(false);
         let stack_top = bt.area.stack + area::STACK_SIZE;
@@ -316,49 +324,80 @@ impl Bt {
             (*sh).bt_tramp_hi = (self.area.base + TRAMP_END) as u64;
             (*sh).bt_slots = slots;
             (*sh).bt_stubs = stubs;
+            (*sh).bt_stubs1 = self.stubs1.as_ptr() as u64;
             (*sh).bt_nslots = self.cache.next_slot() as u64;
         }
     }
 
-    /// Whether the check slots are armed (the signal handler may have armed them).
-    fn armed(&self) -> bool {
+    /// How armed the check slots are (0, 1, 2: `Shared::bt_armed`; the signal handler may
+    /// have armed them).
+    fn armed(&self) -> u64 {
         // SAFETY: read while no guest code runs (the caller holds RUN_LOCK through the engine).
-        unsafe { (*entry::shared()).bt_armed != 0 }
+        unsafe { (*entry::shared()).bt_armed }
     }
 
-    /// Arms (every check slot holds its stub: the sites do the full pending-interrupt check)
-    /// or disarms (every slot holds its continuation) the check slots in use.
-    fn set_armed(&mut self, on: bool) {
-        if self.armed() == on {
+    /// Arms the check slots in use to `level`: 0, every slot holds its continuation; 1, the
+    /// enabling sites' (after POPF and the STI shadow) hold their stubs: an interrupt is
+    /// pending but the virtual IF is clear, and only those sites can set it; 2, every slot
+    /// holds its stub (the sites do the full pending-interrupt check).
+    fn set_armed(&mut self, level: u64) {
+        if self.armed() == level {
             return;
         }
         let n = self.cache.next_slot() as usize;
-        let from = (self.area.vcpu - self.area.base + if on { self.abi.check_stubs } else { self.abi.check_conts }) as usize;
-        let to = (self.area.vcpu - self.area.base + self.abi.check_slots) as usize;
-        self.area.bytes().copy_within(from..from + 4 * n, to);
+        let base = (self.area.vcpu - self.area.base) as usize;
+        let to = base + self.abi.check_slots as usize;
+        match level {
+            0 => {
+                let from = base + self.abi.check_conts as usize;
+                self.area.bytes().copy_within(from..from + 4 * n, to);
+            }
+            1 => {
+                let src: Vec<u8> = self.stubs1[..n].iter().flat_map(|v| v.to_le_bytes()).collect();
+                self.area.bytes()[to..to + 4 * n].copy_from_slice(&src);
+            }
+            _ => {
+                let from = base + self.abi.check_stubs as usize;
+                self.area.bytes().copy_within(from..from + 4 * n, to);
+            }
+        }
         // SAFETY: as in `armed`.
-        unsafe { (*entry::shared()).bt_armed = on as u64 };
+        unsafe { (*entry::shared()).bt_armed = level };
     }
 
     /// Writes a chaining or unchaining patch; a checked exit's continuation also goes into its
-    /// live slot unless the slots are armed.
+    /// live slot unless the slot is armed, and into its level-1 value unless it is enabling.
     fn write_patch(&mut self, p: vmm_scanner::cache::Patch) {
         self.area.write(p.addr, &p.bytes);
         let conts = self.area.vcpu + self.abi.check_conts;
-        if p.addr >= conts && p.addr < conts + 4 * self.abi.check_max && !self.armed() {
+        if p.addr >= conts && p.addr < conts + 4 * self.abi.check_max {
             let n = (p.addr - conts) / 4;
-            self.vw(self.abi.check_slot(n), &p.bytes);
+            let enabling = self.enabling[n as usize];
+            if !enabling {
+                self.stubs1[n as usize] = u32::from_le_bytes(p.bytes);
+            }
+            let level = self.armed();
+            if level == 0 || (level == 1 && !enabling) {
+                self.vw(self.abi.check_slot(n), &p.bytes);
+            }
         }
     }
 
-    /// A new fragment's check slots: continuation, stub, and the live slot as armed or not.
+    /// A new fragment's check slots: continuation, stubs, and the live slot as armed.
     fn set_sites(&mut self, tc: u32, sites: &[vmm_scanner::emit::CheckSite]) {
-        let armed = self.armed();
+        let level = self.armed();
         for s in sites {
             let (cont, stub) = (tc + s.cont_off, tc + s.stub_off);
+            let one = if s.enable { stub } else { cont };
+            self.stubs1[s.slot as usize] = one;
+            self.enabling[s.slot as usize] = s.enable;
             self.vw32(self.abi.check_cont(s.slot), cont);
             self.vw32(self.abi.check_stubs + 4 * s.slot, stub);
-            self.vw32(self.abi.check_slot(s.slot), if armed { stub } else { cont });
+            self.vw32(self.abi.check_slot(s.slot), match level {
+                0 => cont,
+                1 => one,
+                _ => stub,
+            });
         }
         self.publish_slots();
     }
@@ -390,8 +429,9 @@ impl Bt {
         let a = self.abi.clone();
         self.vw8(a.vif, (s.eflags & flags::IF != 0) as u8);
         self.vw8(a.irq, irq as u8);
-        // The check sites check fully exactly while an interrupt may be pending.
-        self.set_armed(irq);
+        // The check sites check fully while an interrupt may be pending (only the enabling
+        // ones while the virtual IF is clear).
+        self.set_armed(if !irq { 0 } else if s.eflags & flags::IF != 0 { 2 } else { 1 });
         self.vw32(a.vflags, s.eflags & VIRT_MASK & !flags::IF);
         self.vw32(a.callout_esp, s.gpr[4]);
         self.vw32(a.callout_ss, ss_shadow as u32);

@@ -67,13 +67,16 @@ pub(crate) struct Shared {
     /// (imprecise: the runtime uses it only to end the run at its deadline).
     pub bt_stale: u64,
     pub bt_stale_limit: u64,
-    /// The `bt` engine's pending-interrupt check slots (docs/bt.md): nonzero while they are
-    /// armed (each holds its check stub). A timer signal that sets `irq` arms them: it copies
-    /// `bt_nslots` u32s from `bt_stubs` over `bt_slots` (host addresses, the area's alias).
-    /// The monitor disarms them.
+    /// The `bt` engine's pending-interrupt check slots (docs/bt.md): how armed they are (0:
+    /// every slot holds its continuation; 1: the enabling sites' slots hold their stubs; 2:
+    /// every slot its stub). A timer signal that sets `irq` arms them to 1 + the virtual IF
+    /// (the byte before `irq`) if they are less armed: it copies `bt_nslots` u32s from
+    /// `bt_stubs1` (level 1) or `bt_stubs` (level 2) over `bt_slots` (host addresses). The
+    /// monitor sets the level before each entry.
     pub bt_armed: u64,
     pub bt_slots: u64,
     pub bt_stubs: u64,
+    pub bt_stubs1: u64,
     pub bt_nslots: u64,
 }
 
@@ -140,6 +143,7 @@ pub(crate) static SHARED: SharedCell = SharedCell(UnsafeCell::new(Shared {
     bt_armed: 0,
     bt_slots: 0,
     bt_stubs: 0,
+    bt_stubs1: 0,
     bt_nslots: 0,
 }));
 
@@ -250,11 +254,18 @@ std::arch::global_asm!(
     "mov rax, [rip + {shared} + {bt_irq}]",
     "6:",
     "mov byte ptr [rax], 1",
-    // Arm the check slots: every site's stub over its slot (the monitor disarms them).
-    "cmp qword ptr [rip + {shared} + {bt_armed}], 0",
-    "jne 7f",
-    "mov qword ptr [rip + {shared} + {bt_armed}], 1",
+    // Arm the check slots to 1 + vif: the enabling sites' stubs, or every site's, over the
+    // slots (the monitor disarms them).
+    "movzx ecx, byte ptr [rax - 1]",
+    "inc ecx",
+    "cmp rcx, [rip + {shared} + {bt_armed}]",
+    "jbe 7f",
+    "mov [rip + {shared} + {bt_armed}], rcx",
     "mov rsi, [rip + {shared} + {bt_stubs}]",
+    "cmp ecx, 2",
+    "je 8f",
+    "mov rsi, [rip + {shared} + {bt_stubs1}]",
+    "8:",
     "mov rdi, [rip + {shared} + {bt_slots}]",
     "mov rcx, [rip + {shared} + {bt_nslots}]",
     "cld",
@@ -344,6 +355,7 @@ std::arch::global_asm!(
     bt_armed = const offset_of!(Shared, bt_armed),
     bt_slots = const offset_of!(Shared, bt_slots),
     bt_stubs = const offset_of!(Shared, bt_stubs),
+    bt_stubs1 = const offset_of!(Shared, bt_stubs1),
     bt_nslots = const offset_of!(Shared, bt_nslots),
     exit_sel = const EXIT_SEL,
     uc_rip = const sys::UC_RIP_OFFSET,
