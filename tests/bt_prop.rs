@@ -352,6 +352,27 @@ fn machine(ram: Vec<u8>) -> Machine {
     Machine::new(GuestRam::Heap(ram), Box::new(HostClock::new()), Box::new(std::io::sink()))
 }
 
+/// IDT gates (all to the handler): the exceptions and the pending interrupt's vector.
+const IDT_GATES: u32 = 0x30;
+/// The IRQ (master PIC, no device on it) that is pending from the start in cases with `irq`.
+const IRQ: u8 = 5;
+
+/// The machine, with `irq`: the PIC initialised (vectors 0x20-0x27, only [`IRQ`] unmasked)
+/// and IRQ 5 requested, so that an interrupt is pending from the first instruction on. The
+/// guest starts with IF clear: the interrupt comes exactly where IF becomes 1 (after the
+/// instruction following STI, after POPF or IRET), which under `bt` only the pending-interrupt
+/// checks find.
+fn machine_with(ram: Vec<u8>, irq: bool) -> Machine {
+    let mut m = machine(ram);
+    if irq {
+        for (port, v) in [(0x20, 0x11), (0x21, 0x20), (0x21, 0x04), (0x21, 0x01), (0x21, !(1u8 << IRQ))] {
+            m.pic.write(port, v);
+        }
+        m.pic.set_irq(IRQ, true);
+    }
+    m
+}
+
 /// The generated code: the steps, then `out 0xf4, 0` (the debug exit) and HLT.
 fn code(steps: &[Step]) -> Vec<u8> {
     let mut a = CodeAssembler::new(32).unwrap();
@@ -410,7 +431,7 @@ fn image(steps: &[Step], paging: bool) -> (Vec<u8>, CpuState) {
     for (i, d) in [desc(0, 0xfffff, 0x92, 0xc), desc(0, 0xfffff, 0x12, 0xc), desc(DATA, 0xfff, 0x92, 0x4)].iter().enumerate() {
         ram.write((LDT + 8 * i as u32) as u64, &d.to_le_bytes()).unwrap();
     }
-    for v in 0..32u32 {
+    for v in 0..IDT_GATES {
         let lo = (0x08u32 << 16) | (HANDLER & 0xffff);
         let hi = (HANDLER & 0xffff_0000) | 0x8e00;
         ram.write_u32((IDT + v * 8) as u64, lo).unwrap();
@@ -438,7 +459,7 @@ fn image(steps: &[Step], paging: bool) -> (Vec<u8>, CpuState) {
     s.eip = CODE;
     s.gpr = [1, 2, 3, 4, KSTACK, 6, 7, 8];
     s.gdtr = TableReg { base: GDT, limit: (gdt.len() * 8 - 1) as u16 };
-    s.idtr = TableReg { base: IDT, limit: 0xff };
+    s.idtr = TableReg { base: IDT, limit: (IDT_GATES * 8 - 1) as u16 };
     s.tr = Segment { selector: 0x28, base: 0x3000, limit: 0x67, attr: attr::P | 11 };
     s.ldtr = Segment { selector: LDT_SEL as u16, base: LDT, limit: 0x17, attr: attr::P | 2 };
     let GuestRam::Heap(bytes) = ram else { unreachable!("heap RAM") };
@@ -455,8 +476,12 @@ fn opts(kernel: EngineKind) -> RunOptions {
 }
 
 fn run(steps: &[Step], kernel: EngineKind, paging: bool) -> RunResult {
-    let (m, s) = guest_with(steps, paging);
-    engine::run(m, s, &opts(kernel)).unwrap()
+    run_with(steps, kernel, paging, false)
+}
+
+fn run_with(steps: &[Step], kernel: EngineKind, paging: bool, irq: bool) -> RunResult {
+    let (ram, s) = image(steps, paging);
+    engine::run(machine_with(ram, irq), s, &opts(kernel)).unwrap()
 }
 
 /// The guest-visible state compared.
@@ -675,9 +700,10 @@ fn generated_control_transfers_reach_their_targets() {
 }
 
 /// The generated cases: up to 40 steps of any kind (kinds 43-50: data-segment loads, descriptor
-/// writes, LGDT/LLDT, reads through the loaded segments, VERR/VERW), paging on or off.
-fn generated_cases() -> impl Strategy<Value = (Vec<Step>, bool)> {
-    (prop::collection::vec((0u8..51, any::<u32>(), any::<u32>()), 1..40), any::<bool>())
+/// writes, LGDT/LLDT, reads through the loaded segments, VERR/VERW), paging on or off, an
+/// interrupt pending from the start or not (one case in four).
+fn generated_cases() -> impl Strategy<Value = (Vec<Step>, bool, bool)> {
+    (prop::collection::vec((0u8..51, any::<u32>(), any::<u32>()), 1..40), any::<bool>(), prop::bool::weighted(0.25))
 }
 
 /// A session's runs (which reuse the host setup) end as one-shot runs of the same guests do:
@@ -687,19 +713,19 @@ fn generated_cases() -> impl Strategy<Value = (Vec<Step>, bool)> {
 fn session_runs_match_one_shot_runs() {
     let mut runner = proptest::test_runner::TestRunner::deterministic();
     let strategy = generated_cases();
-    let generated: Vec<(Vec<Step>, bool)> = (0..64).map(|_| strategy.new_tree(&mut runner).unwrap().current()).collect();
+    let generated: Vec<(Vec<Step>, bool, bool)> = (0..64).map(|_| strategy.new_tree(&mut runner).unwrap().current()).collect();
     // One-shot runs first: the session holds the run lock from its first run until dropped.
     let one_shot: Vec<(String, u64)> = generated
         .iter()
-        .map(|(steps, paging)| {
-            let r = run(steps, EngineKind::Bt, *paging);
+        .map(|(steps, paging, irq)| {
+            let r = run_with(steps, EngineKind::Bt, *paging, *irq);
             (visible(&r), r.stats.translated)
         })
         .collect();
     let mut session = Session::new();
-    for ((steps, paging), (want, translated)) in generated.iter().zip(&one_shot) {
+    for ((steps, paging, irq), (want, translated)) in generated.iter().zip(&one_shot) {
         let (ram, s) = image(steps, *paging);
-        let r = session.run(machine(ram), s, &opts(EngineKind::Bt)).unwrap();
+        let r = session.run(machine_with(ram, *irq), s, &opts(EngineKind::Bt)).unwrap();
         assert!(visible(&r) == *want, "paging {paging}, {steps:?}:{}", differences(&visible(&r), want));
         assert_eq!(r.stats.translated, *translated, "paging {paging}, {steps:?}");
     }
@@ -712,20 +738,20 @@ fn session_switches_engines_and_ram_sizes() {
     let mut runner = proptest::test_runner::TestRunner::deterministic();
     let strategy = generated_cases();
     let plan = [(EngineKind::Bt, RAM), (EngineKind::Direct, RAM), (EngineKind::Bt, 2 * RAM), (EngineKind::Interp, RAM), (EngineKind::Bt, RAM), (EngineKind::Direct, 2 * RAM), (EngineKind::Bt, 2 * RAM)];
-    let guests: Vec<(Vec<u8>, CpuState, EngineKind)> = plan
+    let guests: Vec<(Vec<u8>, CpuState, EngineKind, bool)> = plan
         .iter()
         .map(|&(k, size)| {
-            let (steps, paging) = strategy.new_tree(&mut runner).unwrap().current();
+            let (steps, paging, irq) = strategy.new_tree(&mut runner).unwrap().current();
             let (mut ram, s) = image(&steps, paging);
             ram.resize(size, 0);
-            (ram, s, k)
+            (ram, s, k, irq)
         })
         .collect();
-    let one_shot: Vec<RunResult> = guests.iter().map(|(ram, s, k)| engine::run(machine(ram.clone()), s.clone(), &opts(*k)).unwrap()).collect();
+    let one_shot: Vec<RunResult> = guests.iter().map(|(ram, s, k, irq)| engine::run(machine_with(ram.clone(), *irq), s.clone(), &opts(*k)).unwrap()).collect();
     let mut session = Session::new();
-    for ((ram, s, k), want) in guests.into_iter().zip(&one_shot) {
+    for ((ram, s, k, irq), want) in guests.into_iter().zip(&one_shot) {
         let size = ram.len();
-        let r = session.run(machine(ram), s, &opts(k)).unwrap();
+        let r = session.run(machine_with(ram, irq), s, &opts(k)).unwrap();
         assert!(matches!(r.machine.ram, GuestRam::Heap(ref v) if v.len() == size), "{k:?}: RAM not given back as heap RAM of {size:#x} bytes");
         let (vr, vw) = (visible(&r), visible(want));
         let ram = ram_differences(&r, want);
@@ -749,10 +775,10 @@ fn translated_kernel_code_matches_the_interpreter() {
     let mut runner = TestRunner::new(ProptestConfig { cases, source_file: Some(file!()), ..ProptestConfig::default() });
     let strategy = generated_cases();
     let session = std::cell::RefCell::new(Session::new());
-    let result = runner.run(&strategy, |(steps, paging)| {
+    let result = runner.run(&strategy, |(steps, paging, irq)| {
         let (ram, s) = image(&steps, paging);
-        let i = engine::run_interp(machine(ram.clone()), s.clone(), &opts(EngineKind::Interp));
-        let b = session.borrow_mut().run(machine(ram), s, &opts(EngineKind::Bt)).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let i = engine::run_interp(machine_with(ram.clone(), irq), s.clone(), &opts(EngineKind::Interp));
+        let b = session.borrow_mut().run(machine_with(ram, irq), s, &opts(EngineKind::Bt)).map_err(|e| TestCaseError::fail(e.to_string()))?;
         prop_assert!(b.stats.translated > 0, "bt translated nothing: {}", b.stats.render());
         let (vb, vi) = (visible(&b), visible(&i));
         let ram = ram_differences(&b, &i);
@@ -762,16 +788,16 @@ fn translated_kernel_code_matches_the_interpreter() {
     drop(session); // releases the run lock: the replay below is a one-shot run
     match result {
         Ok(()) => {}
-        Err(TestError::Fail(why, (steps, paging))) => {
+        Err(TestError::Fail(why, (steps, paging, irq))) => {
             // Replayed alone, with nothing left from earlier runs of the session.
-            let (b, i) = (run(&steps, EngineKind::Bt, paging), run(&steps, EngineKind::Interp, paging));
+            let (b, i) = (run_with(&steps, EngineKind::Bt, paging, irq), run_with(&steps, EngineKind::Interp, paging, irq));
             let alone = if visible(&b) == visible(&i) && ram_differences(&b, &i).is_empty() {
                 "PASSES: the failure depends on the session's earlier runs (a reset bug: see session_runs_match_one_shot_runs)"
             } else {
                 "fails too"
             };
             panic!(
-                "bt and the interpreter differ: {why}\nminimal failing case (paging {paging}): {steps:?}\n{}replayed alone (one-shot engine::run): {alone}\n{runner}",
+                "bt and the interpreter differ: {why}\nminimal failing case (paging {paging}, interrupt pending {irq}): {steps:?}\n{}replayed alone (one-shot engine::run): {alone}\n{runner}",
                 disassembly(&steps)
             )
         }
@@ -1180,5 +1206,151 @@ fn translated_user_code_matches_the_interpreter() {
             user_disassembly(&steps)
         ),
         Err(e) => panic!("{e}\n{runner}"),
+    }
+}
+
+/// With an interrupt pending from the start, it is taken exactly where IF becomes 1, under
+/// `bt` as under the interpreter: after the instruction in the STI shadow (also when that
+/// instruction is a CALL that leaves the fragment, and when it is the last of a loop body),
+/// after POPF, not at all when the shadow instruction is CLI.
+#[test]
+fn a_pending_interrupt_is_taken_where_if_becomes_set() {
+    let popf_if = (9u8, 0, 0x0000_0200);
+    let cases: [(&[Step], bool); 5] = [
+        (&[(7, 0, 0), (0, 0, 1), (6, 0, 0), (0, 1, 2)], true),
+        (&[(7, 0, 0), (6, 0, 0), (0, 1, 2)], false),
+        (&[(7, 0, 0), (27, 0, 0), (0, 1, 2)], true),
+        (&[(0, 1, 2), popf_if, (0, 0, 1)], true),
+        (&[(28, 0, 1), (7, 0, 0), (28, 1, 0), (0, 2, 3)], true),
+    ];
+    for (steps, taken) in cases {
+        let i = run_with(steps, EngineKind::Interp, false, true);
+        let b = run_with(steps, EngineKind::Bt, false, true);
+        let want = if taken { 0x21 } else { 0 };
+        assert_eq!(i.outcome, vmm_monitor::engine::Outcome::DebugExit { value: want }, "{steps:?}\n{}", disassembly(steps));
+        let (vb, vi) = (visible(&b), visible(&i));
+        assert!(vb == vi, "{steps:?}\n{}{}\n{}", disassembly(steps), differences(&vb, &vi), b.stats.render());
+    }
+}
+
+/// Endless loops of translated code with IF set take the timer's interrupt: the run of chained
+/// fragments passes a pending-interrupt check infinitely often (a backward branch's check
+/// slot, a lookup hit's check). Each loop: PIT channel 0 at 1 kHz on IRQ 0 (the only one
+/// unmasked), STI, then the loop; the handler ends the run (debug exit 0x21). Without those
+/// checks the run spins until its timeout.
+#[test]
+fn endless_translated_loops_take_the_timer_interrupt() {
+    type Loop = fn(&mut CodeAssembler) -> Result<(), IcedError>;
+    let loops: [(&str, Loop); 4] = [
+        ("jmp $", |a| {
+            let mut l = a.create_label();
+            a.set_label(&mut l)?;
+            a.jmp(l)
+        }),
+        ("inc; jmp back", |a| {
+            let mut l = a.create_label();
+            a.set_label(&mut l)?;
+            a.inc(eax)?;
+            a.jmp(l)
+        }),
+        ("jmp eax (lookup)", |a| {
+            // call n; n: pop eax; lea eax, [eax+4]; l: inc ecx; jmp eax (EAX = l)
+            let mut n = a.create_label();
+            a.call(n)?;
+            a.set_label(&mut n)?;
+            a.pop(eax)?; // 1 byte
+            a.lea(eax, dword_ptr(eax + 4))?; // 3 bytes
+            a.inc(ecx)?;
+            a.jmp(eax)
+        }),
+        ("call forward; ret; jmp back", |a| {
+            let mut l = a.create_label();
+            let mut sub = a.create_label();
+            a.set_label(&mut l)?;
+            a.call(sub)?;
+            a.jmp(l)?;
+            a.set_label(&mut sub)?;
+            a.ret()
+        }),
+    ];
+    for (name, body) in loops {
+        let (mut ram, s) = image(&[], false);
+        let mut a = CodeAssembler::new(32).unwrap();
+        for (port, v) in [(0x43u8, 0x34u32), (0x40, 0xa9), (0x40, 0x04)] {
+            a.mov(al, v).unwrap();
+            a.out(port as u32, al).unwrap();
+        }
+        a.sti().unwrap();
+        body(&mut a).unwrap();
+        let code = a.assemble(CODE as u64).unwrap();
+        ram[CODE as usize..CODE as usize + code.len()].copy_from_slice(&code);
+        let mut m = machine(ram);
+        for (port, v) in [(0x20, 0x11), (0x21, 0x20), (0x21, 0x04), (0x21, 0x01), (0x21, 0xfe)] {
+            m.pic.write(port, v);
+        }
+        let o = RunOptions { timeout: Some(Duration::from_secs(10)), ..opts(EngineKind::Bt) };
+        let r = engine::run(m, s, &o).unwrap();
+        assert_eq!(r.outcome, vmm_monitor::engine::Outcome::DebugExit { value: 0x21 }, "{name}\n{}", r.stats.render());
+        assert!(r.stats.translated > 0);
+        // The interrupt, not an exception: its frame's EIP lies in the loop.
+        assert!(r.stats.exits.get("interrupt").copied().unwrap_or(0) >= 1, "{name}\n{}", r.stats.render());
+        let at = r.state.gpr[4] as u64;
+        let eip = u32::from_le_bytes(r.machine.ram.slice(at, 4).unwrap().try_into().unwrap());
+        assert!((CODE..CODE + code.len() as u32).contains(&eip), "{name}: interrupted at {eip:#x}");
+    }
+}
+
+/// Counted loops whose back edges are checked exits (a check slot), also with the check of an
+/// STI shadow or a POPF right before the back edge, end as under the interpreter (with and
+/// without an interrupt pending).
+#[test]
+fn loops_through_checked_exits_match_the_interpreter() {
+    type Body = fn(&mut CodeAssembler) -> Result<(), IcedError>;
+    let bodies: [(&str, Body); 5] = [
+        ("empty", |_| Ok(())),
+        ("cli; sti", |a| {
+            a.cli()?;
+            a.sti()
+        }),
+        ("pushfd; popfd", |a| {
+            a.pushfd()?;
+            a.popfd()
+        }),
+        ("cli; pushfd; sti; popfd", |a| {
+            a.cli()?;
+            a.pushfd()?;
+            a.sti()?;
+            a.popfd()
+        }),
+        ("add; cli; sti", |a| {
+            a.add(ebx, ecx)?;
+            a.cli()?;
+            a.sti()
+        }),
+    ];
+    for (name, body) in bodies {
+        for irq in [false, true] {
+            let build = || {
+                let (mut ram, s) = image(&[], false);
+                let mut a = CodeAssembler::new(32).unwrap();
+                let mut top = a.create_label();
+                a.mov(ecx, 1000u32).unwrap();
+                a.set_label(&mut top).unwrap();
+                body(&mut a).unwrap();
+                a.dec(ecx).unwrap();
+                a.jnz(top).unwrap();
+                a.mov(al, 0u32).unwrap();
+                a.out(0xf4, al).unwrap();
+                let code = a.assemble(CODE as u64).unwrap();
+                ram[CODE as usize..CODE as usize + code.len()].copy_from_slice(&code);
+                (machine_with(ram, irq), s)
+            };
+            let (m, s) = build();
+            let i = engine::run(m, s, &opts(EngineKind::Interp)).unwrap();
+            let (m, s) = build();
+            let b = engine::run(m, s, &opts(EngineKind::Bt)).unwrap();
+            let (vb, vi) = (visible(&b), visible(&i));
+            assert!(vb == vi, "{name}, interrupt pending {irq}:{}\n{}", differences(&vb, &vi), b.stats.render());
+        }
     }
 }

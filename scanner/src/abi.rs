@@ -185,6 +185,18 @@ pub struct Abi {
     /// runtime only (read-only for guest code, like the lookup tables); see
     /// docs/translator.md, "Inline segment loads", for when an entry may be nonzero.
     pub seg_table: u32,
+    /// u32 × `check_max`: the live *check slots*. A pending-interrupt check site is
+    /// `jmp dword gs:[check_slots + 4 * n]`: the slot holds the site's continuation while no
+    /// interrupt is pending (the runtime keeps it so) and the site's check stub while one is
+    /// ("armed": the stub does the full check). Read-only for translated code.
+    pub check_slots: u32,
+    /// u32 × `check_max`: each slot's continuation (what the slot holds disarmed); a backward
+    /// exit's check stub also continues through it (its exit stub, or the chained fragment).
+    pub check_conts: u32,
+    /// u32 × `check_max`: each slot's check stub (what the slot holds armed).
+    pub check_stubs: u32,
+    /// Number of check slots; a translation cache that needs more is flushed.
+    pub check_max: u32,
     /// Size of the whole vCPU region in bytes (the GS limit + 1).
     pub vcpu_size: u32,
 }
@@ -201,6 +213,9 @@ pub const SEG_TABLE_ENTRIES: u32 = 1 << 16;
 impl Default for Abi {
     fn default() -> Self {
         let ibl_bits = 16;
+        let check_max = 0x1_0000;
+        let seg_table = 0x1000 + 2 * (8 << ibl_bits);
+        let checks = seg_table + 2 * SEG_TABLE_ENTRIES;
         Abi {
             vif: 0x000,
             irq: 0x001,
@@ -231,8 +246,12 @@ impl Default for Abi {
             ibl_table: 0x1000,
             ibl_user_table: 0x1000 + (8 << ibl_bits),
             ibl_bits,
-            seg_table: 0x1000 + 2 * (8 << ibl_bits),
-            vcpu_size: 0x1000 + 2 * (8 << ibl_bits) + 2 * SEG_TABLE_ENTRIES,
+            seg_table,
+            check_slots: checks,
+            check_conts: checks + 4 * check_max,
+            check_stubs: checks + 8 * check_max,
+            check_max,
+            vcpu_size: checks + 12 * check_max,
         }
     }
 }
@@ -244,6 +263,34 @@ impl Abi {
             self.ibl_user_table
         } else {
             self.ibl_table
+        }
+    }
+
+    /// Offset of check slot `n` (see [`Abi::check_slots`]).
+    pub fn check_slot(&self, n: u32) -> u32 {
+        self.check_slots + 4 * n
+    }
+
+    /// Offset of the continuation of check slot `n`.
+    pub fn check_cont(&self, n: u32) -> u32 {
+        self.check_conts + 4 * n
+    }
+
+    /// The layout with a lookup table of `1 << ibl_bits` entries (8 or 16), the check slot
+    /// arrays after the two tables.
+    pub fn with_ibl_bits(ibl_bits: u32) -> Abi {
+        let d = Abi::default();
+        let seg_table = 0x1000 + 2 * (8 << ibl_bits);
+        let checks = seg_table + 2 * SEG_TABLE_ENTRIES;
+        Abi {
+            ibl_user_table: 0x1000 + (8 << ibl_bits),
+            ibl_bits,
+            seg_table,
+            check_slots: checks,
+            check_conts: checks + 4 * d.check_max,
+            check_stubs: checks + 8 * d.check_max,
+            vcpu_size: checks + 12 * d.check_max,
+            ..d
         }
     }
 
@@ -362,6 +409,9 @@ impl Abi {
             ("ibl_table", self.ibl_table, 8 << self.ibl_bits),
             ("ibl_user_table", self.ibl_user_table, 8 << self.ibl_bits),
             ("seg_table", self.seg_table, 2 * SEG_TABLE_ENTRIES),
+            ("check_slots", self.check_slots, 4 * self.check_max),
+            ("check_conts", self.check_conts, 4 * self.check_max),
+            ("check_stubs", self.check_stubs, 4 * self.check_max),
         ];
         for (name, off, len) in &fields {
             if off.checked_add(*len).is_none_or(|end| end > self.vcpu_size) {
@@ -389,14 +439,9 @@ mod tests {
     #[test]
     fn default_layout_is_consistent() {
         Abi::default().check().unwrap();
-        let a = Abi {
-            ibl_bits: 8,
-            ibl_user_table: 0x1000 + (8 << 8),
-            seg_table: 0x1000 + 2 * (8 << 8),
-            vcpu_size: 0x1000 + 2 * (8 << 8) + 2 * SEG_TABLE_ENTRIES,
-            ..Abi::default()
-        };
+        let a = Abi::with_ibl_bits(8);
         a.check().unwrap();
+        assert_eq!(Abi::with_ibl_bits(16), Abi::default());
     }
 
     #[test]

@@ -21,19 +21,21 @@
 use rustc_hash::FxHashMap as HashMap;
 
 use crate::abi::Abi;
-use crate::emit::{ExitSite, Fragment, PcEntry};
+use crate::emit::{CheckSite, ExitSite, Fragment, PcEntry};
 use crate::Mode;
 
 /// A fragment's id (stable until the next flush).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct FragId(pub u32);
 
-/// Bytes the runtime writes into the TC (through the writable alias).
+/// Bytes the runtime writes into the TC (through the writable alias), or into a check slot's
+/// continuation (`Abi::check_conts`, for a checked exit: the runtime also updates the live
+/// slot while no interrupt is pending).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Patch {
-    /// TC address of the first byte.
+    /// TC address of the first byte (or the continuation's address in the vCPU region).
     pub addr: u32,
-    /// The new rel32.
+    /// The new rel32 (or the continuation's absolute address).
     pub bytes: [u8; 4],
 }
 
@@ -58,6 +60,10 @@ pub struct FragRec {
     pub size: u32,
     /// Entry point offset.
     pub entry_off: u32,
+    /// Offset past the entry's pending-interrupt check (where chains lead).
+    pub body_off: u32,
+    /// Its pending-interrupt check sites.
+    pub sites: Vec<CheckSite>,
     /// PC map.
     pub pc_map: Vec<PcEntry>,
     /// Exits and what each is chained to.
@@ -108,6 +114,11 @@ impl FragRec {
     pub fn entry(&self) -> u32 {
         self.tc_addr + self.entry_off
     }
+
+    /// TC address past the entry's pending-interrupt check.
+    pub fn body(&self) -> u32 {
+        self.tc_addr + self.body_off
+    }
 }
 
 /// What an invalidation asks the runtime to do.
@@ -135,10 +146,32 @@ pub struct Cache {
     /// Fragment ids in TC-address order (allocation order).
     order: Vec<FragId>,
     flushes: u64,
+    /// Address of the check slots' continuations (`Abi::check_conts` in the vCPU region).
+    conts: u32,
+    /// The first check slot not used by a live fragment.
+    next_slot: u32,
 }
 
 fn rel32(site: u32, target: u32) -> [u8; 4] {
     target.wrapping_sub(site.wrapping_add(4)).to_le_bytes()
+}
+
+/// The patch that makes exit `site` of the fragment at `tc` go to `target`: its rel32, or for
+/// a checked exit its slot's continuation (in the array at `conts`).
+fn exit_patch(conts: u32, tc: u32, site: &ExitSite, target: u32) -> Patch {
+    match site.slot {
+        Some(n) => Patch {
+            addr: conts.wrapping_add(4 * n),
+            bytes: target.to_le_bytes(),
+        },
+        None => {
+            let addr = tc + site.patch_off;
+            Patch {
+                addr,
+                bytes: rel32(addr, target),
+            }
+        }
+    }
 }
 
 impl Cache {
@@ -156,7 +189,21 @@ impl Cache {
             incoming: HashMap::default(),
             order: Vec::new(),
             flushes: 0,
+            conts: 0,
+            next_slot: 0,
         }
+    }
+
+    /// Where the check slots' continuations are (the vCPU region's address plus
+    /// `Abi::check_conts`): chaining a checked exit patches there.
+    pub fn set_check_conts(&mut self, addr: u32) {
+        self.conts = addr;
+    }
+
+    /// The first check slot the next fragment may use (`Config::slot_base`); slots are
+    /// given out in order and all freed by a flush.
+    pub fn next_slot(&self) -> u32 {
+        self.next_slot
     }
 
     /// Bytes in use.
@@ -199,6 +246,7 @@ impl Cache {
         self.by_frame.clear();
         self.incoming.clear();
         self.order.clear();
+        self.next_slot = 0;
         self.flushes += 1;
     }
 
@@ -214,7 +262,10 @@ impl Cache {
         let id = FragId(self.frags.len() as u32);
         let mut inv = Invalidation::default();
         if let Some(old) = self.by_key.get(&(lin, mode)).copied() {
-            self.remove(old, &mut inv);
+            self.remove(old, &mut inv, &mut Vec::new());
+        }
+        if let Some(last) = frag.sites.iter().map(|s| s.slot + 1).max() {
+            self.next_slot = self.next_slot.max(last);
         }
         let mut frames = frames.to_vec();
         frames.sort_unstable();
@@ -230,6 +281,8 @@ impl Cache {
             tc_addr: frag.tc_addr,
             size: frag.code.len() as u32,
             entry_off: frag.entry_off,
+            body_off: frag.body_off,
+            sites: frag.sites.clone(),
             pc_map: frag.pc_map.clone(),
             exits: frag.exits.iter().map(|e| (*e, None)).collect(),
             code: Vec::new(),
@@ -269,21 +322,32 @@ impl Cache {
         i.checked_sub(1).map(|i| f.pc_map[i])
     }
 
-    /// Chains exit `exit` of `from` to fragment `to`: the patch to write.
+    /// Chains exit `exit` of `from` to fragment `to` (past its entry's check: a forward exit
+    /// needs none, a checked exit made it at its slot): the patch to write.
     pub fn chain(&mut self, from: FragId, exit: u32, to: FragId) -> Option<Patch> {
-        let target = self.get(to)?.entry();
+        let target = self.get(to)?.body();
+        let conts = self.conts;
         let f = self.frags.get_mut(from.0 as usize)?.as_mut()?;
         let (site, chained) = f.exits.get_mut(exit as usize)?;
-        let addr = f.tc_addr + site.patch_off;
+        let patch = exit_patch(conts, f.tc_addr, site, target);
         *chained = Some(to);
-        self.incoming.entry(to).or_default().push((from, exit));
-        Some(Patch {
-            addr,
-            bytes: rel32(addr, target),
-        })
+        // Chained again (a checked exit's stub left through the exit stub): one edge.
+        let v = self.incoming.entry(to).or_default();
+        if !v.contains(&(from, exit)) {
+            v.push((from, exit));
+        }
+        Some(patch)
     }
 
-    fn remove(&mut self, id: FragId, inv: &mut Invalidation) {
+    /// The patch that points exit `exit` of `from` back at its stub (the cache's record is
+    /// left as it is: for undoing chains the runtime made without telling it).
+    pub fn unchain_patch(&self, from: FragId, exit: u32) -> Option<Patch> {
+        let f = self.get(from)?;
+        let (site, _) = f.exits.get(exit as usize)?;
+        Some(exit_patch(self.conts, f.tc_addr, site, f.tc_addr + site.stub_off))
+    }
+
+    fn remove(&mut self, id: FragId, inv: &mut Invalidation, owners: &mut Vec<FragId>) {
         let Some(rec) = self.frags.get_mut(id.0 as usize).and_then(|f| f.take()) else {
             return;
         };
@@ -303,11 +367,13 @@ impl Cache {
                 if let Some((site, chained)) = f.exits.get_mut(exit as usize) {
                     if *chained == Some(id) {
                         *chained = None;
-                        let addr = f.tc_addr + site.patch_off;
-                        inv.unchain.push(Patch {
-                            addr,
-                            bytes: rel32(addr, f.tc_addr + site.stub_off),
-                        });
+                        inv.unchain.push(exit_patch(
+                            self.conts,
+                            f.tc_addr,
+                            site,
+                            f.tc_addr + site.stub_off,
+                        ));
+                        owners.push(from);
                     }
                 }
             }
@@ -358,6 +424,7 @@ impl Cache {
     /// Removes the fragments `ids` (ids no longer live are skipped).
     pub fn invalidate(&mut self, ids: &[FragId], abi: &Abi) -> Invalidation {
         let mut inv = Invalidation::default();
+        let mut owners = Vec::new();
         for &id in ids {
             if let Some(r) = self.get(id) {
                 let slot = abi.ibl_index(r.guest_eip);
@@ -365,14 +432,13 @@ impl Cache {
                     inv.ibl_slots.push(slot);
                 }
             }
-            self.remove(id, &mut inv);
+            self.remove(id, &mut inv, &mut owners);
         }
-        // Patches into removed fragments are useless: keep those of survivors only.
+        // Patches of removed fragments are useless: keep those of survivors only.
         let removed = inv.removed.clone();
-        inv.unchain.retain(|p| {
-            self.fragment_at(p.addr)
-                .is_some_and(|f| !removed.contains(&f))
-        });
+        let mut owner = owners.into_iter();
+        inv.unchain
+            .retain(|_| owner.next().is_some_and(|f| !removed.contains(&f)));
         inv
     }
 
@@ -434,7 +500,7 @@ mod tests {
             p.addr
                 .wrapping_add(4)
                 .wrapping_add(u32::from_le_bytes(p.bytes)),
-            c.get(b).unwrap().entry()
+            c.get(b).unwrap().body()
         );
         assert_eq!(c.fragment_at(c.get(b).unwrap().tc_addr + 1), Some(b));
         assert!(c.frame_has_code(2));

@@ -21,12 +21,31 @@ pub const LABEL_BASE: u64 = 0x100;
 /// An exit of a fragment.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ExitSite {
-    /// Offset in the fragment of the rel32 field of the exit's branch (patched by chaining).
+    /// Offset in the fragment of the rel32 field of the exit's branch (patched by chaining);
+    /// 0 for a checked exit.
     pub patch_off: u32,
     /// Offset of the exit stub (what the rel32 points at while unchained).
     pub stub_off: u32,
     /// Guest EIP of the target.
     pub target_eip: u32,
+    /// A checked exit (`jmp dword gs:[check slot]`): its check slot. Chaining writes the
+    /// slot's continuation instead of a rel32.
+    pub slot: Option<u32>,
+}
+
+/// A pending-interrupt check site (`Abi::check_slots`): the runtime sets the slot's
+/// continuation to `tc_addr + cont_off` and its stub to `tc_addr + stub_off`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CheckSite {
+    /// The check slot.
+    pub slot: u32,
+    /// Offset of the continuation (for a checked exit, its exit stub).
+    pub cont_off: u32,
+    /// Offset of the check stub.
+    pub stub_off: u32,
+    /// An enabling site (after POPF or the STI shadow): armed whenever an interrupt is
+    /// pending; the others only while the virtual IF is set too.
+    pub enable: bool,
 }
 
 /// One run of the PC map.
@@ -38,6 +57,9 @@ pub struct PcEntry {
     pub guest_eip: u32,
     /// How to rebuild the guest state if an instruction of the run faults.
     pub recovery: Recovery,
+    /// The guest instruction is in an STI shadow: a fault or an `Emulate` callout there stops
+    /// before it, where no interrupt may be taken yet.
+    pub shadow: bool,
 }
 
 /// An encoded fragment, not yet in the cache.
@@ -47,14 +69,19 @@ pub struct Fragment {
     pub tc_addr: u32,
     /// The code.
     pub code: Vec<u8>,
-    /// Offset of the entry point.
+    /// Offset of the entry point (through the pending-interrupt check: the runtime's entries).
     pub entry_off: u32,
+    /// Offset of the first guest instruction, past the entry's check (chained exits and
+    /// lookup-table entries).
+    pub body_off: u32,
     /// Guest EIP of the unit.
     pub start_eip: u32,
     /// The exits, by number (the callout argument of `Exit`).
     pub exits: Vec<ExitSite>,
     /// The PC map, ascending by offset.
     pub pc_map: Vec<PcEntry>,
+    /// The pending-interrupt check sites, ascending by slot.
+    pub sites: Vec<CheckSite>,
 }
 
 impl Fragment {
@@ -112,44 +139,57 @@ pub fn emit(seq: &Seq, tc_addr: u32) -> Result<Fragment, EmitError> {
         }
     };
     let label_off = |l: crate::mangle::Label| offs[seq.labels[l.0 as usize].expect("bound")];
-    let mut exits = vec![
-        ExitSite {
+    let mut exits: Vec<ExitSite> = seq
+        .exits
+        .iter()
+        .map(|x| ExitSite {
             patch_off: 0,
-            stub_off: 0,
-            target_eip: 0
-        };
-        seq.exits.len()
-    ];
+            stub_off: label_off(x.stub),
+            target_eip: x.target_eip,
+            slot: x.slot,
+        })
+        .collect();
     let mut pc_map: Vec<PcEntry> = Vec::new();
     for (k, it) in seq.items.iter().enumerate() {
         if let Some(e) = it.exit {
-            let x = &seq.exits[e as usize];
-            exits[e as usize] = ExitSite {
-                patch_off: end_of(k) - 4,
-                stub_off: label_off(x.stub),
-                target_eip: x.target_eip,
-            };
+            exits[e as usize].patch_off = end_of(k) - 4;
         }
         let entry = PcEntry {
             off: offs[k],
             guest_eip: it.guest_eip,
             recovery: it.recovery,
+            shadow: it.shadow,
         };
-        if pc_map
-            .last()
-            .is_none_or(|p| p.guest_eip != entry.guest_eip || p.recovery != entry.recovery)
+        if pc_map.last().is_none_or(|p| {
+            p.guest_eip != entry.guest_eip
+                || p.recovery != entry.recovery
+                || p.shadow != entry.shadow
+        })
         {
             pc_map.push(entry);
         }
     }
     let entry_off = seq.entry.map(label_off).unwrap_or(0);
+    let body_off = seq.body.map(label_off).unwrap_or(entry_off);
+    let sites = seq
+        .sites
+        .iter()
+        .map(|x| CheckSite {
+            slot: x.slot,
+            cont_off: label_off(x.cont),
+            stub_off: label_off(x.stub),
+            enable: x.enable,
+        })
+        .collect();
     Ok(Fragment {
         tc_addr,
         code,
         entry_off,
+        body_off,
         start_eip: seq.start_eip,
         exits,
         pc_map,
+        sites,
     })
 }
 

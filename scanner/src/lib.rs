@@ -93,6 +93,10 @@ pub struct Config {
     pub user_model: Option<classify::Model>,
     /// Instructions to emit as `Emulate` callouts (adaptive retranslation; the runtime fills it).
     pub hints: Hints,
+    /// The first check slot (`Abi::check_slots`) the next translation may use: its sites get
+    /// `slot_base`, `slot_base + 1`, ... (`Fragment::sites`). The runtime sets it from
+    /// `Cache::next_slot` before each translation.
+    pub slot_base: u32,
 }
 
 /// Scans and translates the unit at guest `eip` for translation-cache address `tc_addr`.

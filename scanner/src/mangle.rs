@@ -4,9 +4,13 @@
 //! the guest EIP and the recovery rule of each (for precise exceptions), and the fragment's
 //! exits. `emit.rs` encodes it. The rules (docs/translator.md has the sequences):
 //!
-//! * **Fragment entry**: a pending-interrupt check (flag-free: `movzx ecx, word gs:[vif]`,
-//!   `lea ecx, [ecx-101h]`, `jecxz`), also after POPF and after the instruction that follows
-//!   STI.
+//! * **Pending-interrupt checks**: at the fragment entry (flag-free: `movzx ecx, word
+//!   gs:[vif]`, `lea ecx, [ecx-101h]`, `jecxz`; only the runtime enters there), in every lookup
+//!   (before the table read), and as *check sites* (`jmp dword gs:[check slot]`: to the next instruction while
+//!   no interrupt is pending, to a stub with the full check while the runtime has the slots
+//!   armed) after POPF and after the instruction that follows STI; backward direct exits are
+//!   *checked exits* through a slot. Forward exits enter their targets past the entry check
+//!   (docs/translator.md has the argument).
 //! * **IDENT**: the instruction is copied (re-encoded as 32-bit code).
 //! * **Direct branches** (JMP, Jcc, CALL, LOOPcc, JCXZ): `jmp`/`jcc rel32` to an exit stub that
 //!   calls out with `Exit`; chaining patches the rel32 to the target's fragment. CALL first
@@ -77,6 +81,8 @@ pub struct Item {
     pub recovery: Recovery,
     /// This is the patchable branch of exit number n.
     pub exit: Option<u32>,
+    /// The guest instruction is the one after STI (its interrupt shadow).
+    pub shadow: bool,
 }
 
 /// Why a fragment is left.
@@ -86,6 +92,26 @@ pub struct Exit {
     pub target_eip: u32,
     /// The stub (its first instruction).
     pub stub: Label,
+    /// A *checked* exit (a backward branch, or one that must check for interrupts at its
+    /// target): `jmp dword gs:[check slot]` instead of a patchable rel32; chaining writes the
+    /// slot's continuation. The check slot number.
+    pub slot: Option<u32>,
+}
+
+/// A pending-interrupt check site: `jmp dword gs:[Abi::check_slot(slot)]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Site {
+    /// The check slot.
+    pub slot: u32,
+    /// Where it continues while no interrupt is pending (for a checked exit: its exit stub,
+    /// until chaining changes the slot's continuation).
+    pub cont: Label,
+    /// Its check stub (the full check, then the continuation).
+    pub stub: Label,
+    /// Where IF may just have become 1 (after POPF, after the STI shadow): armed whenever an
+    /// interrupt is pending. The others (backward exits) need arming only while the virtual
+    /// IF is set too: IF can only become 1 through an enabling site or a callout.
+    pub enable: bool,
 }
 
 /// A mangled unit, ready to encode.
@@ -97,8 +123,14 @@ pub struct Seq {
     pub labels: Vec<Option<usize>>,
     /// Exits, by number.
     pub exits: Vec<Exit>,
-    /// Where execution enters the fragment.
+    /// Where execution enters the fragment (the runtime's entries: through the
+    /// pending-interrupt check).
     pub entry: Option<Label>,
+    /// The first guest instruction, past the entry's check: where chained exits and lookup
+    /// hits enter (they check elsewhere, see [`mangle`]).
+    pub body: Option<Label>,
+    /// The check sites, by slot.
+    pub sites: Vec<Site>,
     /// Guest EIP of the unit.
     pub start_eip: u32,
     /// Guest EIPs of the `Emulate` callouts, in emission order (the runtime keeps their
@@ -116,8 +148,17 @@ const S_C: u32 = 5;
 
 enum CoEip {
     Imm(u32),
-    /// Already stored in `callout_eip`.
+    /// Already stored in `callout_eip` (or `callout_next`).
     Preset,
+}
+
+/// Where a check stub goes on.
+#[derive(Clone, Copy)]
+enum Then {
+    /// To a label in the fragment.
+    Label(Label),
+    /// Through a check slot's continuation (a checked exit).
+    Cont(u32),
 }
 
 /// Out-of-line code emitted after the body.
@@ -133,6 +174,15 @@ pub struct Builder<'a> {
     eip: u32,
     rec: Recovery,
     deferred: Vec<(Label, Deferred<'a>)>,
+    /// The first check slot of this fragment.
+    slot_base: u32,
+    /// Exits made now are checked exits (the instruction in the STI shadow).
+    force_checked: bool,
+    /// Guest EIPs of instructions in an STI shadow (their items are marked `shadow`).
+    shadow_eips: Vec<u32>,
+    /// The branch being mangled needs a pending-interrupt check before it (at this EIP, its
+    /// own): every exit is checked, with its stub checking at this EIP instead of the target.
+    check_at: Option<u32>,
 }
 
 fn mk(r: Result<Instruction, iced_x86::IcedError>) -> Instruction {
@@ -149,6 +199,11 @@ fn gs(off: u32) -> MemoryOperand {
         false,
         Register::GS,
     )
+}
+
+/// A byte at gs:[off].
+fn gs8(off: u32) -> MemoryOperand {
+    gs(off)
 }
 
 fn gs_base(base: Register, off: u32) -> MemoryOperand {
@@ -212,6 +267,10 @@ impl<'a> Builder<'a> {
             eip: start_eip,
             rec: Recovery::NONE,
             deferred: Vec::new(),
+            slot_base: 0,
+            force_checked: false,
+            shadow_eips: Vec::new(),
+            check_at: None,
         }
     }
 
@@ -235,6 +294,7 @@ impl<'a> Builder<'a> {
             guest_eip: self.eip,
             recovery: self.rec,
             exit,
+            shadow: self.shadow_eips.contains(&self.eip),
         });
     }
 
@@ -276,6 +336,10 @@ impl<'a> Builder<'a> {
     /// The callout sequence: switch to the callout stack, store the operation, far call the
     /// gate, reload the guest's SS:ESP.
     fn callout(&mut self, op: CalloutOp, eip: CoEip, next: u32, arg: u32) {
+        self.callout_full(op, eip, CoEip::Imm(next), arg);
+    }
+
+    fn callout_full(&mut self, op: CalloutOp, eip: CoEip, next: CoEip, arg: u32) {
         let a = self.abi;
         self.st32(a.callout_esp, Register::ESP);
         self.ins(mk(Instruction::with2(
@@ -295,7 +359,9 @@ impl<'a> Builder<'a> {
                 self.seq.emulate_eips.push(e);
             }
         }
-        self.st_imm32(a.callout_next, next);
+        if let CoEip::Imm(n) = next {
+            self.st_imm32(a.callout_next, n);
+        }
         self.st_imm32(a.callout_arg, arg);
         self.ins(mk(Instruction::with1(Code::Call_m1632, gs(a.gate))));
         self.ins(mk(Instruction::with2(
@@ -309,16 +375,66 @@ impl<'a> Builder<'a> {
         self.ins(Instruction::with(Code::Ud2));
     }
 
-    /// An exit to guest `target`: a patchable `jmp rel32` (or `jcc rel32`) to a stub.
-    fn exit(&mut self, code: Code, target: u32) {
+    /// An exit to guest `target` from the guest instruction at `from` (taken if `cc` holds;
+    /// always without). A forward exit (`target > from`) is a patchable `jmp rel32` (or
+    /// `jcc rel32`) to a stub; a backward one, or any exit while `force_checked`, is a
+    /// *checked* exit: `jmp dword gs:[check slot]` (behind the inverted condition as a short
+    /// branch), whose slot holds the stub, or once chained the target, or while an interrupt
+    /// is pending a check stub at the target EIP.
+    fn exit(&mut self, cc: Option<ConditionCode>, target: u32, from: u32) {
         let stub = self.label();
         let n = self.seq.exits.len() as u32;
-        self.seq.exits.push(Exit {
-            target_eip: target,
-            stub,
-        });
-        let i = mk(Instruction::with_branch(code, 0));
-        self.push_item(i, Some(stub), Some(n));
+        if self.force_checked || self.check_at.is_some() || target <= from {
+            // The check is at the target, or before the branch (which changes nothing but
+            // EIP: the state there is the branch's own, whichever way it went).
+            let at = self.check_at.unwrap_or(target);
+            let slot = self.slot_base + self.seq.sites.len() as u32;
+            let k = self.label();
+            self.seq.sites.push(Site {
+                slot,
+                cont: stub,
+                stub: k,
+                enable: self.force_checked || self.check_at.is_some(),
+            });
+            self.seq.exits.push(Exit {
+                target_eip: target,
+                stub,
+                slot: Some(slot),
+            });
+            let skip = cc.map(|cc| {
+                let skip = self.label();
+                self.branch(cond_short(negate(cc)), skip);
+                skip
+            });
+            let jmp = mk(Instruction::with1(
+                Code::Jmp_rm32,
+                gs(self.abi.check_slot(slot)),
+            ));
+            self.ins(jmp);
+            if let Some(skip) = skip {
+                self.bind(skip);
+            }
+            let at_target = self.check_at.is_none();
+            self.defer(k, move |b| {
+                b.eip = at;
+                if at_target {
+                    // Pending: leave through the exit stub (the `Exit` callout to the target:
+                    // the run loop then takes the interrupt there), no callout of its own.
+                    b.short_check(Then::Cont(slot), stub);
+                } else {
+                    b.full_check(at, Then::Cont(slot));
+                }
+            });
+        } else {
+            self.seq.exits.push(Exit {
+                target_eip: target,
+                stub,
+                slot: None,
+            });
+            let code = cc.map_or(Code::Jmp_rel32_32, cond_near);
+            let i = mk(Instruction::with_branch(code, 0));
+            self.push_item(i, Some(stub), Some(n));
+        }
         self.defer(stub, move |b| {
             b.eip = target;
             b.callout(CalloutOp::Exit, CoEip::Imm(target), target, n);
@@ -361,6 +477,7 @@ impl<'a> Builder<'a> {
         self.branch(Code::Jecxz_rel8_32, t);
         self.ld32(Register::ECX, chk);
         self.bind(go);
+        self.seq.body = Some(go);
         self.defer(stub, move |b| {
             b.eip = eip;
             b.ld32(Register::ECX, chk);
@@ -369,15 +486,39 @@ impl<'a> Builder<'a> {
         });
     }
 
-    /// The pending-interrupt check at guest `eip` (guest state exact there).
-    fn irq_check(&mut self, eip: u32) {
-        let a = self.abi;
+    /// A pending-interrupt check site at guest `eip` (guest state exact there):
+    /// `jmp dword gs:[check slot]`, a jump to the next instruction while no interrupt is
+    /// pending; armed, to a stub with the full check.
+    fn check_site(&mut self, eip: u32) {
         let saved = self.eip;
         self.eip = eip;
-        let chk = self.slot(S_CHK);
-        let t = self.label();
-        let go = self.label();
+        let slot = self.slot_base + self.seq.sites.len() as u32;
+        let cont = self.label();
         let stub = self.label();
+        self.seq.sites.push(Site {
+            slot,
+            cont,
+            stub,
+            enable: true,
+        });
+        self.ins(mk(Instruction::with1(
+            Code::Jmp_rm32,
+            gs(self.abi.check_slot(slot)),
+        )));
+        self.bind(cont);
+        self.defer(stub, move |b| {
+            b.eip = eip;
+            b.full_check(eip, Then::Label(cont));
+        });
+        self.eip = saved;
+    }
+
+    /// The full check (flag-free, ECX through a slot): the `PendingIrq` callout at `eip` if
+    /// `irq` and `vif` are both set; then on to `then`.
+    fn full_check(&mut self, eip: u32, then: Then) {
+        let a = self.abi;
+        let chk = self.slot(S_CHK);
+        let irq = self.label();
         self.st32(chk, Register::ECX);
         self.ins(mk(Instruction::with2(
             Code::Movzx_r32_rm16,
@@ -397,19 +538,56 @@ impl<'a> Builder<'a> {
                 Register::None,
             ),
         )));
-        self.branch(Code::Jecxz_rel8_32, t);
+        self.branch(Code::Jecxz_rel8_32, irq);
         self.ld32(Register::ECX, chk);
-        self.branch(Code::Jmp_rel8_32, go);
-        self.bind(t);
-        self.branch(Code::Jmp_rel32_32, stub);
-        self.bind(go);
-        self.defer(stub, move |b| {
-            b.eip = eip;
-            b.ld32(Register::ECX, chk);
-            b.callout(CalloutOp::PendingIrq, CoEip::Imm(eip), eip, 0);
-            b.branch(Code::Jmp_rel32_32, go);
-        });
-        self.eip = saved;
+        self.go_on(then);
+        self.bind(irq);
+        self.ld32(Register::ECX, chk);
+        self.callout(CalloutOp::PendingIrq, CoEip::Imm(eip), eip, 0);
+        self.go_on(then);
+    }
+
+    /// The check of a checked exit's stub at its target: on to `then`, or, pending and
+    /// enabled, to the exit stub `exit` (guest ECX restored).
+    fn short_check(&mut self, then: Then, exit: Label) {
+        let a = self.abi;
+        let chk = self.slot(S_CHK);
+        let irq = self.label();
+        self.st32(chk, Register::ECX);
+        self.ins(mk(Instruction::with2(
+            Code::Movzx_r32_rm16,
+            Register::ECX,
+            gs(a.vif),
+        )));
+        self.ins(mk(Instruction::with2(
+            Code::Lea_r32_m,
+            Register::ECX,
+            MemoryOperand::new(
+                Register::ECX,
+                Register::None,
+                1,
+                -0x101,
+                4,
+                false,
+                Register::None,
+            ),
+        )));
+        self.branch(Code::Jecxz_rel8_32, irq);
+        self.ld32(Register::ECX, chk);
+        self.go_on(then);
+        self.bind(irq);
+        self.ld32(Register::ECX, chk);
+        self.branch(Code::Jmp_rel32_32, exit);
+    }
+
+    fn go_on(&mut self, then: Then) {
+        match then {
+            Then::Label(l) => self.branch(Code::Jmp_rel32_32, l),
+            Then::Cont(slot) => self.ins(mk(Instruction::with1(
+                Code::Jmp_rm32,
+                gs(self.abi.check_cont(slot)),
+            ))),
+        }
     }
 
     /// Restores CF PF AF ZF SF OF and DF from the EFLAGS image in slot `s` (clobbers EAX).
@@ -497,6 +675,29 @@ impl<'a> Builder<'a> {
         } else {
             (Code::Movzx_r32_rm16, Register::AX)
         };
+        // The target's pending-interrupt check (ECX is free; table entries lead past their
+        // fragments' entry checks): pending and enabled, the miss path's callout, after which
+        // the run loop takes the interrupt at the target.
+        let miss = self.label();
+        self.ins(mk(Instruction::with2(
+            Code::Movzx_r32_rm16,
+            Register::ECX,
+            gs(a.vif),
+        )));
+        self.ins(mk(Instruction::with2(
+            Code::Lea_r32_m,
+            Register::ECX,
+            MemoryOperand::new(
+                Register::ECX,
+                Register::None,
+                1,
+                -0x101,
+                4,
+                false,
+                Register::None,
+            ),
+        )));
+        self.branch(Code::Jecxz_rel8_32, miss);
         self.ins(mk(Instruction::with2(idx.0, Register::ECX, idx.1)));
         self.ins(mk(Instruction::with2(
             Code::Mov_r32_rm32,
@@ -511,6 +712,7 @@ impl<'a> Builder<'a> {
         let hit = self.label();
         self.branch(Code::Jecxz_rel8_32, hit);
         // Miss: EAX still holds the target.
+        self.bind(miss);
         self.st32(a.callout_eip, Register::EAX);
         self.ld32(Register::EAX, sa);
         self.ld32(Register::ECX, sc);
@@ -562,27 +764,46 @@ pub fn mangle(unit: &Unit, cfg: &Config) -> Seq {
     let abi = &cfg.abi;
     let mut b = Builder::new(abi, unit.start);
     b.ibl_table = abi.ibl_table_for(unit.mode.cpl);
+    b.slot_base = cfg.slot_base;
     let entry = b.label();
     b.entry_check(unit.start, entry);
     let mut check_after: Option<usize> = None;
+    let mut check_at_branch: Option<u32> = None;
     let mut falls_through = true;
-    let n = unit.insns.len();
     for (k, gi) in unit.insns.iter().enumerate() {
         b.eip = gi.eip;
         b.rec = Recovery::NONE;
-        let is_last = k + 1 == n;
+        b.check_at = check_at_branch.take();
+        // The instruction in the STI shadow: if it leaves the fragment, the check is at the
+        // target (its exits are checked exits; a lookup hit checks anyway).
+        let shadow = check_after == Some(k);
+        b.force_checked = shadow;
+        if shadow {
+            b.shadow_eips.push(gi.eip);
+        }
         let r = mangle_insn(&mut b, gi, unit, cfg);
+        b.force_checked = false;
+        b.check_at = None;
         falls_through = r.falls_through;
         if r.check_after_next {
             check_after = Some(k + 1);
         }
-        if r.check_after && falls_through && !is_last {
-            b.irq_check(gi.next_eip());
-        }
-        if check_after == Some(k) {
+        if shadow {
             check_after = None;
-            if falls_through && !is_last {
-                b.irq_check(gi.next_eip());
+        }
+        // Also at the unit's end: a chained fall-through exit enters past the next
+        // fragment's entry check.
+        if (r.check_after || shadow) && falls_through {
+            // Followed by a direct JMP/Jcc: its exits check (before it), one indirect jump
+            // fewer on the way.
+            let branch = unit.insns.get(k + 1).is_some_and(|n| {
+                let c = n.instr.code();
+                c.is_jcc_short_or_near() || c.is_jmp_short_or_near()
+            });
+            if branch {
+                check_at_branch = Some(gi.next_eip());
+            } else {
+                b.check_site(gi.next_eip());
             }
         }
     }
@@ -599,8 +820,9 @@ pub fn mangle(unit: &Unit, cfg: &Config) -> Seq {
             b.ud2();
         }
         UnitEnd::Limit { next } => {
+            let from = unit.insns.last().map_or(next, |l| l.eip);
             b.eip = next;
-            b.exit(Code::Jmp_rel32_32, next);
+            b.exit(None, next, from);
         }
         UnitEnd::Branch => {
             if falls_through {
@@ -610,8 +832,9 @@ pub fn mangle(unit: &Unit, cfg: &Config) -> Seq {
                     .expect("a branch-ended unit has instructions");
                 b.eip = last.next_eip();
                 b.exit(
-                    Code::Jmp_rel32_32,
+                    None,
                     last.next_eip() & if unit.mode.code32 { u32::MAX } else { 0xffff },
+                    last.eip,
                 );
             }
         }
@@ -718,6 +941,54 @@ fn cond_near(cc: ConditionCode) -> Code {
     }
 }
 
+/// The short (rel8) form of a conditional branch.
+fn cond_short(cc: ConditionCode) -> Code {
+    use ConditionCode as C;
+    match cc {
+        C::o => Code::Jo_rel8_32,
+        C::no => Code::Jno_rel8_32,
+        C::b => Code::Jb_rel8_32,
+        C::ae => Code::Jae_rel8_32,
+        C::e => Code::Je_rel8_32,
+        C::ne => Code::Jne_rel8_32,
+        C::be => Code::Jbe_rel8_32,
+        C::a => Code::Ja_rel8_32,
+        C::s => Code::Js_rel8_32,
+        C::ns => Code::Jns_rel8_32,
+        C::p => Code::Jp_rel8_32,
+        C::np => Code::Jnp_rel8_32,
+        C::l => Code::Jl_rel8_32,
+        C::ge => Code::Jge_rel8_32,
+        C::le => Code::Jle_rel8_32,
+        C::g => Code::Jg_rel8_32,
+        C::None => unreachable!(),
+    }
+}
+
+/// The opposite condition.
+fn negate(cc: ConditionCode) -> ConditionCode {
+    use ConditionCode as C;
+    match cc {
+        C::o => C::no,
+        C::no => C::o,
+        C::b => C::ae,
+        C::ae => C::b,
+        C::e => C::ne,
+        C::ne => C::e,
+        C::be => C::a,
+        C::a => C::be,
+        C::s => C::ns,
+        C::ns => C::s,
+        C::p => C::np,
+        C::np => C::p,
+        C::l => C::ge,
+        C::ge => C::l,
+        C::le => C::g,
+        C::g => C::le,
+        C::None => C::None,
+    }
+}
+
 /// LOOPcc/JCXZ with the same counter register, 32-bit operand size (the target is a TC
 /// address).
 fn counter_branch(code: Code) -> Code {
@@ -746,19 +1017,19 @@ fn relink(b: &mut Builder<'_>, gi: &GuestInsn, next: u32) -> Done {
         } else {
             b.ins(mk(Instruction::with1(Code::Pushd_imm32, next)));
         }
-        b.exit(Code::Jmp_rel32_32, target);
+        b.exit(None, target, gi.eip);
     } else if code.is_jmp_short_or_near() {
-        b.exit(Code::Jmp_rel32_32, target);
+        b.exit(None, target, gi.eip);
     } else if code.is_jcc_short_or_near() {
-        b.exit(cond_near(i.condition_code()), target);
-        b.exit(Code::Jmp_rel32_32, next);
+        b.exit(Some(i.condition_code()), target, gi.eip);
+        b.exit(None, next, gi.eip);
     } else {
         // LOOPcc / JCXZ: a short branch over the fall-through exit to the taken exit.
         let taken = b.label();
         b.branch(counter_branch(code), taken);
-        b.exit(Code::Jmp_rel32_32, next);
+        b.exit(None, next, gi.eip);
         b.bind(taken);
-        b.exit(Code::Jmp_rel32_32, target);
+        b.exit(None, target, gi.eip);
     }
     STOP
 }
@@ -862,7 +1133,7 @@ fn load_reg_from_gs(b: &mut Builder<'_>, r: Register, off: u32) {
 fn inline(b: &mut Builder<'_>, gi: &GuestInsn, k: InlineKind, next: u32) -> Done {
     let i = &gi.instr;
     let a = b.abi;
-    let (s0, s1, s2) = (b.slot(S0), b.slot(S1), b.slot(S2));
+    let (s0, s1) = (b.slot(S0), b.slot(S1));
     match k {
         InlineKind::SetIf => {
             let v = (i.mnemonic() == Mnemonic::Sti) as u32;
@@ -885,6 +1156,9 @@ fn inline(b: &mut Builder<'_>, gi: &GuestInsn, k: InlineKind, next: u32) -> Done
             }
         }
         InlineKind::Pushf => {
+            // PUSHF pushes the host's image (the guest's CF PF AF ZF SF OF DF); the image is
+            // then rewritten in place with the virtual system flags, the arithmetic flags
+            // saved (LAHF/SETO) and restored around it. No POPF: the host's is slow.
             let w = i.mnemonic() == Mnemonic::Pushf; // 16-bit
             b.ins(Instruction::with(if w {
                 Code::Pushfw
@@ -892,6 +1166,7 @@ fn inline(b: &mut Builder<'_>, gi: &GuestInsn, k: InlineKind, next: u32) -> Done
                 Code::Pushfd
             }));
             b.st32(s0, Register::EAX);
+            b.save_flags_lahf(s1);
             if w {
                 b.ins(mk(Instruction::with2(
                     Code::Movzx_r32_rm16,
@@ -910,55 +1185,33 @@ fn inline(b: &mut Builder<'_>, gi: &GuestInsn, k: InlineKind, next: u32) -> Done
                 Register::EAX,
                 !VIRT_MASK,
             )));
+            // IF (bit 9, clear now) = vif (0 or 1) added twice to AH.
+            for _ in 0..2 {
+                b.ins(mk(Instruction::with2(
+                    Code::Add_r8_rm8,
+                    Register::AH,
+                    gs8(a.vif),
+                )));
+            }
             b.ins(mk(Instruction::with2(
                 Code::Or_r32_rm32,
                 Register::EAX,
                 gs(a.vflags),
             )));
-            b.st32(s1, Register::EAX);
-            b.ins(mk(Instruction::with2(
-                Code::Movzx_r32_rm8,
-                Register::EAX,
-                gs(a.vif),
-            )));
-            b.ins(mk(Instruction::with2(
-                Code::Shl_rm32_imm8,
-                Register::EAX,
-                9u32,
-            )));
-            b.ins(mk(Instruction::with2(
-                Code::Or_r32_rm32,
-                Register::EAX,
-                gs(s1),
-            )));
-            b.st32(s1, Register::EAX);
-            // Back to the guest's flags (the host image just pushed), then the merged image
-            // goes where PUSHF put it.
-            b.ins(Instruction::with(if w { Code::Popfw } else { Code::Popfd }));
-            b.ld32(Register::EAX, s1);
             if w {
                 b.ins(mk(Instruction::with2(
                     Code::Mov_rm16_r16,
-                    stack(-2),
+                    stack(0),
                     Register::AX,
-                )));
-                b.ins(mk(Instruction::with2(
-                    Code::Lea_r32_m,
-                    Register::ESP,
-                    stack(-2),
                 )));
             } else {
                 b.ins(mk(Instruction::with2(
                     Code::Mov_rm32_r32,
-                    stack(-4),
+                    stack(0),
                     Register::EAX,
                 )));
-                b.ins(mk(Instruction::with2(
-                    Code::Lea_r32_m,
-                    Register::ESP,
-                    stack(-4),
-                )));
             }
+            b.restore_flags_lahf(s1);
             b.ld32(Register::EAX, s0);
             FALL
         }
@@ -991,55 +1244,35 @@ fn inline(b: &mut Builder<'_>, gi: &GuestInsn, k: InlineKind, next: u32) -> Done
                 stack(if w { 2 } else { 4 }),
             )));
             b.st32(s1, Register::EAX);
+            // vif = IF; vflags = (vflags & keep) | (image & settable).
+            b.ins(mk(Instruction::with2(
+                Code::Bt_rm32_imm8,
+                Register::EAX,
+                9u32,
+            )));
+            b.ins(mk(Instruction::with1(Code::Setb_rm8, gs8(a.vif))));
             b.ins(mk(Instruction::with2(
                 Code::And_rm32_imm32,
                 Register::EAX,
                 settable,
             )));
-            b.st32(s2, Register::EAX);
-            b.ld32(Register::EAX, a.vflags);
             b.ins(mk(Instruction::with2(
                 Code::And_rm32_imm32,
-                Register::EAX,
+                gs(a.vflags),
                 keep,
             )));
             b.ins(mk(Instruction::with2(
-                Code::Or_r32_rm32,
+                Code::Or_rm32_r32,
+                gs(a.vflags),
                 Register::EAX,
-                gs(s2),
-            )));
-            b.st32(a.vflags, Register::EAX);
-            b.ld32(Register::EAX, s1);
-            b.ins(mk(Instruction::with2(
-                Code::Shr_rm32_imm8,
-                Register::EAX,
-                9u32,
-            )));
-            b.ins(mk(Instruction::with2(
-                Code::And_rm32_imm8,
-                Register::EAX,
-                1u32,
-            )));
-            b.ins(mk(Instruction::with2(
-                Code::Mov_rm8_r8,
-                MemoryOperand::new(
-                    Register::None,
-                    Register::None,
-                    1,
-                    a.vif as i64,
-                    4,
-                    false,
-                    Register::GS,
-                ),
-                Register::AL,
             )));
             // A POPF that sets TF: the runtime single-steps (a callout at the next EIP).
             let trap = b.label();
             let after = b.label();
             b.ins(mk(Instruction::with2(
-                Code::Test_rm32_imm32,
-                gs(s1),
-                0x100u32,
+                Code::Test_rm8_imm8,
+                Register::AH,
+                1u32,
             )));
             b.branch(Code::Jne_rel32_32, trap);
             b.flags_from_slot(s1);

@@ -2,15 +2,17 @@
 //! runtime may run it in debug builds).
 //!
 //! A fragment passes when its bytes decode completely as 32-bit code, every branch stays inside
-//! it, its exits are rel32 branches to their stubs, and every instruction is in the allowed
-//! set:
+//! it, its exits are rel32 branches to their stubs or (checked exits) indirect jumps through
+//! their check slots, its entry, body, check sites' continuations and stubs are instruction
+//! boundaries, and every instruction is in the allowed set:
 //!
 //! * instructions the table classifies IDENT (at CPL 0, with the model), plus near relative
 //!   branches, LAHF/SAHF/SETO/CLD/STD/BT, PUSHF/POPF (the inline flag sequences), RDTSC,
 //!   UD2 (the tripwire after callouts that never return), `mov ds/es/fs, ecx` and
 //!   `verr/verw cx` (the inline segment load and check, ECX read from the selector table);
 //! * the translator's own accesses to the vCPU region through GS: MOV/MOVZX/PUSH/AND/OR/ADD/
-//!   ADC/CMP/TEST with a GS memory operand, `jmp dword gs:[slot]`, `mov gs:[callout_ss], ss`,
+//!   ADC/CMP/TEST/SETB with a GS memory operand, `jmp dword gs:[slot]` (a scratch slot, a check
+//!   slot or a check slot's continuation), `mov gs:[callout_ss], ss`,
 //!   `lss esp, gs:[callout_stack or callout_esp]`, the far call `call far gs:[gate]` and
 //!   `bound r32, gs:[ugs_bounds + 8n]` (the offset check of user GS accesses);
 //!   every GS displacement inside the vCPU region.
@@ -25,6 +27,15 @@ use crate::abi::Abi;
 use crate::classify::{classify, uses_reserved_segment, Model, Translation};
 use crate::emit::Fragment;
 use crate::Mode;
+
+/// `jmp dword gs:[disp]` reads a scratch slot (the lookup's hit), a check slot or a check
+/// slot's continuation.
+fn jump_slot(disp: u32, abi: &Abi) -> bool {
+    let in_array = |base: u32| disp >= base && disp < base + 4 * abi.check_max && (disp - base).is_multiple_of(4);
+    (disp >= abi.scratch && disp < abi.scratch + 4 * crate::abi::SCRATCH_SLOTS)
+        || in_array(abi.check_slots)
+        || in_array(abi.check_conts)
+}
 
 fn gs_form_allowed(i: &Instruction, abi: &Abi) -> Result<(), String> {
     use Code as C;
@@ -60,8 +71,12 @@ fn gs_form_allowed(i: &Instruction, abi: &Abi) -> Result<(), String> {
         | C::Add_r32_rm32
         | C::Adc_r32_rm32
         | C::Cmp_r32_rm32
-        | C::Test_rm32_imm32 => Ok(()),
-        C::Jmp_rm32 if !has_base => Ok(()),
+        | C::Test_rm32_imm32
+        | C::Add_r8_rm8
+        | C::And_rm32_imm32
+        | C::Or_rm32_r32
+        | C::Setb_rm8 => Ok(()),
+        C::Jmp_rm32 if !has_base && jump_slot(disp, abi) => Ok(()),
         C::Mov_rm16_Sreg
             if i.op1_register() == Register::SS && !has_base && disp == abi.callout_ss =>
         {
@@ -193,6 +208,7 @@ pub fn check_fragment(f: &Fragment, abi: &Abi, model: &Model) -> Result<(), Stri
     let mut dec = Decoder::with_ip(32, &f.code, start, DecoderOptions::NONE);
     let mut boundaries = Vec::new();
     let mut branches = Vec::new();
+    let mut slot_jumps = Vec::new();
     while dec.can_decode() {
         let i = dec.decode();
         if i.code() == Code::INVALID {
@@ -201,6 +217,9 @@ pub fn check_fragment(f: &Fragment, abi: &Abi, model: &Model) -> Result<(), Stri
         boundaries.push((i.ip() - start) as u32);
         check_instruction(&i, abi, model)
             .map_err(|e| format!("offset {:#x}: {e}", i.ip() - start))?;
+        if i.code() == Code::Jmp_rm32 && i.memory_segment() == Register::GS {
+            slot_jumps.push(i.memory_displacement32());
+        }
         if i.op_kinds()
             .any(|k| matches!(k, OpKind::NearBranch16 | OpKind::NearBranch32))
         {
@@ -221,7 +240,29 @@ pub fn check_fragment(f: &Fragment, abi: &Abi, model: &Model) -> Result<(), Stri
     if boundaries.binary_search(&f.entry_off).is_err() {
         return Err("entry is not an instruction boundary".into());
     }
+    if boundaries.binary_search(&f.body_off).is_err() {
+        return Err("body is not an instruction boundary".into());
+    }
+    for s in &f.sites {
+        if s.slot >= abi.check_max {
+            return Err(format!("check slot {} beyond the slots", s.slot));
+        }
+        if !slot_jumps.contains(&abi.check_slot(s.slot)) {
+            return Err(format!("check slot {}: no jump through it", s.slot));
+        }
+        for off in [s.cont_off, s.stub_off] {
+            if boundaries.binary_search(&off).is_err() {
+                return Err(format!("check slot {}: {off:#x} is not an instruction boundary", s.slot));
+            }
+        }
+    }
     for (n, x) in f.exits.iter().enumerate() {
+        if let Some(slot) = x.slot {
+            if !f.sites.iter().any(|s| s.slot == slot && s.cont_off == x.stub_off) {
+                return Err(format!("exit {n}: its check slot does not lead to its stub"));
+            }
+            continue;
+        }
         let br = branches
             .iter()
             .find(|(ip, _, len)| (ip - start) as u32 + *len as u32 == x.patch_off + 4);

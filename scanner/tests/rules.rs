@@ -126,11 +126,22 @@ fn cli_sti() {
             "mov byte ptr gs:[0],0",
             "mov byte ptr gs:[0],1",
             "nop",
+            // The check site: a jump through check slot 0 (to the next instruction while no
+            // interrupt is pending), then the next guest instruction.
+            "jmp dword ptr gs:[101000h]",
+            "nop",
+            // Its stub, out of line: the full check.
             "mov gs:[3Ch],ecx",
             "movzx ecx,word ptr gs:[0]",
-            "nop",
+            "lea ecx,[ecx-101h]",
         ],
     );
+    assert_eq!(f.sites.len(), 1);
+    assert_eq!(f.sites[0].slot, 0);
+    let is = decode(&f);
+    let site = is.iter().position(|i| i.code() == Code::Jmp_rm32).unwrap();
+    assert_eq!(f.sites[0].cont_off, is[site + 1].ip() as u32 - f.tc_addr, "continues at the next instruction");
+    assert!(is.iter().any(|i| i.ip() as u32 - f.tc_addr == f.sites[0].stub_off && i.code() == Code::Mov_rm32_r32));
     // The check after STI comes after the shadow instruction, reporting its successor.
     assert!(callouts(&f).contains(&(CalloutOp::PendingIrq as u32, Some(0x1003), 0x1003, 0)));
     assert!(!callouts(&f).iter().any(|c| c.1 == Some(0x1002)));
@@ -144,21 +155,24 @@ fn pushf() {
         &[
             "pushfd",
             "mov gs:[30h],eax",
+            "lahf",
+            "seto al",
+            "mov gs:[34h],eax",
             "mov eax,[esp]",
             "and eax,0FFC08CFFh",
+            // IF = vif: 0 or 1 added twice to AH (bit 9 clear after the AND).
+            "add ah,gs:[0]",
+            "add ah,gs:[0]",
             "or eax,gs:[4]",
-            "mov gs:[34h],eax",
-            "movzx eax,byte ptr gs:[0]",
-            "shl eax,9",
-            "or eax,gs:[34h]",
-            "mov gs:[34h],eax",
-            "popfd",
+            "mov [esp],eax",
             "mov eax,gs:[34h]",
-            "mov [esp-4],eax",
-            "lea esp,[esp-4]",
+            "add al,7Fh",
+            "sahf",
             "mov eax,gs:[30h]",
         ],
     );
+    // No host POPF (slow), nothing written below ESP.
+    assert!(!listing(&f).iter().any(|l| l.starts_with("popf") || l.contains("[esp-")));
     // 16-bit PUSHF pushes a word.
     let (_, f) = tr(&[0x66, 0x9c, 0xc3]);
     assert_has(
@@ -166,9 +180,7 @@ fn pushf() {
         &[
             "pushf",
             "movzx eax,word ptr [esp]",
-            "popf",
-            "mov [esp-2],ax",
-            "lea esp,[esp-2]",
+            "mov [esp],ax",
         ],
     );
 }
@@ -183,17 +195,12 @@ fn popf() {
             "mov eax,[esp]",
             "lea esp,[esp+4]",
             "mov gs:[34h],eax",
+            "bt eax,9",
+            "setb gs:[0]",
             "and eax,247100h",
-            "mov gs:[38h],eax",
-            "mov eax,gs:[4]",
-            "and eax,1A0000h",
-            "or eax,gs:[38h]",
-            "mov gs:[4],eax",
-            "mov eax,gs:[34h]",
-            "shr eax,9",
-            "and eax,1",
-            "mov gs:[0],al",
-            "test dword ptr gs:[34h],100h",
+            "and dword ptr gs:[4],1A0000h",
+            "or gs:[4],eax",
+            "test ah,1",
             "bt eax,0Ah",
             "cld",
             "std",
@@ -203,11 +210,12 @@ fn popf() {
             "add al,7Fh",
             "sahf",
             "mov eax,gs:[30h]",
-            // The pending-interrupt check, then the next guest instruction.
-            "movzx ecx,word ptr gs:[0]",
+            // The pending-interrupt check site, then the next guest instruction.
+            "jmp dword ptr gs:[101000h]",
             "nop",
         ],
     );
+    assert_eq!(f.sites.len(), 1);
     let c = callouts(&f);
     assert!(c.contains(&(CalloutOp::PendingIrq as u32, Some(0x1001), 0x1001, 0)));
     assert!(c.contains(&(
@@ -653,9 +661,11 @@ fn miss_routine_validates() {
         tc_addr: TC,
         code,
         entry_off: 0,
+        body_off: 0,
         start_eip: 0,
         exits: vec![],
         pc_map: vec![],
+        sites: vec![],
     };
     vmm_scanner::validate::check_fragment(&f, &abi, &Default::default()).unwrap();
     // Only target 0 reaches it (an empty entry's tag is 0): the callout is for target 0, with
@@ -701,9 +711,11 @@ fn validator_rejects_what_must_never_be_emitted() {
             tc_addr: TC,
             code: b.to_vec(),
             entry_off: 0,
+            body_off: 0,
             start_eip: 0,
             exits: vec![],
             pc_map: vec![],
+            sites: vec![],
         };
         assert!(
             vmm_scanner::validate::check_fragment(&f, &abi, &Default::default()).is_err(),
@@ -802,4 +814,32 @@ fn user_gs_vector_operands() {
     // EBP as the base: the rewritten operand names DS (EBP's default segment is SS).
     let f = go(&[0x65, 0x8b, 0x45, 0x08]); // mov eax, gs:[ebp+8]
     assert!(has(&f, "mov eax,ds:[ebp+ecx+8]"), "{}", listing(&f).join("\n"));
+}
+
+#[test]
+fn checks_before_a_direct_branch_go_into_its_exits() {
+    // popf; jz 0x1000 (backward); ret. The check after POPF is at the JZ: no check site there,
+    // both exits are checked (through slots), and their stubs check at the JZ's EIP.
+    let (_, f) = tr(&[0x9d, 0x74, 0xfd, 0xc3]);
+    let is = decode(&f);
+    assert_eq!(f.exits.len(), 2);
+    assert!(f.exits.iter().all(|e| e.slot.is_some()), "{:?}", f.exits);
+    assert_eq!(f.sites.len(), 2);
+    let a = Abi::default();
+    let slot_jumps = is
+        .iter()
+        .filter(|i| i.code() == Code::Jmp_rm32 && (a.check_slots..a.check_conts).contains(&i.memory_displacement32()))
+        .count();
+    assert_eq!(slot_jumps, 2, "one per exit, none before the branch");
+    let c = callouts(&f);
+    assert_eq!(c.iter().filter(|x| **x == (CalloutOp::PendingIrq as u32, Some(0x1001), 0x1001, 0)).count(), 2);
+    // A forward branch without a check before it stays a patchable rel32.
+    let (_, f) = tr(&[0x90, 0x74, 0x10]);
+    assert!(f.exits.iter().all(|e| e.slot.is_none()));
+    // A backward one (nop; nop; jz 0x1001) is checked at its target: pending, its stub leaves
+    // through the exit stub (the `Exit` callout to 0x1001), no callout of its own.
+    let (_, f) = tr(&[0x90, 0x90, 0x74, 0xfd]);
+    assert_eq!(f.exits.iter().map(|e| e.slot.is_some()).collect::<Vec<_>>(), [true, false]);
+    assert!(!callouts(&f).iter().any(|c| c.0 == CalloutOp::PendingIrq as u32 && c.1 == Some(0x1001)));
+    assert!(callouts(&f).contains(&(CalloutOp::Exit as u32, Some(0x1001), 0x1001, 0)));
 }

@@ -264,7 +264,7 @@ impl Direct<'_> {
     pub(crate) fn bt_apply_invalidation(&mut self, inv: Invalidation) {
         let Some(bt) = self.bt.as_mut() else { return };
         for p in inv.unchain {
-            bt.area.write(p.addr, &p.bytes);
+            bt.write_patch(p);
         }
         for i in inv.ibl_slots {
             bt.reset_ibl_slot(i);

@@ -162,6 +162,11 @@ impl MonitorArea {
         unsafe { std::slice::from_raw_parts_mut(self.alias, self.len) }
     }
 
+    /// The alias (host) address of guest-linear `lin` in the area (for the signal handler).
+    pub fn alias_of(&self, lin: u32) -> u64 {
+        self.alias as u64 + (lin - self.base) as u64
+    }
+
     /// Writes `data` at guest-linear `lin` (in the area) through the alias.
     pub fn write(&mut self, lin: u32, data: &[u8]) {
         let off = (lin - self.base) as usize;

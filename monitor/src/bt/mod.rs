@@ -119,6 +119,11 @@ pub struct Bt {
     pub faults: adaptive::FaultCounters,
     /// The selector table of inline segment loads (`segs.rs`).
     pub seg: segs::SegTable,
+    /// What each check slot holds armed to level 1 (its stub for an enabling site, its
+    /// continuation otherwise); the signal handler copies from it.
+    stubs1: Box<[u32]>,
+    /// Which check slots are enabling sites.
+    enabling: Vec<bool>,
 }
 
 /// An `Emulate` callout's guest instruction as the translator decoded it, and its memory
@@ -251,9 +256,12 @@ impl Bt {
         }
         area.write(base + MISS_OFF, &miss);
         let tc_size = area.tc_size;
+        let check_max = abi.check_max as usize;
+        let mut cache = Cache::new(base, tc_size, TC_RESERVED);
+        cache.set_check_conts(area.vcpu + abi.check_conts);
         let mut bt = Bt {
             area,
-            cache: Cache::new(base, tc_size, TC_RESERVED),
+            cache,
             cfg,
             abi,
             vcpu_sel: vmm_shadow_mmu::desc::ldt_selector(VCPU_LDT_INDEX),
@@ -273,6 +281,8 @@ impl Bt {
             translated: 0,
             faults: adaptive::FaultCounters::default(),
             seg: segs::SegTable::default(),
+            stubs1: vec![0; check_max].into_boxed_slice(),
+            enabling: vec![false; check_max],
         };
         bt.set_gate(false);
         let stack_top = bt.area.stack + area::STACK_SIZE;
@@ -360,7 +370,7 @@ impl Bt {
     fn revalidate_ibl(&mut self, t: usize, valid: &mut impl FnMut(&Bt, FragId) -> bool) {
         let mut entries = std::mem::take(&mut self.ibl[t].non_global);
         entries.retain(|&i, (f, eip, present)| {
-            let Some(tc) = self.cache.get(*f).map(|r| r.entry()) else {
+            let Some(tc) = self.cache.get(*f).map(|r| r.body()) else {
                 return false; // dropped: the cache emptied its entries
             };
             let v = valid(self, *f);
@@ -395,16 +405,18 @@ impl Bt {
             // The cache still has both fragments and still records this chain (it unchains
             // exits into a fragment it drops, and an exit may have been chained elsewhere).
             let Some(from) = self.cache.get(c.from) else { continue };
-            let Some(&(site, chained)) = from.exits.get(c.exit as usize) else { continue };
-            let Some(to) = self.cache.get(c.to) else { continue };
-            if chained != Some(c.to) {
+            let Some(&(_, chained)) = from.exits.get(c.exit as usize) else { continue };
+            if self.cache.get(c.to).is_none() || chained != Some(c.to) {
                 continue;
             }
-            let at = from.tc_addr + site.patch_off;
-            let target = if valid(self, c.to) { to.entry() } else { from.tc_addr + site.stub_off };
-            let now = target == to.entry();
+            let now = valid(self, c.to);
             if now != c.patched {
-                self.area.write(at, &target.wrapping_sub(at + 4).to_le_bytes());
+                // Redone through the cache (which already records it), or undone without
+                // telling it (it keeps the record for the next time).
+                let p = if now { self.cache.chain(c.from, c.exit, c.to) } else { self.cache.unchain_patch(c.from, c.exit) };
+                if let Some(p) = p {
+                    self.write_patch(p);
+                }
                 c.patched = now;
             }
             kept.push(c);
@@ -447,6 +459,7 @@ impl Bt {
         self.user_chains.clear();
         self.user_code_pages.clear();
         self.cache.flush(TC_RESERVED);
+        self.publish_slots();
         self.pages.clear();
         self.sites.clear();
         self.reset_ibl(0);
@@ -474,9 +487,13 @@ impl Bt {
         self.translated = 0;
     }
 
-    /// Tells the signal handler where the TC, the `irq` byte and the trampolines are.
+    /// Tells the signal handler where the TC, the `irq` byte, the trampolines and the check
+    /// slots are. (Whether the slots are armed, `bt_armed`, stays: every slot in use holds
+    /// what the flag says, and a new or reset `Bt` uses none.)
     pub(crate) fn install(&self, _lock: &std::sync::MutexGuard<'_, ()>) {
         let sh = entry::shared();
+        let slots = self.area.alias_of(self.area.vcpu + self.abi.check_slots);
+        let stubs = self.area.alias_of(self.area.vcpu + self.abi.check_stubs);
         // SAFETY: RUN_LOCK is held (borrowed guard) and no guest code runs now: nothing else
         // reads or writes these fields of the shared area.
         unsafe {
@@ -485,7 +502,90 @@ impl Bt {
             (*sh).bt_irq = (self.area.vcpu + self.abi.irq) as u64;
             (*sh).bt_tramp_lo = self.area.base as u64;
             (*sh).bt_tramp_hi = (self.area.base + TRAMP_END) as u64;
+            (*sh).bt_slots = slots;
+            (*sh).bt_stubs = stubs;
+            (*sh).bt_stubs1 = self.stubs1.as_ptr() as u64;
+            (*sh).bt_nslots = self.cache.next_slot() as u64;
         }
+    }
+
+    /// How armed the check slots are (0, 1, 2: `Shared::bt_armed`; the signal handler may
+    /// have armed them).
+    fn armed(&self) -> u64 {
+        // SAFETY: read while no guest code runs (the caller holds RUN_LOCK through the engine).
+        unsafe { (*entry::shared()).bt_armed }
+    }
+
+    /// Arms the check slots in use to `level`: 0, every slot holds its continuation; 1, the
+    /// enabling sites' (after POPF and the STI shadow) hold their stubs: an interrupt is
+    /// pending but the virtual IF is clear, and only those sites can set it; 2, every slot
+    /// holds its stub (the sites do the full pending-interrupt check).
+    fn set_armed(&mut self, level: u64) {
+        if self.armed() == level {
+            return;
+        }
+        let n = self.cache.next_slot() as usize;
+        let base = (self.area.vcpu - self.area.base) as usize;
+        let to = base + self.abi.check_slots as usize;
+        match level {
+            0 => {
+                let from = base + self.abi.check_conts as usize;
+                self.area.bytes().copy_within(from..from + 4 * n, to);
+            }
+            1 => {
+                let src: Vec<u8> = self.stubs1[..n].iter().flat_map(|v| v.to_le_bytes()).collect();
+                self.area.bytes()[to..to + 4 * n].copy_from_slice(&src);
+            }
+            _ => {
+                let from = base + self.abi.check_stubs as usize;
+                self.area.bytes().copy_within(from..from + 4 * n, to);
+            }
+        }
+        // SAFETY: as in `armed`.
+        unsafe { (*entry::shared()).bt_armed = level };
+    }
+
+    /// Writes a chaining or unchaining patch; a checked exit's continuation also goes into its
+    /// live slot unless the slot is armed, and into its level-1 value unless it is enabling.
+    fn write_patch(&mut self, p: vmm_scanner::cache::Patch) {
+        self.area.write(p.addr, &p.bytes);
+        let conts = self.area.vcpu + self.abi.check_conts;
+        if p.addr >= conts && p.addr < conts + 4 * self.abi.check_max {
+            let n = (p.addr - conts) / 4;
+            let enabling = self.enabling[n as usize];
+            if !enabling {
+                self.stubs1[n as usize] = u32::from_le_bytes(p.bytes);
+            }
+            let level = self.armed();
+            if level == 0 || (level == 1 && !enabling) {
+                self.vw(self.abi.check_slot(n), &p.bytes);
+            }
+        }
+    }
+
+    /// A new fragment's check slots: continuation, stubs, and the live slot as armed.
+    fn set_sites(&mut self, tc: u32, sites: &[vmm_scanner::emit::CheckSite]) {
+        let level = self.armed();
+        for s in sites {
+            let (cont, stub) = (tc + s.cont_off, tc + s.stub_off);
+            let one = if s.enable { stub } else { cont };
+            self.stubs1[s.slot as usize] = one;
+            self.enabling[s.slot as usize] = s.enable;
+            self.vw32(self.abi.check_cont(s.slot), cont);
+            self.vw32(self.abi.check_stubs + 4 * s.slot, stub);
+            self.vw32(self.abi.check_slot(s.slot), match level {
+                0 => cont,
+                1 => one,
+                _ => stub,
+            });
+        }
+        self.publish_slots();
+    }
+
+    /// Tells the signal handler how many check slots are in use.
+    fn publish_slots(&self) {
+        // SAFETY: as in `armed`.
+        unsafe { (*entry::shared()).bt_nslots = self.cache.next_slot() as u64 };
     }
 
     /// Undoes [`Bt::install`].
@@ -498,11 +598,17 @@ impl Bt {
             (*sh).bt_irq = 0;
             (*sh).bt_tramp_lo = 0;
             (*sh).bt_tramp_hi = 0;
+            (*sh).bt_slots = 0;
+            (*sh).bt_stubs = 0;
+            (*sh).bt_nslots = 0;
         }
     }
 
     /// The vCPU region from the guest state (everything inline sequences read).
     fn sync_in(&mut self, s: &CpuState, ss_shadow: u16, irq: bool) {
+        // The check sites check fully while an interrupt may be pending (only the enabling
+        // ones while the virtual IF is clear).
+        self.set_armed(if !irq { 0 } else if s.eflags & flags::IF != 0 { 2 } else { 1 });
         let (a, vcpu) = (&self.abi, self.area.vcpu);
         let area = &mut self.area;
         let mut w = |off: u32, b: &[u8]| area.write(vcpu + off, b);
@@ -648,7 +754,15 @@ impl Direct<'_> {
             }
         }
         let unit = vmm_scanner::units::decode_unit(&mut Reader(cpu), cs_base, eip, mode, bt.cfg.limits);
-        let seq = vmm_scanner::mangle::mangle(&unit, &bt.cfg);
+        bt.cfg.slot_base = bt.cache.next_slot();
+        let mut seq = vmm_scanner::mangle::mangle(&unit, &bt.cfg);
+        if bt.cfg.slot_base + seq.sites.len() as u32 > bt.abi.check_max {
+            // Out of check slots: like a full TC.
+            bt.flush();
+            shadow.map.code_frames.clear();
+            bt.cfg.slot_base = 0;
+            seq = vmm_scanner::mangle::mangle(&unit, &bt.cfg);
+        }
         let len = vmm_scanner::emit::emit(&seq, bt.area.base + TC_RESERVED).map_err(outcome)?.code.len() as u32;
         let addr = match bt.cache.alloc(len) {
             Ok(a) => a,
@@ -666,14 +780,24 @@ impl Direct<'_> {
         // A page the unit could not be fetched from (it ends in a `FetchFault` callout) is
         // recorded as NO_FRAME: the fragment is valid only while that page stays unmapped.
         let pages: Vec<(u32, u32)> = unit.pages.iter().map(|&p| (p, frame_of(cpu, p))).collect();
+        // The fetch sets the code pages' Accessed bits, as the CPU's would (a walk that
+        // cannot fault: the pages translate; CR2 kept in any case).
+        if mode.paging {
+            let cr2 = cpu.state.cr2;
+            for &(p, _) in pages.iter().filter(|p| p.1 != NO_FRAME) {
+                let _ = cpu.translate(p << 12, vmm_interp::mmu::Access::fetch(mode.cpl == 3));
+            }
+            cpu.state.cr2 = cr2;
+        }
         // Coherence: the frames become code frames, mapped without write from now on.
         for &(_, f) in pages.iter().filter(|p| p.1 != NO_FRAME) {
             shadow.map.protect_code_frame(f).map_err(outcome)?;
         }
         let frames: Vec<u32> = pages.iter().map(|p| p.1).filter(|&f| f != NO_FRAME).collect();
         let (id, inv) = bt.cache.insert(&frag, lin, mode, &frames);
+        bt.set_sites(frag.tc_addr, &frag.sites);
         for p in inv.unchain {
-            bt.area.write(p.addr, &p.bytes);
+            bt.write_patch(p);
         }
         for i in inv.ibl_slots {
             bt.reset_ibl_slot(i);
@@ -732,7 +856,7 @@ impl Direct<'_> {
         }
         let inv = bt.cache.invalidate_frame(frame, &bt.abi);
         for p in inv.unchain {
-            bt.area.write(p.addr, &p.bytes);
+            bt.write_patch(p);
         }
         for i in inv.ibl_slots {
             bt.reset_ibl_slot(i);
@@ -811,9 +935,10 @@ impl Direct<'_> {
                 let same_mode = bt.cache.get(from).zip(bt.cache.get(to)).is_some_and(|(f, t)| f.mode == t.mode);
                 if target == self.cpu.state.eip && flushes == bt.cache.flushes() && same_mode {
                     if let Some(p) = bt.cache.chain(from, n, to) {
-                        bt.area.write(p.addr, &p.bytes);
+                        bt.write_patch(p);
                         bt.chained += 1;
-                        if bt.cache.get(from).is_some_and(|f| f.mode.cpl == 3) {
+                        let user = bt.cache.get(from).is_some_and(|f| f.mode.cpl == 3);
+                        if user && !bt.user_chains.iter().any(|c| (c.from, c.exit, c.to) == (from, n, to)) {
                             bt.user_chains.push(UserChain { from, exit: n, to, patched: true });
                         }
                     }
@@ -822,7 +947,9 @@ impl Direct<'_> {
             if let Some(eip) = bt.pending_ibl.take() {
                 if eip == self.cpu.state.eip {
                     let t = table_index(self.cpu.state.cpl);
-                    bt.fill_ibl(t, eip, tc, to, global);
+                    // Past the entry's check: the lookup's hit path checks.
+                    let body = bt.cache.get(to).map_or(tc, |r| r.body());
+                    bt.fill_ibl(t, eip, body, to, global);
                 }
             }
         }
@@ -891,6 +1018,12 @@ impl Direct<'_> {
         match CalloutOp::from_u32(op) {
             Some(kind @ (CalloutOp::Emulate | CalloutOp::Invalid | CalloutOp::FetchFault)) => {
                 self.bt_emulate_exits += 1; // stats.exits["bt-emulate"] at the end of the run
+                // The instruction after STI: no interrupt before it (the interpreter's step
+                // would take one first). Looked up only when one would be taken.
+                let shadow = self.cpu.state.interrupts_enabled()
+                    && self.cpu.bus.interrupt_requested()
+                    && self.bt.as_ref().and_then(|bt| bt.cache.guest_state_at(ex.eip)).is_some_and(|p| p.shadow);
+                self.cpu.state.int_shadow = shadow;
                 // The calling fragment, and its decoded instruction for this callout if the
                 // bytes at CS:EIP are still the ones it was translated from.
                 let Some(bt) = self.bt.as_mut() else { return Err(outcome("no translation cache")) };
@@ -1026,6 +1159,8 @@ impl Direct<'_> {
         s.gpr = gpr;
         s.eip = pc.guest_eip;
         s.eflags = eflags;
+        // A fault of the instruction after STI: no interrupt before it completes.
+        s.int_shadow = pc.shadow;
         let fault = self.bt_fault_begin(ex.eip);
         self.classify(ex, deadline)?;
         self.bt_fault_end(fault);

@@ -81,6 +81,17 @@ pub(crate) struct Shared {
     /// (imprecise: the runtime uses it only to end the run at its deadline).
     pub bt_stale: u64,
     pub bt_stale_limit: u64,
+    /// The `bt` engine's pending-interrupt check slots (docs/bt.md): how armed they are (0:
+    /// every slot holds its continuation; 1: the enabling sites' slots hold their stubs; 2:
+    /// every slot its stub). A timer signal that sets `irq` arms them to 1 + the virtual IF
+    /// (the byte before `irq`) if they are less armed: it copies `bt_nslots` u32s from
+    /// `bt_stubs1` (level 1) or `bt_stubs` (level 2) over `bt_slots` (host addresses). The
+    /// monitor sets the level before each entry.
+    pub bt_armed: u64,
+    pub bt_slots: u64,
+    pub bt_stubs: u64,
+    pub bt_stubs1: u64,
+    pub bt_nslots: u64,
 }
 
 /// The raw facts of one exit.
@@ -146,6 +157,11 @@ pub(crate) static SHARED: SharedCell = SharedCell(UnsafeCell::new(Shared {
     bt_tramp_hi: 0,
     bt_stale: 0,
     bt_stale_limit: u64::MAX,
+    bt_armed: 0,
+    bt_slots: 0,
+    bt_stubs: 0,
+    bt_stubs1: 0,
+    bt_nslots: 0,
 }));
 
 /// The shared area (for the `bt` engine's gate, which exits through the same landing).
@@ -249,6 +265,23 @@ std::arch::global_asm!(
     "mov rax, [rip + {shared} + {bt_irq}]",
     "6:",
     "mov byte ptr [rax], 1",
+    // Arm the check slots to 1 + vif: the enabling sites' stubs, or every site's, over the
+    // slots (the monitor disarms them).
+    "movzx ecx, byte ptr [rax - 1]",
+    "inc ecx",
+    "cmp rcx, [rip + {shared} + {bt_armed}]",
+    "jbe 7f",
+    "mov [rip + {shared} + {bt_armed}], rcx",
+    "mov rsi, [rip + {shared} + {bt_stubs}]",
+    "cmp ecx, 2",
+    "je 8f",
+    "mov rsi, [rip + {shared} + {bt_stubs1}]",
+    "8:",
+    "mov rdi, [rip + {shared} + {bt_slots}]",
+    "mov rcx, [rip + {shared} + {bt_nslots}]",
+    "cld",
+    "rep movsd",
+    "7:",
     "ret",
     "5:",
     "mov ax, es",
@@ -368,6 +401,11 @@ std::arch::global_asm!(
     bt_tramp_hi = const offset_of!(Shared, bt_tramp_hi),
     bt_stale = const offset_of!(Shared, bt_stale),
     bt_stale_limit = const offset_of!(Shared, bt_stale_limit),
+    bt_armed = const offset_of!(Shared, bt_armed),
+    bt_slots = const offset_of!(Shared, bt_slots),
+    bt_stubs = const offset_of!(Shared, bt_stubs),
+    bt_stubs1 = const offset_of!(Shared, bt_stubs1),
+    bt_nslots = const offset_of!(Shared, bt_nslots),
     exit_sel = const EXIT_SEL,
     uc_rip = const sys::UC_RIP_OFFSET,
     uc_cs = const sys::UC_CS_OFFSET,
