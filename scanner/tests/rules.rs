@@ -128,7 +128,7 @@ fn cli_sti() {
             "nop",
             // The check site: a jump through check slot 0 (to the next instruction while no
             // interrupt is pending), then the next guest instruction.
-            "jmp dword ptr gs:[101000h]",
+            "jmp dword ptr gs:[121000h]",
             "nop",
             // Its stub, out of line: the full check.
             "mov gs:[3Ch],ecx",
@@ -211,7 +211,7 @@ fn popf() {
             "sahf",
             "mov eax,gs:[30h]",
             // The pending-interrupt check site, then the next guest instruction.
-            "jmp dword ptr gs:[101000h]",
+            "jmp dword ptr gs:[121000h]",
             "nop",
         ],
     );
