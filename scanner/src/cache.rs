@@ -339,6 +339,15 @@ impl Cache {
         Some(patch)
     }
 
+    /// The patch that points exit `exit` of `from` at `to` again, after [`Cache::unchain_patch`]
+    /// (the record of the chain is still there: nothing is recorded).
+    pub fn rechain_patch(&self, from: FragId, exit: u32, to: FragId) -> Option<Patch> {
+        let target = self.get(to)?.body();
+        let f = self.get(from)?;
+        let (site, chained) = f.exits.get(exit as usize)?;
+        (*chained == Some(to)).then(|| exit_patch(self.conts, f.tc_addr, site, target))
+    }
+
     /// The patch that points exit `exit` of `from` back at its stub (the cache's record is
     /// left as it is: for undoing chains the runtime made without telling it).
     pub fn unchain_patch(&self, from: FragId, exit: u32) -> Option<Patch> {

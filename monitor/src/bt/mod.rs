@@ -101,7 +101,7 @@ pub struct Bt {
     /// was undone so and whose target maps them again is redone (a shell and the children it
     /// forks take turns on the CPU; a child that has not touched the shell's code pages yet
     /// has no mapping for them).
-    user_chains: Vec<UserChain>,
+    user_chains: HashMap<FragId, UserChains>,
     /// CR3 of the last fragment lookup.
     last_cr3: Option<u32>,
     /// The guest may have remapped user code without changing CR3 (INVLPG of a page user
@@ -188,12 +188,13 @@ struct IblState {
     non_global: HashMap<u32, (FragId, u32, bool)>,
 }
 
-/// A chained exit of a user-mode fragment (see `Bt::user_chains`).
-struct UserChain {
-    from: FragId,
-    exit: u32,
-    to: FragId,
-    /// The exit jumps to `to` now (otherwise to its stub).
+/// The chained exits into one user-mode fragment (see `Bt::user_chains`): they are valid or
+/// not together, since that depends on their target's pages only.
+#[derive(Default)]
+struct UserChains {
+    /// (from, exit number).
+    exits: Vec<(FragId, u32)>,
+    /// The exits jump to the target now (otherwise to their stubs).
     patched: bool,
 }
 
@@ -273,7 +274,7 @@ impl Bt {
             pending_ibl: None,
             pending_chain: None,
             chained: 0,
-            user_chains: Vec::new(),
+            user_chains: HashMap::default(),
             last_cr3: None,
             revalidate: false,
             user_code_pages: HashSet::default(),
@@ -398,30 +399,44 @@ impl Bt {
     }
 
     /// After a CR3 change: the recorded user-mode chained exits point at their target where it
-    /// is `valid` in the address space now current, at their stub elsewhere.
+    /// is `valid` in the address space now current, at their stub elsewhere. The work is per
+    /// target whose validity changed (a shell and its children take turns: most targets keep
+    /// theirs).
     fn rechain_user(&mut self, valid: &mut impl FnMut(&Bt, FragId) -> bool) {
-        let mut kept = Vec::with_capacity(self.user_chains.len());
-        for mut c in std::mem::take(&mut self.user_chains) {
-            // The cache still has both fragments and still records this chain (it unchains
-            // exits into a fragment it drops, and an exit may have been chained elsewhere).
-            let Some(from) = self.cache.get(c.from) else { continue };
-            let Some(&(_, chained)) = from.exits.get(c.exit as usize) else { continue };
-            if self.cache.get(c.to).is_none() || chained != Some(c.to) {
-                continue;
+        let mut groups = std::mem::take(&mut self.user_chains);
+        groups.retain(|&to, g| {
+            if self.cache.get(to).is_none() {
+                return false; // dropped: the cache unchained its callers
             }
-            let now = valid(self, c.to);
-            if now != c.patched {
-                // Redone through the cache (which already records it), or undone without
-                // telling it (it keeps the record for the next time).
-                let p = if now { self.cache.chain(c.from, c.exit, c.to) } else { self.cache.unchain_patch(c.from, c.exit) };
-                if let Some(p) = p {
-                    self.write_patch(p);
-                }
-                c.patched = now;
+            let now = valid(self, to);
+            if now != g.patched {
+                self.patch_user_chains(to, g, now);
             }
-            kept.push(c);
-        }
-        self.user_chains = kept;
+            !g.exits.is_empty()
+        });
+        self.user_chains = groups;
+    }
+
+    /// Points the exits of `g` (into `to`) at `to` (`on`) or at their stubs; forgets those the
+    /// cache no longer records as chained to `to` (unchained with a dropped fragment, or
+    /// chained elsewhere since).
+    fn patch_user_chains(&mut self, to: FragId, g: &mut UserChains, on: bool) {
+        let mut exits = std::mem::take(&mut g.exits);
+        exits.retain(|&(from, exit)| {
+            let chained = self.cache.get(from).and_then(|f| f.exits.get(exit as usize)).map(|e| e.1);
+            if chained != Some(Some(to)) {
+                return false;
+            }
+            // Redone through the cache (which already records it), or undone without
+            // telling it (it keeps the record for the next time).
+            let p = if on { self.cache.rechain_patch(from, exit, to) } else { self.cache.unchain_patch(from, exit) };
+            if let Some(p) = p {
+                self.write_patch(p);
+            }
+            true
+        });
+        g.exits = exits;
+        g.patched = on;
     }
 
     /// Forgets what the runtime keeps about removed fragment `id`.
@@ -724,9 +739,9 @@ impl Direct<'_> {
         let key = (mode, cs_base, s.cr3, s.cr4 & cr::CR4_PGE != 0);
         // Whether fragment `f`'s guest pages map the frames it was translated from, in the
         // address space now current (memoised for one CR3 change).
-        let mut memo: HashMap<FragId, bool> = HashMap::default();
+        let mut memo: HashMap<u32, u32> = HashMap::default();
         let mut valid = |bt: &Bt, f: FragId| {
-            *memo.entry(f).or_insert_with(|| bt.pages.get(&f).is_some_and(|pp| pp.iter().all(|&(p, fr)| frame_of(cpu, p) == fr)))
+            bt.pages.get(&f).is_some_and(|pp| pp.iter().all(|&(p, fr)| *memo.entry(p).or_insert_with(|| frame_of(cpu, p)) == fr))
         };
         if bt.last_cr3 != Some(key.2) || bt.revalidate {
             bt.rechain_user(&mut valid);
@@ -937,9 +952,17 @@ impl Direct<'_> {
                     if let Some(p) = bt.cache.chain(from, n, to) {
                         bt.write_patch(p);
                         bt.chained += 1;
-                        let user = bt.cache.get(from).is_some_and(|f| f.mode.cpl == 3);
-                        if user && !bt.user_chains.iter().any(|c| (c.from, c.exit, c.to) == (from, n, to)) {
-                            bt.user_chains.push(UserChain { from, exit: n, to, patched: true });
+                        if bt.cache.get(from).is_some_and(|f| f.mode.cpl == 3) {
+                            // The target was just found valid here: its other exits too.
+                            let mut g = bt.user_chains.remove(&to).unwrap_or_default();
+                            if !g.exits.contains(&(from, n)) {
+                                g.exits.push((from, n));
+                            }
+                            if !g.patched {
+                                bt.patch_user_chains(to, &mut g, true);
+                            }
+                            g.patched = true;
+                            bt.user_chains.insert(to, g);
                         }
                     }
                 }
