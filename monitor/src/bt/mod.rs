@@ -760,7 +760,6 @@ impl Direct<'_> {
             Some((m, b, _, g)) if (m, b, g) == (key.0, key.1, key.3) => bt.revalidate_ibl(t, &mut valid),
             _ => bt.reset_ibl(t),
         }
-        drop(valid);
         bt.ibl[t].key = Some(key);
         if let Some(id) = bt.cache.lookup(lin, mode) {
             let ok = bt.pages.get(&id).is_some_and(|pp| pp.iter().all(|&(p, f)| frame_of(cpu, p) == f));
