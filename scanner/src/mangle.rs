@@ -442,20 +442,11 @@ impl<'a> Builder<'a> {
         });
     }
 
-    /// The pending-interrupt check at the fragment entry: a trampoline to the stub placed just
-    /// before the entry point, so that the common path has no taken branch.
-    fn entry_check(&mut self, eip: u32, entry: Label) {
+    /// The flag-free pending-interrupt test (ECX clobbered): `movzx ecx, word gs:[vif]`
+    /// (`vif` and `irq` as one word), `lea ecx, [ecx-101h]`, `jecxz to`: jumps when the virtual
+    /// IF is set and an interrupt is pending.
+    fn jump_if_irq(&mut self, to: Label) {
         let a = self.abi;
-        self.eip = eip;
-        let chk = self.slot(S_CHK);
-        let t = self.label();
-        let go = self.label();
-        let stub = self.label();
-        self.bind(t);
-        self.branch(Code::Jmp_rel32_32, stub);
-        self.bind(entry);
-        self.seq.entry = Some(entry);
-        self.st32(chk, Register::ECX);
         self.ins(mk(Instruction::with2(
             Code::Movzx_r32_rm16,
             Register::ECX,
@@ -474,7 +465,23 @@ impl<'a> Builder<'a> {
                 Register::None,
             ),
         )));
-        self.branch(Code::Jecxz_rel8_32, t);
+        self.branch(Code::Jecxz_rel8_32, to);
+    }
+
+    /// The pending-interrupt check at the fragment entry: a trampoline to the stub placed just
+    /// before the entry point, so that the common path has no taken branch.
+    fn entry_check(&mut self, eip: u32, entry: Label) {
+        self.eip = eip;
+        let chk = self.slot(S_CHK);
+        let t = self.label();
+        let go = self.label();
+        let stub = self.label();
+        self.bind(t);
+        self.branch(Code::Jmp_rel32_32, stub);
+        self.bind(entry);
+        self.seq.entry = Some(entry);
+        self.st32(chk, Register::ECX);
+        self.jump_if_irq(t);
         self.ld32(Register::ECX, chk);
         self.bind(go);
         self.seq.body = Some(go);
@@ -516,29 +523,10 @@ impl<'a> Builder<'a> {
     /// The full check (flag-free, ECX through a slot): the `PendingIrq` callout at `eip` if
     /// `irq` and `vif` are both set; then on to `then`.
     fn full_check(&mut self, eip: u32, then: Then) {
-        let a = self.abi;
         let chk = self.slot(S_CHK);
         let irq = self.label();
         self.st32(chk, Register::ECX);
-        self.ins(mk(Instruction::with2(
-            Code::Movzx_r32_rm16,
-            Register::ECX,
-            gs(a.vif),
-        )));
-        self.ins(mk(Instruction::with2(
-            Code::Lea_r32_m,
-            Register::ECX,
-            MemoryOperand::new(
-                Register::ECX,
-                Register::None,
-                1,
-                -0x101,
-                4,
-                false,
-                Register::None,
-            ),
-        )));
-        self.branch(Code::Jecxz_rel8_32, irq);
+        self.jump_if_irq(irq);
         self.ld32(Register::ECX, chk);
         self.go_on(then);
         self.bind(irq);
@@ -550,29 +538,10 @@ impl<'a> Builder<'a> {
     /// The check of a checked exit's stub at its target: on to `then`, or, pending and
     /// enabled, to the exit stub `exit` (guest ECX restored).
     fn short_check(&mut self, then: Then, exit: Label) {
-        let a = self.abi;
         let chk = self.slot(S_CHK);
         let irq = self.label();
         self.st32(chk, Register::ECX);
-        self.ins(mk(Instruction::with2(
-            Code::Movzx_r32_rm16,
-            Register::ECX,
-            gs(a.vif),
-        )));
-        self.ins(mk(Instruction::with2(
-            Code::Lea_r32_m,
-            Register::ECX,
-            MemoryOperand::new(
-                Register::ECX,
-                Register::None,
-                1,
-                -0x101,
-                4,
-                false,
-                Register::None,
-            ),
-        )));
-        self.branch(Code::Jecxz_rel8_32, irq);
+        self.jump_if_irq(irq);
         self.ld32(Register::ECX, chk);
         self.go_on(then);
         self.bind(irq);
@@ -679,25 +648,7 @@ impl<'a> Builder<'a> {
         // fragments' entry checks): pending and enabled, the miss path's callout, after which
         // the run loop takes the interrupt at the target.
         let miss = self.label();
-        self.ins(mk(Instruction::with2(
-            Code::Movzx_r32_rm16,
-            Register::ECX,
-            gs(a.vif),
-        )));
-        self.ins(mk(Instruction::with2(
-            Code::Lea_r32_m,
-            Register::ECX,
-            MemoryOperand::new(
-                Register::ECX,
-                Register::None,
-                1,
-                -0x101,
-                4,
-                false,
-                Register::None,
-            ),
-        )));
-        self.branch(Code::Jecxz_rel8_32, miss);
+        self.jump_if_irq(miss);
         self.ins(mk(Instruction::with2(idx.0, Register::ECX, idx.1)));
         self.ins(mk(Instruction::with2(
             Code::Mov_r32_rm32,
