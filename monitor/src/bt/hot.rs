@@ -71,6 +71,15 @@ pub struct HotUser {
     pub cooled: u64,
 }
 
+/// What brings a page toward hot ([`HotUser::heat`]).
+#[derive(Clone, Copy)]
+enum Heat {
+    /// A system call trapped from it ([`HOT_AFTER`]).
+    Trap,
+    /// Translated code left the hot pages for it ([`GROW_AFTER`]).
+    Departure,
+}
+
 fn key(cr3: u32, lin: u32) -> (u32, u32) {
     (cr3 & !0xfff, lin >> 12)
 }
@@ -137,33 +146,35 @@ impl HotUser {
     /// A system call trapped from direct user code at linear `lin`. True if its page just
     /// became hot.
     pub fn syscall_trap(&mut self, cr3: u32, lin: u32) -> bool {
-        let k = key(cr3, lin);
-        if self.pages.contains(&k) || self.cold.contains(&k) {
-            return false;
-        }
-        if bump(&mut self.traps, k) >= HOT_AFTER {
-            self.traps.remove(&k);
-            self.insert(k);
-            self.made_hot += 1;
-            return true;
-        }
-        false
+        let hot = self.heat(key(cr3, lin), Heat::Trap);
+        self.made_hot += u64::from(hot);
+        hot
     }
 
     /// Translated user code left the hot pages for linear `lin`. True if that page just
     /// became hot.
     pub fn departure(&mut self, cr3: u32, lin: u32) -> bool {
-        let k = key(cr3, lin);
+        let hot = self.heat(key(cr3, lin), Heat::Departure);
+        self.grown += u64::from(hot);
+        hot
+    }
+
+    /// Counts an event of kind `why` for page `k` (neither hot nor cold); at its threshold
+    /// the page becomes hot. True if it just did.
+    fn heat(&mut self, k: (u32, u32), why: Heat) -> bool {
         if self.pages.contains(&k) || self.cold.contains(&k) {
             return false;
         }
-        if bump(&mut self.departures, k) >= GROW_AFTER {
-            self.departures.remove(&k);
-            self.insert(k);
-            self.grown += 1;
-            return true;
+        let (counts, after) = match why {
+            Heat::Trap => (&mut self.traps, HOT_AFTER),
+            Heat::Departure => (&mut self.departures, GROW_AFTER),
+        };
+        if bump(counts, k) < after {
+            return false;
         }
-        false
+        counts.remove(&k);
+        self.insert(k);
+        true
     }
 
     /// Forget everything (a full flush of the translation cache).
