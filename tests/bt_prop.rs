@@ -387,9 +387,13 @@ fn code(steps: &[Step]) -> Vec<u8> {
 
 /// The generated code as text (for a failing case's report).
 fn disassembly(steps: &[Step]) -> String {
+    listing(&code(steps))
+}
+
+/// Code at CODE as text, an instruction per line.
+fn listing(bytes: &[u8]) -> String {
     use iced_x86::{Decoder, DecoderOptions, Formatter, IntelFormatter};
-    let bytes = code(steps);
-    let mut d = Decoder::with_ip(32, &bytes, CODE as u64, DecoderOptions::NONE);
+    let mut d = Decoder::with_ip(32, bytes, CODE as u64, DecoderOptions::NONE);
     let mut f = IntelFormatter::new();
     let mut out = String::new();
     for insn in &mut d {
@@ -1002,17 +1006,7 @@ fn user_code(steps: &[Step]) -> Vec<u8> {
 }
 
 fn user_disassembly(steps: &[Step]) -> String {
-    use iced_x86::{Decoder, DecoderOptions, Formatter, IntelFormatter};
-    let bytes = user_code(steps);
-    let mut d = Decoder::with_ip(32, &bytes, CODE as u64, DecoderOptions::NONE);
-    let mut f = IntelFormatter::new();
-    let mut out = String::new();
-    for insn in &mut d {
-        let mut text = String::new();
-        f.format(&insn, &mut text);
-        out += &format!("  {:08x}  {text}\n", insn.ip());
-    }
-    out
+    listing(&user_code(steps))
 }
 
 /// Guest RAM and the CPU state at the first step: CPL 3, GS = `gs_sel`, the TSS's ring-0

@@ -774,6 +774,34 @@ fn popek_goldberg_under_direct() {
     assert_eq!(lines[2], "IF after POPF (PUSHF): 0x00000200");
 }
 
+/// Frames of the address-space tests: "mov eax, 1; ret" at `RET1`, "mov eax, 2; ret" at
+/// `RET2`; `PD2` is a second page directory, `T2` its page table for the remapped address.
+const RET1: u32 = 0x20_0000;
+const RET2: u32 = 0x20_1000;
+const PD2: u32 = 0x20_2000;
+const T2: u32 = 0x20_3000;
+
+/// Kernel: "mov eax, `v`; ret" (B8 imm32, C3) at `at`.
+fn write_mov_eax_ret(k: &mut CodeAssembler, at: u32, v: u32) -> Result<(), IcedError> {
+    k.mov(byte_ptr(at), 0xb8u32)?;
+    k.mov(dword_ptr(at + 1), v)?;
+    k.mov(byte_ptr(at + 5), 0xc3u32)
+}
+
+/// Kernel: both callees ([`RET1`], [`RET2`]), and [`PD2`], a copy of the page directory whose
+/// entry for `lin` points at [`T2`], which maps `lin` to `RET2` with `flags`.
+fn two_spaces(k: &mut CodeAssembler, lin: u32, flags: u32) -> Result<(), IcedError> {
+    write_mov_eax_ret(k, RET1, 1)?;
+    write_mov_eax_ret(k, RET2, 2)?;
+    k.mov(esi, PAGE_DIR)?;
+    k.mov(edi, PD2)?;
+    k.mov(ecx, 1024u32)?;
+    k.cld()?;
+    k.rep().movsd()?;
+    k.mov(dword_ptr(PD2 + (lin >> 22) * 4), T2 | PTE_P | PTE_W | PTE_U)?;
+    k.mov(dword_ptr(T2 + ((lin >> 12) & 0x3ff) * 4), RET2 | flags)
+}
+
 /// Two address spaces map different code at the same linear address (not global pages), and
 /// the kernel calls it through a register after each CR3 write: the translator's lookup table
 /// must not carry the first space's fragment into the second (it keeps only fragments of
@@ -781,31 +809,12 @@ fn popek_goldberg_under_direct() {
 #[test]
 fn indirect_calls_after_cr3_switches_reach_each_spaces_code() {
     const X: u32 = 0x0100_0000; // the shared linear address, in its own page table
-    const A: u32 = 0x20_0000; // "mov eax, 1; ret" (space 1)
-    const B: u32 = 0x20_1000; // "mov eax, 2; ret" (space 2)
-    const PD2: u32 = 0x20_2000;
-    const T2: u32 = 0x20_3000;
     let mut g = Guest::new();
     let mut p = standard_paging();
-    p.map_4k(X, A, PTE_P | PTE_W);
+    p.map_4k(X, RET1, PTE_P | PTE_W);
     g.paging = Some(p);
-    ok((|| {
-        let k = &mut g.k;
-        // The two code pages: B8 imm32 (mov eax, imm32), C3 (ret).
-        for (at, v) in [(A, 1u32), (B, 2u32)] {
-            k.mov(byte_ptr(at), 0xb8u32)?;
-            k.mov(dword_ptr(at + 1), v)?;
-            k.mov(byte_ptr(at + 5), 0xc3u32)?;
-        }
-        // PD2: a copy of the directory whose entry for X points at T2, which maps X to B.
-        k.mov(esi, PAGE_DIR)?;
-        k.mov(edi, PD2)?;
-        k.mov(ecx, 1024u32)?;
-        k.cld()?;
-        k.rep().movsd()?;
-        k.mov(dword_ptr(PD2 + (X >> 22) * 4), T2 | PTE_P | PTE_W | PTE_U)?;
-        k.mov(dword_ptr(T2 + ((X >> 12) & 0x3ff) * 4), B | PTE_P | PTE_W)
-    })());
+    // Space 2 (PD2) maps X to RET2.
+    ok(two_spaces(&mut g.k, X, PTE_P | PTE_W));
     g.enable_paging(true, false);
     for _ in 0..3 {
         for pd in [PAGE_DIR, PD2] {
@@ -844,31 +853,13 @@ enum Remap {
 /// its target's frames are mapped again).
 fn user_callee_remapped(remap: Remap) {
     const F: u32 = 0x0100_0000; // the callee's linear address, in its own page table
-    const A: u32 = 0x20_0000; // "mov eax, 1; ret"
-    const B: u32 = 0x20_1000; // "mov eax, 2; ret"
-    const PD2: u32 = 0x20_2000;
-    const T2: u32 = 0x20_3000;
     const N: u32 = 100;
     let mut g = Guest::new();
     let mut p = standard_paging();
-    p.map_4k(F, A, PTE_P | PTE_U);
+    p.map_4k(F, RET1, PTE_P | PTE_U);
     let pte_f = p.pte_addr(F);
     g.paging = Some(p);
-    ok((|| {
-        let k = &mut g.k;
-        for (at, v) in [(A, 1u32), (B, 2u32)] {
-            k.mov(byte_ptr(at), 0xb8u32)?;
-            k.mov(dword_ptr(at + 1), v)?;
-            k.mov(byte_ptr(at + 5), 0xc3u32)?;
-        }
-        k.mov(esi, PAGE_DIR)?;
-        k.mov(edi, PD2)?;
-        k.mov(ecx, 1024u32)?;
-        k.cld()?;
-        k.rep().movsd()?;
-        k.mov(dword_ptr(PD2 + (F >> 22) * 4), T2 | PTE_P | PTE_W | PTE_U)?;
-        k.mov(dword_ptr(T2 + ((F >> 12) & 0x3ff) * 4), B | PTE_P | PTE_U)
-    })());
+    ok(two_spaces(&mut g.k, F, PTE_P | PTE_U));
     g.enable_paging(true, false);
     g.install_syscalls();
     g.enter_user(0x202);
@@ -883,11 +874,11 @@ fn user_callee_remapped(remap: Remap) {
                 k.mov(cr3, eax)?;
             }
             Remap::PteAndInvlpg => {
-                k.xor(dword_ptr(pte_f), A ^ B)?;
+                k.xor(dword_ptr(pte_f), RET1 ^ RET2)?;
                 k.invlpg(byte_ptr(F))?;
             }
             Remap::PteAndCr3Reload => {
-                k.xor(dword_ptr(pte_f), A ^ B)?;
+                k.xor(dword_ptr(pte_f), RET1 ^ RET2)?;
                 k.mov(eax, cr3)?;
                 k.mov(cr3, eax)?;
             }
@@ -940,20 +931,14 @@ fn user_chains_after_a_cr3_reload_reach_the_new_frames_code() {
 #[test]
 fn a_fragment_of_an_unmapped_page_is_retranslated_once_it_maps() {
     const F: u32 = 0x0100_0000; // the callee's linear address, not present at first
-    const A: u32 = 0x20_0000; // "mov eax, 1; ret"
     const N: u32 = 1000;
     let build = || {
         let mut g = Guest::new();
         let mut p = standard_paging();
-        p.map_4k(F, A, 0);
+        p.map_4k(F, RET1, 0);
         let pte_f = p.pte_addr(F);
         g.paging = Some(p);
-        ok((|| {
-            let k = &mut g.k;
-            k.mov(byte_ptr(A), 0xb8u32)?;
-            k.mov(dword_ptr(A + 1), 1u32)?;
-            k.mov(byte_ptr(A + 5), 0xc3u32)
-        })());
+        ok(write_mov_eax_ret(&mut g.k, RET1, 1));
         g.enable_paging(true, false);
         g.install_syscalls();
         g.enter_user(0x202);
@@ -961,7 +946,7 @@ fn a_fragment_of_an_unmapped_page_is_retranslated_once_it_maps() {
         g.interrupt_handler(14, 0);
         ok((|| {
             let k = &mut g.k;
-            k.mov(dword_ptr(pte_f), A | PTE_P | PTE_U)?;
+            k.mov(dword_ptr(pte_f), RET1 | PTE_P | PTE_U)?;
             k.invlpg(byte_ptr(F))?;
             k.add(esp, 4)?;
             k.iretd()
