@@ -167,6 +167,11 @@ pub struct Abi {
     /// guest's #GP, raised by the interpreter re-executing the instruction). Written by the runtime
     /// ([`Abi::ugs_bounds_bytes`]).
     pub ugs_bounds: u32,
+    /// The block of system calls without a callout ([`fsys`] gives the fields' offsets in it):
+    /// the CPL translated code runs at, the runtime's validated description of one INT gate
+    /// (from user code) and of one return target (IRETD to user code), and the inline
+    /// sequences' own slots. See docs/translator.md, "System calls without a callout".
+    pub fsys: u32,
     /// The indirect-branch lookup table: `1 << ibl_bits` entries of 8 bytes
     /// `{ -guest_eip: u32, tc_address: u32 }`, indexed by the low `ibl_bits` bits of the guest
     /// target EIP. An empty entry is `{ 0, address of the miss routine }`... see
@@ -199,6 +204,67 @@ pub struct Abi {
     pub check_max: u32,
     /// Size of the whole vCPU region in bytes (the GS limit + 1).
     pub vcpu_size: u32,
+}
+
+/// Offsets in [`Abi::fsys`], the block of system calls without a callout (`mangle/syscall.rs`
+/// emits the sequences, the runtime's `bt/fastsys.rs` fills and reads the block). u32 fields
+/// unless said otherwise; selectors are zero-extended.
+pub mod fsys {
+    /// The CPL translated code is at: written by the runtime before each entry and by the
+    /// inline INT (0) and IRETD (3), so that the runtime sees a change of privilege made
+    /// without it.
+    pub const VCPL: u32 = 0x00;
+    /// The vector whose `INT n` from user code is inline, or `u32::MAX`: none.
+    pub const INT_VEC: u32 = 0x04;
+    /// m16:32 (8 bytes): the gate's stack, TSS.ESP0 and the host selector of SS0's
+    /// kernel-mode shadow (`lss esp` loads it).
+    pub const INT_STACK: u32 = 0x08;
+    /// The handler's guest EIP (the gate's offset).
+    pub const INT_EIP: u32 = 0x10;
+    /// The guest CS selector after the INT (the gate's selector with RPL 0).
+    pub const INT_CS: u32 = 0x14;
+    /// The guest SS0 selector.
+    pub const INT_SS: u32 = 0x18;
+    /// The host selector of the new CS's kernel-mode shadow (for `Abi::cs_shadow`).
+    pub const INT_CS_HOST: u32 = 0x1c;
+    /// u8: ANDed into `Abi::vif`: 0 for an interrupt gate, 1 for a trap gate.
+    pub const INT_VIF: u32 = 0x20;
+    /// The kernel-mode host selectors of the guest's DS, ES, FS (while the guest is at CPL 3:
+    /// the runtime writes them before entering user code, the inline IRETD as it leaves).
+    pub const K_DS: u32 = 0x24;
+    pub const K_ES: u32 = 0x28;
+    pub const K_FS: u32 = 0x2c;
+    /// 1 while IRETD to user code may be inline (0 otherwise) (the runtime's conditions hold).
+    pub const RET_OK: u32 = 0x30;
+    /// The guest user CS selector IRETD may return to.
+    pub const RET_CS: u32 = 0x34;
+    /// The guest user data selector: the SS IRETD may return to, and the one value besides
+    /// a null selector that DS, ES and FS may hold for an inline IRETD or INT.
+    pub const USEL: u32 = 0x38;
+    /// The host selector of `USEL`'s user-mode shadow.
+    pub const USEL_HOST: u32 = 0x3c;
+    /// m16:32 (8 bytes): the user stack after an inline IRETD (the offset is written by the
+    /// sequence; the selector is `USEL_HOST`, written by the runtime).
+    pub const RET_STACK: u32 = 0x40;
+    /// The IRETD frame as read (EIP, CS, EFLAGS, ESP, SS).
+    pub const R_EIP: u32 = 0x48;
+    pub const R_CS: u32 = 0x4c;
+    pub const R_FL: u32 = 0x50;
+    pub const R_ESP: u32 = 0x54;
+    pub const R_SS: u32 = 0x58;
+    /// The host selectors IRETD loads into DS, ES, FS.
+    pub const U_DS: u32 = 0x5c;
+    pub const U_ES: u32 = 0x60;
+    pub const U_FS: u32 = 0x64;
+    /// The arithmetic flags saved by LAHF/SETO.
+    pub const SAVED_FLAGS: u32 = 0x68;
+    /// The user ESP the inline INT saved.
+    pub const SAVED_ESP: u32 = 0x6c;
+    /// Counters: inline INTs and IRETDs done (wrapping).
+    pub const N_INT: u32 = 0x70;
+    pub const N_IRET: u32 = 0x74;
+    /// Size of the block.
+    pub const SIZE: u32 = 0x78;
 }
 
 /// Number of u32 scratch slots.
@@ -243,6 +309,7 @@ impl Default for Abi {
             cpuid_max: 16,
             ugs_base: 0x800,
             ugs_bounds: 0x840,
+            fsys: 0x900,
             ibl_table: 0x1000,
             ibl_user_table: 0x1000 + (8 << ibl_bits),
             ibl_bits,
@@ -406,6 +473,7 @@ impl Abi {
             ("cpuid_table", self.cpuid_table, 16 * self.cpuid_max),
             ("ugs_base", self.ugs_base, 4),
             ("ugs_bounds", self.ugs_bounds, 8 * UGS_BOUND_SIZES.len() as u32),
+            ("fsys", self.fsys, fsys::SIZE),
             ("ibl_table", self.ibl_table, 8 << self.ibl_bits),
             ("ibl_user_table", self.ibl_user_table, 8 << self.ibl_bits),
             ("seg_table", self.seg_table, 2 * SEG_TABLE_ENTRIES),

@@ -31,6 +31,7 @@ use iced_x86::{
     Code, ConditionCode, Encoder, Instruction, MemoryOperand, Mnemonic, OpKind, Register,
 };
 
+mod syscall;
 mod user_gs;
 
 use crate::abi::{Abi, CalloutOp, VIRT_MASK};
@@ -51,6 +52,12 @@ pub struct Recovery {
     pub restore: [Option<(Register, u32)>; 2],
     /// Added to ESP.
     pub esp_adjust: i32,
+    /// The fault is not the guest's: after the registers are rebuilt, the runtime executes the
+    /// guest instruction itself (the interpreter), whatever the fault was. For inline
+    /// sequences that touch memory the guest instruction would touch with other rights (the
+    /// inline INT writes the kernel stack from user code): their faults say nothing the
+    /// instruction's own execution would not find again.
+    pub emulate: bool,
 }
 
 impl Recovery {
@@ -58,12 +65,14 @@ impl Recovery {
     pub const NONE: Recovery = Recovery {
         restore: [None, None],
         esp_adjust: 0,
+        emulate: false,
     };
 
     fn reg(r: Register, slot: u32) -> Recovery {
         Recovery {
             restore: [Some((r, slot)), None],
             esp_adjust: 0,
+            emulate: false,
         }
     }
 }
@@ -849,6 +858,17 @@ fn mangle_insn(b: &mut Builder<'_>, gi: &GuestInsn, unit: &Unit, cfg: &Config) -
             b.ins(copy);
             FALL
         }
+        Translation::Callout(CalloutKind::Interrupt)
+            if i.code() == Code::Int_imm8 && unit.mode.cpl == 3 && unit.mode.code32 && stack32 =>
+        {
+            // System calls without a callout (mangle/syscall.rs).
+            syscall::fast_int(b, gi, next, i.immediate8())
+        }
+        Translation::Callout(CalloutKind::Iret)
+            if i.code() == Code::Iretd && unit.mode.cpl == 0 && unit.mode.code32 && stack32 =>
+        {
+            syscall::fast_iret(b, gi, next)
+        }
         Translation::Callout(k) => emulate(b, k),
         Translation::Relink => relink(b, gi, next),
         Translation::Lookup => {
@@ -1507,6 +1527,7 @@ fn verify_seg(b: &mut Builder<'_>, gi: &GuestInsn, next: u32) -> Done {
         let rec2 = Recovery {
             restore: [Some((Register::ECX, sc)), Some((Register::ES, ses))],
             esp_adjust: 0,
+            emulate: false,
         };
         b.ins(mk(Instruction::with2(Code::Mov_rm16_Sreg, gs(ses), Register::ES)));
         b.ins_rec(mk(Instruction::with2(Code::Mov_Sreg_rm16, Register::ES, gs(a.cs_shadow))), rec2);

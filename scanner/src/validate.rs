@@ -39,6 +39,8 @@ fn jump_slot(disp: u32, abi: &Abi) -> bool {
 
 fn gs_form_allowed(i: &Instruction, abi: &Abi) -> Result<(), String> {
     use Code as C;
+    let in_fsys = |d: u32| (abi.fsys..abi.fsys + crate::abi::fsys::SIZE).contains(&d);
+    let sreg_operand = |i: &Instruction| if i.op0_kind() == OpKind::Register { i.op0_register() } else { i.op1_register() };
     let code = i.code();
     let disp = i.memory_displacement32();
     let has_base = i.memory_base() != Register::None || i.memory_index() != Register::None;
@@ -107,6 +109,23 @@ fn gs_form_allowed(i: &Instruction, abi: &Abi) -> Result<(), String> {
             Ok(())
         }
         C::Call_m1632 if !has_base && disp == abi.gate => Ok(()),
+        // System calls without a callout (mangle/syscall.rs): the virtual NT and IF, the
+        // block's own fields, and the host selectors and stacks the runtime wrote there.
+        C::Test_rm8_imm8 if !has_base && disp == abi.vflags + 1 => Ok(()),
+        C::And_rm8_r8 if !has_base && disp == abi.vif => Ok(()),
+        C::Cmp_r16_rm16 | C::Add_rm32_imm8 if !has_base && in_fsys(disp) => Ok(()),
+        C::Mov_Sreg_rm16 | C::Mov_rm16_Sreg
+            if [Register::DS, Register::ES, Register::FS].contains(&sreg_operand(i)) && !has_base && in_fsys(disp) =>
+        {
+            Ok(())
+        }
+        C::Lss_r32_m1632
+            if i.op0_register() == Register::ESP
+                && !has_base
+                && (disp == abi.fsys + crate::abi::fsys::INT_STACK || disp == abi.fsys + crate::abi::fsys::RET_STACK) =>
+        {
+            Ok(())
+        }
         // The offset check of a user GS access (mangle/user_gs.rs) against a constant pair.
         C::Bound_r32_m3232
             if !has_base

@@ -282,6 +282,7 @@ fn branch(b: &mut Builder<'_>, i: &Instruction, next: u32) -> Option<Done> {
         let rec = Recovery {
             restore: [Some((Register::EAX, sa)), (r == Register::ECX).then_some((Register::ECX, sc))],
             esp_adjust: 0,
+            emulate: false,
         };
         let push = if size16 {
             mk(Instruction::with1(Code::Push_imm16, next & 0xffff))
