@@ -283,6 +283,14 @@ impl ShadowMmu {
         Ok(())
     }
 
+    /// Whether entering user mode now ([`Self::set_user`]`(true)`) would unmap nothing: no
+    /// page it would unmap is mapped. Translated code that enters user mode without the
+    /// runtime (an inline IRET) may do so only while this holds.
+    pub fn user_entry_unmaps_nothing(&self) -> bool {
+        let limit = if self.strict { 1 << 20 } else { self.user_limit >> 12 };
+        self.unsafe_pages.range(..limit).next().is_none()
+    }
+
     /// Ring compression: the guest's CPL changed (`user` = CPL 3). Entering user mode unmaps
     /// every mapped page below `user_limit()` that user code must not reach with the rights
     /// the host mapping gives (supervisor-only pages, and pages made host-writable by a

@@ -253,7 +253,9 @@ fn supervisor_write_with_wp_clear_and_ring_compression() {
         ]
     );
     // Entering user mode: both unsafe pages below the limit go (one run), the kernel page stays.
+    assert!(!e.mmu.user_entry_unmaps_nothing());
     e.mmu.set_user(true, &mut e.rec).unwrap();
+    assert!(e.mmu.user_entry_unmaps_nothing());
     assert_eq!(e.rec.take(), [u(0x5000, 2)]);
     assert!(e.mmu.mapping(0xc000_0000).is_some());
     assert_eq!(e.mmu.stats().user_unmapped, 2);
@@ -269,6 +271,7 @@ fn supervisor_write_with_wp_clear_and_ring_compression() {
     );
     // Back to kernel mode: nothing to do; a second set_user(true) finds nothing unsafe.
     e.mmu.set_user(false, &mut e.rec).unwrap();
+    assert!(e.mmu.user_entry_unmaps_nothing());
     e.mmu.set_user(true, &mut e.rec).unwrap();
     assert!(e.rec.take().is_empty());
 }

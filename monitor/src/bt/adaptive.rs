@@ -300,6 +300,10 @@ impl Direct<'_> {
                 // A descriptor-table frame the selector table relies on (segs.rs).
                 self.bt_seg_drop_range(frame, s, e);
             }
+            if self.bt_fsys_watches(frame) {
+                // A frame the system-call block relies on (fastsys.rs).
+                self.bt_fsys_drop_range(frame, s, e);
+            }
             if !self.shadow.map.code_frames.contains(&frame) {
                 continue;
             }

@@ -143,6 +143,15 @@ impl HotUser {
         true
     }
 
+    /// `n` system calls translated user code of address space `cr3` made without a callout
+    /// (inline INT, `fastsys.rs`): counted as [`HotUser::callout`] counts a system call's.
+    pub fn credit_syscalls(&mut self, cr3: u32, n: u32) {
+        if self.region_syscalls.len() >= MAX_COUNTERS && !self.region_syscalls.contains_key(&cr3) {
+            self.region_syscalls.clear();
+        }
+        *self.region_syscalls.entry(cr3).or_default() += u64::from(n);
+    }
+
     /// A system call trapped from direct user code at linear `lin`. True if its page just
     /// became hot.
     pub fn syscall_trap(&mut self, cr3: u32, lin: u32) -> bool {

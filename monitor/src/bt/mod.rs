@@ -32,6 +32,7 @@
 
 pub mod adaptive;
 pub mod area;
+pub mod fastsys;
 pub mod gate;
 pub mod hot;
 pub mod segs;
@@ -119,6 +120,8 @@ pub struct Bt {
     pub faults: adaptive::FaultCounters,
     /// The selector table of inline segment loads (`segs.rs`).
     pub seg: segs::SegTable,
+    /// The block of system calls without a callout (`fastsys.rs`).
+    pub fsys: fastsys::FastSys,
     /// What each check slot holds armed to level 1 (its stub for an enabling site, its
     /// continuation otherwise); the signal handler copies from it.
     stubs1: Box<[u32]>,
@@ -282,6 +285,7 @@ impl Bt {
             translated: 0,
             faults: adaptive::FaultCounters::default(),
             seg: segs::SegTable::default(),
+            fsys: fastsys::FastSys::default(),
             stubs1: vec![0; check_max].into_boxed_slice(),
             enabling: vec![false; check_max],
         };
@@ -293,6 +297,7 @@ impl Bt {
         bt.clear_ibl(1);
         let bounds = bt.abi.ugs_bounds_bytes();
         bt.vw(bt.abi.ugs_bounds, &bounds);
+        bt.fsys_clear();
         Ok(bt)
     }
 
@@ -471,6 +476,7 @@ impl Bt {
         // Every frame protection goes with the fragments (the callers clear them): the
         // selector table relied on some.
         self.seg_clear();
+        self.fsys_clear();
         self.user_chains.clear();
         self.user_code_pages.clear();
         self.cache.flush(TC_RESERVED);
@@ -694,18 +700,14 @@ pub fn mode_of(s: &CpuState) -> Mode {
 /// goes through DS to GS base + offset). Anything the DS shadow refuses faults in the host
 /// and the interpreter re-executes the instruction with the guest's GS.
 pub fn user_gs_flat(s: &CpuState) -> bool {
+    s.cpl == 3 && s.cr0 & cr::CR0_PE != 0 && s.eflags & flags::VM == 0 && gs_flat(s.seg(SegReg::Gs)) && s.seg(SegReg::Ds).base == 0
+}
+
+/// The GS half of [`user_gs_flat`]: a present, writable, expand-up data segment with a 4 GiB
+/// limit.
+pub fn gs_flat(gs: &vmm_interp::state::Segment) -> bool {
     use vmm_interp::state::attr;
-    let gs = s.seg(SegReg::Gs);
-    s.cpl == 3
-        && s.cr0 & cr::CR0_PE != 0
-        && s.eflags & flags::VM == 0
-        && gs.present()
-        && gs.attr & attr::S != 0
-        && gs.attr & attr::CODE == 0
-        && gs.writable()
-        && !gs.expand_down()
-        && gs.limit == 0xffff_ffff
-        && s.seg(SegReg::Ds).base == 0
+    gs.present() && gs.attr & attr::S != 0 && gs.attr & attr::CODE == 0 && gs.writable() && !gs.expand_down() && gs.limit == 0xffff_ffff
 }
 
 /// Guest code through the guest's page tables (no side effects).
@@ -857,7 +859,7 @@ impl Direct<'_> {
         let Some(frame) = self.cpu.probe_translation(lin).map(|p| p >> 12) else { return false };
         // A descriptor-table frame the selector table relies on (segs.rs) stays protected: the
         // interpreter performs the write, and the entries whose descriptors it changes go.
-        let watched = self.bt_seg_watches(frame);
+        let watched = self.bt_seg_watches(frame) || self.bt_fsys_watches(frame);
         let Some(bt) = self.bt.as_mut() else { return false };
         if !self.shadow.map.code_frames.contains(&frame) {
             return false;
@@ -923,6 +925,8 @@ impl Direct<'_> {
         let irq = self.cpu.bus.interrupt_requested();
         let bt = self.bt.as_mut().ok_or_else(|| outcome("no translation cache"))?;
         bt.sync_in(&self.cpu.state, st.sel[SegReg::Ss as usize], irq);
+        self.bt_fsys_sync();
+        let bt = self.bt.as_mut().ok_or_else(|| outcome("no translation cache"))?;
         st.sel[SegReg::Cs as usize] = sys::USER32_CS;
         st.sel[SegReg::Gs as usize] = bt.vcpu_sel;
         st.eflags = (self.cpu.state.eflags & HOST_FLAGS) | flags::IF | flags::FIXED1;
@@ -931,6 +935,7 @@ impl Direct<'_> {
 
     /// Runs translated code from the guest's CS:EIP until something needs the run loop.
     pub(crate) fn bt_native(&mut self, lock: &std::sync::MutexGuard<'_, ()>, deadline: Option<u64>) -> Flow {
+        self.bt_exit_cpl = 0;
         if self.cpu.state.eflags & flags::TF != 0 {
             // Single-stepping (the virtual TF): the interpreter raises #DB after each instruction.
             self.stats.exit("bt-single-step");
@@ -1011,6 +1016,11 @@ impl Direct<'_> {
                 return Err(outcome("returned from translated code without an exit record"));
             }
             self.bt_seg_copy_back(&ex, &st);
+            self.bt_fsys_follow().map_err(|e| outcome(format!("set_user: {e}")))?;
+            self.bt_exit_cpl = self.cpu.state.cpl;
+            if let Some(o) = self.fatal.take() {
+                return Err(o);
+            }
             if ex.signal != 0 {
                 return self.bt_signal(&ex, deadline);
             }
@@ -1057,6 +1067,12 @@ impl Direct<'_> {
                 let site = site.filter(|d| self.site_matches(&d.g));
                 self.bt_note_callout(ex.eip, site.as_deref());
                 if self.cpu.state.cpl == 3 {
+                    if let (Some(d), Some(bt)) = (site.as_deref(), self.bt.as_mut()) {
+                        if d.g.instr.code() == iced_x86::Code::Int_imm8 {
+                            // A candidate for the inline INT (fastsys.rs).
+                            bt.fsys.want_vector = Some(d.g.instr.immediate8());
+                        }
+                    }
                     let arg = self.bt.as_mut().map_or(0, |bt| bt.vr32(callout_arg));
                     self.hot_user_callout(arg == vmm_scanner::classify::CalloutKind::Interrupt as u32);
                 }
@@ -1183,6 +1199,12 @@ impl Direct<'_> {
         s.eflags = eflags;
         // A fault of the instruction after STI: no interrupt before it completes.
         s.int_shadow = pc.shadow;
+        if pc.recovery.emulate {
+            // Not the guest's fault (an inline INT's or IRETD's frame, fastsys.rs): the
+            // interpreter executes the instruction, and meets any fault that is the guest's.
+            self.stats.exit("bt-inline-fallback");
+            return self.emulate(deadline);
+        }
         let fault = self.bt_fault_begin(ex.eip);
         self.classify(ex, deadline)?;
         self.bt_fault_end(fault);

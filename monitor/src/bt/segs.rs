@@ -127,7 +127,7 @@ impl Direct<'_> {
         }
         let frames = bt.seg_clear();
         for f in frames {
-            if !bt.cache.frame_has_code(f) {
+            if !bt.cache.frame_has_code(f) && !bt.fsys.frames.contains(&f) {
                 self.shadow.map.code_frames.remove(&f);
             }
         }

@@ -144,6 +144,7 @@ pub(crate) fn run_held(held: &mut session::Held, mut machine: Machine, state: Cp
         info: iced_x86::InstructionInfoFactory::new(),
         guest_ticks: 0,
         bt_emulate_exits: 0,
+        bt_exit_cpl: 0,
         hot: crate::bt::hot::HotUser::default(),
     };
     e.stats.engine = match (opts.kernel_engine, opts.user_engine) {
@@ -164,6 +165,14 @@ pub(crate) fn run_held(held: &mut session::Held, mut machine: Machine, state: Cp
     let mut stats = e.stats;
     if e.bt_emulate_exits > 0 {
         *stats.exits.entry("bt-emulate").or_default() += e.bt_emulate_exits;
+    }
+    if let Some(bt) = e.bt.as_ref() {
+        // Not exits: system calls translated code made without the monitor (bt/fastsys.rs).
+        for (k, v) in [("bt-inline-int", bt.fsys.ints), ("bt-inline-iret", bt.fsys.irets)] {
+            if v > 0 {
+                *stats.exits.entry(k).or_default() += v;
+            }
+        }
     }
     let hz = crate::native::tsc::hz().max(1) as u128;
     stats.guest_time = Duration::from_nanos(u64::try_from(e.guest_ticks as u128 * 1_000_000_000 / hz).unwrap_or(u64::MAX));
@@ -213,7 +222,7 @@ pub(crate) struct Direct<'a> {
     pub(crate) monitor_base: u32,
     halted_ns: u64,
     /// A shadow-mapping failure found where it could not be returned.
-    fatal: Option<Outcome>,
+    pub(crate) fatal: Option<Outcome>,
     /// The `bt` engine's translation cache and monitor area, when it is one of the engines.
     pub(crate) bt: Option<crate::bt::Bt>,
     /// Adaptive user-mode translation: the hot user pages (`crate::bt::hot`).
@@ -229,6 +238,9 @@ pub(crate) struct Direct<'a> {
     /// `stats.exits` at the end of the run (a `BTreeMap` update by name per callout showed in
     /// profiles; nothing reads this counter during the run).
     pub(crate) bt_emulate_exits: u64,
+    /// The guest's CPL when translated code last left the TC (0 if the last run of the bt
+    /// engine ended before entering it).
+    pub(crate) bt_exit_cpl: u8,
 }
 
 /// Continue, or end the run.
@@ -325,8 +337,11 @@ impl Direct<'_> {
                     None => Ok(()),
                 }
             } else if self.engine() == EngineKind::Bt {
-                hot_user = self.cpu.state.cpl == 3 && self.opts.user_engine == EngineKind::Direct;
-                self.bt_native(lock, deadline)
+                let r = self.bt_native(lock, deadline);
+                // Translated code may have entered user code itself (an inline IRETD): what
+                // counts is the privilege it left the TC at.
+                hot_user = self.bt_exit_cpl == 3 && self.opts.user_engine == EngineKind::Direct;
+                r
             } else {
                 if was_hot_user && self.cpu.state.cpl == 3 {
                     // Translated user code left its hot pages for this one.
@@ -354,6 +369,7 @@ impl Direct<'_> {
     /// direct engine does not take.
     fn interp_slice(&mut self, deadline: Option<u64>) -> Flow {
         self.bt_seg_drop("bt-seg-drop-interp"); // its writes are not watched (bt/segs.rs)
+        self.bt_fsys_drop(); // nor for the system-call block (bt/fastsys.rs)
         for _ in 0..self.opts.slice.max(1) {
             let special = self.peek_special();
             let n = self.cpu.icount;
@@ -814,7 +830,7 @@ impl Direct<'_> {
 }
 
 /// The guest's descriptor for `sel` from its GDT or LDT (None: outside the table or unreadable).
-fn table_entry(cpu: &mut Cpu<Machine>, sel: u16) -> Option<u64> {
+pub(crate) fn table_entry(cpu: &mut Cpu<Machine>, sel: u16) -> Option<u64> {
     let s = &cpu.state;
     let (base, limit) = if sel & 4 != 0 {
         if s.ldtr.attr == 0 {

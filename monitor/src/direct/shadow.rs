@@ -142,6 +142,11 @@ impl Shadow {
         self.inner.set_user(user, &mut self.map)
     }
 
+    /// Whether `set_user(true)` would unmap nothing now.
+    pub fn user_entry_unmaps_nothing(&self) -> bool {
+        self.inner.user_entry_unmaps_nothing()
+    }
+
     pub fn user(&self) -> bool {
         self.inner.user_mode()
     }
