@@ -1348,3 +1348,183 @@ fn loops_through_checked_exits_match_the_interpreter() {
         }
     }
 }
+
+// System calls without a callout (scanner `mangle/syscall.rs`, monitor `bt/fastsys.rs`): user
+// code's `int 0x80` and the kernel's IRETD back are inline while the gate, the TSS and the
+// descriptors are the ones the runtime validated. The kernel's handler below changes what the
+// inline paths rely on between calls (the gate's type, TSS.ESP0, the data segments IRET must
+// null, the frame's flags, IF and ESP), and the user code changes its flags, registers and
+// data segments, so that the inline paths, their fallbacks and their invalidation all run.
+
+/// Syscall handler actions (EAX & 7 at the `int 0x80`; EAX = [`SYS_EXIT`] ends the run).
+const SYS_EXIT: u32 = 0xdead;
+
+/// The handler at `HANDLER0` (the DPL-3 gate 0x80): one action per call, then IRETD.
+fn syscall_handler() -> Vec<u8> {
+    let mut h = CodeAssembler::new(32).unwrap();
+    let mut go = h.create_label();
+    let mut done = h.create_label();
+    h.cmp(eax, SYS_EXIT).unwrap();
+    h.jne(go).unwrap();
+    h.mov(al, 0).unwrap();
+    h.out(0xf4, al).unwrap();
+    h.hlt().unwrap();
+    h.set_label(&mut go).unwrap();
+    h.push(edx).unwrap();
+    h.mov(edx, eax).unwrap();
+    h.and(edx, 7).unwrap();
+    let mut cases: Vec<CodeLabel> = (0..8).map(|_| h.create_label()).collect();
+    for (k, l) in cases.iter().enumerate() {
+        h.cmp(edx, k as u32).unwrap();
+        h.je(*l).unwrap();
+    }
+    let frame = |o: i32| dword_ptr(esp + (4 + o));
+    for (k, l) in cases.iter_mut().enumerate() {
+        h.set_label(l).unwrap();
+        match k {
+            0 => h.inc(ebx).unwrap(),
+            1 => h.xor(frame(8), 0x8d5u32).unwrap(), // the arithmetic flags of the frame
+            2 => {
+                h.mov(dx, 0x10u32).unwrap(); // ES of DPL 0: IRET nulls it
+                h.mov(es, dx).unwrap();
+            }
+            3 => h.sub(frame(12), 4u32).unwrap(), // the user ESP
+            4 => h.xor(byte_ptr(IDT + 0x80 * 8 + 5), 1u32).unwrap(), // interrupt <-> trap gate
+            5 => h.xor(dword_ptr(0x3004u32), 0x100u32).unwrap(), // TSS.ESP0
+            6 => h.xor(frame(8), 0x200u32).unwrap(), // IF of the frame
+            _ => {
+                h.mov(dx, 0x23u32).unwrap();
+                h.mov(ds, dx).unwrap();
+                h.mov(es, dx).unwrap();
+                h.xor(edx, edx).unwrap();
+                h.mov(fs, dx).unwrap();
+            }
+        }
+        h.jmp(done).unwrap();
+    }
+    h.set_label(&mut done).unwrap();
+    h.pop(edx).unwrap();
+    h.iretd().unwrap();
+    h.assemble(HANDLER0 as u64).unwrap()
+}
+
+/// User code: `rounds` times the steps (an operation, then `int 0x80` with an action), then
+/// the exit call. EBP counts the rounds.
+fn syscall_user_code(steps: &[(u8, u32, u8)], rounds: u32) -> Vec<u8> {
+    const R: [AsmRegister32; 5] = [ecx, edx, ebx, esi, edi];
+    let mut a = CodeAssembler::new(32).unwrap();
+    let mut top = a.create_label();
+    a.mov(ebp, rounds).unwrap();
+    a.set_label(&mut top).unwrap();
+    for &(k, v, action) in steps {
+        let r = R[(v % 5) as usize];
+        match k % 6 {
+            0 => a.add(r, v).unwrap(),
+            1 => a.xor(r, R[((v >> 8) % 5) as usize]).unwrap(),
+            2 => {
+                a.push(v).unwrap();
+                a.pop(r).unwrap();
+            }
+            3 => {
+                a.mov(dx, if v & 1 == 0 { 0x23u32 } else { 0 }).unwrap();
+                if v & 2 == 0 {
+                    a.mov(ds, dx).unwrap();
+                } else {
+                    a.mov(es, dx).unwrap();
+                }
+            }
+            4 => {
+                a.pushfd().unwrap();
+                a.pop(r).unwrap();
+            }
+            _ => a.cmp(r, v).unwrap(),
+        }
+        a.mov(eax, action as u32).unwrap();
+        a.int(0x80).unwrap();
+    }
+    a.dec(ebp).unwrap();
+    a.jnz(top).unwrap();
+    a.mov(eax, SYS_EXIT).unwrap();
+    a.int(0x80).unwrap();
+    a.assemble(CODE as u64).unwrap()
+}
+
+/// The guest of `syscall_user_code` (DS must be the flat one: the user steps' memory is the
+/// stack only).
+fn syscall_image(steps: &[(u8, u32, u8)], rounds: u32, paging: bool) -> (Vec<u8>, CpuState) {
+    let (mut ram, mut s) = user_image_of(&syscall_user_code(steps, rounds), paging, 0x43);
+    let h = syscall_handler();
+    ram[HANDLER0 as usize..HANDLER0 as usize + h.len()].copy_from_slice(&h);
+    s.eflags |= vmm_interp::state::flags::IF;
+    (ram, s)
+}
+
+/// The steps for `--user-engine direct`: without PUSHFD, which natively shows the host's IF
+/// (the virtual IF may be clear: handler action 6), a difference of direct execution.
+fn without_pushfd(steps: &[(u8, u32, u8)]) -> Vec<(u8, u32, u8)> {
+    steps.iter().map(|&(k, v, a)| (if k % 6 == 4 { 5 } else { k }, v, a)).collect()
+}
+
+/// A run of the system-call guest under `user` (kernel bt; interp for both with Interp).
+fn syscall_run(ram: Vec<u8>, s: CpuState, user: EngineKind) -> RunResult {
+    if user == EngineKind::Interp {
+        engine::run_interp(machine(ram), s, &user_opts(EngineKind::Interp))
+    } else {
+        engine::run(machine(ram), s, &user_opts(user)).unwrap()
+    }
+}
+
+/// A fixed guest: the inline paths are taken (counted), under `--user-engine bt` and under
+/// `direct` (the page of `int 0x80` turns hot), and every run ends as the interpreter's.
+#[test]
+fn system_calls_are_inline_and_match_the_interpreter() {
+    let steps: Vec<(u8, u32, u8)> = (0..16u32).map(|k| ((k % 6) as u8, k.wrapping_mul(0x9e37_79b9) | 1, if k % 4 == 3 { (k / 4) as u8 } else { 0 })).collect();
+    for paging in [false, true] {
+        for user in [EngineKind::Bt, EngineKind::Direct] {
+            let steps = if user == EngineKind::Direct { without_pushfd(&steps) } else { steps.clone() };
+            let (ram, s) = syscall_image(&steps, 40, paging);
+            let i = syscall_run(ram.clone(), s.clone(), EngineKind::Interp);
+            assert_eq!(i.outcome, vmm_monitor::engine::Outcome::DebugExit { value: 0 });
+            let b = syscall_run(ram.clone(), s.clone(), user);
+            let (vb, vi) = (user_visible(&b), user_visible(&i));
+            let diff = ram_differences(&b, &i);
+            assert!(vb == vi && diff.is_empty(), "{user:?} paging {paging}: {}{diff}\n{}", differences(&vb, &vi), b.stats.render());
+            let n = |k: &str| b.stats.exits.get(k).copied().unwrap_or(0);
+            // 641 system calls: most of them inline both ways.
+            assert!(n("bt-inline-int") > 400 && n("bt-inline-iret") > 400, "{user:?} paging {paging}\n{}", b.stats.render());
+        }
+    }
+}
+
+/// Cases of the system-call property in the default run (`VMM_BT_SYSCALL_PROP_CASES`).
+const DEFAULT_SYSCALL_CASES: u32 = 150;
+
+/// The property: random user steps and handler actions, under `--user-engine bt` and
+/// `direct`, end as under the interpreter (registers, flags, segments, memory: the kernel
+/// stack's frames included).
+#[test]
+fn system_calls_without_callouts_match_the_interpreter() {
+    use proptest::test_runner::{TestError, TestRunner};
+    let cases = std::env::var("VMM_BT_SYSCALL_PROP_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(DEFAULT_SYSCALL_CASES);
+    let mut runner = TestRunner::new(ProptestConfig { cases, source_file: Some(file!()), ..ProptestConfig::default() });
+    let strategy = (prop::collection::vec((0u8..6, any::<u32>(), 0u8..8), 1..24), 2u32..12, any::<bool>());
+    let result = runner.run(&strategy, |(steps, rounds, paging)| {
+        for user in [EngineKind::Bt, EngineKind::Direct] {
+            let steps = if user == EngineKind::Direct { without_pushfd(&steps) } else { steps.clone() };
+            let (ram, s) = syscall_image(&steps, rounds, paging);
+            let i = syscall_run(ram.clone(), s.clone(), EngineKind::Interp);
+            let b = syscall_run(ram.clone(), s.clone(), user);
+            let (vb, vi) = (user_visible(&b), user_visible(&i));
+            let diff = ram_differences(&b, &i);
+            prop_assert!(vb == vi && diff.is_empty(), "{user:?}: {}{diff}", differences(&vb, &vi));
+        }
+        Ok(())
+    });
+    match result {
+        Ok(()) => {}
+        Err(TestError::Fail(why, (steps, rounds, paging))) => {
+            panic!("bt and the interpreter differ: {why}\nminimal failing case ({rounds} rounds, paging {paging}): {steps:?}\n{runner}")
+        }
+        Err(e) => panic!("{e}\n{runner}"),
+    }
+}

@@ -94,6 +94,12 @@ pub struct FastSys {
     want_user: Option<(u16, u16)>,
     /// The sequences' counters as last read.
     seen: (u32, u32),
+    /// The last validation refused a candidate path, and how many times in a row: what it
+    /// refused may change without a change of the key (the interpreter setting an Accessed
+    /// bit, writing a TSS field while emulating a callout): the INT and IRETD callouts ask
+    /// for a validation again, at exponentially spaced ones.
+    refused: u32,
+    retry_count: u32,
     /// Inline INTs and IRETDs, validations, emptyings.
     pub ints: u64,
     pub irets: u64,
@@ -193,6 +199,19 @@ impl Direct<'_> {
         for f in frames {
             if !bt.cache.frame_has_code(f) && !bt.seg.frames.contains(&f) {
                 self.shadow.map.code_frames.remove(&f);
+            }
+        }
+    }
+
+    /// An INT or IRETD callout (the inline path was not taken): after a refused validation,
+    /// ask for another at the next entry (at the 1st, 2nd, 4th, 8th... such callout).
+    pub(crate) fn bt_fsys_callout(&mut self) {
+        let Some(bt) = self.bt.as_mut() else { return };
+        let f = &mut bt.fsys;
+        if f.refused > 0 {
+            f.retry_count = f.retry_count.wrapping_add(1);
+            if f.retry_count.is_power_of_two() {
+                f.key = None;
             }
         }
     }
@@ -355,6 +374,11 @@ impl Direct<'_> {
         if ok {
             bt.fsys.int = int;
             bt.fsys.ret = ret;
+        }
+        let refused = (key.vector.is_some() && bt.fsys.int.is_none()) || (key.user.is_some() && bt.fsys.ret.is_none());
+        bt.fsys.refused = if refused { bt.fsys.refused.saturating_add(1) } else { 0 };
+        if !refused {
+            bt.fsys.retry_count = 0;
         }
     }
 

@@ -1066,6 +1066,11 @@ impl Direct<'_> {
                 };
                 let site = site.filter(|d| self.site_matches(&d.g));
                 self.bt_note_callout(ex.eip, site.as_deref());
+                if let Some(d) = site.as_deref() {
+                    if matches!(d.g.instr.code(), iced_x86::Code::Int_imm8 | iced_x86::Code::Iretd) {
+                        self.bt_fsys_callout();
+                    }
+                }
                 if self.cpu.state.cpl == 3 {
                     if let (Some(d), Some(bt)) = (site.as_deref(), self.bt.as_mut()) {
                         if d.g.instr.code() == iced_x86::Code::Int_imm8 {
