@@ -506,6 +506,8 @@ impl Bt {
         self.chained = 0;
         self.invalidations = 0;
         self.translated = 0;
+        // The header zeroed the block's counters; the candidates are this run's to find.
+        self.fsys = fastsys::FastSys::default();
     }
 
     /// Tells the signal handler where the TC, the `irq` byte, the trampolines and the check
