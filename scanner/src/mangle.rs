@@ -31,6 +31,7 @@ use iced_x86::{
     Code, ConditionCode, Encoder, Instruction, MemoryOperand, Mnemonic, OpKind, Register,
 };
 
+pub mod io;
 mod user_gs;
 
 use crate::abi::{Abi, CalloutOp, VIRT_MASK};
@@ -864,7 +865,7 @@ fn mangle_insn(b: &mut Builder<'_>, gi: &GuestInsn, unit: &Unit, cfg: &Config) -
             if needs_stack32 && !stack32 {
                 return emulate(b, CalloutKind::Stack16);
             }
-            inline(b, gi, k, next)
+            inline(b, gi, k, next, cfg)
         }
     }
 }
@@ -1081,7 +1082,7 @@ fn load_reg_from_gs(b: &mut Builder<'_>, r: Register, off: u32) {
     }
 }
 
-fn inline(b: &mut Builder<'_>, gi: &GuestInsn, k: InlineKind, next: u32) -> Done {
+fn inline(b: &mut Builder<'_>, gi: &GuestInsn, k: InlineKind, next: u32, cfg: &Config) -> Done {
     let i = &gi.instr;
     let a = b.abi;
     let (s0, s1) = (b.slot(S0), b.slot(S1));
@@ -1269,6 +1270,7 @@ fn inline(b: &mut Builder<'_>, gi: &GuestInsn, k: InlineKind, next: u32) -> Done
         }
         InlineKind::LoadSreg => load_sreg(b, gi, next),
         InlineKind::Verify => verify_seg(b, gi, next),
+        InlineKind::PortIo => io::port_io(b, gi, cfg, next),
         InlineKind::ReadCr => {
             let n = i.op1_register().number() as u32;
             if n > 4 || n == 1 {

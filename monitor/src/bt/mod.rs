@@ -34,6 +34,7 @@ pub mod adaptive;
 pub mod area;
 pub mod gate;
 pub mod hot;
+mod ports;
 pub mod segs;
 
 use std::sync::Arc;
