@@ -797,8 +797,8 @@ mod tests {
             (&[0x0f, 0xa2], T::Inline(IK::Cpuid)),
             (&[0xe4, 0x60], T::Inline(IK::PortIo)), // in al, 60h
             (&[0xee], T::Inline(IK::PortIo)),       // out dx, al
-            (&[0x6c], T::Callout(CK::Io)),       // insb
-            (&[0xf3, 0x6f], T::Callout(CK::Io)), // rep outsd
+            (&[0x6c], T::Callout(CK::Io)),          // insb
+            (&[0xf3, 0x6f], T::Callout(CK::Io)),    // rep outsd
             (&[0x8c, 0xd8], T::Inline(IK::ReadSreg)), // mov eax, ds
             (&[0x8c, 0x28], T::Inline(IK::ReadSreg)), // mov [eax], gs
             (&[0x8e, 0xd8], T::Inline(IK::LoadSreg)), // mov ds, eax

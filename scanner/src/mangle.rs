@@ -18,7 +18,8 @@
 //! * **Returns and indirect branches**: the target is looked up in the table on the vCPU page;
 //!   a hit jumps to the fragment (`jmp gs:[slot]`), a miss calls out with `IndirectMiss`.
 //! * **Inline** CLI/STI, PUSHF/POPF, reads of segment selectors, CRn and DRn, SGDT/SIDT/SLDT/
-//!   STR/SMSW, RDTSC, CPUID (see [`InlineKind`]).
+//!   STR/SMSW, RDTSC, CPUID (see [`InlineKind`]); IN/OUT to the machine's null ports
+//!   (`mangle/io.rs`).
 //! * **Callouts** for everything heavy: `Emulate` at the guest EIP, then the fragment goes on;
 //!   also for an IDENT instruction the runtime hinted (`Config::hints`: it kept faulting).
 //!
