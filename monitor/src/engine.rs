@@ -292,6 +292,10 @@ impl RunStats {
         let _ = writeln!(s, "port reads      {}", m.port_reads);
         let _ = writeln!(s, "port writes     {}", m.port_writes);
         let _ = writeln!(s, "unclaimed ports {}", m.unclaimed_ports);
+        if self.translated > 0 {
+            // scanner/src/mangle/io.rs: translated IN/OUT to null ports never reach the machine.
+            let _ = writeln!(s, "  (port counts: without translated code's inline IN/OUT to null ports)");
+        }
         if !m.unclaimed_by_port.is_empty() {
             let mut top: Vec<_> = m.unclaimed_by_port.iter().collect();
             top.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));

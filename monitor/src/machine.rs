@@ -29,7 +29,7 @@ use crate::console::{ConsoleFlags, ConsoleWatch, Input, InputSource};
 
 use vmm_interp::{Bus, IoAction};
 
-use crate::devices::{Clock, DebugExit, DeviceId, I8042, PciConfig, PicPair, Pit, PortMap, Rtc, SystemControl, Uart};
+use crate::devices::{Clock, DebugExit, DeviceId, I8042, PciConfig, PicPair, Pit, PortMap, Rtc, SystemControl, Uart, FLOATING_BUS};
 use crate::memory::GuestRam;
 
 /// Interrupt polls (one per instruction while EFLAGS.IF is set) between two readings of the
@@ -278,13 +278,24 @@ impl Machine {
         self.com1.flush();
     }
 
+    /// The ports where IN and OUT do nothing but read the floating bus, for every access size
+    /// ([`PortMap::is_null`]: no device, or one whose model does nothing; the dispatch below
+    /// treats exactly those alike). The `bt` engine does IN and OUT there inline
+    /// (scanner/src/mangle/io.rs), without this machine: they are not in [`MachineStats`].
+    pub fn null_ports(&self) -> vmm_scanner::NullPorts {
+        vmm_scanner::NullPorts::new(|p| self.ports.is_null(p), FLOATING_BUS)
+    }
+
     fn read_byte(&mut self, port: u16) -> u8 {
         let Some((dev, off)) = self.ports.lookup(port) else {
             self.stats.unclaimed_ports += 1;
             *self.stats.unclaimed_by_port.entry(port).or_default() += 1;
             tracing::trace!(port, "read of an unclaimed port");
-            return 0xff;
+            return FLOATING_BUS;
         };
+        if dev.is_null() {
+            return FLOATING_BUS;
+        }
         match dev {
             DeviceId::Pic | DeviceId::Elcr => self.pic.read(port),
             DeviceId::Pit => {
@@ -317,7 +328,8 @@ impl Machine {
                 self.update_kbc_irqs();
                 v
             }
-            DeviceId::Delay => 0xff,
+            // Null (returned above).
+            DeviceId::Delay => FLOATING_BUS,
             DeviceId::PciConfig => self.pci.read(off),
         }
     }
@@ -330,6 +342,9 @@ impl Machine {
             tracing::trace!(port, value = v, "write to an unclaimed port");
             return false;
         };
+        if dev.is_null() {
+            return false;
+        }
         match dev {
             DeviceId::Pic | DeviceId::Elcr => self.pic.write(port, v),
             DeviceId::Pit => {
@@ -362,6 +377,7 @@ impl Machine {
                 // The reset line stops the CPU at once.
                 return self.kbc.reset_requested();
             }
+            // Null (returned above).
             DeviceId::Delay => {}
             DeviceId::PciConfig => self.pci.write(off, v),
         }
@@ -527,6 +543,35 @@ mod tests {
         // A word write splits into bytes: the low byte reaches 0xf4 first.
         assert_eq!(m.io_out(0xf4, 2, 0x0203), IoAction::Exit);
         assert_eq!(m.exit_status(), Some(7));
+    }
+
+    /// The set the translator inlines is what the machine does: at every port and size it
+    /// calls null, a write (of anything) does not stop the run and a read returns the floating
+    /// value whatever was written; a port that reads back what it was written (0x80) or
+    /// stops the run (0xf4) is not in it, nor any access that reaches one.
+    #[test]
+    fn null_ports_are_what_the_machine_ignores() {
+        let (mut m, _, _) = machine();
+        let n = m.null_ports();
+        let mut seen = 0;
+        for size in [1u32, 2, 4] {
+            for p in 0..=u16::MAX {
+                if !n.access(p, size) {
+                    continue;
+                }
+                seen += 1;
+                for v in [0, 0x5a5a_5a5a, u32::MAX] {
+                    assert_eq!(m.io_out(p, size as u8, v), IoAction::Continue, "port {p:#x} size {size}");
+                    assert_eq!(m.io_in(p, size as u8), n.read(size), "port {p:#x} size {size}");
+                }
+            }
+        }
+        assert_eq!(m.exit_status(), None);
+        assert!(seen > 3 * 60000, "{seen}");
+        assert_eq!(n.read(1), 0xff);
+        assert!(n.contains(0xed) && n.contains(0xe0));
+        assert!(!n.contains(0x80) && !n.contains(0xf4));
+        assert!(n.access(0x3f7, 1) && !n.access(0x3f7, 2) && !n.access(0x7e, 4) && !n.access(0xf1, 4));
     }
 
     #[test]

@@ -202,6 +202,11 @@ pub struct Abi {
     pub check_stubs: u32,
     /// Number of check slots; a translation cache that needs more is flushed.
     pub check_max: u32,
+    /// The null-port maps of the inline `IN`/`OUT ..., dx` (mangle/io.rs): one per size of
+    /// [`NULL_PORT_SIZES`](crate::mangle::io::NULL_PORT_SIZES), [`NULL_PORT_MAP_SIZE`] bytes
+    /// each, byte p = 1 if an access of that size at port p touches only null ports. Written by
+    /// the runtime only ([`crate::mangle::io::NullPorts::map`]).
+    pub null_port_maps: u32,
     /// Size of the whole vCPU region in bytes (the GS limit + 1).
     pub vcpu_size: u32,
 }
@@ -276,6 +281,11 @@ pub const UGS_BOUND_SIZES: [u32; 6] = [2, 4, 8, 10, 16, 32];
 /// Entries of [`Abi::seg_table`]: one per 16-bit selector value.
 pub const SEG_TABLE_ENTRIES: u32 = 1 << 16;
 
+/// Bytes of one null-port map ([`Abi::null_port_maps`]): one per port.
+pub const NULL_PORT_MAP_SIZE: u32 = 1 << 16;
+/// Bytes of the null-port maps, all sizes.
+const NULL_PORT_MAPS: u32 = NULL_PORT_MAP_SIZE * crate::mangle::io::NULL_PORT_SIZES.len() as u32;
+
 impl Default for Abi {
     fn default() -> Self {
         let ibl_bits = 16;
@@ -318,7 +328,8 @@ impl Default for Abi {
             check_conts: checks + 4 * check_max,
             check_stubs: checks + 8 * check_max,
             check_max,
-            vcpu_size: checks + 12 * check_max,
+            null_port_maps: checks + 12 * check_max,
+            vcpu_size: checks + 12 * check_max + NULL_PORT_MAPS,
         }
     }
 }
@@ -356,7 +367,8 @@ impl Abi {
             check_slots: checks,
             check_conts: checks + 4 * d.check_max,
             check_stubs: checks + 8 * d.check_max,
-            vcpu_size: checks + 12 * d.check_max,
+            null_port_maps: checks + 12 * d.check_max,
+            vcpu_size: checks + 12 * d.check_max + NULL_PORT_MAPS,
             ..d
         }
     }
@@ -411,6 +423,12 @@ impl Abi {
     /// Offset of the selector-table entry of guest selector `sel`.
     pub fn seg_entry(&self, sel: u16) -> u32 {
         self.seg_table + 2 * sel as u32
+    }
+
+    /// Offset of the null-port map for accesses of `size` bytes, if there is one.
+    pub fn null_port_map(&self, size: u32) -> Option<u32> {
+        let sizes = crate::mangle::io::NULL_PORT_SIZES;
+        sizes.iter().position(|&n| n == size).map(|i| self.null_port_maps + NULL_PORT_MAP_SIZE * i as u32)
     }
 
     /// Index in the lookup table for a guest target EIP.
@@ -480,6 +498,7 @@ impl Abi {
             ("check_slots", self.check_slots, 4 * self.check_max),
             ("check_conts", self.check_conts, 4 * self.check_max),
             ("check_stubs", self.check_stubs, 4 * self.check_max),
+            ("null_port_maps", self.null_port_maps, NULL_PORT_MAPS),
         ];
         for (name, off, len) in &fields {
             if off.checked_add(*len).is_none_or(|end| end > self.vcpu_size) {

@@ -109,6 +109,9 @@ pub enum InlineKind {
     LoadSreg,
     /// VERR/VERW: on the host selector from the selector table (a callout when the entry is 0).
     Verify,
+    /// IN/OUT to the machine's null ports: the floating value, or nothing (mangle/io.rs; a
+    /// callout for other ports).
+    PortIo,
 }
 
 /// Why a callout is made (passed as the callout argument with `CalloutOp::Emulate`).
@@ -362,7 +365,10 @@ pub static TABLE: &[Class] = &[
     class!("CPUID", Mnemonics(&[M::Cpuid]),
         priv false, sens true, RI::None, Different("the host's leaves (#GP once CPUID faulting is on)"),
         Inline(IK::Cpuid), ends false, "Basic leaves from the table on the vCPU page; other leaves are a callout."),
-    class!("IN / OUT / INS / OUTS", Mnemonics(&[M::In, M::Out, M::Insb, M::Insw, M::Insd, M::Outsb, M::Outsw, M::Outsd]),
+    class!("IN / OUT", Mnemonics(&[M::In, M::Out]),
+        priv true, sens true, RI::None, Gp("IOPL 0 and no I/O bitmap"),
+        Inline(IK::PortIo), ends false, "IOPL-sensitive; the device models. Ports whose device does nothing (the machine's null ports): IN reads the floating bus, OUT is dropped (the DX forms test a port map on the vCPU page). Other ports: CALLOUT(Io)."),
+    class!("INS / OUTS", Mnemonics(&[M::Insb, M::Insw, M::Insd, M::Outsb, M::Outsw, M::Outsd]),
         priv true, sens true, RI::None, Gp("IOPL 0 and no I/O bitmap"),
         Callout(CK::Io), ends false, "IOPL-sensitive; the device models."),
     class!("MOV from a segment register", Codes(&[Code::Mov_rm16_Sreg, Code::Mov_r32m16_Sreg]),
@@ -789,10 +795,10 @@ mod tests {
             (&[0x0f, 0x31], T::Inline(IK::Rdtsc)),
             (&[0x0f, 0x33], T::Callout(CK::Rdpmc)),
             (&[0x0f, 0xa2], T::Inline(IK::Cpuid)),
-            (&[0xe4, 0x60], T::Callout(CK::Io)), // in al, 60h
-            (&[0xee], T::Callout(CK::Io)),       // out dx, al
-            (&[0x6c], T::Callout(CK::Io)),       // insb
-            (&[0xf3, 0x6f], T::Callout(CK::Io)), // rep outsd
+            (&[0xe4, 0x60], T::Inline(IK::PortIo)), // in al, 60h
+            (&[0xee], T::Inline(IK::PortIo)),       // out dx, al
+            (&[0x6c], T::Callout(CK::Io)),          // insb
+            (&[0xf3, 0x6f], T::Callout(CK::Io)),    // rep outsd
             (&[0x8c, 0xd8], T::Inline(IK::ReadSreg)), // mov eax, ds
             (&[0x8c, 0x28], T::Inline(IK::ReadSreg)), // mov [eax], gs
             (&[0x8e, 0xd8], T::Inline(IK::LoadSreg)), // mov ds, eax

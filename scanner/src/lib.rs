@@ -30,6 +30,7 @@ pub mod validate;
 pub use abi::{Abi, CalloutOp};
 pub use emit::Fragment;
 pub use hints::Hints;
+pub use mangle::io::NullPorts;
 pub use units::{GuestCode, Limits, Unit};
 
 /// The guest state a translation depends on (a fragment is valid only in its mode).
@@ -97,6 +98,10 @@ pub struct Config {
     /// `slot_base`, `slot_base + 1`, ... (`Fragment::sites`). The runtime sets it from
     /// `Cache::next_slot` before each translation.
     pub slot_base: u32,
+    /// The machine's null ports (IN and OUT there are inline at CPL 0: mangle/io.rs); the
+    /// runtime sets it from its machine for a whole run and writes the matching maps at
+    /// [`Abi::null_port_maps`]. Default: none.
+    pub null_ports: NullPorts,
 }
 
 /// Scans and translates the unit at guest `eip` for translation-cache address `tc_addr`.

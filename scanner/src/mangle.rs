@@ -18,7 +18,8 @@
 //! * **Returns and indirect branches**: the target is looked up in the table on the vCPU page;
 //!   a hit jumps to the fragment (`jmp gs:[slot]`), a miss calls out with `IndirectMiss`.
 //! * **Inline** CLI/STI, PUSHF/POPF, reads of segment selectors, CRn and DRn, SGDT/SIDT/SLDT/
-//!   STR/SMSW, RDTSC, CPUID (see [`InlineKind`]).
+//!   STR/SMSW, RDTSC, CPUID (see [`InlineKind`]); IN/OUT to the machine's null ports
+//!   (`mangle/io.rs`).
 //! * **Callouts** for everything heavy: `Emulate` at the guest EIP, then the fragment goes on;
 //!   also for an IDENT instruction the runtime hinted (`Config::hints`: it kept faulting).
 //!
@@ -32,6 +33,7 @@ use iced_x86::{
 };
 
 mod syscall;
+pub mod io;
 mod user_gs;
 
 use crate::abi::{Abi, CalloutOp, VIRT_MASK};
@@ -884,7 +886,7 @@ fn mangle_insn(b: &mut Builder<'_>, gi: &GuestInsn, unit: &Unit, cfg: &Config) -
             if needs_stack32 && !stack32 {
                 return emulate(b, CalloutKind::Stack16);
             }
-            inline(b, gi, k, next)
+            inline(b, gi, k, next, cfg)
         }
     }
 }
@@ -1101,7 +1103,7 @@ fn load_reg_from_gs(b: &mut Builder<'_>, r: Register, off: u32) {
     }
 }
 
-fn inline(b: &mut Builder<'_>, gi: &GuestInsn, k: InlineKind, next: u32) -> Done {
+fn inline(b: &mut Builder<'_>, gi: &GuestInsn, k: InlineKind, next: u32, cfg: &Config) -> Done {
     let i = &gi.instr;
     let a = b.abi;
     let (s0, s1) = (b.slot(S0), b.slot(S1));
@@ -1289,6 +1291,7 @@ fn inline(b: &mut Builder<'_>, gi: &GuestInsn, k: InlineKind, next: u32) -> Done
         }
         InlineKind::LoadSreg => load_sreg(b, gi, next),
         InlineKind::Verify => verify_seg(b, gi, next),
+        InlineKind::PortIo => io::port_io(b, gi, cfg, next),
         InlineKind::ReadCr => {
             let n = i.op1_register().number() as u32;
             if n > 4 || n == 1 {

@@ -8,7 +8,10 @@ use vmm_scanner::{translate, validate, Config, Fragment, Mode, Unit};
 pub const TC: u32 = 0xffc0_0000;
 
 pub fn tr_mode(code: &[u8], eip: u32, mode: Mode) -> (Unit, Fragment) {
-    let cfg = Config::default();
+    tr_cfg(code, eip, mode, &Config::default())
+}
+
+pub fn tr_cfg(code: &[u8], eip: u32, mode: Mode, cfg: &Config) -> (Unit, Fragment) {
     let (u, f) = translate(
         &mut SliceCode {
             base: eip,
@@ -18,7 +21,7 @@ pub fn tr_mode(code: &[u8], eip: u32, mode: Mode) -> (Unit, Fragment) {
         eip,
         mode,
         TC,
-        &cfg,
+        cfg,
     )
     .expect("encodes");
     validate::check_fragment(&f, &cfg.abi, &cfg.model)

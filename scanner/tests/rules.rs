@@ -843,3 +843,69 @@ fn checks_before_a_direct_branch_go_into_its_exits() {
     assert!(!callouts(&f).iter().any(|c| c.0 == CalloutOp::PendingIrq as u32 && c.1 == Some(0x1001)));
     assert!(callouts(&f).contains(&(CalloutOp::Exit as u32, Some(0x1001), 0x1001, 0)));
 }
+
+/// IN and OUT at CPL 0 with null ports (mangle/io.rs): everything but 0x60..=0x64 and 0x80 is
+/// null here, and reads 0xa5 (a value no other rule would produce).
+fn null_port_config() -> vmm_scanner::Config {
+    vmm_scanner::Config {
+        null_ports: vmm_scanner::NullPorts::new(|p| !(0x60..=0x64).contains(&p) && p != 0x80, 0xa5),
+        ..vmm_scanner::Config::default()
+    }
+}
+
+#[test]
+fn in_and_out_imm8_to_null_ports_are_decided_at_translation() {
+    let cfg = null_port_config();
+    // in al, 0e0h; in ax, 5eh; in eax, 0e0h; out 0e0h, eax; out 5fh, ax; in ax, 5fh; out 80h, al; ret
+    let code = [0xe4, 0xe0, 0x66, 0xe5, 0x5e, 0xe5, 0xe0, 0xe7, 0xe0, 0x66, 0xe7, 0x5f, 0x66, 0xe5, 0x5f, 0xe6, 0x80, 0xc3];
+    let (_, f) = tr_cfg(&code, 0x1000, Mode::kernel32(), &cfg);
+    assert_has(&f, &["mov al,0A5h", "mov ax,0A5A5h", "mov eax,0A5A5A5A5h"]);
+    // The word IN at 0x5f reaches 0x60, the OUT 0x80 a device: callouts. The null OUTs are gone.
+    let c = callouts(&f);
+    let io = |eip, next| (EMU, Some(eip), next, CalloutKind::Io as u32);
+    assert!(c.contains(&io(0x1009, 0x100c)), "{c:?}");
+    assert!(c.contains(&io(0x100c, 0x100f)), "{c:?}");
+    assert!(c.contains(&io(0x100f, 0x1011)), "{c:?}");
+    assert_eq!(c.iter().filter(|x| x.3 == CalloutKind::Io as u32).count(), 3, "{c:?}");
+    assert!(decode(&f).iter().all(|i| !matches!(i.mnemonic(), Mnemonic::In | Mnemonic::Out)));
+    // Without null ports (the default), and at CPL 3, every one is a callout.
+    let (_, plain) = tr(&code);
+    assert_eq!(callouts(&plain).iter().filter(|x| x.3 == CalloutKind::Io as u32).count(), 7);
+    let user = Mode { cpl: 3, ..Mode::kernel32() };
+    let (_, f3) = tr_cfg(&code, 0x1000, user, &cfg);
+    assert_eq!(callouts(&f3).iter().filter(|x| x.3 == CalloutKind::UserMode as u32).count(), 7);
+}
+
+#[test]
+fn in_and_out_dx_test_the_port_map_without_flags() {
+    let cfg = null_port_config();
+    let a = Abi::default();
+    // in ax, dx; out dx, eax; insb; lock in al, dx (#UD: an invalid instruction)
+    let (_, f) = tr_cfg(&[0x66, 0xed, 0xef, 0x6c, 0xf0, 0xec], 0x1000, Mode::kernel32(), &cfg);
+    let map = |n: u32| format!("movzx ecx,byte ptr gs:[ecx+{:X}h]", a.null_port_map(n).unwrap());
+    let sc = format!("mov gs:[{:X}h],ecx", a.slot(5));
+    let lc = format!("mov ecx,gs:[{:X}h]", a.slot(5));
+    let dec = "lea ecx,[ecx-1]";
+    assert_has(&f, &[&sc, "movzx ecx,dx", &map(2), dec, &lc, "mov ax,0A5A5h", &sc, "movzx ecx,dx", &map(4), dec, &lc]);
+    let c = callouts(&f);
+    let io = |eip, next| (EMU, Some(eip), next, CalloutKind::Io as u32);
+    // The slow paths (a port with a device) and INSB: callouts; the LOCK form is invalid.
+    for (eip, next) in [(0x1000, 0x1002), (0x1002, 0x1003), (0x1003, 0x1004)] {
+        assert!(c.contains(&io(eip, next)), "{eip:#x} {c:?}");
+    }
+    assert!(c.contains(&(CalloutOp::Invalid as u32, Some(0x1004), 0, 0)), "{c:?}");
+    // From the first spill to the fragment's exit, nothing writes a flag (the callouts' far
+    // calls aside: the gate preserves the guest's flags).
+    let is = decode(&f);
+    let start = is.iter().position(|i| i.code() == iced_x86::Code::Movzx_r32_rm16 && i.op1_register() == Register::DX).unwrap();
+    for i in &is[start..] {
+        if i.code() != Code::Call_m1632 {
+            assert_eq!(i.rflags_modified(), 0, "{i}");
+        }
+    }
+    // The maps: byte p of the size-n map is 1 exactly when the n ports from p are null.
+    let m2 = cfg.null_ports.map(2);
+    assert_eq!((m2[0x5e], m2[0x5f], m2[0x60], m2[0x64], m2[0x65]), (1, 0, 0, 0, 1));
+    let m4 = cfg.null_ports.map(4);
+    assert_eq!((m4[0x5c], m4[0x5d], m4[0x7c], m4[0x7d], m4[0x81]), (1, 0, 1, 0, 1));
+}

@@ -73,7 +73,7 @@ pub(super) fn exit_code(a: &mut CodeAssembler) -> Result<(), IcedError> {
 }
 
 /// The machine and the CPU state for `kernel` (at CODE), `handler` (vector 0x80) and `user`.
-fn machine(kernel: &[u8], handler: &[u8], user: &[u8]) -> (Machine, CpuState) {
+pub(super) fn machine(kernel: &[u8], handler: &[u8], user: &[u8]) -> (Machine, CpuState) {
     let mut ram = GuestRam::heap(RAM);
     let gdt = [
         0u64,

@@ -35,6 +35,7 @@ pub mod area;
 pub mod fastsys;
 pub mod gate;
 pub mod hot;
+mod ports;
 pub mod segs;
 
 use std::sync::Arc;

@@ -19,7 +19,7 @@ pub use i8042::I8042;
 pub use pci::PciConfig;
 pub use pic::PicPair;
 pub use pit::Pit;
-pub use ports::{DeviceId, PortMap};
+pub use ports::{DeviceId, PortMap, FLOATING_BUS};
 pub use rtc::Rtc;
 pub use system_control::SystemControl;
 pub use uart::{SharedBuffer, Uart};

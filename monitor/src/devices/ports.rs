@@ -29,6 +29,20 @@ pub enum DeviceId {
     PciConfig,
 }
 
+impl DeviceId {
+    /// Whether the device's model does nothing: every write is ignored and every read returns
+    /// the floating bus ([`FLOATING_BUS`]), without a side effect. The machine dispatches
+    /// these devices' ports like ports no device claims (`Machine::read_byte`,
+    /// `Machine::write_byte`), and the `bt` engine does IN/OUT there inline
+    /// (`Machine::null_ports`). Port 0x80 is not null: it reads back the last POST code.
+    pub fn is_null(self) -> bool {
+        matches!(self, DeviceId::Delay)
+    }
+}
+
+/// What a byte read of a port no device drives returns: the floating ISA bus, all ones.
+pub const FLOATING_BUS: u8 = 0xff;
+
 /// An overlapping registration.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("ports {new:#x?} of {new_dev:?} overlap ports {old:#x?} of {old_dev:?}")]
@@ -85,6 +99,12 @@ impl PortMap {
         Ok(())
     }
 
+    /// Whether a byte access at `port` does nothing (writes ignored, reads [`FLOATING_BUS`]): no
+    /// device claims it, or a null device does ([`DeviceId::is_null`]).
+    pub fn is_null(&self, port: u16) -> bool {
+        self.lookup(port).is_none_or(|(d, _)| d.is_null())
+    }
+
     /// The device at `port` and the port's offset from the start of its range.
     pub fn lookup(&self, port: u16) -> Option<(DeviceId, u16)> {
         let i = self.entries.partition_point(|(r, _)| *r.start() <= port);
@@ -112,6 +132,17 @@ mod tests {
         assert_eq!(m.lookup(0x71), Some((DeviceId::Rtc, 1)));
         assert_eq!(m.lookup(0x64), Some((DeviceId::Kbc, 0)));
         assert_eq!(m.lookup(0xcfe), Some((DeviceId::PciConfig, 6)));
+    }
+
+    #[test]
+    fn null_ports_are_the_unclaimed_and_the_delay_port() {
+        let m = PortMap::pc();
+        assert!(m.is_null(0xe0) && m.is_null(0xed) && m.is_null(0x3f7) && m.is_null(0x81));
+        assert!(!m.is_null(0x80) && !m.is_null(0xf4) && !m.is_null(0x3f8) && !m.is_null(0x21));
+        // Every claimed port but the delay port's is a device's.
+        let claimed = (0..=u16::MAX).filter(|&p| m.lookup(p).is_some()).count();
+        let null = (0..=u16::MAX).filter(|&p| m.is_null(p)).count();
+        assert_eq!(65536 - null, claimed - 1);
     }
 
     #[test]

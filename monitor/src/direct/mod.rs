@@ -110,6 +110,7 @@ pub(crate) fn run_held(held: &mut session::Held, mut machine: Machine, state: Cp
             // Hot user code (adaptive user-mode translation, `crate::bt::hot`) was told the
             // host's CPUID while it ran directly: translate it with the host's model.
             bt.cfg.user_model = (opts.user_engine == EngineKind::Direct).then(vmm_scanner::classify::Model::host);
+            bt.set_null_ports(machine.null_ports());
             (Some(bt), Some(header))
         }
         None => (None, None),
