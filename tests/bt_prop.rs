@@ -1573,6 +1573,8 @@ fn system_calls_without_callouts_match_the_interpreter() {
             panic!("bt and the interpreter differ: {why}\nminimal failing case ({rounds} rounds, paging {paging}): {steps:?}\n{runner}")
         }
         Err(e) => panic!("{e}\n{runner}"),
+    }
+}
 
 /// Every form of the port-I/O step (`emit`, step 25: both sizes, every port and port pair,
 /// imm8 and DX), each with its own value written and each IN's result stored apart, runs
