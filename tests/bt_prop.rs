@@ -1642,3 +1642,17 @@ fn port_io_of_every_form_matches_the_interpreter() {
         );
     }
 }
+
+/// A case the property found: ES and DS hold LDT selector 4, the guest rewrites its
+/// descriptor, then loads FS and ES with it again. The entry after FS's load (a callout)
+/// gave ES the table slot of selector 4 from memory just before that slot was rewritten with
+/// FS's new descriptor: ES ran with a descriptor it never loaded, and its inline reload (the
+/// same host selector) looked like no change.
+#[test]
+fn a_register_keeps_its_descriptor_when_another_reloads_the_selector() {
+    let steps: &[Step] = &[(43, 0, 1365015811), (46, 3623142790, 254276045), (43, 0, 530603509)];
+    let i = run(steps, EngineKind::Interp, false);
+    let b = run(steps, EngineKind::Bt, false);
+    let (vb, vi) = (visible(&b), visible(&i));
+    assert!(vb == vi, "{}\n{}", differences(&vb, &vi), b.stats.render());
+}

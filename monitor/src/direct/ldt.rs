@@ -184,6 +184,13 @@ impl HostLdt {
         Ok((hs, refused))
     }
 
+    /// Changes with every write of a slot (or of the segment a slot stands for): an answer of
+    /// [`HostLdt::selector_for`] given before a change may name a slot that holds another
+    /// shadow since.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
     /// The guest's segment for a hardware selector `hw` found in a segment register at an exit.
     /// `None`: a selector of the host's GDT (the guest loaded one of its own GDT selectors by
     /// value, reaching the host's entry) or an entry this process never wrote.

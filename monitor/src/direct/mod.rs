@@ -543,11 +543,22 @@ impl Direct<'_> {
         let top = if user { self.shadow.user_limit().min(self.monitor_base) } else { self.monitor_base };
         let mut sel = [0u16; 6];
         let Direct { ldt, cpu, .. } = self;
-        for (i, out) in sel.iter_mut().enumerate() {
-            let seg = cpu.state.seg[i];
-            match ldt.selector_for(i, &seg, top, user, &mut |s| table_entry(cpu, s)) {
-                Ok(h) => *out = h,
-                Err(_) => return Ok(None),
+        // Until no slot changes under the answers: a table slot one register's answer names
+        // may be rewritten for a later register holding the same selector with another
+        // descriptor (a guest that changed a descriptor and reloaded one register); the next
+        // round sends the first one to its cached slot. Cached slots are per register, so the
+        // second round changes no table slot.
+        for _ in 0..3 {
+            let before = ldt.generation();
+            for (i, out) in sel.iter_mut().enumerate() {
+                let seg = cpu.state.seg[i];
+                match ldt.selector_for(i, &seg, top, user, &mut |s| table_entry(cpu, s)) {
+                    Ok(h) => *out = h,
+                    Err(_) => return Ok(None),
+                }
+            }
+            if ldt.generation() == before {
+                break;
             }
         }
         if sel[SegReg::Cs as usize] == 0 || sel[SegReg::Ss as usize] == 0 {
