@@ -104,7 +104,8 @@ pub struct Bt {
     /// forks take turns on the CPU; a child that has not touched the shell's code pages yet
     /// has no mapping for them).
     user_chains: HashMap<FragId, UserChains>,
-    /// CR3 of the last fragment lookup.
+    /// The CR3 the user chains were last checked for (at a user-mode lookup; None: check at
+    /// the next one).
     last_cr3: Option<u32>,
     /// The guest may have remapped user code without changing CR3 (INVLPG of a page user
     /// fragments came from, or a CR3 write of the same value): user chains and lookup entries
@@ -748,11 +749,17 @@ impl Direct<'_> {
         let mut valid = |bt: &Bt, f: FragId| {
             bt.pages.get(&f).is_some_and(|pp| pp.iter().all(|&(p, fr)| *memo.entry(p).or_insert_with(|| frame_of(cpu, p)) == fr))
         };
-        if bt.last_cr3 != Some(key.2) || bt.revalidate {
+        // User chains matter only to user code: checked at user-mode lookups (a shell's
+        // children that run no translated user code leave its chains alone).
+        if mode.cpl == 3 && (bt.last_cr3 != Some(key.2) || bt.revalidate) {
             bt.rechain_user(&mut valid);
             bt.last_cr3 = Some(key.2);
         }
         if std::mem::take(&mut bt.revalidate) {
+            // The user chains too, at the next user-mode lookup.
+            if mode.cpl != 3 {
+                bt.last_cr3 = None;
+            }
             for other in 0..2 {
                 if bt.ibl[other].key.is_some_and(|k| k.2 == key.2) {
                     bt.revalidate_ibl(other, &mut valid);
