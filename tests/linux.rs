@@ -106,6 +106,13 @@ fn debian_kernel_boots_to_a_busybox_shell_under_bt() {
     boot_and_drive("bt", "direct", true);
 }
 
+/// User code translated too (`--user-engine bt`): every system call of the session then goes
+/// through the inline INT and IRETD of translated code (docs/bt.md), the digests checked.
+#[test]
+fn debian_kernel_boots_to_a_busybox_shell_under_bt_with_user_code_translated() {
+    boot_and_drive("bt", "bt", true);
+}
+
 /// The oracle run: every instruction interpreted (about 4.4 billion to the shell).
 #[test]
 fn debian_kernel_boots_to_a_busybox_shell_under_interp() {
