@@ -885,17 +885,23 @@ impl Direct<'_> {
     /// The guest-linear ranges the instruction at CS:EIP writes (explicit operands and the
     /// stack, REP strings by their count), decoded before the interpreter executes it.
     /// `decoded`: the instruction at CS:EIP, if the caller has it.
-    pub(crate) fn bt_predict_writes(&mut self, decoded: Option<&Decoded>) -> Vec<(u32, u32)> {
+    pub(crate) fn bt_predict_writes(&mut self, decoded: Option<&Decoded>) -> smallvec::SmallVec<[(u32, u32); 4]> {
         let s = &self.cpu.state;
         if !s.protected_mode() || self.shadow.map.code_frames.is_empty() {
-            return Vec::new();
+            return Default::default();
         }
         let ranges = match decoded {
             Some(d) => self.memory_ranges_decoded(d),
             None => self.memory_ranges_at_eip(),
         };
-        let Some((ranges, _)) = ranges else { return Vec::new() };
-        ranges.into_iter().filter(|r| r.2).map(|(start, len, _)| (start, len)).collect()
+        let Some((ranges, _)) = ranges else { return Default::default() };
+        let mut writes = smallvec::SmallVec::new();
+        for &(start, len, write) in &ranges {
+            if write {
+                writes.push((start, len));
+            }
+        }
+        writes
     }
 
     /// After an emulated instruction: invalidate the code frames it wrote (the predicted
