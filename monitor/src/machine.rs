@@ -75,6 +75,8 @@ impl StopReason {
 pub struct Machine {
     pub ram: GuestRam,
     pub pic: PicPair,
+    /// Code that reprograms the PIT or the RTC other than through their ports calls
+    /// [`timers_changed`](Self::timers_changed).
     pub pit: Pit,
     pub com1: Uart,
     pub debug_exit: DebugExit,
@@ -89,6 +91,10 @@ pub struct Machine {
     pub post_code: u8,
     ports: PortMap,
     clock: Box<dyn Clock>,
+    /// Clock time before which the PIT and the RTC have nothing new to report (their next
+    /// enabled event): [`update`](Self::update) skips them until then. Zero after any port
+    /// access (a device's programming may have changed).
+    timers_due_ns: u64,
     poll_countdown: u32,
     input: Option<Box<dyn InputSource>>,
     /// Input the UART could not take yet.
@@ -124,6 +130,7 @@ impl Machine {
             post_code: 0,
             ports: PortMap::pc(),
             clock,
+            timers_due_ns: 0,
             poll_countdown: POLL_INTERVAL,
             input: None,
             pending_input: VecDeque::new(),
@@ -215,14 +222,28 @@ impl Machine {
         self.clock.now_ns()
     }
 
+    /// The PIT or the RTC was changed other than through a port: the next
+    /// [`update`](Self::update) looks at them.
+    pub fn timers_changed(&mut self) {
+        self.timers_due_ns = 0;
+    }
+
     /// Bring the timers up to the clock and the interrupt lines up to the devices.
+    ///
+    /// The timers are looked at only once their next event is due (`timers_due_ns`, from
+    /// [`next_deadline_ns`](Self::next_deadline_ns)): before it, channel 0 has no new edge
+    /// and the RTC no enabled flag to raise (the flags it would record meanwhile are the
+    /// ones its next update or register access computes over the longer interval).
     pub fn update(&mut self) {
         let now = self.now_ns();
-        if self.pit.irq0_edge(now) {
-            self.stats.timer_irqs += 1;
-            self.pic.pulse_irq(Self::PIT_IRQ);
+        if now >= self.timers_due_ns {
+            if self.pit.irq0_edge(now) {
+                self.stats.timer_irqs += 1;
+                self.pic.pulse_irq(Self::PIT_IRQ);
+            }
+            self.rtc.update(now);
+            self.timers_due_ns = self.next_deadline_at(now).unwrap_or(u64::MAX);
         }
-        self.rtc.update(now);
         self.pic.set_irq(Rtc::IRQ, self.rtc.irq_level());
         if self.kbc.irq_held() {
             self.kbc.release_irq();
@@ -253,8 +274,13 @@ impl Machine {
     /// When the next device interrupt is due (clock nanoseconds), if any is scheduled. It may
     /// be masked at the PIC or the guest's IF may be clear: waking early is harmless.
     pub fn next_deadline_ns(&self) -> Option<u64> {
+        self.next_deadline_at(self.now_ns())
+    }
+
+    /// [`next_deadline_ns`](Self::next_deadline_ns) with the clock read at `now`.
+    fn next_deadline_at(&self, now: u64) -> Option<u64> {
         let pit = self.pit.next_irq0_ns();
-        let rtc = self.rtc.next_deadline_ns(self.now_ns());
+        let rtc = self.rtc.next_deadline_ns(now);
         match (pit, rtc) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -287,6 +313,7 @@ impl Machine {
     }
 
     fn read_byte(&mut self, port: u16) -> u8 {
+        self.timers_due_ns = 0;
         let Some((dev, off)) = self.ports.lookup(port) else {
             self.stats.unclaimed_ports += 1;
             *self.stats.unclaimed_by_port.entry(port).or_default() += 1;
@@ -336,6 +363,7 @@ impl Machine {
 
     /// Returns whether the write asks the engine to stop (the debug-exit port).
     fn write_byte(&mut self, port: u16, v: u8) -> bool {
+        self.timers_due_ns = 0;
         let Some((dev, off)) = self.ports.lookup(port) else {
             self.stats.unclaimed_ports += 1;
             *self.stats.unclaimed_by_port.entry(port).or_default() += 1;

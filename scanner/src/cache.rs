@@ -145,6 +145,11 @@ pub struct Cache {
     incoming: HashMap<FragId, Vec<(FragId, u32)>>,
     /// Fragment ids in TC-address order (allocation order).
     order: Vec<FragId>,
+    /// The TC address of each of `order`'s fragments, kept when the fragment is removed.
+    order_addr: Vec<u32>,
+    /// `order_addr` is strictly ascending (fragments inserted in allocation order, as the
+    /// runtime does): `fragment_at` is then one binary search.
+    ordered: bool,
     flushes: u64,
     /// Address of the check slots' continuations (`Abi::check_conts` in the vCPU region).
     conts: u32,
@@ -188,6 +193,8 @@ impl Cache {
             by_frame: HashMap::default(),
             incoming: HashMap::default(),
             order: Vec::new(),
+            order_addr: Vec::new(),
+            ordered: true,
             flushes: 0,
             conts: 0,
             next_slot: 0,
@@ -246,6 +253,8 @@ impl Cache {
         self.by_frame.clear();
         self.incoming.clear();
         self.order.clear();
+        self.order_addr.clear();
+        self.ordered = true;
         self.next_slot = 0;
         self.flushes += 1;
     }
@@ -288,7 +297,11 @@ impl Cache {
             code: Vec::new(),
         }));
         self.by_key.insert((lin, mode), id);
+        if self.order_addr.last().is_some_and(|&a| a >= frag.tc_addr) {
+            self.ordered = false;
+        }
         self.order.push(id);
+        self.order_addr.push(frag.tc_addr);
         (id, inv)
     }
 
@@ -304,11 +317,16 @@ impl Cache {
 
     /// The live fragment whose code contains TC address `addr`.
     pub fn fragment_at(&self, addr: u32) -> Option<FragId> {
-        let i = self.order.partition_point(|id| {
-            self.frags[id.0 as usize].as_ref().map_or(0, |f| f.tc_addr) <= addr
-        });
-        // Removed fragments are skipped by looking backwards for a live one.
-        self.order[..i].iter().rev().find_map(|id| {
+        if self.ordered {
+            // Fragments do not overlap and start at ascending addresses: only the last one
+            // that starts at or below `addr` can contain it (removed or not).
+            let i = self.order_addr.partition_point(|&a| a <= addr);
+            let id = self.order[i.checked_sub(1)?];
+            let f = self.frags[id.0 as usize].as_ref()?;
+            return (addr < f.tc_addr + f.size).then_some(id);
+        }
+        // Inserted out of address order (not what the runtime does): look at every one.
+        self.order.iter().rev().find_map(|id| {
             let f = self.frags[id.0 as usize].as_ref()?;
             (addr >= f.tc_addr && addr < f.tc_addr + f.size).then_some(*id)
         })
@@ -478,6 +496,51 @@ mod tests {
         translate(&mut probe, 0, eip, Mode::kernel32(), at, &cfg)
             .unwrap()
             .1
+    }
+
+    /// `fragment_at` against a scan of every live fragment, while fragments are added and
+    /// removed (in allocation order, and not).
+    #[test]
+    fn fragment_at_finds_the_live_fragment_holding_an_address() {
+        let abi = Abi::default();
+        for shuffled in [false, true] {
+            let mut c = Cache::new(0xffc0_0000, 0x10000, 64);
+            let mut ids = Vec::new();
+            let mut seed = 0x1234_5678u32;
+            let mut rnd = || {
+                seed ^= seed << 13;
+                seed ^= seed >> 17;
+                seed ^= seed << 5;
+                seed
+            };
+            // Fragments of different lengths (a nop sled of 1-20 bytes, then ret).
+            let mut frags: Vec<(Fragment, u32)> = (0..40u32)
+                .map(|k| {
+                    let mut code = vec![0x90; 1 + (k as usize * 7) % 20];
+                    code.push(0xc3);
+                    (frag(&mut c, &code, 0x1000 * (k + 1)), 0x1000 * (k + 1))
+                })
+                .collect();
+            if shuffled {
+                frags.swap(3, 17);
+                frags.swap(20, 5);
+            }
+            for (k, (f, eip)) in frags.iter().enumerate() {
+                let (id, _) = c.insert(f, *eip, Mode::kernel32(), &[k as u32 + 1]);
+                ids.push(id);
+                if rnd() % 3 == 0 {
+                    let victim = ids[rnd() as usize % ids.len()];
+                    c.invalidate(&[victim], &abi);
+                }
+            }
+            let live: Vec<(u32, u32, FragId)> =
+                ids.iter().filter_map(|&id| c.get(id).map(|r| (r.tc_addr, r.size, id))).collect();
+            assert!(live.len() > 10 && live.len() < 40, "{}", live.len());
+            for addr in 0xffc0_0000..0xffc0_0000 + c.used() + 32 {
+                let want = live.iter().find(|&&(a, n, _)| addr >= a && addr < a + n).map(|l| l.2);
+                assert_eq!(c.fragment_at(addr), want, "{addr:#x}, shuffled {shuffled}");
+            }
+        }
     }
 
     #[test]

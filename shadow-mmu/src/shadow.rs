@@ -304,6 +304,10 @@ impl ShadowMmu {
             } else {
                 self.user_limit >> 12
             };
+            // Most of the time there are none (a CPL change per system call comes here).
+            if self.unsafe_pages.first().is_none_or(|&p| p >= limit) {
+                return Ok(());
+            }
             let victims: Vec<u32> = self.unsafe_pages.range(..limit).copied().collect();
             for (start, n) in runs(victims.into_iter()) {
                 map.unmap(start << 12, n)?;

@@ -238,11 +238,8 @@ impl<B: Bus> Cpu<B> {
             let old_ss = self.state.seg[SegReg::Ss as usize].selector;
             let old_esp = self.state.gpr[4];
             let mut sp = nesp;
-            let mut vals = vec![old_ss as u32, old_esp, old_eflags, old_cs as u32, old_eip];
-            if let Some(e) = error {
-                vals.push(e);
-            }
-            for val in vals {
+            let vals = [old_ss as u32, old_esp, old_eflags, old_cs as u32, old_eip, error.unwrap_or(0)];
+            for &val in &vals[..5 + usize::from(error.is_some())] {
                 self.push_to(&nss, &mut sp, psize, val, dpl, || exc::ss(ss_code))?;
             }
             if offset > new_cs.limit {
@@ -257,11 +254,8 @@ impl<B: Bus> Cpu<B> {
         } else if cd.conforming() || dpl == cpl {
             let ss = self.state.seg[SegReg::Ss as usize];
             let mut sp = if ss.big() { self.state.gpr[4] } else { self.state.gpr[4] & 0xffff };
-            let mut vals = vec![old_eflags, old_cs as u32, old_eip];
-            if let Some(e) = error {
-                vals.push(e);
-            }
-            for val in vals {
+            let vals = [old_eflags, old_cs as u32, old_eip, error.unwrap_or(0)];
+            for &val in &vals[..3 + usize::from(error.is_some())] {
                 self.push_to(&ss, &mut sp, psize, val, cpl, || exc::ss(ext))?;
             }
             if offset > new_cs.limit {

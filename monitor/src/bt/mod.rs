@@ -201,6 +201,10 @@ struct UserChains {
     exits: Vec<(FragId, u32)>,
     /// The exits jump to the target now (otherwise to their stubs).
     patched: bool,
+    /// The target's (linear page, frame) pairs (its `Bt::pages`, which do not change while
+    /// it lives), kept here for the check at each CR3 change without two cache misses per
+    /// target.
+    pages: smallvec::SmallVec<[(u32, u32); 2]>,
 }
 
 /// A set of lookup-table indexes: a list to walk and a bitmap against duplicates.
@@ -409,13 +413,13 @@ impl Bt {
     /// is `valid` in the address space now current, at their stub elsewhere. The work is per
     /// target whose validity changed (a shell and its children take turns: most targets keep
     /// theirs).
-    fn rechain_user(&mut self, valid: &mut impl FnMut(&Bt, FragId) -> bool) {
+    fn rechain_user(&mut self, valid: &mut impl FnMut(&[(u32, u32)]) -> bool) {
         let mut groups = std::mem::take(&mut self.user_chains);
         groups.retain(|&to, g| {
             if self.cache.get(to).is_none() {
                 return false; // dropped: the cache unchained its callers
             }
-            let now = valid(self, to);
+            let now = valid(&g.pages);
             if now != g.patched {
                 self.patch_user_chains(to, g, now);
             }
@@ -680,6 +684,11 @@ impl Bt {
 /// The frame of a page that does not translate (`Bt::pages`).
 const NO_FRAME: u32 = u32::MAX;
 
+/// Entries of `bt_fragment`'s page-to-frame memo, and the mark of an empty one (no linear
+/// page number is that large).
+const VALID_MEMO: usize = 512;
+const NO_PAGE: u32 = u32::MAX;
+
 /// The frame linear page `page` translates to now, or [`NO_FRAME`].
 fn frame_of<B: vmm_interp::Bus>(cpu: &mut Cpu<B>, page: u32) -> u32 {
     cpu.probe_translation(page << 12).map_or(NO_FRAME, |f| f >> 12)
@@ -744,17 +753,29 @@ impl Direct<'_> {
         let lin = cs_base.wrapping_add(eip);
         let key = (mode, cs_base, s.cr3, s.cr4 & cr::CR4_PGE != 0);
         // Whether fragment `f`'s guest pages map the frames it was translated from, in the
-        // address space now current (memoised for one CR3 change).
-        let mut memo: HashMap<u32, u32> = HashMap::default();
-        let mut valid = |bt: &Bt, f: FragId| {
-            bt.pages.get(&f).is_some_and(|pp| pp.iter().all(|&(p, fr)| *memo.entry(p).or_insert_with(|| frame_of(cpu, p)) == fr))
+        // address space now current (memoised for one CR3 change in a direct-mapped table of
+        // (page, frame), made at the first use: every user fragment with chained callers is
+        // checked at each CR3 change, and hashing showed in profiles of fork + exec).
+        let mut memo: Vec<(u32, u32)> = Vec::new();
+        let mut pages_valid = |pp: &[(u32, u32)]| {
+            if memo.is_empty() {
+                memo.resize(VALID_MEMO, (NO_PAGE, 0));
+            }
+            pp.iter().all(|&(p, fr)| {
+                let slot = &mut memo[p as usize % VALID_MEMO];
+                if slot.0 != p {
+                    *slot = (p, frame_of(cpu, p));
+                }
+                slot.1 == fr
+            })
         };
         // User chains matter only to user code: checked at user-mode lookups (a shell's
         // children that run no translated user code leave its chains alone).
         if mode.cpl == 3 && (bt.last_cr3 != Some(key.2) || bt.revalidate) {
-            bt.rechain_user(&mut valid);
+            bt.rechain_user(&mut pages_valid);
             bt.last_cr3 = Some(key.2);
         }
+        let mut valid = |bt: &Bt, f: FragId| bt.pages.get(&f).is_some_and(|pp| pages_valid(pp));
         if std::mem::take(&mut bt.revalidate) {
             // The user chains too, at the next user-mode lookup.
             if mode.cpl != 3 {
@@ -897,17 +918,23 @@ impl Direct<'_> {
     /// The guest-linear ranges the instruction at CS:EIP writes (explicit operands and the
     /// stack, REP strings by their count), decoded before the interpreter executes it.
     /// `decoded`: the instruction at CS:EIP, if the caller has it.
-    pub(crate) fn bt_predict_writes(&mut self, decoded: Option<&Decoded>) -> Vec<(u32, u32)> {
+    pub(crate) fn bt_predict_writes(&mut self, decoded: Option<&Decoded>) -> smallvec::SmallVec<[(u32, u32); 4]> {
         let s = &self.cpu.state;
         if !s.protected_mode() || self.shadow.map.code_frames.is_empty() {
-            return Vec::new();
+            return Default::default();
         }
         let ranges = match decoded {
             Some(d) => self.memory_ranges_decoded(d),
             None => self.memory_ranges_at_eip(),
         };
-        let Some((ranges, _)) = ranges else { return Vec::new() };
-        ranges.into_iter().filter(|r| r.2).map(|(start, len, _)| (start, len)).collect()
+        let Some((ranges, _)) = ranges else { return Default::default() };
+        let mut writes = smallvec::SmallVec::new();
+        for &(start, len, write) in &ranges {
+            if write {
+                writes.push((start, len));
+            }
+        }
+        writes
     }
 
     /// After an emulated instruction: invalidate the code frames it wrote (the predicted
@@ -968,7 +995,10 @@ impl Direct<'_> {
                         bt.chained += 1;
                         if bt.cache.get(from).is_some_and(|f| f.mode.cpl == 3) {
                             // The target was just found valid here: its other exits too.
-                            let mut g = bt.user_chains.remove(&to).unwrap_or_default();
+                            let mut g = bt.user_chains.remove(&to).unwrap_or_else(|| UserChains {
+                                pages: bt.pages.get(&to).map(|pp| pp.iter().copied().collect()).unwrap_or_default(),
+                                ..UserChains::default()
+                            });
                             if !g.exits.contains(&(from, n)) {
                                 g.exits.push((from, n));
                             }

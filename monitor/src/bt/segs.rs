@@ -37,7 +37,7 @@
 //!   rebuilt from the host selectors found in the exit record (`HostLdt::guest_segment_for`)
 //!   and the virtual selectors the inline loads stored (`Abi::vseg`).
 
-use std::collections::{HashMap, HashSet};
+use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 
 use vmm_interp::seg::Descriptor;
 use vmm_interp::state::{cr, flags, SegReg, Segment};

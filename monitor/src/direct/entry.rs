@@ -6,9 +6,12 @@
 //!   RSP, FS/GS bases (the DS/ES/FS/GS selectors once per run: [`restore_host_selectors`])
 //!   and the host's MXCSR and x87 control word (the
 //!   only x87/SSE state the C ABI has a callee preserve), loads the guest's x87/SSE image in
-//!   place (`fxrstor`, 32-bit format: the vCPU's 16-byte aligned `FpuState`), builds an
+//!   place (32-bit format: the vCPU's 16-byte aligned `FpuState`; `fxrstor`, or only MXCSR
+//!   and the XMM registers when the hardware's x87 state, saved to a scratch area, is the
+//!   image's), builds an
 //!   IRETQ frame (guest SS:ESP, EFLAGS, CS:EIP, all shadow selectors in the host LDT), loads
-//!   ES/DS/GS/FS with the guest's shadow selectors, the eight GPRs, and `iretq`s.
+//!   ES/DS (those that hold another selector) and GS/FS with the guest's shadow selectors,
+//!   the eight GPRs, and `iretq`s.
 //! * `vmm_direct_signal` (handler of SIGSEGV, SIGILL, SIGTRAP, SIGFPE, SIGBUS, SIGSYS and the
 //!   timer signal; SA_ONSTACK): guest code is recognised by the interrupted CS (anything but
 //!   the host's 64-bit 0x33) or, while the guest runs, by RIP < 4 GiB (guest code that jumped to
@@ -92,7 +95,14 @@ pub(crate) struct Shared {
     pub bt_stubs: u64,
     pub bt_stubs1: u64,
     pub bt_nslots: u64,
+    /// Where the entry stub saves the hardware's x87/SSE state to compare it with the
+    /// guest's image (see `vmm_direct_enter`).
+    pub scratch_fx: FxArea,
 }
+
+/// A 16-byte aligned FXSAVE area.
+#[repr(C, align(16))]
+pub(crate) struct FxArea(pub [u8; 512]);
 
 /// The raw facts of one exit.
 #[derive(Clone, Copy, Debug, Default)]
@@ -162,6 +172,7 @@ pub(crate) static SHARED: SharedCell = SharedCell(UnsafeCell::new(Shared {
     bt_stubs: 0,
     bt_stubs1: 0,
     bt_nslots: 0,
+    scratch_fx: FxArea([0; 512]),
 }));
 
 /// The shared area (for the `bt` engine's gate, which exits through the same landing).
@@ -196,8 +207,73 @@ std::arch::global_asm!(
     "mov [r11 + {host_gsbase}], rax",
     "stmxcsr [r11 + {host_mxcsr}]",
     "fnstcw [r11 + {host_fcw}]",
+    // The guest's x87/SSE image. The host code that ran since the landing saved it leaves
+    // the x87 part as it was (the landing's fast path does not touch it; host code does
+    // not use the x87 unit) but uses the XMM registers and MXCSR freely. So: the hardware
+    // state saved to the scratch area; if its x87 part (bytes 0-23: control, status and
+    // tag words, last instruction and operand pointers; 32-159: the registers) is the
+    // image's, loading MXCSR and XMM0-15 from the image gives what FXRSTOR would (FXSAVE
+    // 74 and 16 loads against FXRSTOR's 150 cycles here); otherwise (the interpreter
+    // changed the image, the landing reinitialised the x87 unit) FXRSTOR.
     "mov rax, [r11 + {guest_fx}]",
+    "lea rcx, [r11 + {scratch_fx}]",
+    "fxsave [rcx]",
+    "mov rdx, [rax]",
+    "cmp rdx, [rcx]",
+    "jne 31f",
+    "mov rdx, [rax + 8]",
+    "cmp rdx, [rcx + 8]",
+    "jne 31f",
+    "mov rdx, [rax + 16]",
+    "cmp rdx, [rcx + 16]",
+    "jne 31f",
+    "movdqa xmm0, [rax + 32]",
+    "pcmpeqb xmm0, [rcx + 32]",
+    "movdqa xmm1, [rax + 48]",
+    "pcmpeqb xmm1, [rcx + 48]",
+    "pand xmm0, xmm1",
+    "movdqa xmm1, [rax + 64]",
+    "pcmpeqb xmm1, [rcx + 64]",
+    "pand xmm0, xmm1",
+    "movdqa xmm1, [rax + 80]",
+    "pcmpeqb xmm1, [rcx + 80]",
+    "pand xmm0, xmm1",
+    "movdqa xmm1, [rax + 96]",
+    "pcmpeqb xmm1, [rcx + 96]",
+    "pand xmm0, xmm1",
+    "movdqa xmm1, [rax + 112]",
+    "pcmpeqb xmm1, [rcx + 112]",
+    "pand xmm0, xmm1",
+    "movdqa xmm1, [rax + 128]",
+    "pcmpeqb xmm1, [rcx + 128]",
+    "pand xmm0, xmm1",
+    "movdqa xmm1, [rax + 144]",
+    "pcmpeqb xmm1, [rcx + 144]",
+    "pand xmm0, xmm1",
+    "pmovmskb edx, xmm0",
+    "cmp edx, 0xffff",
+    "jne 31f",
+    "ldmxcsr [rax + 24]",
+    "movdqa xmm0, [rax + 160]",
+    "movdqa xmm1, [rax + 176]",
+    "movdqa xmm2, [rax + 192]",
+    "movdqa xmm3, [rax + 208]",
+    "movdqa xmm4, [rax + 224]",
+    "movdqa xmm5, [rax + 240]",
+    "movdqa xmm6, [rax + 256]",
+    "movdqa xmm7, [rax + 272]",
+    "movdqa xmm8, [rax + 288]",
+    "movdqa xmm9, [rax + 304]",
+    "movdqa xmm10, [rax + 320]",
+    "movdqa xmm11, [rax + 336]",
+    "movdqa xmm12, [rax + 352]",
+    "movdqa xmm13, [rax + 368]",
+    "movdqa xmm14, [rax + 384]",
+    "movdqa xmm15, [rax + 400]",
+    "jmp 32f",
+    "31:",
     "fxrstor [rax]",
+    "32:",
     // IRETQ frame: SS, RSP, RFLAGS, CS, RIP
     "movzx eax, word ptr [r11 + {in_sel} + 4]",
     "push rax",
@@ -209,14 +285,38 @@ std::arch::global_asm!(
     "push rax",
     "mov eax, [r11 + {in_eip}]",
     "push rax",
+    // ES and DS are loaded only if they hold another selector (a load costs 20-120
+    // cycles here). One they already hold has the descriptor a load would give now: the
+    // landing leaves the guest's there, the host GDT does not change, and the host kernel
+    // reloads DS and ES in every thread of the process after each LDT change
+    // (`refresh_ldt_segments`) and at each context switch.
+    "mov cx, es",
+    "cmp cx, word ptr [r11 + {in_sel} + 0]",
+    "je 33f",
     "movzx eax, word ptr [r11 + {in_sel} + 0]",
     "mov es, eax",
+    "33:",
+    "mov cx, ds",
+    "cmp cx, word ptr [r11 + {in_sel} + 6]",
+    "je 34f",
     "movzx eax, word ptr [r11 + {in_sel} + 6]",
     "mov ds, eax",
+    "34:",
     "movzx eax, word ptr [r11 + {in_sel} + 10]",
     "mov gs, eax",
+    // FS: a null selector that FS already holds is not loaded again (a null load costs
+    // 120 cycles here; the user code of Linux runs with a null FS). The landing wrote the
+    // host's FS base under it, but a null FS faults in compatibility mode whatever its base
+    // (the test `each_entry_runs_with_its_images_fpu_state_and_its_selectors` checks it).
     "movzx eax, word ptr [r11 + {in_sel} + 8]",
+    "test eax, eax",
+    "jnz 35f",
+    "mov cx, fs",
+    "test cx, cx",
+    "jz 36f",
+    "35:",
     "mov fs, eax",
+    "36:",
     "mov ecx, [r11 + {in_gpr} + 4]",
     "mov edx, [r11 + {in_gpr} + 8]",
     "mov ebx, [r11 + {in_gpr} + 12]",
@@ -380,6 +480,7 @@ std::arch::global_asm!(
     guest_exit = sym guest_exit,
     host_signal = sym host_signal,
     guest_fx = const offset_of!(Shared, guest_fx),
+    scratch_fx = const offset_of!(Shared, scratch_fx),
     host_mxcsr = const offset_of!(Shared, host_mxcsr),
     host_fcw = const offset_of!(Shared, host_fcw),
     host_rsp = const offset_of!(Shared, host_rsp),
@@ -784,5 +885,224 @@ impl Drop for Thread {
             libc::sigaltstack(&off, std::ptr::null_mut());
             libc::munmap(self.stack, ALTSTACK);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bt::{area, Bt};
+    use crate::space::{Reservation, SpaceError, DEFAULT_MONITOR_BASE};
+    use iced_x86::code_asm::CodeAssembler;
+    use vmm_interp::state::{flags, SegReg};
+
+    fn reserve() -> (std::sync::MutexGuard<'static, ()>, Reservation) {
+        let lock = RUN_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        for _ in 0..200 {
+            match Reservation::new(DEFAULT_MONITOR_BASE) {
+                Ok(r) => return (lock, r),
+                Err(SpaceError::Busy) => std::thread::sleep(std::time::Duration::from_millis(20)),
+                Err(e) => panic!("{e}"),
+            }
+        }
+        panic!("the reservation stayed busy");
+    }
+
+    /// Code in the bt engine's TC (compatibility mode, GS = the vCPU region); returns its address.
+    fn place(bt: &mut Bt, f: impl FnOnce(&mut CodeAssembler)) -> u32 {
+        let mut a = CodeAssembler::new(32).unwrap();
+        f(&mut a);
+        a.ud2().unwrap();
+        let len = a.assemble(0).unwrap().len() as u32;
+        let at = bt.cache.alloc(len + 16).unwrap();
+        let code = a.assemble(at as u64).unwrap();
+        bt.area.write(at, &code);
+        at
+    }
+
+    fn state(bt: &Bt, eip: u32, es: u16, ds: u16) -> EntryState {
+        EntryState {
+            gpr: [0, 0, 0, 0, bt.area.stack + area::STACK_SIZE, 0, 0, 0],
+            eip,
+            eflags: flags::IF | flags::FIXED1,
+            sel: [es, sys::USER32_CS, sys::USER_DS, ds, 0, bt.vcpu_sel],
+        }
+    }
+
+    /// An FXSAVE image: XMM0's and XMM7's low dwords, MXCSR, FCW, and ST0 (TOP = 7, the
+    /// other registers empty) as a float, or an empty stack.
+    fn image(x0: u32, x7: u32, mxcsr: u32, fcw: u16, st: Option<f32>) -> FpuState {
+        let mut f = FpuState::reset();
+        f.set_fcw(fcw);
+        f.set_mxcsr(mxcsr);
+        if let Some(st) = st {
+            f.set_fsw(7 << 11);
+            f.0[4] = 0x80; // abridged tag: physical register 7 (ST0) valid
+            // ST0 as an 80-bit extended: sign, 15-bit exponent, explicit integer bit.
+            let b = st.to_bits();
+            let (sign, exp, frac) = ((b >> 31) as u16, ((b >> 23) & 0xff) as u16, (b & 0x7f_ffff) as u64);
+            let mant = (1u64 << 63) | frac << 40;
+            f.0[32..40].copy_from_slice(&mant.to_le_bytes());
+            f.0[40..42].copy_from_slice(&((sign << 15) | (exp + 16383 - 127)).to_le_bytes());
+        }
+        f.0[160..164].copy_from_slice(&x0.to_le_bytes());
+        f.0[160 + 7 * 16..164 + 7 * 16].copy_from_slice(&x7.to_le_bytes());
+        f
+    }
+
+    /// The guest sees the x87/SSE state of the image it is entered with: after host code
+    /// used the XMM registers and MXCSR, after the image's x87 part or XMM part changed
+    /// (what the interpreter does), and when entries alternate between two images. And ES
+    /// and DS hold the selectors of each entry, changed or not.
+    #[test]
+    fn each_entry_runs_with_its_images_fpu_state_and_its_selectors() {
+        let (lock, res) = reserve();
+        let _thread = Thread::prepare().unwrap();
+        let mut bt = Bt::new(&res, DEFAULT_MONITOR_BASE).unwrap();
+        bt.install(&lock);
+        let s = bt.abi.scratch;
+        // EAX = XMM0, ECX = XMM7, EDX = MXCSR, EBX = FCW, ESI = FSW (none of these
+        // instructions changes the x87 state).
+        let read_fpu = place(&mut bt, |a| {
+            use iced_x86::code_asm::*;
+            a.movd(eax, xmm0).unwrap();
+            a.movd(ecx, xmm7).unwrap();
+            a.stmxcsr(dword_ptr(s).gs()).unwrap();
+            a.mov(edx, dword_ptr(s).gs()).unwrap();
+            a.fnstcw(word_ptr(s).gs()).unwrap();
+            a.movzx(ebx, word_ptr(s).gs()).unwrap();
+            a.fnstsw(word_ptr(s).gs()).unwrap();
+            a.movzx(esi, word_ptr(s).gs()).unwrap();
+        });
+        // EAX = ST0 as a float.
+        let read_st0 = place(&mut bt, |a| {
+            use iced_x86::code_asm::*;
+            a.fst(dword_ptr(s).gs()).unwrap();
+            a.mov(eax, dword_ptr(s).gs()).unwrap();
+        });
+        // EAX = the first dword of physical register 0 (empty or not), through FXSAVE.
+        let read_r0 = place(&mut bt, |a| {
+            use iced_x86::code_asm::*;
+            a.mov(ebp, esp).unwrap();
+            a.sub(esp, 528).unwrap();
+            a.and(esp, -16).unwrap();
+            a.fxsave(ptr(esp)).unwrap();
+            a.mov(eax, dword_ptr(esp + 32)).unwrap();
+            a.mov(esp, ebp).unwrap();
+        });
+        let r0 = |fpu: &mut FpuState| {
+            let ex = enter(&lock, &state(&bt, read_r0, sys::USER_DS, sys::USER_DS), fpu);
+            assert_eq!(ex.signal, libc::SIGILL, "{ex:?}");
+            ex.gpr[0]
+        };
+        let run = |fpu: &mut FpuState| {
+            let ex = enter(&lock, &state(&bt, read_fpu, sys::USER_DS, sys::USER_DS), fpu);
+            assert_eq!(ex.signal, libc::SIGILL, "{ex:?}");
+            let g = ex.gpr;
+            (g[0], g[1], g[2], g[3] as u16, g[6] as u16)
+        };
+        let st0 = |fpu: &mut FpuState| {
+            let ex = enter(&lock, &state(&bt, read_st0, sys::USER_DS, sys::USER_DS), fpu);
+            assert_eq!(ex.signal, libc::SIGILL, "{ex:?}");
+            f32::from_bits(ex.gpr[0])
+        };
+        let clobber = || {
+            // SAFETY: only registers the C ABI has callers save.
+            unsafe {
+                std::arch::asm!("pcmpeqd xmm0, xmm0", "pcmpeqd xmm7, xmm7", out("xmm0") _, out("xmm7") _);
+            }
+        };
+        // The host's control word and an empty stack: the landing leaves the x87 unit as
+        // the guest left it, and the next entry finds it unchanged.
+        let mut f = image(0x1234_5678, 0x9abc_def0, 0x5f80, 0x037f, None);
+        f.set_fsw(0x0100); // C0
+        let want = (0x1234_5678, 0x9abc_def0, 0x5f80, 0x037f, 0x0100);
+        assert_eq!(run(&mut f), want);
+        for _ in 0..3 {
+            clobber();
+            assert_eq!(run(&mut f), want, "after host code used XMM0 and XMM7");
+        }
+        // The x87 part changed in the image (as the interpreter changes it).
+        f.set_fsw(0x4500);
+        let want = (0x1234_5678, 0x9abc_def0, 0x5f80, 0x037f, 0x4500);
+        assert_eq!(run(&mut f), want);
+        clobber();
+        assert_eq!(run(&mut f), want);
+        // The contents of an empty register changed in the image.
+        assert_eq!(r0(&mut f), 0);
+        f.0[32..36].copy_from_slice(&0xdead_beef_u32.to_le_bytes());
+        assert_eq!(r0(&mut f), 0xdead_beef);
+        // Only XMM and MXCSR changed in the image.
+        f.0[160..164].copy_from_slice(&0x0bad_cafe_u32.to_le_bytes());
+        f.set_mxcsr(0x1f80);
+        let want = (0x0bad_cafe, 0x9abc_def0, 0x1f80, 0x037f, 0x4500);
+        assert_eq!(run(&mut f), want);
+        // Another control word and a value on the stack (the landing reinitialises the
+        // x87 unit for the host), and the two images in turn (two vCPUs, or a session's runs).
+        let mut a = image(7, 8, 0x3f80, 0x027f, Some(1.5));
+        let want_a = (7, 8, 0x3f80, 0x027f, 7 << 11);
+        for _ in 0..3 {
+            assert_eq!(run(&mut a), want_a);
+            assert_eq!(st0(&mut a), 1.5);
+            assert_eq!(run(&mut f), want);
+            clobber();
+        }
+        // The value on the stack changed in the image.
+        a.0[32..42].copy_from_slice(&[0, 0, 0, 0, 0, 0, 0, 0x80, 0x00, 0x40]); // 2.0
+        assert_eq!(st0(&mut a), 2.0);
+
+        // ES and DS: each entry's, whether it changes them or not. EAX, ECX = ES, DS; EDX =
+        // the dword at ES:scratch, EBX = the one at DS:scratch (the vCPU region through its
+        // selector, the flat segment at the same offset otherwise: a fault there).
+        let read_sel = place(&mut bt, |a| {
+            use iced_x86::code_asm::*;
+            a.mov(eax, es).unwrap();
+            a.mov(ecx, ds).unwrap();
+        });
+        for (e, d) in [(sys::USER_DS, bt.vcpu_sel), (sys::USER_DS, bt.vcpu_sel), (bt.vcpu_sel, sys::USER_DS), (bt.vcpu_sel, bt.vcpu_sel), (sys::USER_DS, sys::USER_DS)] {
+            let ex = enter(&lock, &state(&bt, read_sel, e, d), &mut a);
+            assert_eq!(ex.signal, libc::SIGILL, "{ex:?}");
+            assert_eq!((ex.gpr[0] as u16, ex.gpr[1] as u16), (e, d));
+        }
+        bt.vw32(s, 0x5151_5151);
+        let read_es = place(&mut bt, |a| {
+            use iced_x86::code_asm::*;
+            a.mov(eax, dword_ptr(s).es()).unwrap();
+        });
+        let read_ds = place(&mut bt, |a| {
+            use iced_x86::code_asm::*;
+            a.mov(eax, dword_ptr(s).ds()).unwrap();
+        });
+        for _ in 0..2 {
+            let ex = enter(&lock, &state(&bt, read_es, bt.vcpu_sel, sys::USER_DS), &mut a);
+            assert_eq!((ex.signal, ex.gpr[0]), (libc::SIGILL, 0x5151_5151), "{ex:?}");
+            let ex = enter(&lock, &state(&bt, read_ds, sys::USER_DS, bt.vcpu_sel), &mut a);
+            assert_eq!((ex.signal, ex.gpr[0]), (libc::SIGILL, 0x5151_5151), "{ex:?}");
+            // The flat segment at offset `scratch`: page 0 is never mapped, a fault.
+            let ex = enter(&lock, &state(&bt, read_ds, bt.vcpu_sel, sys::USER_DS), &mut a);
+            assert_eq!((ex.signal, ex.eip), (libc::SIGSEGV, read_ds), "{ex:?}");
+        }
+        // FS: a null FS faults (#GP) at every entry, also when the previous exit left it
+        // null (the landing then wrote the host's FS base under it); a non-null one reads.
+        let read_fs = place(&mut bt, |a| {
+            use iced_x86::code_asm::*;
+            a.mov(eax, dword_ptr(s).fs()).unwrap();
+        });
+        let with_fs = |fs: u16| {
+            let mut st = state(&bt, read_fs, sys::USER_DS, sys::USER_DS);
+            st.sel[SegReg::Fs as usize] = fs;
+            st
+        };
+        for fs in [0, 0, bt.vcpu_sel, 0, 0, bt.vcpu_sel, bt.vcpu_sel, 0] {
+            let ex = enter(&lock, &with_fs(fs), &mut a);
+            if fs == 0 {
+                assert_eq!((ex.signal, ex.trapno, ex.eip), (libc::SIGSEGV, 13, read_fs), "{ex:?}");
+            } else {
+                assert_eq!((ex.signal, ex.gpr[0]), (libc::SIGILL, 0x5151_5151), "{ex:?}");
+            }
+            assert_eq!(ex.sel[SegReg::Fs as usize], fs);
+        }
+        restore_host_selectors(&lock);
+        Bt::uninstall(&lock);
     }
 }

@@ -250,6 +250,10 @@ type Flow = Result<(), Outcome>;
 /// A guest-linear range an instruction accesses: (start, length, written).
 pub(crate) type MemRange = (u32, u32, bool);
 
+/// The ranges of one instruction (up to four without a heap allocation: this is computed
+/// for every instruction the `bt` engine emulates).
+pub(crate) type MemRanges = smallvec::SmallVec<[MemRange; 4]>;
+
 fn io(e: std::io::Error) -> Outcome {
     Outcome::Unexpected(format!("shadow mapping failed: {e}"))
 }
@@ -407,7 +411,7 @@ impl Direct<'_> {
             Some(g) => self.special_in(&g.bytes[..g.len as usize], Some(&g.instr)),
             None => self.peek_special(),
         };
-        let writes = if self.bt.is_some() { self.bt_predict_writes(decoded) } else { Vec::new() };
+        let writes = if self.bt.is_some() { self.bt_predict_writes(decoded) } else { Default::default() };
         let n = self.cpu.icount;
         let exit = match site {
             Some(g) => self.cpu.step_decoded(&g.instr, &g.bytes[..g.len as usize]),
@@ -650,13 +654,13 @@ impl Direct<'_> {
     /// a [`MemRange`] per memory operand (explicit and stack; REP strings by their
     /// count in ECX or CX, downwards with DF), and whether some operand's address could not be
     /// computed. None: the instruction does not decode.
-    pub(crate) fn memory_ranges_at_eip(&mut self) -> Option<(Vec<MemRange>, bool)> {
+    pub(crate) fn memory_ranges_at_eip(&mut self) -> Option<(MemRanges, bool)> {
         let insn = self.insn_at_eip();
         self.memory_ranges_of(&insn)
     }
 
     /// [`Direct::memory_ranges_at_eip`] for `insn`, the instruction at CS:EIP.
-    pub(crate) fn memory_ranges_of(&mut self, insn: &iced_x86::Instruction) -> Option<(Vec<MemRange>, bool)> {
+    pub(crate) fn memory_ranges_of(&mut self, insn: &iced_x86::Instruction) -> Option<(MemRanges, bool)> {
         if insn.is_invalid() {
             return None;
         }
@@ -665,7 +669,7 @@ impl Direct<'_> {
 
     /// [`Direct::memory_ranges_of`] for a decoded instruction whose memory operands (`used`,
     /// iced's `InstructionInfo::used_memory`) are known.
-    pub(crate) fn memory_ranges_decoded(&self, d: &crate::bt::Decoded) -> Option<(Vec<MemRange>, bool)> {
+    pub(crate) fn memory_ranges_decoded(&self, d: &crate::bt::Decoded) -> Option<(MemRanges, bool)> {
         if d.g.instr.is_invalid() {
             return None;
         }
@@ -675,9 +679,9 @@ impl Direct<'_> {
 
 /// The [`MemRange`]s of `insn`'s memory operands `used` (iced's `InstructionInfo::used_memory`)
 /// with the registers of `s`, and whether some address could not be computed.
-fn memory_ranges(s: &CpuState, insn: &iced_x86::Instruction, used: &[iced_x86::UsedMemory]) -> (Vec<MemRange>, bool) {
+fn memory_ranges(s: &CpuState, insn: &iced_x86::Instruction, used: &[iced_x86::UsedMemory]) -> (MemRanges, bool) {
     use iced_x86::OpAccess;
-    let mut ranges = Vec::new();
+    let mut ranges = MemRanges::new();
     let mut unresolved = false;
     for m in used {
         let write = matches!(m.access(), OpAccess::Write | OpAccess::CondWrite | OpAccess::ReadWrite | OpAccess::ReadCondWrite);
