@@ -9,8 +9,10 @@
 //!
 //! Layout, from the base: the TC (whatever the area leaves: [`MonitorArea::tc_size`], 15.9 MiB
 //! with the default 16 MiB area; its first [`TC_RESERVED`] bytes hold the gate trampolines and
-//! the lookup-miss routine), the vCPU region (`Abi::vcpu_size` rounded up to a page), the
-//! callout stack ([`STACK_SIZE`]), one unused page below 4 GiB. This module's `unsafe` is the
+//! the lookup-miss routine), the callout stack ([`STACK_SIZE`]), the vCPU region
+//! (`Abi::vcpu_size` rounded up to a page), one unused page below 4 GiB. The stack and the
+//! vCPU region's writable part are adjacent: [`MonitorArea::set_open`] changes both with one
+//! `mprotect`. This module's `unsafe` is the
 //! mmap/memfd calls.
 
 use std::io;
@@ -69,9 +71,9 @@ impl MonitorArea {
         let vcpu_writable = round_page(vcpu_writable.min(vcpu_size));
         let area = (1u64 << 32).saturating_sub(base as u64);
         let tc_size = area.saturating_sub((round_page(vcpu_size) + STACK_SIZE + PAGE) as u64) as u32 & !(PAGE - 1);
-        let vcpu_off = tc_size;
-        let stack_off = vcpu_off + round_page(vcpu_size);
-        let len = (stack_off + STACK_SIZE) as usize;
+        let stack_off = tc_size;
+        let vcpu_off = stack_off + STACK_SIZE;
+        let len = (vcpu_off + round_page(vcpu_size)) as usize;
         if tc_size < MIN_TC_SIZE || !reservation.reserves(base as u64, len as u64) {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("the monitor area at {base:#x} cannot hold a translation cache")));
         }
@@ -118,11 +120,11 @@ impl MonitorArea {
             Ok(())
         };
         low(0, tc_size, libc::PROT_READ | libc::PROT_EXEC)?;
-        low(vcpu_off, vcpu_writable, libc::PROT_READ | libc::PROT_WRITE)?;
-        if stack_off > vcpu_off + vcpu_writable {
-            low(vcpu_off + vcpu_writable, stack_off - vcpu_off - vcpu_writable, libc::PROT_READ)?;
+        low(stack_off, STACK_SIZE + vcpu_writable, libc::PROT_READ | libc::PROT_WRITE)?;
+        let vcpu_end = vcpu_off + round_page(vcpu_size);
+        if vcpu_end > vcpu_off + vcpu_writable {
+            low(vcpu_off + vcpu_writable, vcpu_end - vcpu_off - vcpu_writable, libc::PROT_READ)?;
         }
-        low(stack_off, STACK_SIZE, libc::PROT_READ | libc::PROT_WRITE)?;
         Ok(area)
     }
 
@@ -144,11 +146,11 @@ impl MonitorArea {
             return Ok(());
         }
         let prot = if open { libc::PROT_READ | libc::PROT_WRITE } else { libc::PROT_NONE };
-        for (at, size) in [(self.vcpu, self.vcpu_writable), (self.stack, STACK_SIZE)] {
-            // SAFETY: our own low mappings (created in `new`); only their protection changes.
-            if unsafe { libc::mprotect(at as usize as *mut libc::c_void, size as usize, prot) } != 0 {
-                return Err(os("mprotect of the monitor area"));
-            }
+        // The stack and the writable part of the vCPU region that follows it (`new`).
+        let (at, size) = (self.stack, STACK_SIZE + self.vcpu_writable);
+        // SAFETY: our own low mappings (created in `new`); only their protection changes.
+        if unsafe { libc::mprotect(at as usize as *mut libc::c_void, size as usize, prot) } != 0 {
+            return Err(os("mprotect of the monitor area"));
         }
         self.open = open;
         Ok(())
