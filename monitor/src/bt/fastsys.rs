@@ -347,19 +347,19 @@ impl Direct<'_> {
         // user mode for the IRETD's data selector), nothing else (a cached slot is reused).
         let (monitor_base, top) = (self.monitor_base, key.top);
         let Direct { ldt, cpu, .. } = self;
-        let mut shadow_of = |sreg: SegReg, seg: &Segment, user: bool| {
-            let want = vmm_shadow_mmu::desc::host_selector_for_guest(seg.selector, user)?;
+        // (Never a register's cached slot: these are other modes' selectors, asked while the
+        // guest may use a cached slot of the same register.)
+        let mut shadow_of = |seg: &Segment, user: bool| {
             let top = if user { top } else { monitor_base };
-            let got = ldt.selector_for(sreg as usize, seg, top, user, &mut |s| crate::direct::table_entry(cpu, s)).ok()?;
-            (got == want && want & !3 != 0).then_some(want)
+            ldt.table_selector_for(seg, top, user, &mut |s| crate::direct::table_entry(cpu, s))
         };
         let int = int.and_then(|mut p| {
-            p.cs_host = shadow_of(SegReg::Cs, &p.cs, false)?;
-            p.ss_host = shadow_of(SegReg::Ss, &p.ss, false)?;
+            p.cs_host = shadow_of(&p.cs, false)?;
+            p.ss_host = shadow_of(&p.ss, false)?;
             Some(p)
         });
         let ret = ret.and_then(|mut p| {
-            p.usel_host = shadow_of(SegReg::Ss, &p.usel, true)?;
+            p.usel_host = shadow_of(&p.usel, true)?;
             Some(p)
         });
         let mut ok = true;
@@ -414,16 +414,15 @@ impl Direct<'_> {
         let mut int_ok = int_ok;
         if cpl == 3 && int_ok.is_some() {
             let Direct { ldt, cpu, .. } = self;
-            for (i, (seg, sreg)) in segs.iter().zip([SegReg::Ds, SegReg::Es, SegReg::Fs]).enumerate() {
+            for (i, seg) in segs.iter().enumerate() {
                 if seg.attr == 0 || !seg.present() {
                     k[i] = 0;
                     continue;
                 }
-                let want = vmm_shadow_mmu::desc::host_selector_for_guest(seg.selector, false);
-                let got = ldt.selector_for(sreg as usize, seg, monitor_base, false, &mut |s| crate::direct::table_entry(cpu, s)).ok();
-                match (want, got) {
-                    (Some(w), Some(g)) if w == g && w & !3 != 0 => k[i] = w,
-                    _ => int_ok = None,
+                // Kernel-mode table slots only (a cached slot is the user-mode register's).
+                match ldt.table_selector_for(seg, monitor_base, false, &mut |s| crate::direct::table_entry(cpu, s)) {
+                    Some(h) => k[i] = h,
+                    None => int_ok = None,
                 }
             }
         }

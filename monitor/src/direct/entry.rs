@@ -738,6 +738,40 @@ unsafe extern "C" fn host_signal(sig: i32, info: *mut libc::siginfo_t, uc: *mut 
                 return;
             }
         }
+        if sig != libc::SIGSYS && sig != sys::TIMER_SIGNAL && (*info).si_code > 0 {
+            // A fault of the monitor itself: say where before the default action ends the
+            // process (what a bug report needs; write(2) is async-signal-safe).
+            let mut buf = [0u8; 192];
+            let mut n = 0;
+            let mut put = |b: &[u8]| {
+                let k = b.len().min(buf.len() - n);
+                buf[n..n + k].copy_from_slice(&b[..k]);
+                n += k;
+            };
+            let hex = |v: u64| {
+                let mut h = *b"0x0000000000000000";
+                for i in 0..16 {
+                    h[17 - i] = b"0123456789abcdef"[((v >> (4 * i)) & 0xf) as usize];
+                }
+                h
+            };
+            put(b"vmm: fatal signal ");
+            put(&[b'0' + (sig / 10) as u8, b'0' + (sig % 10) as u8]);
+            put(b" in the monitor at rip ");
+            put(&hex(g[libc::REG_RIP as usize] as u64));
+            put(b" (handler ");
+            put(&hex(host_signal as *const () as u64));
+            put(b"), address ");
+            put(&hex((*info).si_addr() as u64));
+            put(b", rax ");
+            put(&hex(g[libc::REG_RAX as usize] as u64));
+            put(b", thread ");
+            let mut name = [0u8; 16];
+            libc::prctl(libc::PR_GET_NAME, name.as_mut_ptr());
+            put(&name[..name.iter().position(|&b| b == 0).unwrap_or(16)]);
+            put(b"\n");
+            libc::write(2, buf.as_ptr().cast(), n);
+        }
         let prev = (*PREV.0.get()).get(sig as usize).copied().flatten();
         let mut dfl: libc::sigaction = std::mem::zeroed();
         dfl.sa_sigaction = libc::SIG_DFL;

@@ -19,7 +19,7 @@
 
 use rustc_hash::FxHashMap as HashMap;
 
-use vmm_interp::state::{attr, Segment};
+use vmm_interp::state::{attr, SegReg, Segment};
 
 use super::shadow::{self, HostDesc};
 use crate::native::sys::{self, UserDesc};
@@ -164,6 +164,13 @@ impl HostLdt {
         }
         let raw = encode(seg);
         let desc = shadow::shadow_descriptor(raw, top).ok_or(NotShadowable)?;
+        if !desc.present {
+            // A code segment wholly above `top` (a readable one may sit in a data register):
+            // its shadow cannot be loaded (a not-present descriptor faults at the load, in the
+            // entry stub). A data register gets the null selector instead, so that every
+            // access through it faults and is emulated with the guest's segment; CS cannot.
+            return if sreg == SegReg::Cs as usize { Err(NotShadowable) } else { Ok((0, false)) };
+        }
         // The table shadow was refused: the guest's entry did not match (or its write failed).
         let mut refused = false;
         if let Some(hs) = shadow::host_selector_for_guest(seg.selector, user).filter(|h| h & !3 != 0) {
@@ -189,6 +196,28 @@ impl HostLdt {
     /// shadow since.
     pub fn generation(&self) -> u64 {
         self.generation
+    }
+
+    /// The table slot of `seg`'s selector holding its shadow (kernel or user mode, truncated
+    /// below `top`), written if need be, when the guest's table entry is `seg`'s descriptor;
+    /// otherwise None. Unlike [`HostLdt::selector_for`] it never uses a register's cached slot,
+    /// so it may be asked about a mode other than the one being entered (the inline system
+    /// calls' paths, `bt/fastsys.rs`): a table slot holds the shadow of the table's current
+    /// descriptor, whoever asks, while a cached slot belongs to the register that is using it.
+    pub fn table_selector_for(&mut self, seg: &Segment, top: u32, user: bool, table_entry: &mut dyn FnMut(u16) -> Option<u64>) -> Option<u16> {
+        if seg.attr == 0 || !seg.present() {
+            return None;
+        }
+        let raw = encode(seg);
+        let desc = shadow::shadow_descriptor(raw, top).filter(|d| d.present)?;
+        let hs = shadow::host_selector_for_guest(seg.selector, user).filter(|h| h & !3 != 0)?;
+        let index = hs >> 3;
+        let ud = user_desc(index, &desc);
+        let ok = match self.written.get(&index) {
+            Some((w, s)) if *w == ud && s == seg => true,
+            _ => table_entry(seg.selector).is_some_and(|t| t | (1 << 40) == raw),
+        };
+        (ok && self.ensure(index, ud, seg).is_ok()).then_some(hs)
     }
 
     /// The guest's segment for a hardware selector `hw` found in a segment register at an exit.
@@ -219,6 +248,24 @@ mod tests {
             want.attr |= attr::ACCESSED;
             assert_eq!(d.to_segment(seg.selector), want);
         }
+    }
+
+    #[test]
+    fn a_code_segment_above_the_top_is_never_loaded_not_present() {
+        // A readable code segment based above the monitor area: its shadow is not present, and
+        // loading that into ES in the entry stub raised #NP (SIGBUS) in the monitor. Data
+        // registers get the null selector (accesses fault and are emulated), CS cannot run.
+        let mut seg = Segment::flat(0x08, true, 0);
+        seg.base = 0xffc0_1000;
+        seg.limit = 0xfff;
+        let top = 0xff00_0000;
+        assert!(!shadow::shadow_descriptor(encode(&seg), top).unwrap().present);
+        let mut ldt = HostLdt::default();
+        let mut no_table = |_| None;
+        assert_eq!(ldt.selector_for(SegReg::Es as usize, &seg, top, false, &mut no_table), Ok(0));
+        assert_eq!(ldt.selector_for(SegReg::Cs as usize, &seg, top, false, &mut no_table), Err(NotShadowable));
+        assert_eq!(ldt.table_selector_for(&seg, top, false, &mut no_table), None);
+        assert_eq!(ldt.writes, 0, "no slot written");
     }
 
     #[test]
