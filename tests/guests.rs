@@ -985,6 +985,59 @@ fn a_fragment_of_an_unmapped_page_is_retranslated_once_it_maps() {
     assert!(callouts < 100, "{callouts} callouts for {N} calls: the fetch-fault fragment was kept\n{err}");
 }
 
+/// Indirect calls to linear address 0: an empty lookup-table entry is `{ 0, miss routine }`,
+/// so a lookup of target 0 "hits" it and the miss routine makes the `IndirectMiss` callout
+/// for target 0; once translated, the entry for 0 holds the fragment and later calls hit it.
+/// User code (page 0 mapped to a callee returning 1) calls through EAX = 0 300 times, under
+/// every engine pairing (the interpreter's result); with everything translated, the calls
+/// must not all miss.
+#[test]
+fn indirect_calls_to_address_zero_go_through_the_lookup() {
+    const N: u32 = 300;
+    let build = || {
+        let mut g = Guest::new();
+        let mut p = standard_paging();
+        p.map_4k(0, RET1, PTE_P | PTE_U);
+        g.paging = Some(p);
+        ok(write_mov_eax_ret(&mut g.k, RET1, 1));
+        g.enable_paging(true, false);
+        g.install_syscalls();
+        g.enter_user(0x202);
+        ok((|| {
+            let u = &mut g.u;
+            let mut top = u.create_label();
+            u.mov(edi, N)?;
+            u.xor(esi, esi)?;
+            u.set_label(&mut top)?;
+            u.xor(eax, eax)?;
+            u.call(eax)?;
+            u.add(esi, eax)?;
+            u.dec(edi)?;
+            u.jnz(top)?;
+            u.cmp(esi, N)
+        })());
+        let mut bad = g.u.create_label();
+        ok(g.u.jne(bad));
+        g.user_print("user: called 0\r\n");
+        g.user_exit(OK);
+        ok(g.u.set_label(&mut bad));
+        g.user_exit(0x55);
+        g
+    };
+    let so = run_ok(build(), &["--mem", "32M", "--timeout", "30"]);
+    assert_eq!(so, "user: called 0\r\n");
+    let mut args = vec!["--mem", "32M", "--timeout", "30", "--stats"];
+    args.extend_from_slice(ALL_BT);
+    let out = run_vmm(&build().build(), &args);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(OK_STATUS), "{err}");
+    let misses = err
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("bt-ibl-miss-user").map(|r| r.trim().parse::<u64>().unwrap()))
+        .unwrap_or(0);
+    assert!(misses < u64::from(N) / 2, "{misses} lookup misses for {N} calls to 0\n{err}");
+}
+
 /// Adaptive user-mode translation: a user loop of 2,000 null system calls (`int 0x80`) under
 /// the default engines (kernel bt, user direct). Its page becomes hot, runs translated, and
 /// its system calls become callouts: the host signals stop after the first few. The result is
