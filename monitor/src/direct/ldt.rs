@@ -172,19 +172,11 @@ impl HostLdt {
             return if sreg == SegReg::Cs as usize { Err(NotShadowable) } else { Ok((0, false)) };
         }
         // The table shadow was refused: the guest's entry did not match (or its write failed).
-        let mut refused = false;
-        if let Some(hs) = shadow::host_selector_for_guest(seg.selector, user).filter(|h| h & !3 != 0) {
-            let index = hs >> 3;
-            let ud = user_desc(index, &desc);
-            let ok = match self.written.get(&index) {
-                Some((w, s)) if *w == ud && s == seg => true,
-                _ => table_entry(seg.selector).is_some_and(|t| t | (1 << 40) == raw),
-            };
-            if ok && self.ensure(index, ud, seg).is_ok() {
-                return Ok((hs, false));
-            }
-            refused = true;
-        }
+        let refused = match self.table_slot(seg, raw, &desc, user, table_entry) {
+            Some(Ok(hs)) => return Ok((hs, false)),
+            Some(Err(())) => true,
+            None => false,
+        };
         let hs = shadow::cached_slot_selector(sreg);
         let ud = user_desc(hs >> 3, &desc);
         self.ensure(hs >> 3, ud, seg).map_err(|_| NotShadowable)?;
@@ -210,14 +202,22 @@ impl HostLdt {
         }
         let raw = encode(seg);
         let desc = shadow::shadow_descriptor(raw, top).filter(|d| d.present)?;
+        self.table_slot(seg, raw, &desc, user, table_entry)?.ok()
+    }
+
+    /// The table slot of `seg`'s selector (descriptor `raw`, shadow `desc`) for `user` mode,
+    /// written with `desc` if need be: `Ok` with its host selector when the guest's table
+    /// entry is `raw` (or the slot already stands for `seg`), `Err` when it is not or the
+    /// write failed, None when the selector has no table slot.
+    fn table_slot(&mut self, seg: &Segment, raw: u64, desc: &HostDesc, user: bool, table_entry: &mut dyn FnMut(u16) -> Option<u64>) -> Option<Result<u16, ()>> {
         let hs = shadow::host_selector_for_guest(seg.selector, user).filter(|h| h & !3 != 0)?;
         let index = hs >> 3;
-        let ud = user_desc(index, &desc);
+        let ud = user_desc(index, desc);
         let ok = match self.written.get(&index) {
             Some((w, s)) if *w == ud && s == seg => true,
             _ => table_entry(seg.selector).is_some_and(|t| t | (1 << 40) == raw),
         };
-        (ok && self.ensure(index, ud, seg).is_ok()).then_some(hs)
+        Some(if ok && self.ensure(index, ud, seg).is_ok() { Ok(hs) } else { Err(()) })
     }
 
     /// The guest's segment for a hardware selector `hw` found in a segment register at an exit.
