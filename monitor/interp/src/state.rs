@@ -185,6 +185,13 @@ impl Segment {
     pub fn conforming(&self) -> bool {
         self.is_code() && self.attr & attr::DC != 0
     }
+    /// A data segment register holding this segment is loaded with the null selector by a
+    /// return (RET far, IRET) to privilege `cpl`: a data or non-conforming code segment of a
+    /// DPL below it.
+    #[inline]
+    pub fn nulled_by_return_to(&self, cpl: u8) -> bool {
+        (self.is_data() || (self.is_code() && !self.conforming())) && self.dpl() < cpl
+    }
     #[inline]
     pub fn expand_down(&self) -> bool {
         self.is_data() && self.attr & attr::DC != 0

@@ -176,10 +176,17 @@ fn code_like(d: Descriptor, dpl: u8) -> bool {
     d.is_segment() && d.is_code() && d.present() && d.accessed() && !d.conforming() && d.dpl() == dpl && d.to_segment(0).big()
 }
 
-/// Whether a 32-bit IRET to CPL 3 leaves `seg` in place (the interpreter's
-/// `null_inaccessible_segments`).
-fn survives_iret(seg: &Segment) -> bool {
-    !((seg.is_data() || (seg.is_code() && !seg.conforming())) && seg.dpl() < 3)
+/// The translation mode at `cpl` with 32-bit code and stack segments (both paths validate
+/// those) under `cr0`; `user_gs` false (the IRETD's is decided at each entry).
+fn flat32_mode(cpl: u8, cr0: u32) -> Mode {
+    Mode {
+        cpl,
+        code32: true,
+        stack32: true,
+        paging: cr0 & cr::CR0_PG != 0,
+        fpu_trap: cr0 & (cr::CR0_TS | cr::CR0_EM) != 0,
+        user_gs: false,
+    }
 }
 
 impl Direct<'_> {
@@ -313,14 +320,7 @@ impl Direct<'_> {
                 return None;
             }
             let cs = cd.to_segment(sel);
-            let mode = Mode {
-                cpl: 0,
-                code32: true,
-                stack32: true,
-                paging: cpu.state.cr0 & cr::CR0_PG != 0,
-                fpu_trap: cpu.state.cr0 & (cr::CR0_TS | cr::CR0_EM) != 0,
-                user_gs: false,
-            };
+            let mode = flat32_mode(0, cpu.state.cr0);
             Some(IntPath { vector: v, cs, ss, esp0, eip, trap, cs_host: 0, ss_host: 0, mode })
         });
         let ret = key.user.and_then(|(csel, ssel)| {
@@ -333,15 +333,7 @@ impl Direct<'_> {
             if !code_like(cd, 3) || cs.limit != u32::MAX || !stack_like(sd, 3) || usel.base != 0 || usel.limit != u32::MAX {
                 return None;
             }
-            let mode = Mode {
-                cpl: 3,
-                code32: true,
-                stack32: true,
-                paging: cpu.state.cr0 & cr::CR0_PG != 0,
-                fpu_trap: cpu.state.cr0 & (cr::CR0_TS | cr::CR0_EM) != 0,
-                user_gs: false,
-            };
-            Some(RetPath { cs, usel, usel_host: 0, mode })
+            Some(RetPath { cs, usel, usel_host: 0, mode: flat32_mode(3, cpu.state.cr0) })
         });
         // The host selectors: table shadows of these descriptors (kernel mode for the INT's,
         // user mode for the IRETD's data selector), nothing else (a cached slot is reused).
@@ -388,7 +380,7 @@ impl Direct<'_> {
         let (cpl, cr3, pge) = (s.cpl, s.cr3, s.cr4 & cr::CR4_PGE != 0);
         let segs = [SegReg::Ds, SegReg::Es, SegReg::Fs].map(|r| s.seg[r as usize]);
         let gs = *s.seg(SegReg::Gs);
-        let (gs_ok, user_gs) = (survives_iret(&gs), gs_flat(&gs));
+        let (gs_ok, user_gs) = (!gs.nulled_by_return_to(3), gs_flat(&gs));
         let clean = self.shadow.user_entry_unmaps_nothing();
         let monitor_base = self.monitor_base;
         let Some(bt) = self.bt.as_ref() else { return };

@@ -427,8 +427,7 @@ impl<B: Bus> Cpu<B> {
     /// non-conforming code segment more privileged than `cpl` become null.
     fn null_inaccessible_segments(&mut self, cpl: u8) {
         for s in [SegReg::Es, SegReg::Ds, SegReg::Fs, SegReg::Gs] {
-            let seg = self.state.seg[s as usize];
-            if (seg.is_data() || (seg.is_code() && !seg.conforming())) && seg.dpl() < cpl {
+            if self.state.seg[s as usize].nulled_by_return_to(cpl) {
                 self.state.seg[s as usize] = NULL_SEG;
             }
         }
