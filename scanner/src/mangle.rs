@@ -330,6 +330,18 @@ impl<'a> Builder<'a> {
         self.deferred.push((l, Box::new(f)));
     }
 
+    /// The out-of-line way of an inline rule that found it cannot finish the guest
+    /// instruction at `eip`: at `slow`, ECX back from slot `sc`, the instruction's `Emulate`
+    /// callout (of `kind`), then on at `done`.
+    fn defer_emulate(&mut self, slow: Label, eip: u32, next: u32, kind: CalloutKind, sc: u32, done: Label) {
+        self.defer(slow, move |b| {
+            b.eip = eip;
+            b.ld32(Register::ECX, sc);
+            b.callout(CalloutOp::Emulate, CoEip::Imm(eip), next, kind as u32);
+            b.branch(Code::Jmp_rel32_32, done);
+        });
+    }
+
     // --- small instruction helpers ---
     fn st32(&mut self, off: u32, r: Register) {
         self.ins(mk(Instruction::with2(Code::Mov_rm32_r32, gs(off), r)));
@@ -1567,13 +1579,7 @@ fn verify_seg(b: &mut Builder<'_>, gi: &GuestInsn, next: u32) -> Done {
     b.bind(tramp);
     b.branch(Code::Jmp_rel32_32, slow);
     b.bind(done);
-    let eip = gi.eip;
-    b.defer(slow, move |b| {
-        b.eip = eip;
-        b.ld32(Register::ECX, sc);
-        b.callout(CalloutOp::Emulate, CoEip::Imm(eip), next, CalloutKind::DescriptorCheck as u32);
-        b.branch(Code::Jmp_rel32_32, done);
-    });
+    b.defer_emulate(slow, gi.eip, next, CalloutKind::DescriptorCheck, sc, done);
     FALL
 }
 
@@ -1639,13 +1645,7 @@ fn load_sreg(b: &mut Builder<'_>, gi: &GuestInsn, next: u32) -> Done {
     b.bind(tramp);
     b.branch(Code::Jmp_rel32_32, slow);
     b.bind(done);
-    let eip = gi.eip;
-    b.defer(slow, move |b| {
-        b.eip = eip;
-        b.ld32(Register::ECX, sc);
-        b.callout(CalloutOp::Emulate, CoEip::Imm(eip), next, CalloutKind::SegmentLoad as u32);
-        b.branch(Code::Jmp_rel32_32, done);
-    });
+    b.defer_emulate(slow, gi.eip, next, CalloutKind::SegmentLoad, sc, done);
     FALL
 }
 

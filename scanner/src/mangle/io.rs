@@ -187,13 +187,7 @@ pub(super) fn port_io(b: &mut Builder<'_>, gi: &GuestInsn, cfg: &Config, next: u
     b.ld32(Register::ECX, sc);
     read(b);
     b.bind(done);
-    let eip = gi.eip;
-    b.defer(slow, move |b| {
-        b.eip = eip;
-        b.ld32(Register::ECX, sc);
-        b.callout(CalloutOp::Emulate, CoEip::Imm(eip), next, CalloutKind::Io as u32);
-        b.branch(Code::Jmp_rel32_32, done);
-    });
+    b.defer_emulate(slow, gi.eip, next, CalloutKind::Io, sc, done);
     FALL
 }
 
