@@ -23,6 +23,11 @@ const KERNEL_BT: &[&str] = &["--kernel-engine", "bt", "--user-engine", "direct"]
 const KERNEL_BT_USER_INTERP: &[&str] = &["--kernel-engine", "bt", "--user-engine", "interp"];
 const ALL_BT: &[&str] = &["--kernel-engine", "bt", "--user-engine", "bt"];
 
+/// The value of the `--stats` counter `name` (a line: the name, spaces, a number), if printed.
+fn stat(stats: &str, name: &str) -> Option<u64> {
+    stats.lines().find_map(|l| l.trim().strip_prefix(name).filter(|r| r.starts_with(' ')).map(|r| r.trim().parse::<u64>().unwrap()))
+}
+
 /// The general registers and EIP of the `--final-state` report.
 fn final_registers(stderr: &str) -> Vec<String> {
     stderr
@@ -978,10 +983,7 @@ fn a_fragment_of_an_unmapped_page_is_retranslated_once_it_maps() {
     let out = run_vmm(&build().build(), &args);
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(OK_STATUS), "{err}");
-    let callouts = err
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("bt-emulate").map(|r| r.trim().parse::<u64>().unwrap()))
-        .unwrap_or(0);
+    let callouts = stat(&err, "bt-emulate").unwrap_or(0);
     assert!(callouts < 100, "{callouts} callouts for {N} calls: the fetch-fault fragment was kept\n{err}");
 }
 
@@ -1031,10 +1033,7 @@ fn indirect_calls_to_address_zero_go_through_the_lookup() {
     let out = run_vmm(&build().build(), &args);
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(OK_STATUS), "{err}");
-    let misses = err
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("bt-ibl-miss-user").map(|r| r.trim().parse::<u64>().unwrap()))
-        .unwrap_or(0);
+    let misses = stat(&err, "bt-ibl-miss-user").unwrap_or(0);
     assert!(misses < u64::from(N) / 2, "{misses} lookup misses for {N} calls to 0\n{err}");
 }
 
@@ -1078,11 +1077,7 @@ fn a_system_call_loop_becomes_hot_and_stops_trapping() {
         let out = run_vmm(&build().build(), &args);
         assert_eq!(out.status.code(), Some(OK_STATUS), "{}", stderr(&out));
         let err = stderr(&out);
-        let count = |name: &str| {
-            err.lines()
-                .find_map(|l| l.trim().strip_prefix(name).filter(|r| r.starts_with(' ')).map(|r| r.trim().parse::<u64>().unwrap()))
-                .unwrap_or(0)
-        };
+        let count = |name: &str| stat(&err, name).unwrap_or(0);
         (count("syscall"), count("hot-user-page"))
     };
     let (traps, hot) = exits(&[]);
@@ -1182,10 +1177,7 @@ fn null_port_io_is_inline_under_bt_and_real_ports_still_work() {
     let unclaimed = |engine: &str| {
         let out = run_vmm(&build(true).build(), &["--timeout", "30", "--stats", "--kernel-engine", engine]);
         assert_eq!(out.status.code(), Some(OK_STATUS), "{}", stderr(&out));
-        stderr(&out)
-            .lines()
-            .find_map(|l| l.trim().strip_prefix("unclaimed ports ").map(|r| r.trim().parse::<u64>().unwrap()))
-            .expect("an unclaimed-ports line")
+        stat(&stderr(&out), "unclaimed ports").expect("an unclaimed-ports line")
     };
     assert!(unclaimed("interp") >= 1000);
     assert!(unclaimed("bt") < 10, "bt's null-port INs reached the machine");
