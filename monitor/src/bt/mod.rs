@@ -1261,20 +1261,9 @@ impl Direct<'_> {
 mod tests {
     use super::*;
     use std::time::Instant;
-    use crate::space::{Reservation, SpaceError, DEFAULT_MONITOR_BASE};
+    use crate::space::DEFAULT_MONITOR_BASE;
 
-    /// The process-wide resources of one guest run: RUN_LOCK, then the reservation.
-    fn reserve() -> (std::sync::MutexGuard<'static, ()>, Reservation) {
-        let lock = entry::RUN_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-        for _ in 0..200 {
-            match Reservation::new(DEFAULT_MONITOR_BASE) {
-                Ok(r) => return (lock, r),
-                Err(SpaceError::Busy) => std::thread::sleep(std::time::Duration::from_millis(20)),
-                Err(e) => panic!("{e}"),
-            }
-        }
-        panic!("the reservation stayed busy");
-    }
+    use entry::reserve;
 
     fn place(bt: &mut Bt, code: &[u8]) -> u32 {
         let a = bt.cache.alloc(code.len() as u32).unwrap();

@@ -922,25 +922,30 @@ impl Drop for Thread {
     }
 }
 
+/// Tests: the process-wide resources of one guest run: RUN_LOCK, then the reservation of
+/// the low 4 GiB at the default monitor base (waiting while another test's is still going).
+#[cfg(test)]
+pub(crate) fn reserve() -> (std::sync::MutexGuard<'static, ()>, crate::space::Reservation) {
+    use crate::space::{Reservation, SpaceError, DEFAULT_MONITOR_BASE};
+    let lock = RUN_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    for _ in 0..200 {
+        match Reservation::new(DEFAULT_MONITOR_BASE) {
+            Ok(r) => return (lock, r),
+            Err(SpaceError::Busy) => std::thread::sleep(std::time::Duration::from_millis(20)),
+            Err(e) => panic!("{e}"),
+        }
+    }
+    panic!("the reservation stayed busy");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::bt::{area, Bt};
-    use crate::space::{Reservation, SpaceError, DEFAULT_MONITOR_BASE};
+    use crate::space::DEFAULT_MONITOR_BASE;
     use iced_x86::code_asm::CodeAssembler;
     use vmm_interp::state::{flags, SegReg};
 
-    fn reserve() -> (std::sync::MutexGuard<'static, ()>, Reservation) {
-        let lock = RUN_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-        for _ in 0..200 {
-            match Reservation::new(DEFAULT_MONITOR_BASE) {
-                Ok(r) => return (lock, r),
-                Err(SpaceError::Busy) => std::thread::sleep(std::time::Duration::from_millis(20)),
-                Err(e) => panic!("{e}"),
-            }
-        }
-        panic!("the reservation stayed busy");
-    }
 
     /// Code in the bt engine's TC (compatibility mode, GS = the vCPU region); returns its address.
     fn place(bt: &mut Bt, f: impl FnOnce(&mut CodeAssembler)) -> u32 {
