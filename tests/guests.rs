@@ -28,6 +28,17 @@ fn stat(stats: &str, name: &str) -> Option<u64> {
     stats.lines().find_map(|l| l.trim().strip_prefix(name).filter(|r| r.starts_with(' ')).map(|r| r.trim().parse::<u64>().unwrap()))
 }
 
+/// The `--stats` report of `g` run with 32 MiB under `--kernel-engine bt --user-engine bt`,
+/// which must end with the OK status.
+fn stats_with_all_translated(g: Guest) -> String {
+    let mut args = vec!["--mem", "32M", "--timeout", "30", "--stats"];
+    args.extend_from_slice(ALL_BT);
+    let out = run_vmm(&g.build(), &args);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(OK_STATUS), "{err}");
+    err
+}
+
 /// The general registers and EIP of the `--final-state` report.
 fn final_registers(stderr: &str) -> Vec<String> {
     stderr
@@ -978,11 +989,7 @@ fn a_fragment_of_an_unmapped_page_is_retranslated_once_it_maps() {
     };
     let so = run_ok(build(), &["--mem", "32M", "--timeout", "30"]);
     assert_eq!(so, "user: mapped on demand\r\n");
-    let mut args = vec!["--mem", "32M", "--timeout", "30", "--stats"];
-    args.extend_from_slice(ALL_BT);
-    let out = run_vmm(&build().build(), &args);
-    let err = stderr(&out);
-    assert_eq!(out.status.code(), Some(OK_STATUS), "{err}");
+    let err = stats_with_all_translated(build());
     let callouts = stat(&err, "bt-emulate").unwrap_or(0);
     assert!(callouts < 100, "{callouts} callouts for {N} calls: the fetch-fault fragment was kept\n{err}");
 }
@@ -1028,11 +1035,7 @@ fn indirect_calls_to_address_zero_go_through_the_lookup() {
     };
     let so = run_ok(build(), &["--mem", "32M", "--timeout", "30"]);
     assert_eq!(so, "user: called 0\r\n");
-    let mut args = vec!["--mem", "32M", "--timeout", "30", "--stats"];
-    args.extend_from_slice(ALL_BT);
-    let out = run_vmm(&build().build(), &args);
-    let err = stderr(&out);
-    assert_eq!(out.status.code(), Some(OK_STATUS), "{err}");
+    let err = stats_with_all_translated(build());
     let misses = stat(&err, "bt-ibl-miss-user").unwrap_or(0);
     assert!(misses < u64::from(N) / 2, "{misses} lookup misses for {N} calls to 0\n{err}");
 }
