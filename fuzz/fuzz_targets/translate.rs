@@ -25,6 +25,7 @@ fuzz_target!(|data: &[u8]| {
         limits: Limits {
             max_bytes: 64 + hdr[1] as u32 * 4,
             max_insns: 1 + (hdr[1] as u32 & 63),
+            max_jcc: (hdr[0] >> 6) as u32 * 2,
         },
         ..Config::default()
     };

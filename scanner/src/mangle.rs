@@ -194,6 +194,9 @@ pub struct Builder<'a> {
     /// The branch being mangled needs a pending-interrupt check before it (at this EIP, its
     /// own): every exit is checked, with its stub checking at this EIP instead of the target.
     check_at: Option<u32>,
+    /// The instructions a conditional branch of the unit may reach without leaving the
+    /// fragment: guest EIP and the label at the instruction's first item (superblocks).
+    inside: Vec<(u32, Label)>,
 }
 
 fn mk(r: Result<Instruction, iced_x86::IcedError>) -> Instruction {
@@ -282,6 +285,7 @@ impl<'a> Builder<'a> {
             force_checked: false,
             shadow_eips: Vec::new(),
             check_at: None,
+            inside: Vec::new(),
         }
     }
 
@@ -744,7 +748,25 @@ pub fn mangle(unit: &Unit, cfg: &Config) -> Seq {
     let mut check_after: Option<usize> = None;
     let mut check_at_branch: Option<u32> = None;
     let mut falls_through = true;
+    // Every instruction but the first (whose way in is the entry) and those in an STI shadow
+    // (reached from elsewhere they would not be) is a possible target of an internal branch.
+    let labels: Vec<Option<Label>> = (0..unit.insns.len())
+        .map(|k| {
+            let after_sti = k > 0 && unit.insns[k - 1].instr.mnemonic() == Mnemonic::Sti;
+            (k > 0 && !after_sti).then(|| b.label())
+        })
+        .collect();
+    b.inside = unit
+        .insns
+        .iter()
+        .zip(&labels)
+        .filter_map(|(g, l)| l.map(|l| (g.eip, l)))
+        .collect();
+    let last = unit.insns.len().wrapping_sub(1);
     for (k, gi) in unit.insns.iter().enumerate() {
+        if let Some(l) = labels[k] {
+            b.bind(l);
+        }
         b.eip = gi.eip;
         b.rec = Recovery::NONE;
         b.check_at = check_at_branch.take();
@@ -755,7 +777,7 @@ pub fn mangle(unit: &Unit, cfg: &Config) -> Seq {
         if shadow {
             b.shadow_eips.push(gi.eip);
         }
-        let r = mangle_insn(&mut b, gi, unit, cfg);
+        let r = mangle_insn(&mut b, gi, unit, cfg, k == last);
         b.force_checked = false;
         b.check_at = None;
         falls_through = r.falls_through;
@@ -769,7 +791,7 @@ pub fn mangle(unit: &Unit, cfg: &Config) -> Seq {
         // fragment's entry check.
         if (r.check_after || shadow) && falls_through {
             // Followed by a direct JMP/Jcc: its exits check (before it), one indirect jump
-            // fewer on the way.
+            // fewer on the way (a Jcc the unit goes on past checks on its not-taken way too).
             let branch = unit.insns.get(k + 1).is_some_and(|n| {
                 let c = n.instr.code();
                 c.is_jcc_short_or_near() || c.is_jmp_short_or_near()
@@ -839,7 +861,7 @@ fn encodable(i: &Instruction) -> bool {
     Encoder::new(32).encode(i, 0).is_ok()
 }
 
-fn mangle_insn(b: &mut Builder<'_>, gi: &GuestInsn, unit: &Unit, cfg: &Config) -> Done {
+fn mangle_insn(b: &mut Builder<'_>, gi: &GuestInsn, unit: &Unit, cfg: &Config, last: bool) -> Done {
     let i = &gi.instr;
     let model = match (&cfg.user_model, unit.mode.cpl) {
         (Some(m), 3) => m,
@@ -884,7 +906,7 @@ fn mangle_insn(b: &mut Builder<'_>, gi: &GuestInsn, unit: &Unit, cfg: &Config) -
             syscall::fast_iret(b, gi, next)
         }
         Translation::Callout(k) => emulate(b, k),
-        Translation::Relink => relink(b, gi, next),
+        Translation::Relink => relink(b, gi, next, last),
         Translation::Lookup => {
             if i.mnemonic() == Mnemonic::Ret && !stack32 {
                 return emulate(b, CalloutKind::Stack16);
@@ -991,10 +1013,32 @@ fn counter_branch(code: Code) -> Code {
     }
 }
 
-fn relink(b: &mut Builder<'_>, gi: &GuestInsn, next: u32) -> Done {
+/// Direct branches. `last`: the branch ends its unit; otherwise it is a Jcc the unit goes on
+/// past (a superblock, `units.rs`): only its taken way is an exit, or not even that when the
+/// target is a later instruction of the unit.
+fn relink(b: &mut Builder<'_>, gi: &GuestInsn, next: u32, last: bool) -> Done {
     let i = &gi.instr;
     let code = i.code();
     let target = i.near_branch_target() as u32;
+    if !last {
+        debug_assert!(code.is_jcc_short_or_near());
+        let cc = i.condition_code();
+        // A forward branch inside the fragment needs no pending-interrupt check (as a chained
+        // forward exit needs none); one that must check leaves through a checked exit.
+        let inside = (target > gi.eip && !b.force_checked && b.check_at.is_none())
+            .then(|| b.inside.iter().find(|&&(e, _)| e == target).map(|&(_, l)| l))
+            .flatten();
+        match inside {
+            Some(l) => b.branch(cond_near(cc), l),
+            None => b.exit(Some(cc), target, gi.eip),
+        }
+        if let Some(at) = b.check_at {
+            // The check before the branch, on its not-taken way: the state there is the
+            // branch's own but for EIP, so the check reports the branch's EIP.
+            b.check_site(at);
+        }
+        return FALL;
+    }
     if code.is_call_near() {
         // Push the guest return address, then leave for the callee.
         if i.op_code().operand_size() == 16 {

@@ -2,9 +2,17 @@
 //!
 //! A unit starts at a guest EIP and extends up to and including the first control transfer
 //! (anything whose iced-x86 flow control is not `Next`), an instruction the classification says
-//! ends a unit (mode-changing callouts such as MOV CR0 or MOV SS), or a size bound (bytes and
-//! instruction count). The instruction after an STI is always included when it can be decoded
-//! (the STI interrupt shadow: the pending-interrupt check comes after it).
+//! ends a unit (mode-changing callouts such as MOV CR0 or MOV SS), or a size bound (bytes,
+//! instructions, and conditional branches). The instruction after an STI is always included when
+//! it can be decoded (the STI interrupt shadow: the pending-interrupt check comes after it).
+//!
+//! A conditional branch (Jcc) does not end a unit while [`Limits::max_jcc`] allows: the unit
+//! goes on with its fall-through path (a *superblock*), so that the translated code keeps the
+//! guest's straight-line layout: the not-taken way costs no jump between fragments, and a branch
+//! to a later instruction of the same unit stays inside the fragment (`mangle.rs`). When the
+//! fall-through bytes cannot be decoded (an unreadable page, an invalid encoding), the unit ends
+//! at the branch instead, falling through to a unit of its own, so that a fragment never
+//! depends on a page it only might run.
 //!
 //! Code is read through [`GuestCode`], by linear address; a unit records every guest page it
 //! was decoded from (an instruction that straddles a page boundary adds both pages), so the
@@ -59,6 +67,9 @@ pub struct Limits {
     pub max_bytes: u32,
     /// Maximum instructions in a unit.
     pub max_insns: u32,
+    /// Conditional branches (Jcc) a unit may go on past; 0: every Jcc ends its unit (basic
+    /// blocks).
+    pub max_jcc: u32,
 }
 
 impl Default for Limits {
@@ -66,6 +77,7 @@ impl Default for Limits {
         Limits {
             max_bytes: 256,
             max_insns: 64,
+            max_jcc: 4,
         }
     }
 }
@@ -169,6 +181,9 @@ pub fn decode_unit(
     };
     let mut cur = eip;
     let mut bytes_total = 0u32;
+    let mut jccs = 0u32;
+    // The unit went on past a Jcc at the previous instruction.
+    let mut past_jcc = false;
     loop {
         let lin = cs_base.wrapping_add(cur);
         let mut buf = [0u8; 15];
@@ -176,6 +191,11 @@ pub fn decode_unit(
         let avail = code.read(lin, &mut buf[..want]).min(want);
         let mut dec = Decoder::with_ip(bitness, &buf[..avail], cur as u64, DecoderOptions::NONE);
         let instr = dec.decode();
+        if instr.code() == Code::INVALID && past_jcc {
+            // Only the fall-through way would run it: end at the branch.
+            unit.end = UnitEnd::Branch;
+            return unit;
+        }
         if instr.code() == Code::INVALID {
             let err = dec.last_error();
             // An instruction cut short by an unreadable page (or by 4 GiB) is a fetch fault;
@@ -209,7 +229,10 @@ pub fn decode_unit(
             instr,
         };
         gi.bytes[..len as usize].copy_from_slice(&buf[..len as usize]);
-        let ends = ends_unit(&gi.instr, mode);
+        let goes_on = gi.instr.code().is_jcc_short_or_near() && jccs < limits.max_jcc;
+        let ends = !goes_on && ends_unit(&gi.instr, mode);
+        jccs += goes_on as u32;
+        past_jcc = goes_on;
         let is_sti = gi.instr.mnemonic() == Mnemonic::Sti;
         unit.insns.push(gi);
         bytes_total += len;
@@ -220,8 +243,12 @@ pub fn decode_unit(
         if next > ip_mask || (lin as u64 + len as u64) > 0xffff_ffff {
             // IP would wrap (or the linear address would): stop here and let the next unit
             // start at the wrapped EIP.
-            unit.end = UnitEnd::Limit {
-                next: (next & ip_mask) as u32,
+            unit.end = if past_jcc {
+                UnitEnd::Branch
+            } else {
+                UnitEnd::Limit {
+                    next: (next & ip_mask) as u32,
+                }
             };
             return unit;
         }
@@ -229,7 +256,11 @@ pub fn decode_unit(
         let at_limit =
             bytes_total >= limits.max_bytes || unit.insns.len() as u32 >= limits.max_insns;
         if at_limit && !is_sti {
-            unit.end = UnitEnd::Limit { next: cur };
+            unit.end = if past_jcc {
+                UnitEnd::Branch
+            } else {
+                UnitEnd::Limit { next: cur }
+            };
             return unit;
         }
     }
@@ -317,6 +348,7 @@ mod tests {
             Limits {
                 max_bytes: 1000,
                 max_insns: 10,
+                max_jcc: 0,
             },
         );
         assert_eq!(u.insns.len(), 10);
@@ -332,6 +364,7 @@ mod tests {
             Limits {
                 max_bytes: 7,
                 max_insns: 100,
+                max_jcc: 0,
             },
         );
         assert_eq!(u.insns.len(), 7);
@@ -352,6 +385,7 @@ mod tests {
             Limits {
                 max_bytes: 100,
                 max_insns: 2,
+                max_jcc: 0,
             },
         );
         assert_eq!(u.insns.len(), 3);

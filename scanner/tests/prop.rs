@@ -87,7 +87,7 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 3000, ..ProptestConfig::default() })]
     #[test]
     fn fragments_are_well_formed(bytes in code(), m in mode(), eip_lo in 0u32..0x2000, max_insns in 1u32..80) {
-        let cfg = Config { limits: Limits { max_bytes: 512, max_insns }, ..Config::default() };
+        let cfg = Config { limits: Limits { max_bytes: 512, max_insns, ..Limits::default() }, ..Config::default() };
         let eip = 0x0010_0000 + eip_lo;
         let eip = if m.code32 { eip } else { eip & 0xffff };
         let (unit, f) = translate(&mut SliceCode { base: eip, bytes: &bytes }, 0, eip, m, common::TC, &cfg).expect("encodes");

@@ -4,7 +4,7 @@ mod common;
 use common::*;
 use iced_x86::{Code, Mnemonic, Register};
 use vmm_scanner::classify::CalloutKind;
-use vmm_scanner::{Abi, CalloutOp, Mode};
+use vmm_scanner::{Abi, CalloutOp, Config, Mode};
 
 fn has(f: &vmm_scanner::Fragment, line: &str) -> bool {
     listing(f).iter().any(|l| l == line)
@@ -818,9 +818,11 @@ fn user_gs_vector_operands() {
 
 #[test]
 fn checks_before_a_direct_branch_go_into_its_exits() {
-    // popf; jz 0x1000 (backward); ret. The check after POPF is at the JZ: no check site there,
-    // both exits are checked (through slots), and their stubs check at the JZ's EIP.
-    let (_, f) = tr(&[0x9d, 0x74, 0xfd, 0xc3]);
+    // popf; jz 0x1000 (backward), the end of the code: the JZ ends the unit. The check after
+    // POPF is at the JZ: no check site there, both exits are checked (through slots), and
+    // their stubs check at the JZ's EIP.
+    let (u, f) = tr(&[0x9d, 0x74, 0xfd]);
+    assert_eq!(u.insns.len(), 2);
     let is = decode(&f);
     assert_eq!(f.exits.len(), 2);
     assert!(f.exits.iter().all(|e| e.slot.is_some()), "{:?}", f.exits);
@@ -908,4 +910,106 @@ fn in_and_out_dx_test_the_port_map_without_flags() {
     assert_eq!((m2[0x5e], m2[0x5f], m2[0x60], m2[0x64], m2[0x65]), (1, 0, 0, 0, 1));
     let m4 = cfg.null_ports.map(4);
     assert_eq!((m4[0x5c], m4[0x5d], m4[0x7c], m4[0x7d], m4[0x81]), (1, 0, 1, 0, 1));
+}
+
+/// Superblocks (units.rs): a unit goes on past a Jcc. Its taken way is an exit, or a branch
+/// inside the fragment when it leads forward to an instruction of the unit; its not-taken way
+/// is the next instruction, no exit.
+#[test]
+fn units_go_on_past_conditional_branches() {
+    use vmm_scanner::units::{Limits, UnitEnd};
+    // 1000: cmp eax, 1; 1003: jz 1007; 1005: inc ebx; 1006: inc ecx; 1007: inc edx; 1008: jnz 2000; 100e: ret
+    let code = [0x83, 0xf8, 0x01, 0x74, 0x02, 0x43, 0x41, 0x42, 0x0f, 0x85, 0xf2, 0x0f, 0x00, 0x00, 0xc3];
+    let (u, f) = tr(&code);
+    assert_eq!(u.insns.len(), 7, "the unit ends at the RET");
+    assert_eq!(u.end, UnitEnd::Branch);
+    // The JZ stays inside; the JNZ to 0x2000 is the one direct exit (the RET is a lookup).
+    let targets: Vec<u32> = f.exits.iter().map(|e| e.target_eip).collect();
+    assert_eq!(targets, [0x2000], "{}", listing(&f).join("\n"));
+    assert!(f.exits[0].slot.is_none(), "a forward exit is a patchable rel32");
+    // The JZ jumps to the INC EDX's copy, inside the fragment.
+    let is = decode(&f);
+    let jz = is.iter().find(|i| i.code() == Code::Je_rel32_32).expect("the JZ is a near JE");
+    let inc_edx = is.iter().find(|i| i.code() == Code::Inc_r32 && i.op0_register() == Register::EDX).unwrap();
+    assert_eq!(jz.near_branch_target(), inc_edx.ip());
+    // Every guest instruction is in the PC map, the INC EDX at its own EIP.
+    for g in &u.insns {
+        assert!(f.pc_map.iter().any(|p| p.guest_eip == g.eip), "{:#x}", g.eip);
+    }
+    // With max_jcc = 0, units are basic blocks again.
+    let cfg = Config { limits: Limits { max_jcc: 0, ..Limits::default() }, ..Config::default() };
+    let (u, f) = tr_cfg(&code, 0x1000, Mode::kernel32(), &cfg);
+    assert_eq!(u.insns.len(), 2);
+    let targets: Vec<u32> = f.exits.iter().map(|e| e.target_eip).collect();
+    assert_eq!(targets, [0x1007, 0x1005]);
+    // The bound: max_jcc = 1 goes on past the JZ and ends at the JNZ.
+    let cfg = Config { limits: Limits { max_jcc: 1, ..Limits::default() }, ..Config::default() };
+    let (u, f) = tr_cfg(&code, 0x1000, Mode::kernel32(), &cfg);
+    assert_eq!(u.insns.len(), 6);
+    let targets: Vec<u32> = f.exits.iter().map(|e| e.target_eip).collect();
+    assert_eq!(targets, [0x2000, 0x100e]);
+}
+
+/// Inside a superblock, the exits that need a pending-interrupt check keep it: a backward Jcc
+/// is a checked exit, and after POPF the check site stays before a Jcc the unit goes on past
+/// (its not-taken way is no exit that could check).
+#[test]
+fn superblock_branches_keep_their_checks() {
+    // 1000: nop; 1001: jnz 1000 (backward); 1003: inc eax; 1004: ret
+    let (u, f) = tr(&[0x90, 0x75, 0xfd, 0x40, 0xc3]);
+    assert_eq!(u.insns.len(), 4);
+    assert_eq!(f.exits.len(), 1);
+    assert_eq!(f.exits[0].target_eip, 0x1000);
+    assert!(f.exits[0].slot.is_some(), "a backward exit is checked");
+    // 1000: popf; 1001: jz 1005 (forward); 1003: inc eax; 1004: inc ebx; 1005: ret. The check
+    // after POPF goes into the JZ: its taken way is a checked exit, its not-taken way a check
+    // site; both report the JZ's EIP, and there is no check site before the JZ.
+    let (u, f) = tr(&[0x9d, 0x74, 0x02, 0x40, 0x43, 0xc3]);
+    assert_eq!(u.insns.len(), 5);
+    assert_eq!(f.exits.len(), 1);
+    assert!(f.exits[0].slot.is_some());
+    assert_eq!(f.sites.len(), 2);
+    let a = Abi::default();
+    let is = decode(&f);
+    let slot_jumps: Vec<usize> = is
+        .iter()
+        .enumerate()
+        .filter(|(_, i)| i.code() == Code::Jmp_rm32 && (a.check_slots..a.check_conts).contains(&i.memory_displacement32()))
+        .map(|(k, _)| k)
+        .collect();
+    let skip = is.iter().position(|i| i.code() == Code::Jne_rel8_32).expect("the inverted JZ over the checked exit");
+    assert_eq!(slot_jumps.len(), 2);
+    assert!(slot_jumps.iter().all(|&k| k > skip), "no check before the branch:\n{}", listing(&f).join("\n"));
+    let c = callouts(&f);
+    assert_eq!(c.iter().filter(|x| **x == (CalloutOp::PendingIrq as u32, Some(0x1001), 0x1001, 0)).count(), 2);
+    // Without the POPF, the JZ stays inside the fragment and nothing checks.
+    let (_, f) = tr(&[0x90, 0x74, 0x02, 0x40, 0x43, 0xc3]);
+    assert!(f.exits.is_empty() && f.sites.is_empty(), "{:?} {:?}", f.exits, f.sites);
+    // The instruction after STI is never a branch target inside the fragment (reached from
+    // elsewhere it is not in a shadow): 1000: jz 1003; 1002: sti; 1003: nop; 1004: ret
+    let (u, f) = tr(&[0x74, 0x01, 0xfb, 0x90, 0xc3]);
+    assert_eq!(u.insns.len(), 4);
+    assert_eq!(f.exits.len(), 1);
+    assert_eq!(f.exits[0].target_eip, 0x1003);
+}
+
+/// A unit does not go on past a Jcc into bytes it cannot fetch or decode: the fall-through is a
+/// unit of its own, and the fragment does not depend on the page after.
+#[test]
+fn superblocks_stop_before_unfetchable_code() {
+    use vmm_scanner::units::UnitEnd;
+    // jz 0x2000 at 0xffe, the end of the readable bytes at the page end.
+    let (u, f) = tr_mode(&[0x90, 0x74, 0x10], 0xffd, Mode::kernel32());
+    assert_eq!(u.end, UnitEnd::Branch);
+    assert_eq!(u.pages, [0]);
+    let targets: Vec<u32> = f.exits.iter().map(|e| e.target_eip).collect();
+    assert_eq!(targets, [0x1010, 0x1000]);
+    // An invalid encoding after a Jcc: the same.
+    // 1000: jz 1012; 1002: 0f 04 (no instruction)
+    let (u, f) = tr(&[0x74, 0x10, 0x0f, 0x04]);
+    assert_eq!(u.insns.len(), 1);
+    assert_eq!(u.end, UnitEnd::Branch);
+    let targets: Vec<u32> = f.exits.iter().map(|e| e.target_eip).collect();
+    assert_eq!(targets, [0x1012, 0x1002]);
+    assert!(callouts(&f).iter().all(|c| c.0 != CalloutOp::Invalid as u32));
 }
