@@ -1675,9 +1675,31 @@ fn load_sreg(b: &mut Builder<'_>, gi: &GuestInsn, next: u32) -> Done {
     let tramp = b.label();
     let done = b.label();
     b.branch(Code::Jecxz_rel8_32, tramp);
+    // A register that already holds the host selector is not loaded again (a load costs
+    // 20-120 cycles here; Linux reloads `__USER_DS` into DS and ES on every kernel entry and
+    // exit): it holds the descriptor a load would give, since host LDT slots change only in
+    // the monitor and every entry reloads what changed (direct/entry.rs). Flag-free:
+    // ECX = new + !cur + 1 = new - cur, JECXZ; then ECX = new again.
+    let sa = b.slot(S_A);
+    let rec2 = Recovery {
+        restore: [Some((Register::ECX, sc)), Some((Register::EAX, sa))],
+        ..Recovery::NONE
+    };
+    let same = b.label();
+    let s2 = b.slot(S2);
+    b.st32(sa, Register::EAX);
+    b.ins(mk(Instruction::with2(Code::Mov_rm16_Sreg, gs(s2), sreg)));
+    b.ins(mk(Instruction::with2(Code::Movzx_r32_rm16, Register::EAX, gs(s2))));
+    b.ins(mk(Instruction::with1(Code::Not_rm32, Register::EAX)));
+    b.ins(mk(Instruction::with2(Code::Lea_r32_m, Register::ECX, MemoryOperand::new(Register::ECX, Register::EAX, 1, 1, 1, false, Register::None))));
+    b.branch(Code::Jecxz_rel8_32, same);
+    b.ins(mk(Instruction::with1(Code::Not_rm32, Register::EAX)));
+    b.ins(mk(Instruction::with2(Code::Lea_r32_m, Register::ECX, MemoryOperand::new(Register::ECX, Register::EAX, 1, 0, 0, false, Register::None))));
     // Cannot fault while the runtime keeps its promise; if it did, the guest instruction
-    // restarts (as a callout) with ECX restored.
-    b.ins_rec(mk(Instruction::with2(Code::Mov_Sreg_r32m16, sreg, Register::ECX)), rec);
+    // restarts (as a callout) with ECX and EAX restored.
+    b.ins_rec(mk(Instruction::with2(Code::Mov_Sreg_r32m16, sreg, Register::ECX)), rec2);
+    b.bind(same);
+    b.ld32(Register::EAX, sa);
     b.ld32(Register::ECX, s1);
     b.st32(a.vseg_of(sreg), Register::ECX);
     b.ld32(Register::ECX, sc);

@@ -85,9 +85,10 @@ fn gs_form_allowed(i: &Instruction, abi: &Abi) -> Result<(), String> {
             Ok(())
         }
         // VERR/VERW of a `cs:` operand: ES saved to a scratch slot, loaded with the CS
-        // shadow, restored.
+        // shadow, restored; the inline segment loads read the register they would load
+        // (a load of the selector it holds is skipped).
         C::Mov_rm16_Sreg
-            if i.op1_register() == Register::ES
+            if [Register::DS, Register::ES, Register::FS].contains(&i.op1_register())
                 && !has_base
                 && (abi.scratch..abi.scratch + 4 * crate::abi::SCRATCH_SLOTS).contains(&disp) =>
         {

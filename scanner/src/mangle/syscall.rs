@@ -22,7 +22,7 @@
 
 use iced_x86::{Code, Instruction, MemoryOperand, Register};
 
-use super::{gs, mk, stack, Builder, CalloutKind, CalloutOp, CoEip, Done, Recovery, FALL, S_A, S_C};
+use super::{gs, mk, stack, Builder, CalloutKind, CalloutOp, CoEip, Done, Recovery, FALL, S2, S_A, S_C};
 use crate::abi::{fsys, HOST_FLAGS, VIRT_MASK};
 use crate::units::GuestInsn;
 
@@ -60,6 +60,21 @@ impl Builder<'_> {
     }
 
     /// LAHF/SETO into `fsys::SAVED_FLAGS` (EAX clobbered, flags kept).
+    /// `mov sreg, gs:[from]` unless the register already holds that selector (a null FS
+    /// across a system call: a null load costs ~120 cycles here). ECX and the flags are free.
+    /// Exact: a register that holds the host selector holds its current descriptor (see
+    /// `load_sreg` in mangle.rs).
+    fn load_sreg_if_other(&mut self, sreg: Register, from: u32) {
+        let skip = self.label();
+        let s2 = self.slot(S2);
+        self.ins(mk(Instruction::with2(Code::Mov_rm16_Sreg, gs(s2), sreg)));
+        self.op_r_rm(Code::Mov_r16_rm16, Register::CX, gs(s2));
+        self.op_r_rm(Code::Cmp_r16_rm16, Register::CX, gs(from));
+        self.branch(Code::Je_rel8_32, skip);
+        self.ins(mk(Instruction::with2(Code::Mov_Sreg_rm16, sreg, gs(from))));
+        self.bind(skip);
+    }
+
     fn save_flags(&mut self) {
         let s = self.f(fsys::SAVED_FLAGS);
         self.save_flags_lahf(s);
@@ -135,7 +150,7 @@ pub(super) fn fast_int(b: &mut Builder<'_>, gi: &GuestInsn, next: u32, vector: u
     b.st_imm32(b.f(fsys::VCPL), 0);
     b.op_rm_imm(Code::Add_rm32_imm8, gs(b.f(fsys::N_INT)), 1);
     for (sreg, from) in [(Register::DS, fsys::K_DS), (Register::ES, fsys::K_ES), (Register::FS, fsys::K_FS)] {
-        b.ins(mk(Instruction::with2(Code::Mov_Sreg_rm16, sreg, gs(b.f(from)))));
+        b.load_sreg_if_other(sreg, b.f(from));
     }
     b.restore_flags_lahf(b.f(fsys::SAVED_FLAGS));
     b.ld32(EAX, b.f(fsys::INT_EIP));
@@ -216,7 +231,7 @@ pub(super) fn fast_iret(b: &mut Builder<'_>, gi: &GuestInsn, next: u32) -> Done 
     b.st_imm32(b.f(fsys::VCPL), 3);
     b.op_rm_imm(Code::Add_rm32_imm8, gs(b.f(fsys::N_IRET)), 1);
     for (sreg, from) in [(Register::DS, fsys::U_DS), (Register::ES, fsys::U_ES), (Register::FS, fsys::U_FS)] {
-        b.ins(mk(Instruction::with2(Code::Mov_Sreg_rm16, sreg, gs(b.f(from)))));
+        b.load_sreg_if_other(sreg, b.f(from));
     }
     b.ld32(ECX, b.f(fsys::R_ESP));
     b.st32(b.f(fsys::RET_STACK), ECX);
