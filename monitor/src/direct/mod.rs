@@ -437,6 +437,12 @@ impl Direct<'_> {
                 Some(Special::Cr3Write) => {
                     self.shadow.cr3_written(&mut self.cpu).map_err(io)?;
                     self.bt_paging_changed(None);
+                    if self.bt.is_some() && self.opts.adaptive_user {
+                        let now = self.cpu.bus.now_ns();
+                        if self.hot.switched_to(self.cpu.state.cr3, now) {
+                            self.stats.exit("hot-user-forget");
+                        }
+                    }
                 }
                 None => {}
             }
