@@ -58,6 +58,9 @@ pub struct ShadowStats {
     pub flushes: u64,
     /// `cr3_written` calls.
     pub cr3_writes: u64,
+    /// Pages that stayed mapped at CR3 writes because the new address space maps them the
+    /// same way (not counting global pages).
+    pub cr3_kept: u64,
     /// `invlpg` calls.
     pub invlpgs: u64,
     /// `MapOps::map` calls and the pages they mapped (a run counts once as a call).
@@ -255,7 +258,9 @@ impl ShadowMmu {
     }
 
     /// A guest CR3 write (the CR3 in `mode` is the new one): drop every non-global mapping
-    /// (every mapping if CR4.PGE is clear) and recompute `user_limit`.
+    /// (every mapping if CR4.PGE is clear) except those the new address space maps the same
+    /// way with the Accessed (and, if writable, Dirty) bits already set (a shell and the
+    /// children it forks share their program's code frames), and recompute `user_limit`.
     pub fn cr3_written<M: MapOps>(
         &mut self,
         mode: &PagingMode,
@@ -264,9 +269,51 @@ impl ShadowMmu {
     ) -> Result<(), M::Error> {
         self.stats.cr3_writes += 1;
         let keep_global = mode.pge && mode.paging;
-        self.drop_where(0, 1 << 20, map, |_, e| !keep_global || e & E_GLOBAL == 0)?;
+        let mut kept = 0u64;
+        self.drop_where(0, 1 << 20, map, |q, e| {
+            if keep_global && e & E_GLOBAL != 0 {
+                return false;
+            }
+            let same = mode.paging && Self::same_in(mode, q, e, mem);
+            kept += u64::from(same);
+            !same
+        })?;
+        self.stats.cr3_kept += kept;
         self.user_limit = self.compute_user_limit(mode, mem);
         Ok(())
+    }
+
+    /// Whether the mapping `e` of linear page `q` is, in the address space of `mode`, what a
+    /// fault there would map (or less), so that it may stay across a CR3 write: after the
+    /// TLB flush a CPU's next access would walk the tables, find the same frame with the same
+    /// rights and write nothing (PDE.A and the leaf's A already set, and D if the host
+    /// mapping is writable). Pages the new address space maps differently or not at all, or
+    /// has not accessed, go: mapping them would skip an A/D update or a #PF.
+    fn same_in(mode: &PagingMode, q: u32, e: u32, mem: &mut impl GuestPhys) -> bool {
+        let Walk::Ok(t) = walk(mode, q << 12, Access::Read, false, mem) else {
+            return false;
+        };
+        let flags = |t: &Translation| {
+            let mut f = E_VALID;
+            if t.user {
+                f |= E_USER;
+            }
+            if t.writable {
+                f |= E_GUEST_W;
+            }
+            if t.global && mode.pge {
+                f |= E_GLOBAL;
+            }
+            if t.large {
+                f |= E_LARGE;
+            }
+            f
+        };
+        t.frame == e & !0xfff
+            && t.accessed
+            && (t.large || t.pde & pte::A != 0)
+            && flags(&t) == e & (E_VALID | E_USER | E_GUEST_W | E_GLOBAL | E_LARGE)
+            && (e & E_HOST_W == 0 || (t.dirty && t.writable))
     }
 
     /// Drop every mapping (changes to CR0.PG/WP or CR4.PSE/PGE/PAE; `mode` is the new mode)
@@ -374,7 +421,7 @@ impl ShadowMmu {
         lo: u32,
         hi: u32,
         map: &mut M,
-        pred: impl Fn(u32, u32) -> bool,
+        mut pred: impl FnMut(u32, u32) -> bool,
     ) -> Result<usize, M::Error> {
         let mut victims = Vec::new();
         for ti in (lo >> 10)..=((hi - 1) >> 10) {
