@@ -58,6 +58,8 @@ pub struct ShadowStats {
     pub flushes: u64,
     /// `cr3_written` calls.
     pub cr3_writes: u64,
+    /// Pages mapped by `prefault`.
+    pub prefaults: u64,
     /// Pages that stayed mapped at CR3 writes because the new address space maps them the
     /// same way (not counting global pages).
     pub cr3_kept: u64,
@@ -227,7 +229,55 @@ impl ShadowMmu {
         }
         let dirty = set_accessed_dirty(&t, access, mem);
         let flags = Self::flags(&t, mode, user, dirty);
-        let page = lin >> 12;
+        self.map_translation(mode, &t, lin >> 12, flags, user, mem, map)?;
+        self.stats.hidden_faults += 1;
+        Ok(Resolution::Mapped)
+    }
+
+    /// Maps the page of `lin` ahead of an access by the current privilege (`user`), if it is
+    /// unmapped and a fault there now would map it without writing guest memory: the guest
+    /// entries are present, allow the access, and have PDE.A and the leaf's A set (the host
+    /// mapping is writable only if D is set too), as for the neighbours a fault maps. For the
+    /// page of CR2 when the guest returns to user code after a page fault: its handler made
+    /// the entry (Linux makes it accessed, and dirty for a write) and the instruction it
+    /// returns to will touch the page, so this saves the hidden fault. True if it mapped.
+    pub fn prefault<M: MapOps>(
+        &mut self,
+        mode: &PagingMode,
+        lin: u32,
+        user: bool,
+        mem: &mut impl GuestPhys,
+        map: &mut M,
+    ) -> Result<bool, M::Error> {
+        if lin >= self.monitor_base || self.entry(lin >> 12) & E_VALID != 0 {
+            return Ok(false);
+        }
+        let Walk::Ok(t) = walk(mode, lin, Access::Read, user, mem) else {
+            return Ok(false);
+        };
+        if !self.frame_in_ram(t.frame) || !t.accessed || (mode.paging && !t.large && t.pde & pte::A == 0) {
+            return Ok(false);
+        }
+        let flags = Self::flags(&t, mode, user, t.dirty);
+        self.map_translation(mode, &t, lin >> 12, flags, user, mem, map)?;
+        self.stats.prefaults += 1;
+        Ok(true)
+    }
+
+    /// Maps `page` (translated as `t`, with `flags`) and the neighbours of its run, evicting
+    /// first if the bound would be exceeded.
+    #[allow(clippy::too_many_arguments)]
+    fn map_translation<M: MapOps>(
+        &mut self,
+        mode: &PagingMode,
+        t: &Translation,
+        page: u32,
+        flags: u32,
+        user: bool,
+        mem: &mut impl GuestPhys,
+        map: &mut M,
+    ) -> Result<(), M::Error> {
+        let t = *t;
         let (mut first, mut n) = self.run(mode, &t, page, flags, user, mem);
         let fresh = n as usize - usize::from(self.entry(page) & E_VALID != 0);
         if self.mapped + fresh > self.max_pages {
@@ -241,8 +291,7 @@ impl ShadowMmu {
         for i in 0..n {
             self.set_entry(first + i, (frame0 + (i << 12)) | flags);
         }
-        self.stats.hidden_faults += 1;
-        Ok(Resolution::Mapped)
+        Ok(())
     }
 
     /// INVLPG: drop the page of `lin`, and every piece of a guest 4 MiB page mapped in the

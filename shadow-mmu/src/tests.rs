@@ -672,3 +672,38 @@ fn cr3_write_keeps_pages_the_new_address_space_maps_the_same_way() {
     assert_eq!(e.mmu.mapped_pages(), 0);
     assert_eq!(e.mmu.stats().cr3_kept, 2);
 }
+
+#[test]
+fn prefault_maps_only_what_a_fault_would_map_without_writing_memory() {
+    let mut e = Env::new();
+    e.put(CR3, PT0 | P | RW | US | A);
+    e.pte(0x5000, 0x7000 | P | RW | US | A | D); // accessed and dirty: writable
+    e.pte(0x6000, 0x9000 | P | RW | US | A); // accessed, clean: read-only
+    e.pte(0x8000, 0xb000 | P | RW | US); // not accessed: a fault would set A
+    e.pte(0x9000, 0xc000 | P | RW | A | D); // supervisor-only
+    e.pte(0xb000, 0xd000 | RW | US | A | D); // not present
+    let before = e.mem.clone();
+    let mut pre = |e: &mut Env, lin: u32, user: bool| {
+        e.mmu
+            .prefault(&e.mode, lin, user, &mut e.mem, &mut e.rec)
+            .unwrap()
+    };
+    assert!(pre(&mut e, 0x5010, true));
+    assert!(pre(&mut e, 0x6ffc, true));
+    assert!(!pre(&mut e, 0x8000, true));
+    assert!(!pre(&mut e, 0x9000, true));
+    assert!(!pre(&mut e, 0xb000, true));
+    assert!(!pre(&mut e, HOLE, false));
+    assert!(!pre(&mut e, 0x5000, true), "already mapped");
+    assert!(e.mem == before, "a prefault changes no guest memory");
+    assert_eq!(e.rec.take(), [m(0x5000, 0x7000, 1, true), m(0x6000, 0x9000, 1, false)]);
+    // The supervisor may have the supervisor-only page.
+    assert!(pre(&mut e, 0x9000, false));
+    assert_eq!(e.rec.take(), [m(0x9000, 0xc000, 1, true)]);
+    // PDE.A clear: the walk would set it.
+    e.put(CR3 + 0x300 * 4, PTK | P | RW);
+    e.pte(0xc000_0000, 0x8000 | P | RW | A | D);
+    assert!(!pre(&mut e, 0xc000_0000, false));
+    assert_eq!(e.mmu.stats().prefaults, 3);
+    assert_eq!(e.mmu.stats().hidden_faults, 0);
+}
