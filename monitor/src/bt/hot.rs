@@ -19,9 +19,13 @@
 //!   that calls a wrapper in another page ends up wholly translated;
 //! * a hot page whose translated code makes many callouts that are not system calls cools
 //!   ([`COOL_RATIO`]): it runs directly again and never becomes hot again;
+//! * an address space switched out for longer than [`IDLE_NS`] is forgotten when it comes
+//!   back ([`HotUser::switched_to`], called at every CR3 write): its CR3 may belong to
+//!   another process by then;
 //! * bounds: at most [`MAX_HOT_PAGES`] hot pages (at the cap the set is cleared and starts
-//!   again), at most [`MAX_COUNTERS`] counters (cleared at the cap). Hot pages of one address
-//!   space mean nothing in another: they are keyed by CR3.
+//!   again), at most [`MAX_COUNTERS`] counters per address space and kind (cleared at the
+//!   cap), at most [`MAX_REGIONS`] address spaces. Hot pages of one address space mean nothing
+//!   in another: they are keyed by CR3.
 //!
 //! Correctness does not depend on any of this: translated user code is the same translation
 //! `--user-engine bt` runs (tested against the interpreter), and either engine may run any
