@@ -115,6 +115,9 @@ pub struct ShadowMmu {
     /// `frame | E_*` flags, 0 when unmapped. Leaf tables exist only while they map something.
     tables: Vec<Option<Box<[u32; PAGES_PER_TABLE]>>>,
     counts: Vec<u16>,
+    /// Per leaf table: how many of its entries are not global (a CR3 write looks only at
+    /// tables that have some: the kernel's global pages fill dozens of tables).
+    local: Vec<u16>,
     mapped: usize,
     /// Mapped pages that are `user_unsafe` (any address; `set_user` looks below the limit).
     unsafe_pages: BTreeSet<u32>,
@@ -136,6 +139,7 @@ impl ShadowMmu {
             monitor_base,
             tables: (0..PAGES_PER_TABLE).map(|_| None).collect(),
             counts: vec![0; PAGES_PER_TABLE],
+            local: vec![0; PAGES_PER_TABLE],
             mapped: 0,
             unsafe_pages: BTreeSet::new(),
             user: false,
@@ -319,7 +323,7 @@ impl ShadowMmu {
         self.stats.cr3_writes += 1;
         let keep_global = mode.pge && mode.paging;
         let mut kept = 0u64;
-        self.drop_where(0, 1 << 20, map, |q, e| {
+        self.drop_where_in(keep_global, map, |q, e| {
             if keep_global && e & E_GLOBAL != 0 {
                 return false;
             }
@@ -436,6 +440,11 @@ impl ShadowMmu {
         if *slot & E_VALID == 0 {
             self.counts[ti] += 1;
             self.mapped += 1;
+        } else if *slot & E_GLOBAL == 0 {
+            self.local[ti] -= 1;
+        }
+        if e & E_GLOBAL == 0 {
+            self.local[ti] += 1;
         }
         *slot = e;
         if user_unsafe(e) {
@@ -454,6 +463,9 @@ impl ShadowMmu {
         if *slot & E_VALID == 0 {
             return;
         }
+        if *slot & E_GLOBAL == 0 {
+            self.local[ti] -= 1;
+        }
         *slot = 0;
         self.mapped -= 1;
         self.counts[ti] -= 1;
@@ -470,10 +482,35 @@ impl ShadowMmu {
         lo: u32,
         hi: u32,
         map: &mut M,
+        pred: impl FnMut(u32, u32) -> bool,
+    ) -> Result<usize, M::Error> {
+        self.drop_where_tables(lo, hi, false, map, pred)
+    }
+
+    /// [`Self::drop_where`] over all pages, looking only at tables that hold non-global
+    /// entries if `local_only` (the predicate must then keep every global entry).
+    fn drop_where_in<M: MapOps>(
+        &mut self,
+        local_only: bool,
+        map: &mut M,
+        pred: impl FnMut(u32, u32) -> bool,
+    ) -> Result<usize, M::Error> {
+        self.drop_where_tables(0, 1 << 20, local_only, map, pred)
+    }
+
+    fn drop_where_tables<M: MapOps>(
+        &mut self,
+        lo: u32,
+        hi: u32,
+        local_only: bool,
+        map: &mut M,
         mut pred: impl FnMut(u32, u32) -> bool,
     ) -> Result<usize, M::Error> {
         let mut victims = Vec::new();
         for ti in (lo >> 10)..=((hi - 1) >> 10) {
+            if local_only && self.local[ti as usize] == 0 {
+                continue;
+            }
             let Some(t) = &self.tables[ti as usize] else {
                 continue;
             };
