@@ -683,7 +683,7 @@ fn prefault_maps_only_what_a_fault_would_map_without_writing_memory() {
     e.pte(0x9000, 0xc000 | P | RW | A | D); // supervisor-only
     e.pte(0xb000, 0xd000 | RW | US | A | D); // not present
     let before = e.mem.clone();
-    let mut pre = |e: &mut Env, lin: u32, user: bool| {
+    let pre = |e: &mut Env, lin: u32, user: bool| {
         e.mmu
             .prefault(&e.mode, lin, user, &mut e.mem, &mut e.rec)
             .unwrap()

@@ -323,7 +323,7 @@ fn check_kept(seed: u64, mode: PagingMode, steps: &[Step], flips: &[(u32, u32)],
     let runs: Vec<(u32, u32)> = rec.0.iter().map(|&(l, _, n, _)| (l, n)).collect();
     for &(pick, bits) in flips {
         let Some(&(first, n)) = runs.get(pick as usize % runs.len().max(1)) else { break };
-        let lin = first + ((pick >> 8) % n << 12);
+        let lin = first + (((pick >> 8) % n) << 12);
         let pde_addr = (mode.cr3 & !0xfff) | ((lin >> 22) << 2);
         let pde = u32::from_le_bytes(mem[pde_addr as usize..pde_addr as usize + 4].try_into().unwrap());
         let addr = if bits & 1 == 0 || pde & 0x80 != 0 { pde_addr } else { (pde & !0xfff) | ((lin >> 10) & 0xffc) };
@@ -420,7 +420,7 @@ fn kept_generator_keeps_drops_and_prefaults() {
             mmu.handle_fault(&mode, s.lin, s.access, s.user, &mut mem, &mut rec).unwrap();
         }
         kept += k;
-        dropped += u64::from(flips.len() > 0 && (mmu.mapped_pages() as u64) > k);
+        dropped += u64::from(!flips.is_empty() && (mmu.mapped_pages() as u64) > k);
         pre += n;
     }
     assert!(kept >= 20 && dropped >= 20 && pre >= 20, "kept {kept}, dropped {dropped}, prefaulted {pre}");
