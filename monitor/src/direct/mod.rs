@@ -597,7 +597,10 @@ impl Direct<'_> {
             // and the instruction it returns to touches the page (docs/shadow-mmu.md).
             self.prefaulted_cr2 = self.cpu.state.cr2;
             let cr2 = self.cpu.state.cr2;
-            self.shadow.prefault(&mut self.cpu, cr2).map_err(io)?;
+            // Page 0 cannot be mapped on this host (its accesses are emulated).
+            if u64::from(cr2) >= crate::space::LOW_START {
+                self.shadow.prefault(&mut self.cpu, cr2).map_err(io)?;
+            }
         }
         if let Some(bt) = self.bt.as_mut() {
             // Code run directly must not reach the bt engine's monitor area (see bt::area).
