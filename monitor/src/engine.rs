@@ -271,8 +271,8 @@ impl RunStats {
             let sh = &self.shadow;
             let _ = writeln!(
                 s,
-                "shadow mmu      {} maps ({} pages), {} CR3 writes, {} INVLPGs, {} evictions, {} pages unmapped entering user mode",
-                sh.map_calls, sh.pages_mapped, sh.cr3_writes, sh.invlpgs, sh.evictions, sh.user_unmapped
+                "shadow mmu      {} maps ({} pages; {} prefaults), {} CR3 writes ({} pages kept), {} INVLPGs, {} evictions, {} pages unmapped entering user mode",
+                sh.map_calls, sh.pages_mapped, sh.prefaults, sh.cr3_writes, sh.cr3_kept, sh.invlpgs, sh.evictions, sh.user_unmapped
             );
             if !self.emulated_by.is_empty() {
                 let mut top: Vec<_> = self.emulated_by.iter().collect();

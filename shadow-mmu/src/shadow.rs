@@ -58,6 +58,11 @@ pub struct ShadowStats {
     pub flushes: u64,
     /// `cr3_written` calls.
     pub cr3_writes: u64,
+    /// Pages mapped by `prefault`.
+    pub prefaults: u64,
+    /// Pages that stayed mapped at CR3 writes because the new address space maps them the
+    /// same way (not counting global pages).
+    pub cr3_kept: u64,
     /// `invlpg` calls.
     pub invlpgs: u64,
     /// `MapOps::map` calls and the pages they mapped (a run counts once as a call).
@@ -110,6 +115,9 @@ pub struct ShadowMmu {
     /// `frame | E_*` flags, 0 when unmapped. Leaf tables exist only while they map something.
     tables: Vec<Option<Box<[u32; PAGES_PER_TABLE]>>>,
     counts: Vec<u16>,
+    /// Per leaf table: how many of its entries are not global (a CR3 write looks only at
+    /// tables that have some: the kernel's global pages fill dozens of tables).
+    local: Vec<u16>,
     mapped: usize,
     /// Mapped pages that are `user_unsafe` (any address; `set_user` looks below the limit).
     unsafe_pages: BTreeSet<u32>,
@@ -131,6 +139,7 @@ impl ShadowMmu {
             monitor_base,
             tables: (0..PAGES_PER_TABLE).map(|_| None).collect(),
             counts: vec![0; PAGES_PER_TABLE],
+            local: vec![0; PAGES_PER_TABLE],
             mapped: 0,
             unsafe_pages: BTreeSet::new(),
             user: false,
@@ -224,7 +233,55 @@ impl ShadowMmu {
         }
         let dirty = set_accessed_dirty(&t, access, mem);
         let flags = Self::flags(&t, mode, user, dirty);
-        let page = lin >> 12;
+        self.map_translation(mode, &t, lin >> 12, flags, user, mem, map)?;
+        self.stats.hidden_faults += 1;
+        Ok(Resolution::Mapped)
+    }
+
+    /// Maps the page of `lin` ahead of an access by the current privilege (`user`), if it is
+    /// unmapped and a fault there now would map it without writing guest memory: the guest
+    /// entries are present, allow the access, and have PDE.A and the leaf's A set (the host
+    /// mapping is writable only if D is set too), as for the neighbours a fault maps. For the
+    /// page of CR2 when the guest returns to user code after a page fault: its handler made
+    /// the entry (Linux makes it accessed, and dirty for a write) and the instruction it
+    /// returns to will touch the page, so this saves the hidden fault. True if it mapped.
+    pub fn prefault<M: MapOps>(
+        &mut self,
+        mode: &PagingMode,
+        lin: u32,
+        user: bool,
+        mem: &mut impl GuestPhys,
+        map: &mut M,
+    ) -> Result<bool, M::Error> {
+        if lin >= self.monitor_base || self.entry(lin >> 12) & E_VALID != 0 {
+            return Ok(false);
+        }
+        let Walk::Ok(t) = walk(mode, lin, Access::Read, user, mem) else {
+            return Ok(false);
+        };
+        if !self.frame_in_ram(t.frame) || !t.accessed || (mode.paging && !t.large && t.pde & pte::A == 0) {
+            return Ok(false);
+        }
+        let flags = Self::flags(&t, mode, user, t.dirty);
+        self.map_translation(mode, &t, lin >> 12, flags, user, mem, map)?;
+        self.stats.prefaults += 1;
+        Ok(true)
+    }
+
+    /// Maps `page` (translated as `t`, with `flags`) and the neighbours of its run, evicting
+    /// first if the bound would be exceeded.
+    #[allow(clippy::too_many_arguments)]
+    fn map_translation<M: MapOps>(
+        &mut self,
+        mode: &PagingMode,
+        t: &Translation,
+        page: u32,
+        flags: u32,
+        user: bool,
+        mem: &mut impl GuestPhys,
+        map: &mut M,
+    ) -> Result<(), M::Error> {
+        let t = *t;
         let (mut first, mut n) = self.run(mode, &t, page, flags, user, mem);
         let fresh = n as usize - usize::from(self.entry(page) & E_VALID != 0);
         if self.mapped + fresh > self.max_pages {
@@ -238,8 +295,7 @@ impl ShadowMmu {
         for i in 0..n {
             self.set_entry(first + i, (frame0 + (i << 12)) | flags);
         }
-        self.stats.hidden_faults += 1;
-        Ok(Resolution::Mapped)
+        Ok(())
     }
 
     /// INVLPG: drop the page of `lin`, and every piece of a guest 4 MiB page mapped in the
@@ -255,7 +311,9 @@ impl ShadowMmu {
     }
 
     /// A guest CR3 write (the CR3 in `mode` is the new one): drop every non-global mapping
-    /// (every mapping if CR4.PGE is clear) and recompute `user_limit`.
+    /// (every mapping if CR4.PGE is clear) except those the new address space maps the same
+    /// way with the Accessed (and, if writable, Dirty) bits already set (a shell and the
+    /// children it forks share their program's code frames), and recompute `user_limit`.
     pub fn cr3_written<M: MapOps>(
         &mut self,
         mode: &PagingMode,
@@ -264,9 +322,51 @@ impl ShadowMmu {
     ) -> Result<(), M::Error> {
         self.stats.cr3_writes += 1;
         let keep_global = mode.pge && mode.paging;
-        self.drop_where(0, 1 << 20, map, |_, e| !keep_global || e & E_GLOBAL == 0)?;
+        let mut kept = 0u64;
+        self.drop_where_in(keep_global, map, |q, e| {
+            if keep_global && e & E_GLOBAL != 0 {
+                return false;
+            }
+            let same = mode.paging && Self::same_in(mode, q, e, mem);
+            kept += u64::from(same);
+            !same
+        })?;
+        self.stats.cr3_kept += kept;
         self.user_limit = self.compute_user_limit(mode, mem);
         Ok(())
+    }
+
+    /// Whether the mapping `e` of linear page `q` is, in the address space of `mode`, what a
+    /// fault there would map (or less), so that it may stay across a CR3 write: after the
+    /// TLB flush a CPU's next access would walk the tables, find the same frame with the same
+    /// rights and write nothing (PDE.A and the leaf's A already set, and D if the host
+    /// mapping is writable). Pages the new address space maps differently or not at all, or
+    /// has not accessed, go: mapping them would skip an A/D update or a #PF.
+    fn same_in(mode: &PagingMode, q: u32, e: u32, mem: &mut impl GuestPhys) -> bool {
+        let Walk::Ok(t) = walk(mode, q << 12, Access::Read, false, mem) else {
+            return false;
+        };
+        let flags = |t: &Translation| {
+            let mut f = E_VALID;
+            if t.user {
+                f |= E_USER;
+            }
+            if t.writable {
+                f |= E_GUEST_W;
+            }
+            if t.global && mode.pge {
+                f |= E_GLOBAL;
+            }
+            if t.large {
+                f |= E_LARGE;
+            }
+            f
+        };
+        t.frame == e & !0xfff
+            && t.accessed
+            && (t.large || t.pde & pte::A != 0)
+            && flags(&t) == e & (E_VALID | E_USER | E_GUEST_W | E_GLOBAL | E_LARGE)
+            && (e & E_HOST_W == 0 || (t.dirty && t.writable))
     }
 
     /// Drop every mapping (changes to CR0.PG/WP or CR4.PSE/PGE/PAE; `mode` is the new mode)
@@ -340,6 +440,11 @@ impl ShadowMmu {
         if *slot & E_VALID == 0 {
             self.counts[ti] += 1;
             self.mapped += 1;
+        } else if *slot & E_GLOBAL == 0 {
+            self.local[ti] -= 1;
+        }
+        if e & E_GLOBAL == 0 {
+            self.local[ti] += 1;
         }
         *slot = e;
         if user_unsafe(e) {
@@ -358,6 +463,9 @@ impl ShadowMmu {
         if *slot & E_VALID == 0 {
             return;
         }
+        if *slot & E_GLOBAL == 0 {
+            self.local[ti] -= 1;
+        }
         *slot = 0;
         self.mapped -= 1;
         self.counts[ti] -= 1;
@@ -374,10 +482,35 @@ impl ShadowMmu {
         lo: u32,
         hi: u32,
         map: &mut M,
-        pred: impl Fn(u32, u32) -> bool,
+        pred: impl FnMut(u32, u32) -> bool,
+    ) -> Result<usize, M::Error> {
+        self.drop_where_tables(lo, hi, false, map, pred)
+    }
+
+    /// [`Self::drop_where`] over all pages, looking only at tables that hold non-global
+    /// entries if `local_only` (the predicate must then keep every global entry).
+    fn drop_where_in<M: MapOps>(
+        &mut self,
+        local_only: bool,
+        map: &mut M,
+        pred: impl FnMut(u32, u32) -> bool,
+    ) -> Result<usize, M::Error> {
+        self.drop_where_tables(0, 1 << 20, local_only, map, pred)
+    }
+
+    fn drop_where_tables<M: MapOps>(
+        &mut self,
+        lo: u32,
+        hi: u32,
+        local_only: bool,
+        map: &mut M,
+        mut pred: impl FnMut(u32, u32) -> bool,
     ) -> Result<usize, M::Error> {
         let mut victims = Vec::new();
         for ti in (lo >> 10)..=((hi - 1) >> 10) {
+            if local_only && self.local[ti as usize] == 0 {
+                continue;
+            }
             let Some(t) = &self.tables[ti as usize] else {
                 continue;
             };

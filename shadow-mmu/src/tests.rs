@@ -9,6 +9,8 @@ const CR3: u32 = 0x1000;
 const PT0: u32 = 0x2000; // page table of linear 0..4 MiB
 const PTK: u32 = 0x3000; // page table of linear 0xC000_0000..
 const HOLE: u32 = 0xffc0_0000;
+const CR3B: u32 = 0x2_0000; // a second page directory (nothing present unless a test adds it)
+const PT0B: u32 = 0x2_1000;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Call {
@@ -424,6 +426,8 @@ fn cr3_write_keeps_global_pages_with_pge() {
         assert_eq!(e.fault(lin, Access::Read, false), Resolution::Mapped);
     }
     e.rec.take();
+    // Another address space that maps nothing: only the global pages stay.
+    e.mode.cr3 = CR3B;
     e.cr3();
     assert_eq!(e.rec.take(), [u(0x5000, 1), u(0xc000_1000, 1)]);
     assert_eq!(e.mmu.mapped_pages(), 2);
@@ -432,6 +436,7 @@ fn cr3_write_keeps_global_pages_with_pge() {
     e.cr3();
     assert_eq!(e.rec.take(), [u(0x6000, 1), u(0xc000_0000, 1)]);
     // Pages mapped while PGE was off are not global even if G is set.
+    e.mode.cr3 = CR3;
     assert_eq!(e.fault(0x6000, Access::Read, false), Resolution::Mapped);
     assert!(!e.mmu.mapping(0x6000).unwrap().global);
     assert_eq!(e.mmu.stats().cr3_writes, 2);
@@ -624,4 +629,81 @@ fn strict_ring_compression_unmaps_kernel_pages_above_the_limit() {
         }
     );
     assert!(e.mmu.mapping(0x5000).is_some());
+}
+
+#[test]
+fn cr3_write_keeps_pages_the_new_address_space_maps_the_same_way() {
+    let mut e = Env::new();
+    let pages = [0x5000, 0x6000, 0x8000, 0xa000, 0xc000, 0xd000];
+    e.pte(0x5000, 0x7000 | P | RW | US | A | D);
+    e.pte(0x6000, 0x9000 | P | US | A);
+    e.pte(0x8000, 0xb000 | P | US | A);
+    e.pte(0xa000, 0xd000 | P | RW | US | A | D);
+    e.pte(0xc000, 0xe000 | P | US | A);
+    e.pte(0xd000, 0xf000 | P | US | A);
+    for lin in pages {
+        assert_eq!(e.fault(lin, Access::Read, true), Resolution::Mapped);
+    }
+    assert!(e.mmu.mapping(0x5000).unwrap().writable && e.mmu.mapping(0xa000).unwrap().writable);
+    e.rec.take();
+    // The second address space: the same code frame (0x6000), the same dirty data frame
+    // (0x5000); another frame (0x8000); writable but not dirty (0xa000: the mapping is
+    // writable); not accessed (0xc000); supervisor-only (0xd000).
+    e.put(CR3B, PT0B | P | RW | US | A);
+    let pte_b = |lin: u32| PT0B + ((lin >> 12) & 0x3ff) * 4;
+    e.put(pte_b(0x5000), 0x7000 | P | RW | US | A | D);
+    e.put(pte_b(0x6000), 0x9000 | P | US | A);
+    e.put(pte_b(0x8000), 0xc000 | P | US | A);
+    e.put(pte_b(0xa000), 0xd000 | P | RW | US | A);
+    e.put(pte_b(0xc000), 0xe000 | P | US);
+    e.put(pte_b(0xd000), 0xf000 | P | A);
+    let before = e.mem.clone();
+    e.mode.cr3 = CR3B;
+    e.cr3();
+    assert!(e.mem == before, "a CR3 write changes no guest memory");
+    assert_eq!(e.rec.take(), [u(0x8000, 1), u(0xa000, 1), u(0xc000, 2)]);
+    assert_eq!(e.mmu.mapping(0x5000).map(|p| (p.frame, p.writable)), Some((0x7000, true)));
+    assert_eq!(e.mmu.mapping(0x6000).map(|p| (p.frame, p.writable)), Some((0x9000, false)));
+    assert_eq!(e.mmu.stats().cr3_kept, 2);
+    // PDE.A clear: the CPU's walk would set it, so nothing stays.
+    e.put(CR3B, PT0B | P | RW | US);
+    e.cr3();
+    assert_eq!(e.rec.take(), [u(0x5000, 2)]);
+    assert_eq!(e.mmu.mapped_pages(), 0);
+    assert_eq!(e.mmu.stats().cr3_kept, 2);
+}
+
+#[test]
+fn prefault_maps_only_what_a_fault_would_map_without_writing_memory() {
+    let mut e = Env::new();
+    e.put(CR3, PT0 | P | RW | US | A);
+    e.pte(0x5000, 0x7000 | P | RW | US | A | D); // accessed and dirty: writable
+    e.pte(0x6000, 0x9000 | P | RW | US | A); // accessed, clean: read-only
+    e.pte(0x8000, 0xb000 | P | RW | US); // not accessed: a fault would set A
+    e.pte(0x9000, 0xc000 | P | RW | A | D); // supervisor-only
+    e.pte(0xb000, 0xd000 | RW | US | A | D); // not present
+    let before = e.mem.clone();
+    let pre = |e: &mut Env, lin: u32, user: bool| {
+        e.mmu
+            .prefault(&e.mode, lin, user, &mut e.mem, &mut e.rec)
+            .unwrap()
+    };
+    assert!(pre(&mut e, 0x5010, true));
+    assert!(pre(&mut e, 0x6ffc, true));
+    assert!(!pre(&mut e, 0x8000, true));
+    assert!(!pre(&mut e, 0x9000, true));
+    assert!(!pre(&mut e, 0xb000, true));
+    assert!(!pre(&mut e, HOLE, false));
+    assert!(!pre(&mut e, 0x5000, true), "already mapped");
+    assert!(e.mem == before, "a prefault changes no guest memory");
+    assert_eq!(e.rec.take(), [m(0x5000, 0x7000, 1, true), m(0x6000, 0x9000, 1, false)]);
+    // The supervisor may have the supervisor-only page.
+    assert!(pre(&mut e, 0x9000, false));
+    assert_eq!(e.rec.take(), [m(0x9000, 0xc000, 1, true)]);
+    // PDE.A clear: the walk would set it.
+    e.put(CR3 + 0x300 * 4, PTK | P | RW);
+    e.pte(0xc000_0000, 0x8000 | P | RW | A | D);
+    assert!(!pre(&mut e, 0xc000_0000, false));
+    assert_eq!(e.mmu.stats().prefaults, 3);
+    assert_eq!(e.mmu.stats().hidden_faults, 0);
 }

@@ -10,6 +10,7 @@
 //! * `NotRam` exactly when the translation (or a paging-structure entry) is outside RAM.
 
 use proptest::prelude::*;
+use proptest::strategy::ValueTree;
 use vmm_interp::mmu::Access as IAccess;
 use vmm_interp::state::{cr, vector};
 use vmm_interp::{Cpu, CpuState, Exception, Fault, RamBus};
@@ -304,4 +305,123 @@ fn generator_covers_all_outcomes() {
         runs >= 10 && writable_maps >= 10,
         "runs {runs}, writable maps {writable_maps}"
     );
+}
+
+/// What stays mapped must be what the interpreter, with a flushed TLB, translates the same way
+/// without writing guest memory, for every privilege the mapping lets in (reads; writes if
+/// the host mapping is writable). Checked after a CR3 write (same or another directory, after
+/// random changes to the entries of mapped pages) and after `prefault`. Returns (pages kept,
+/// pages prefaulted).
+fn check_kept(seed: u64, mode: PagingMode, steps: &[Step], flips: &[(u32, u32)], cr3b: Option<u32>, pre: &[Step]) -> Result<(u64, u64), TestCaseError> {
+    let mut mem = random_ram(seed);
+    let mut mmu = ShadowMmu::new(RAM, 1 << 16, HOLE);
+    let mut rec = Rec::default();
+    for s in steps {
+        mmu.handle_fault(&mode, s.lin, s.access, s.user, &mut mem, &mut rec).unwrap();
+    }
+    // Change entries of mapped pages: the PDE or the PTE, a flag or the frame.
+    let runs: Vec<(u32, u32)> = rec.0.iter().map(|&(l, _, n, _)| (l, n)).collect();
+    for &(pick, bits) in flips {
+        let Some(&(first, n)) = runs.get(pick as usize % runs.len().max(1)) else { break };
+        let lin = first + (((pick >> 8) % n) << 12);
+        let pde_addr = (mode.cr3 & !0xfff) | ((lin >> 22) << 2);
+        let pde = u32::from_le_bytes(mem[pde_addr as usize..pde_addr as usize + 4].try_into().unwrap());
+        let addr = if bits & 1 == 0 || pde & 0x80 != 0 { pde_addr } else { (pde & !0xfff) | ((lin >> 10) & 0xffc) };
+        if addr + 4 > RAM {
+            continue;
+        }
+        let flag = [0x1, 0x2, 0x4, 0x20, 0x40, 0x100, 0x1000][(bits >> 1) as usize % 7];
+        let v = u32::from_le_bytes(mem[addr as usize..addr as usize + 4].try_into().unwrap()) ^ flag;
+        mem[addr as usize..addr as usize + 4].copy_from_slice(&v.to_le_bytes());
+    }
+    let mode2 = PagingMode { cr3: cr3b.unwrap_or(mode.cr3), ..mode };
+    let before = mem.clone();
+    let pages_before = mmu.mapped_pages();
+    mmu.cr3_written(&mode2, &mut mem, &mut rec).unwrap();
+    prop_assert!(mem == before, "a CR3 write changed guest memory");
+    let mut prefaulted = 0;
+    for s in pre {
+        let before = mem.clone();
+        if mmu.prefault(&mode2, s.lin, s.user, &mut mem, &mut rec).unwrap() {
+            prefaulted += 1;
+            let &(first, _, n, _) = rec.0.last().unwrap();
+            prop_assert!(s.lin & !0xfff >= first && s.lin & !0xfff < first + (n << 12));
+        }
+        prop_assert!(mem == before, "a prefault changed guest memory");
+    }
+    let mut probe = cpu(&mode2, mem.clone());
+    for &(first, _, n, _) in &rec.0 {
+        for i in 0..n {
+            let q = first + (i << 12);
+            let Some(m) = mmu.mapping(q) else { continue };
+            if m.global && mode2.pge {
+                continue; // a global TLB entry survives the CR3 write
+            }
+            for user in [false, true] {
+                if user && !m.user {
+                    continue;
+                }
+                probe.flush_caches();
+                prop_assert_eq!(probe.translate(q, IAccess::read(user)), Ok(m.frame), "page {:#x} user {}", q, user);
+                prop_assert!(probe.bus.ram == mem, "page {:#x} was not accessed", q);
+                if m.writable && (!user || m.guest_writable) {
+                    probe.flush_caches();
+                    prop_assert_eq!(probe.translate(q, IAccess::write(user)), Ok(m.frame), "write to {:#x} user {}", q, user);
+                    prop_assert!(probe.bus.ram == mem, "page {:#x} was not dirty", q);
+                }
+            }
+        }
+    }
+    let kept = mmu.stats().cr3_kept;
+    prop_assert!(kept as usize <= pages_before);
+    Ok((kept, prefaulted))
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    #[test]
+    fn kept_and_prefaulted_pages_agree_with_the_interpreter(
+        seed in any::<u64>(),
+        cr3_page in 0u32..RAM_PAGES,
+        other in prop::option::of(0u32..RAM_PAGES),
+        wp in any::<bool>(),
+        pse in any::<bool>(),
+        pge in any::<bool>(),
+        steps in prop::collection::vec(step_strategy(), 1..8),
+        flips in prop::collection::vec((any::<u32>(), any::<u32>()), 0..4),
+        pre in prop::collection::vec(step_strategy(), 0..4),
+    ) {
+        let mode = PagingMode { paging: true, pse, pge, wp, cr3: cr3_page << 12 };
+        check_kept(seed, mode, &steps, &flips, other.map(|p| p << 12), &pre)?;
+    }
+}
+
+/// The CR3 test keeps and drops pages and prefaults some (guards against a vacuous test).
+#[test]
+fn kept_generator_keeps_drops_and_prefaults() {
+    let (mut kept, mut dropped, mut pre) = (0, 0, 0);
+    let mut runner = proptest::test_runner::TestRunner::deterministic();
+    let strat = (
+        any::<u64>(),
+        0u32..RAM_PAGES,
+        prop::collection::vec(step_strategy(), 1..8),
+        prop::collection::vec((any::<u32>(), any::<u32>()), 0..4),
+        prop::collection::vec(step_strategy(), 0..4),
+    );
+    for _ in 0..400 {
+        let (seed, cr3_page, steps, flips, p) = strat.new_tree(&mut runner).unwrap().current();
+        let mode = PagingMode { paging: true, pse: true, pge: false, wp: true, cr3: cr3_page << 12 };
+        let (k, n) = check_kept(seed, mode, &steps, &flips, None, &p).unwrap();
+        let mut mem = random_ram(seed);
+        let mut mmu = ShadowMmu::new(RAM, 1 << 16, HOLE);
+        let mut rec = Rec::default();
+        for s in &steps {
+            mmu.handle_fault(&mode, s.lin, s.access, s.user, &mut mem, &mut rec).unwrap();
+        }
+        kept += k;
+        dropped += u64::from(!flips.is_empty() && (mmu.mapped_pages() as u64) > k);
+        pre += n;
+    }
+    assert!(kept >= 20 && dropped >= 20 && pre >= 20, "kept {kept}, dropped {dropped}, prefaulted {pre}");
 }

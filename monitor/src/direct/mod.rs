@@ -147,6 +147,7 @@ pub(crate) fn run_held(held: &mut session::Held, mut machine: Machine, state: Cp
         bt_emulate_exits: 0,
         bt_exit_cpl: 0,
         hot: crate::bt::hot::HotUser::default(),
+        prefaulted_cr2: 0,
     };
     e.stats.engine = match (opts.kernel_engine, opts.user_engine) {
         (EngineKind::Direct, EngineKind::Direct) => "direct",
@@ -228,6 +229,8 @@ pub(crate) struct Direct<'a> {
     pub(crate) bt: Option<crate::bt::Bt>,
     /// Adaptive user-mode translation: the hot user pages (`crate::bt::hot`).
     pub(crate) hot: crate::bt::hot::HotUser,
+    /// The CR2 whose page was last considered for `Shadow::prefault` at an entry into user code.
+    prefaulted_cr2: u32,
     /// Count emulated instructions by mnemonic (`RunOptions::detailed_stats`).
     count_emulated: bool,
     /// Kept for its buffers (memory operands of emulated instructions).
@@ -437,6 +440,12 @@ impl Direct<'_> {
                 Some(Special::Cr3Write) => {
                     self.shadow.cr3_written(&mut self.cpu).map_err(io)?;
                     self.bt_paging_changed(None);
+                    if self.bt.is_some() && self.opts.adaptive_user {
+                        let now = self.cpu.bus.now_ns();
+                        if self.hot.switched_to(self.cpu.state.cr3, now) {
+                            self.stats.exit("hot-user-forget");
+                        }
+                    }
                 }
                 None => {}
             }
@@ -583,6 +592,16 @@ impl Direct<'_> {
             self.stats.exit("not-shadowable");
             return self.emulate(deadline);
         };
+        if self.cpu.state.cpl == 3 && self.cpu.state.cr2 != self.prefaulted_cr2 {
+            // Back in user code after a page fault (CR2 changed): its handler made the entry,
+            // and the instruction it returns to touches the page (docs/shadow-mmu.md).
+            self.prefaulted_cr2 = self.cpu.state.cr2;
+            let cr2 = self.cpu.state.cr2;
+            // Page 0 cannot be mapped on this host (its accesses are emulated).
+            if u64::from(cr2) >= crate::space::LOW_START {
+                self.shadow.prefault(&mut self.cpu, cr2).map_err(io)?;
+            }
+        }
         if let Some(bt) = self.bt.as_mut() {
             // Code run directly must not reach the bt engine's monitor area (see bt::area).
             bt.area.set_open(false).map_err(|e| Outcome::Unexpected(format!("bt: {e}")))?;

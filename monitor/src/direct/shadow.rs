@@ -122,6 +122,15 @@ impl Shadow {
         self.inner.handle_fault(&mode, lin, access, user, &mut mem, &mut self.map)
     }
 
+    /// Maps the page of `lin` ahead of an access at the vCPU's CPL if a fault there would
+    /// map it without changing guest memory (`ShadowMmu::prefault`). True if it did.
+    pub fn prefault(&mut self, cpu: &mut Cpu<Machine>, lin: u32) -> std::io::Result<bool> {
+        let mode = paging_mode(&cpu.state);
+        let user = cpu.state.cpl == 3;
+        let mut mem = Phys(cpu.bus.ram.as_mut_slice());
+        self.inner.prefault(&mode, lin, user, &mut mem, &mut self.map)
+    }
+
     pub fn invlpg(&mut self, lin: u32) -> std::io::Result<()> {
         self.inner.invlpg(lin, &mut self.map)
     }
