@@ -323,7 +323,7 @@ impl ShadowMmu {
         self.stats.cr3_writes += 1;
         let keep_global = mode.pge && mode.paging;
         let mut kept = 0u64;
-        self.drop_where_in(keep_global, map, |q, e| {
+        self.drop_where_tables(0, 1 << 20, keep_global, map, |q, e| {
             if keep_global && e & E_GLOBAL != 0 {
                 return false;
             }
@@ -346,26 +346,12 @@ impl ShadowMmu {
         let Walk::Ok(t) = walk(mode, q << 12, Access::Read, false, mem) else {
             return false;
         };
-        let flags = |t: &Translation| {
-            let mut f = E_VALID;
-            if t.user {
-                f |= E_USER;
-            }
-            if t.writable {
-                f |= E_GUEST_W;
-            }
-            if t.global && mode.pge {
-                f |= E_GLOBAL;
-            }
-            if t.large {
-                f |= E_LARGE;
-            }
-            f
-        };
+        // The rights a fault would give, host write aside (the last condition judges it).
+        let rights = E_VALID | E_USER | E_GUEST_W | E_GLOBAL | E_LARGE;
         t.frame == e & !0xfff
             && t.accessed
             && (t.large || t.pde & pte::A != 0)
-            && flags(&t) == e & (E_VALID | E_USER | E_GUEST_W | E_GLOBAL | E_LARGE)
+            && Self::flags(&t, mode, false, false) & rights == e & rights
             && (e & E_HOST_W == 0 || (t.dirty && t.writable))
     }
 
@@ -487,17 +473,8 @@ impl ShadowMmu {
         self.drop_where_tables(lo, hi, false, map, pred)
     }
 
-    /// [`Self::drop_where`] over all pages, looking only at tables that hold non-global
-    /// entries if `local_only` (the predicate must then keep every global entry).
-    fn drop_where_in<M: MapOps>(
-        &mut self,
-        local_only: bool,
-        map: &mut M,
-        pred: impl FnMut(u32, u32) -> bool,
-    ) -> Result<usize, M::Error> {
-        self.drop_where_tables(0, 1 << 20, local_only, map, pred)
-    }
-
+    /// [`Self::drop_where`], looking only at tables that hold non-global entries if
+    /// `local_only` (the predicate must then keep every global entry).
     fn drop_where_tables<M: MapOps>(
         &mut self,
         lo: u32,
