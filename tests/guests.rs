@@ -286,12 +286,7 @@ fn user_task_system_calls() {
         g.u.and(eax, 3)?;
         g.u.cmp(eax, 3)
     })());
-    let mut bad = g.u.create_label();
-    ok(g.u.jne(bad));
-    g.user_print("user: CS.RPL is 3\r\n");
-    g.user_exit(OK);
-    ok(g.u.set_label(&mut bad));
-    g.user_exit(0x55);
+    g.user_pass_if_equal("user: CS.RPL is 3\r\n");
     let so = run_ok(g, &["--timeout", "30"]);
     assert_eq!(
         so,
@@ -901,25 +896,14 @@ fn user_callee_remapped(remap: Remap) {
         }
         k.iretd()
     })());
-    ok((|| {
-        let u = &mut g.u;
-        let mut top = u.create_label();
-        u.mov(edi, N)?;
-        u.xor(esi, esi)?;
-        u.set_label(&mut top)?;
+    g.user_loop(N, |u| {
         u.call(F as u64)?;
         u.add(esi, eax)?;
         u.int(0x81)?;
-        u.dec(edi)?;
-        u.jnz(top)?;
-        u.cmp(esi, N / 2 * 3)
-    })());
-    let mut bad = g.u.create_label();
-    ok(g.u.jne(bad));
-    g.user_print("user: each frame's callee\r\n");
-    g.user_exit(OK);
-    ok(g.u.set_label(&mut bad));
-    g.user_exit(0x55);
+        Ok(())
+    });
+    ok(g.u.cmp(esi, N / 2 * 3));
+    g.user_pass_if_equal("user: each frame's callee\r\n");
     let so = run_ok(g, &["--mem", "32M", "--timeout", "30"]);
     assert_eq!(so, "user: each frame's callee\r\n");
 }
@@ -967,24 +951,13 @@ fn a_fragment_of_an_unmapped_page_is_retranslated_once_it_maps() {
             k.add(esp, 4)?;
             k.iretd()
         })());
-        ok((|| {
-            let u = &mut g.u;
-            let mut top = u.create_label();
-            u.mov(edi, N)?;
-            u.xor(esi, esi)?;
-            u.set_label(&mut top)?;
+        g.user_loop(N, |u| {
             u.call(F as u64)?;
             u.add(esi, eax)?;
-            u.dec(edi)?;
-            u.jnz(top)?;
-            u.cmp(esi, N)
-        })());
-        let mut bad = g.u.create_label();
-        ok(g.u.jne(bad));
-        g.user_print("user: mapped on demand\r\n");
-        g.user_exit(OK);
-        ok(g.u.set_label(&mut bad));
-        g.user_exit(0x55);
+            Ok(())
+        });
+        ok(g.u.cmp(esi, N));
+        g.user_pass_if_equal("user: mapped on demand\r\n");
         g
     };
     let so = run_ok(build(), &["--mem", "32M", "--timeout", "30"]);
@@ -1012,25 +985,14 @@ fn indirect_calls_to_address_zero_go_through_the_lookup() {
         g.enable_paging(true, false);
         g.install_syscalls();
         g.enter_user(0x202);
-        ok((|| {
-            let u = &mut g.u;
-            let mut top = u.create_label();
-            u.mov(edi, N)?;
-            u.xor(esi, esi)?;
-            u.set_label(&mut top)?;
+        g.user_loop(N, |u| {
             u.xor(eax, eax)?;
             u.call(eax)?;
             u.add(esi, eax)?;
-            u.dec(edi)?;
-            u.jnz(top)?;
-            u.cmp(esi, N)
-        })());
-        let mut bad = g.u.create_label();
-        ok(g.u.jne(bad));
-        g.user_print("user: called 0\r\n");
-        g.user_exit(OK);
-        ok(g.u.set_label(&mut bad));
-        g.user_exit(0x55);
+            Ok(())
+        });
+        ok(g.u.cmp(esi, N));
+        g.user_pass_if_equal("user: called 0\r\n");
         g
     };
     let so = run_ok(build(), &["--mem", "32M", "--timeout", "30"]);
@@ -1051,25 +1013,14 @@ fn a_system_call_loop_becomes_hot_and_stops_trapping() {
         let mut g = Guest::new();
         g.install_syscalls();
         g.enter_user(0x202);
-        ok((|| {
-            let u = &mut g.u;
-            let mut top = u.create_label();
-            u.mov(edi, N)?;
-            u.xor(esi, esi)?;
-            u.set_label(&mut top)?;
+        g.user_loop(N, |u| {
             u.xor(eax, eax)?; // system call 0: returns at once
             u.int(0x80)?;
             u.inc(esi)?;
-            u.dec(edi)?;
-            u.jnz(top)?;
-            u.cmp(esi, N)
-        })());
-        let mut bad = g.u.create_label();
-        ok(g.u.jne(bad));
-        g.user_print("user: 2000 system calls\r\n");
-        g.user_exit(OK);
-        ok(g.u.set_label(&mut bad));
-        g.user_exit(0x55);
+            Ok(())
+        });
+        ok(g.u.cmp(esi, N));
+        g.user_pass_if_equal("user: 2000 system calls\r\n");
         g
     };
     let so = run_ok(build(), &["--timeout", "30"]);

@@ -374,6 +374,36 @@ impl Guest {
         })());
     }
 
+    /// User: a counted loop, `mov edi, n; xor esi, esi; top: body; dec edi; jnz top` (ESI is
+    /// the body's accumulator).
+    pub fn user_loop(
+        &mut self,
+        n: u32,
+        body: impl FnOnce(&mut CodeAssembler) -> Result<(), IcedError>,
+    ) {
+        let u = &mut self.u;
+        check((|| {
+            let mut top = u.create_label();
+            u.mov(edi, n)?;
+            u.xor(esi, esi)?;
+            u.set_label(&mut top)?;
+            body(u)?;
+            u.dec(edi)?;
+            u.jnz(top)
+        })());
+    }
+
+    /// User: if the flags say equal (the last CMP matched), print `s` and exit with [`OK`];
+    /// otherwise exit with 0x55.
+    pub fn user_pass_if_equal(&mut self, s: &str) {
+        let mut bad = self.u.create_label();
+        check(self.u.jne(bad));
+        self.user_print(s);
+        self.user_exit(OK);
+        check(self.u.set_label(&mut bad));
+        self.user_exit(0x55);
+    }
+
     /// Kernel: load the page directory, set CR4.PSE if `pse`, and CR0.PG (and CR0.WP if `wp`).
     pub fn enable_paging(&mut self, pse: bool, wp: bool) {
         check((|| {
