@@ -595,8 +595,8 @@ impl Direct<'_> {
         if self.cpu.state.cpl == 3 && self.cpu.state.cr2 != self.prefaulted_cr2 {
             // Back in user code after a page fault (CR2 changed): its handler made the entry,
             // and the instruction it returns to touches the page (docs/shadow-mmu.md).
-            self.prefaulted_cr2 = self.cpu.state.cr2;
             let cr2 = self.cpu.state.cr2;
+            self.prefaulted_cr2 = cr2;
             // Page 0 cannot be mapped on this host (its accesses are emulated).
             if u64::from(cr2) >= crate::space::LOW_START {
                 self.shadow.prefault(&mut self.cpu, cr2).map_err(io)?;
